@@ -1,0 +1,1 @@
+"""The pipeline stages, importable without Airflow or Kubeflow."""

@@ -1,0 +1,36 @@
+"""What the Airflow tasks call: find params, pick a run-keyed output folder, run a stage.
+
+Kept here, in the importable package, so the DAG file holds no logic; this
+module does not import Airflow.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from components.config import PARAMS_ENV, load_params
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def params_path() -> Path:
+    return Path(os.environ.get(PARAMS_ENV, PROJECT_ROOT / "params.yaml"))
+
+
+def run_output_dir(runs_dir: Path, run_id: str, stage: str) -> Path:
+    """A folder per Airflow run and stage, so a retried or re-run task overwrites only its own output."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id).strip("_") or "run"
+    return runs_dir / safe / stage
+
+
+def run_stage(stage: str, run_id: str) -> str:
+    """Run `stage` for the Airflow run `run_id`; return its output folder (the XCom value)."""
+    params = load_params(params_path())
+    output_dir = run_output_dir(params.path(params.pipeline.runs_dir), run_id, stage)
+    if stage == "ingest":
+        from components import ingest
+
+        return str(ingest.run(params, output_dir, pipeline_key=run_id).output_dir)
+    raise ValueError(f"unknown stage {stage!r}")

@@ -1,0 +1,205 @@
+"""Typed configuration: params.yaml loaded into frozen dataclasses.
+
+One dataclass per params.yaml section (one section per stage). Loading refuses
+unknown keys, missing keys and wrong types with a message that names the key,
+so a typo in params.yaml fails before any work starts, not halfway through a
+nightly run. `dataclasses.asdict(params)` is what goes to MLflow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+DATA_ROOT_ENV = "IOT_COMPRESS_DATA_ROOT"
+PARAMS_ENV = "IOT_COMPRESS_PARAMS"
+
+
+class ConfigError(ValueError):
+    """params.yaml (or an override) does not match the schema."""
+
+
+@dataclass(frozen=True)
+class PipelineParams:
+    experiment: str  # MLflow experiment every stage logs to
+    state_dir: str  # ignored folder for tool homes, the default MLflow store, downloads
+    runs_dir: str  # run-keyed outputs when the Airflow DAG runs the stages
+
+
+@dataclass(frozen=True)
+class HharRawParams:
+    accelerometer_files: tuple[str, ...]  # relative to the data root (or the extracted archive)
+    gyroscope_files: tuple[str, ...]  # paired with accelerometer files by user/device
+    interval_s: float  # tau: length of one interval
+    intervals: int  # T: intervals per sample
+    points_per_interval: int  # each interval is resampled to this many points before the FFT
+    min_rows_per_interval: int  # an interval with fewer raw rows of a sensor is dropped
+    window_stride_intervals: int  # hop between consecutive samples, in intervals
+    null_label: Literal["keep", "drop"]  # HHAR's `null` rows: a no-activity class, or dropped
+    chunk_rows: int  # rows per streamed chunk; bounds memory
+
+
+@dataclass(frozen=True)
+class WindowSetParams:
+    dir: str  # relative to the data root
+    intervals: int  # T: each window is cut into T intervals, each FFT'd
+
+
+@dataclass(frozen=True)
+class BasicMotionsParams:
+    package: str  # the PyPI package whose data files hold the UEA BasicMotions set
+    intervals: int
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    test_users: tuple[str, ...]  # explicit held-out users; empty: chosen by test_fraction + seed
+    test_fraction: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class ExpectationParams:
+    accel_abs_max: float  # m/s^2; phones and watches clip well below this
+    gyro_abs_max: float  # rad/s
+    max_time_backstep_ms: float  # tolerated out-of-order step between consecutive rows of a device
+    time_monotonic_mostly: float  # share of rows whose step must be within that tolerance
+    min_rows_per_class: int
+    min_windows_per_class: int
+    example_rows: int  # failing rows quoted per expectation in the report
+
+
+@dataclass(frozen=True)
+class IngestParams:
+    data_root: str
+    dataset: Literal["hhar_raw", "hhar_sa", "uci_har", "basic_motions"]
+    output_dir: str
+    report_dir: str
+    download_url: str  # empty: use the files under data_root
+    download_sha256: str
+    download_dir: str
+    hhar_raw: HharRawParams
+    hhar_sa: WindowSetParams
+    uci_har: WindowSetParams
+    basic_motions: BasicMotionsParams
+    split: SplitParams
+    expectations: ExpectationParams
+
+
+@dataclass(frozen=True)
+class Params:
+    pipeline: PipelineParams
+    ingest: IngestParams
+    root: Path = dataclasses.field(default=Path("."), compare=False)  # params.yaml's folder
+
+    def path(self, relative: str) -> Path:
+        """Resolve a path from params.yaml against the project root."""
+        p = Path(relative).expanduser()
+        return p if p.is_absolute() else (self.root / p)
+
+    def data_root(self) -> Path:
+        """The data root: $IOT_COMPRESS_DATA_ROOT if set, else ingest.data_root."""
+        env = os.environ.get(DATA_ROOT_ENV)
+        return Path(env).expanduser() if env else self.path(self.ingest.data_root)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("root")
+        return d
+
+
+def default_params_path() -> Path:
+    env = os.environ.get(PARAMS_ENV)
+    return Path(env) if env else Path("params.yaml")
+
+
+def load_params(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Params:
+    """Load params.yaml, apply `section.key=value` overrides, and type-check it all."""
+    path = Path(path) if path is not None else default_params_path()
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    for item in overrides:
+        _apply_override(raw, item)
+    fields = _build(Params, {k: v for k, v in raw.items()}, "", skip={"root"})
+    return Params(**fields, root=path.resolve().parent)
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r}: expected section.key=value")
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {part} is not a section")
+    node[leaf] = yaml.safe_load(value)
+
+
+def _build(cls: type, data: Any, where: str, skip: frozenset | set = frozenset()) -> dict:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'params'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in skip]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, names, n=1)
+        hint = f"; did you mean {_join(where, close[0])!r}?" if close else ""
+        raise ConfigError(f"{_join(where, key)}: unknown key{hint}")
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise ConfigError(f"{_join(where, missing[0])}: missing key")
+    return {n: _coerce(hints[n], data[n], _join(where, n)) for n in names}
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return tp(**_build(tp, value, where))
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, allowed))}")
+        return value
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if value is None:
+            value = []
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {_describe(value)}")
+        return tuple(_coerce(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        (tp,) = [a for a in typing.get_args(tp) if a is not type(None)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is str and value is None:
+        return ""
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {_describe(value)}")
+    return value
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key

@@ -1,0 +1,42 @@
+"""The nightly compression pipeline: one thin task per stage, each a lazy import and one call.
+
+Nothing heavy happens at parse time: every stage's code is imported inside its
+task. Later stages (train, profile, fit_latency, compress, validate) are added
+after `ingest` the same way.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import dag, task
+
+DEFAULT_ARGS = {
+    "owner": "iot-compress",
+    "retries": 2,
+    "retry_delay": timedelta(minutes=5),
+    "retry_exponential_backoff": True,
+}
+
+
+@dag(
+    dag_id="compress_nightly",
+    schedule="0 2 * * *",  # 02:00 every night
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["iot-compress", "nightly"],
+    doc_md=__doc__,
+)
+def compress_nightly():
+    @task(task_id="ingest")
+    def ingest(**context) -> str:
+        from components.airflow_tasks import run_stage
+
+        return run_stage("ingest", context["run_id"])
+
+    ingest()
+
+
+compress_nightly()

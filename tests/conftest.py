@@ -1,0 +1,69 @@
+"""Shared fixtures. Every test writes under tmp_path; nothing touches the checkout or ~."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Tool homes out of ~ before anything imports the tools.
+_HOME = Path(tempfile.mkdtemp(prefix="iot-compress-tests-"))
+for var, sub in (("XDG_CACHE_HOME", "cache"), ("XDG_CONFIG_HOME", "config"), ("XDG_DATA_HOME", "share"),
+                 ("KERAS_HOME", "keras"), ("DVC_SITE_CACHE_DIR", "dvc-site")):
+    os.environ[var] = str(_HOME / sub)
+os.environ.setdefault("AIRFLOW_HOME", str(_HOME / "airflow"))
+os.environ["GX_ANALYTICS_ENABLED"] = "false"
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ["DVC_NO_ANALYTICS"] = "1"
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+from components.config import Params, load_params  # noqa: E402
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def project_params() -> Params:
+    return load_params(PROJECT_ROOT / "params.yaml")
+
+
+@pytest.fixture(scope="session")
+def data_root(project_params: Params) -> Path:
+    root = project_params.data_root().resolve()
+    assert (root / "hhar").is_dir(), f"the shared data sets are expected at {root} (set IOT_COMPRESS_DATA_ROOT)"
+    return root
+
+
+@pytest.fixture
+def make_params(tmp_path: Path, data_root: Path):
+    """Project params with every output, store and download folder moved under tmp_path."""
+
+    def make(*overrides: str) -> Params:
+        base = [
+            f"ingest.data_root={data_root}",
+            f"ingest.output_dir={tmp_path / 'out' / 'ingest'}",
+            f"ingest.report_dir={tmp_path / 'reports'}",
+            f"ingest.download_dir={tmp_path / 'downloads'}",
+            f"pipeline.state_dir={tmp_path / 'state'}",
+            f"pipeline.runs_dir={tmp_path / 'runs'}",
+        ]
+        return load_params(PROJECT_ROOT / "params.yaml", [*base, *overrides])
+
+    return make
+
+
+# Small DeepSense settings under which the shared raw HHAR subset (user a, ~35 s per label) yields samples.
+RAW_SMALL = (
+    "ingest.dataset=hhar_raw",
+    "ingest.hhar_raw.intervals=4",
+    "ingest.hhar_raw.window_stride_intervals=2",
+    "ingest.expectations.min_windows_per_class=0",
+    "ingest.expectations.min_rows_per_class=1",
+)
+
+
+def replace(params: Params, **sections) -> Params:
+    return dataclasses.replace(params, **sections)
