@@ -23,7 +23,8 @@ from components.config import Params
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 log = logging.getLogger(__name__)
-PIPELINE_KEY_TAG = "pipeline_run_key"
+PIPELINE_KEY_TAG = "pipeline_run_key"  # on every run of one pipeline execution
+PARENT_TAG = "pipeline_parent"  # only on its parent run
 
 
 def tracking_uri(params: Params) -> str:
@@ -39,7 +40,13 @@ def _mlflow(params: Params):
     uri = tracking_uri(params)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    # mlflow also exports the URI to the environment; undo that, so that the
+    # environment keeps meaning "the user chose a server" (and a later call
+    # with other params, or a child process, is not silently pointed here).
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
     return mlflow
 
 
@@ -49,7 +56,7 @@ def _experiment_id(mlflow, params: Params) -> str:
     if found is not None:
         return found.experiment_id
     location = None
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
+    if mlflow.get_tracking_uri().startswith("sqlite:"):  # the embedded default: artifacts beside the DB
         location = (params.path(params.pipeline.state_dir).resolve() / "mlflow" / "artifacts").as_uri()
     return mlflow.create_experiment(name, artifact_location=location)
 
@@ -111,12 +118,12 @@ def _metric_key(key: str) -> str:
 def _pipeline_run_id(mlflow, experiment_id: str, key: str, commit: str) -> str:
     """The parent run for `key`, created on first use (so retried tasks reuse it)."""
     found = mlflow.search_runs(
-        [experiment_id], filter_string=f"tags.{PIPELINE_KEY_TAG} = '{key}'", max_results=1, output_format="list"
+        [experiment_id], filter_string=f"tags.{PARENT_TAG} = '{key}'", max_results=1, output_format="list"
     )
     if found:
         return found[0].info.run_id
     client = mlflow.MlflowClient()
-    run = client.create_run(experiment_id, run_name="pipeline", tags={PIPELINE_KEY_TAG: key, "git_commit": commit})
+    run = client.create_run(experiment_id, run_name="pipeline", tags={PARENT_TAG: key, PIPELINE_KEY_TAG: key, "git_commit": commit})
     return run.info.run_id
 
 

@@ -1,0 +1,128 @@
+"""The ingest stage on the real shared data sets."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components import ingest
+from components.data.outputs import read_npy_shape
+from tests.conftest import RAW_SMALL
+
+HHAR_SA_PER_USER = {"a": 457, "b": 536, "c": 475, "d": 457, "e": 501}  # the data README's counts
+
+
+def outputs(params):
+    out = params.path(params.ingest.output_dir)
+    meta = pd.read_parquet(out / "windows.parquet")
+    card = json.loads((out / "data_card.json").read_text())
+    split = json.loads((out / "split.json").read_text())
+    return out, meta, card, split
+
+
+def test_hhar_sa_windows_are_split_by_user_with_metadata(make_params):
+    params = make_params()
+    result = ingest.run(params)
+    out, meta, card, split = outputs(params)
+    assert result.windows == len(meta) == sum(HHAR_SA_PER_USER.values())
+    assert card["counts"]["user"] == HHAR_SA_PER_USER
+    assert card["counts"]["label"] == {"bike": 467, "sit": 352, "stairsdown": 389, "stairsup": 400, "stand": 354, "walk": 464}
+    # leave-users-out: no user on both sides, one of five held out (test_fraction 0.2)
+    assert len(split["test_users"]) == 1 and set(split["train_users"]) | set(split["test_users"]) == set(HHAR_SA_PER_USER)
+    assert set(meta.loc[meta.split == "test", "user"]) == set(split["test_users"])
+    assert not set(meta.loc[meta.split == "train", "user"]) & set(split["test_users"])
+    x = np.load(out / "x.npy", mmap_mode="r")
+    signal = np.load(out / "signal.npy", mmap_mode="r")
+    assert x.shape == (len(meta), 8, 1, 3, 2, 16) and signal.shape == (len(meta), 1, 3, 128)
+    assert read_npy_shape(out / "x.npy") == x.shape
+    assert np.isfinite(x).all()
+    np.testing.assert_allclose(x[5, 3, 0, 1, 0], np.fft.fft(signal[5, 0, 1, 48:64]).real, atol=1e-4)
+    assert card["layout"]["x"] == ["window", "interval", "sensor", "axis", "real_imag", "frequency"]
+    assert json.loads((out / "validation.json").read_text())["success"] is True
+
+
+def test_explicit_test_users_are_honoured_and_unknown_ones_refused(make_params):
+    params = make_params("ingest.split.test_users=[b, d]")
+    ingest.run(params)
+    _, meta, _, split = outputs(params)
+    assert split["test_users"] == ["b", "d"] and (meta.split == "test").sum() == 536 + 457
+    from components.data.errors import DataError
+    with pytest.raises(DataError, match=r"test_users names users not in the data: \['z'\]"):
+        ingest.run(make_params("ingest.split.test_users=[z]"))
+
+
+def test_uci_har_subjects_merge_train_and_test_files(make_params):
+    params = make_params("ingest.dataset=uci_har")
+    ingest.run(params)
+    _, meta, card, split = outputs(params)
+    assert card["counts"]["user"] == {"subject01": 347, "subject02": 302, "subject03": 341}
+    assert card["sensors"] == {"body_acc": "g", "body_gyro": "rad/s", "total_acc": "g"}
+    assert split["strategy"] == "leave-users-out" and len(split["test_users"]) == 1
+
+
+def test_basic_motions_from_a_pypi_package_keeps_the_published_split(make_params):
+    params = make_params("ingest.dataset=basic_motions")
+    ingest.run(params)
+    out, meta, card, split = outputs(params)
+    assert len(meta) == 80 and split["strategy"] == "published"
+    assert split["windows"] == {"train": 40, "test": 40}
+    assert card["counts"]["label"] == {"badminton": 20, "running": 20, "standing": 20, "walking": 20}
+    assert np.load(out / "x.npy", mmap_mode="r").shape == (80, 10, 2, 3, 2, 10)
+
+
+def test_hhar_raw_pairs_accelerometer_and_gyroscope_per_device(make_params):
+    params = make_params(*RAW_SMALL)
+    ingest.run(params)
+    out, meta, card, split = outputs(params)
+    signal = np.load(out / "signal.npy", mmap_mode="r")
+    x = np.load(out / "x.npy", mmap_mode="r")
+    assert signal.shape == (len(meta), 2, 3, 4 * 10) and x.shape == (len(meta), 4, 2, 3, 2, 10)
+    assert set(meta.device) == {"nexus4_1", "gear_1"} and set(meta.user) == {"a"}
+    assert "null" not in set(meta.label_name)  # null_label: drop
+    # accelerometer magnitude ~ gravity; gyroscope near zero for a phone standing still
+    stand = meta.index[(meta.label_name == "stand") & (meta.device == "nexus4_1")]
+    assert 8 < np.linalg.norm(signal[stand[0], 0], axis=0).mean() < 11.5
+    assert np.abs(signal[stand[0], 1]).mean() < 0.5
+    assert card["sampling_rate_hz"]["nexus4/nexus4_1"]["accelerometer"] == pytest.approx(200, rel=0.1)
+    assert split["test_users"] == [] and "warning" in split
+    # the watch's `null` rows become a class when asked
+    kept = make_params(*RAW_SMALL, "ingest.hhar_raw.null_label=keep")
+    ingest.run(kept)
+    assert "null" in set(outputs(kept)[1].label_name)
+
+
+def test_run_is_tracked_in_mlflow_with_card_validation_and_tags(make_params):
+    import mlflow
+
+    params = make_params()
+    result = ingest.run(params)
+    from components import tracking
+
+    mlflow.set_tracking_uri(tracking.tracking_uri(params))
+    run = mlflow.get_run(result.run_id)
+    assert run.info.run_name == "ingest" and run.info.status == "FINISHED"
+    assert run.data.tags["data_hash"] == result.data_hash and len(result.data_hash) == 64
+    assert run.data.tags["git_commit"]
+    assert run.data.metrics["windows"] == 2426 and run.data.metrics["windows.user.a"] == 457
+    assert run.data.params["ingest.dataset"] == "hhar_sa"
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id, "ingest")}
+    assert {"ingest/data_card.json", "ingest/validation.json", "ingest/split.json", "ingest/data_card.md"} <= artifacts
+    artifact_dir = params.path(params.pipeline.state_dir) / "mlflow" / "artifacts"
+    assert any(artifact_dir.rglob("data_card.json"))  # the embedded store lives under state_dir
+
+
+def test_pipeline_key_nests_stage_runs_under_one_parent(make_params):
+    import mlflow
+
+    from components import tracking
+
+    params = make_params()
+    first = ingest.run(params, pipeline_key="manual__1")
+    second = ingest.run(params, pipeline_key="manual__1")
+    mlflow.set_tracking_uri(tracking.tracking_uri(params))
+    parents = {mlflow.get_run(r.run_id).data.tags["mlflow.parentRunId"] for r in (first, second)}
+    assert len(parents) == 1
+    assert mlflow.get_run(parents.pop()).info.run_name == "pipeline"
