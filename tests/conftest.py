@@ -67,3 +67,34 @@ RAW_SMALL = (
 
 def replace(params: Params, **sections) -> Params:
     return dataclasses.replace(params, **sections)
+
+
+@pytest.fixture
+def params_file(tmp_path: Path, data_root: Path):
+    """A params.yaml in tmp_path whose outputs and stores stay in tmp_path (for CLI, DVC and Airflow runs)."""
+    import yaml
+
+    def write(folder: Path = tmp_path, **ingest_overrides) -> Path:
+        raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+        raw["ingest"]["data_root"] = str(data_root)
+        raw["ingest"].update(ingest_overrides)
+        raw["pipeline"]["state_dir"] = str(folder / ".state")
+        raw["pipeline"]["runs_dir"] = str(folder / ".state" / "runs")
+        path = folder / "params.yaml"
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        return path
+
+    return write
+
+
+def subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    import sys
+
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["AIRFLOW_HOME"] = str(tmp_path / "airflow")
+    env["AIRFLOW__CORE__DAGS_FOLDER"] = str(PROJECT_ROOT / "dags")
+    env["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.update(extra)
+    return env

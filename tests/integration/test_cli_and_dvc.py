@@ -1,0 +1,60 @@
+"""`python -m components` and `dvc repro` as a user runs them, in a scratch project folder."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import PROJECT_ROOT, subprocess_env
+
+
+def components_cli(tmp_path, *args, **env):
+    return subprocess.run([sys.executable, "-m", "components", *args], cwd=tmp_path, capture_output=True, text=True,
+                          env=subprocess_env(tmp_path, **env), timeout=300)
+
+
+def test_cli_bad_param_is_one_clear_line_not_a_traceback(tmp_path, params_file):
+    params = params_file()
+    out = components_cli(tmp_path, "ingest", "--params", str(params), "-p", "ingest.hhar_raw.intervals=x")
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: ingest.hhar_raw.intervals: expected int, got str 'x'"
+
+
+def test_cli_data_error_names_the_file(tmp_path, params_file):
+    params = params_file()
+    out = components_cli(tmp_path, "ingest", "--params", str(params), "-p", f"ingest.data_root={tmp_path}")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "error: " in out.stderr and "no HHAR_SA window files" in out.stderr
+
+
+def test_cli_pipeline_runs_every_stage_under_one_parent_run(tmp_path, params_file):
+    params = params_file()
+    out = components_cli(tmp_path, "pipeline", "--params", str(params))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "ingest: 2426 windows" in out.stdout and "pipeline local-" in out.stdout
+    assert (tmp_path / "data" / "ingest" / "x.npy").exists()
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_ingest_then_is_a_no_op(tmp_path, params_file):
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(PROJECT_ROOT / name, tmp_path / name)
+    shutil.copytree(PROJECT_ROOT / "components", tmp_path / "components",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    params_file()
+    env = subprocess_env(tmp_path, DVC_NO_ANALYTICS="1")
+    dvc = shutil.which("dvc", path=env["PATH"])
+    for cmd in (["git", "init", "-q"], [dvc, "init", "-q"]):
+        subprocess.run(cmd, cwd=tmp_path, check=True, env=env, timeout=120)
+    first = subprocess.run([dvc, "repro"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
+    assert "Running stage 'ingest'" in first.stdout
+    assert (tmp_path / "data" / "ingest" / "windows.parquet").exists()
+    assert (tmp_path / "reports" / "ingest" / "metrics.json").exists()
+    second = subprocess.run([dvc, "repro"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert second.returncode == 0
+    assert "Stage 'ingest' didn't change, skipping" in second.stdout
+    assert "Running stage" not in second.stdout
