@@ -104,27 +104,31 @@ class Validator:
         return self._gx.expectations
 
     def validate(self, suite: str, source: str, frame: pd.DataFrame, expectations: list) -> bool:
-        """Validate `frame` (its index names the rows, e.g. file line numbers) and record the outcome."""
+        """Validate `frame` (its index names the rows, e.g. file line numbers) and record the outcome.
+
+        A pass only asks GX whether each expectation holds; a block that fails
+        is validated again with counts and example rows, so the common case
+        (clean data) does not pay for collecting examples.
+        """
         batch = self._batches.get_batch(batch_parameters={"dataframe": frame})
-        gx_suite = self._gx.ExpectationSuite(name=suite, expectations=[e.copy() for e in expectations])
-        result = batch.validate(gx_suite, result_format={
-            "result_format": "SUMMARY", "partial_unexpected_count": self.example_rows,
-        })
-        ok = True
-        for r in result.results:
+        quick = self._run(batch, suite, expectations, "BOOLEAN_ONLY")
+        failed = [r for r in quick.results if not r.success]
+        detailed = self._run(batch, suite, expectations, "SUMMARY") if failed else quick
+        for r in detailed.results:
             name = _name(r.expectation_config)
             outcome = self.report.outcomes.setdefault((suite, source, name), Outcome(suite, source, name))
-            outcome.checked += int(r.result.get("element_count", len(frame)) or 0)
+            outcome.checked += len(frame)
             if r.exception_info and r.exception_info.get("raised_exception"):
                 outcome.error = str(r.exception_info.get("exception_message", "error"))[:300]
-                ok = False
-                continue
-            if r.success:
-                continue
-            ok = False
-            outcome.unexpected += int(r.result.get("unexpected_count") or 1)
-            self._examples(outcome, r.result, frame)
-        return ok
+            elif not r.success:
+                outcome.unexpected += int(r.result.get("unexpected_count") or 1)
+                self._examples(outcome, r.result, frame)
+        return not failed
+
+    def _run(self, batch, suite: str, expectations: list, result_format: str):
+        gx_suite = self._gx.ExpectationSuite(name=suite, expectations=[e.copy() for e in expectations])
+        return batch.validate(gx_suite, result_format={"result_format": result_format,
+                                                       "partial_unexpected_count": self.example_rows})
 
     def _examples(self, outcome: Outcome, result: dict, frame: pd.DataFrame) -> None:
         room = self.example_rows - len(outcome.examples)
