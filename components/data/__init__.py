@@ -1,0 +1,1 @@
+"""Loaders, one per published data format, and the windowed result they share."""

