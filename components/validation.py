@@ -10,6 +10,7 @@ example rows with their file line numbers.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,6 +92,7 @@ class Validator:
     def __init__(self, example_rows: int = 5):
         import great_expectations as gx
 
+        logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO lines are internals
         self._gx = gx
         self.example_rows = example_rows
         self.context = gx.get_context(mode="ephemeral")

@@ -14,7 +14,7 @@ _HOME = Path(tempfile.mkdtemp(prefix="iot-compress-tests-"))
 for var, sub in (("XDG_CACHE_HOME", "cache"), ("XDG_CONFIG_HOME", "config"), ("XDG_DATA_HOME", "share"),
                  ("KERAS_HOME", "keras"), ("DVC_SITE_CACHE_DIR", "dvc-site")):
     os.environ[var] = str(_HOME / sub)
-os.environ.setdefault("AIRFLOW_HOME", str(_HOME / "airflow"))
+os.environ["AIRFLOW_HOME"] = str(_HOME / "airflow")
 os.environ["GX_ANALYTICS_ENABLED"] = "false"
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ["DVC_NO_ANALYTICS"] = "1"

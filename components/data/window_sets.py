@@ -91,26 +91,37 @@ def _check_windows(path: Path, samples: np.ndarray, labels: np.ndarray, shape: t
         raise DataError(path, f"label {labels[bad[0]]!r} is not one of 0..{n_labels - 1}", f"window {bad[0]}")
 
 
-def load_hhar_sa(directory: Path) -> WindowSet:
+def _read_pt_windows(directory: Path, what: str, inner_shape: tuple[int, int], n_labels: int,
+                     to_signal, user_of) -> dict:
+    """Read every `<split>_<k>.pt` of `directory` into the arrays a WindowSet needs."""
     files = sorted(directory.glob("*_[0-9]*.pt"), key=lambda p: (p.stem.split("_")[0], int(p.stem.split("_")[1])))
     if not files:
-        raise DataError(directory, "no HHAR_SA window files (<split>_<k>.pt) found")
-    signals, labels, users, origin, sources = [], [], [], [], {}
+        raise DataError(directory, f"no {what} window files (<split>_<k>.pt) found")
+    parts: dict[str, list] = {"signal": [], "label": [], "user": [], "source": []}
+    sources = {}
     for path in files:
         d = load_legacy_pt(path)
-        samples, lab = d["samples"], d["labels"]
-        _check_windows(path, samples, lab, (0, 128, 3), len(HHAR_LABELS))
-        origin.append(np.full(len(lab), f"{directory.name}/{path.name}"))
-        k = int(path.stem.split("_")[1])
-        signals.append(samples.transpose(0, 2, 1)[:, None].astype(np.float32))  # [N, 1, 3, 128]
-        labels.append(lab.astype(np.int16))
-        users.append(np.full(len(lab), HHAR_SA_USERS[k]))
-        sources[f"{directory.name}/{path.name}"] = sha256_of(path)
-    n = sum(len(x) for x in labels)
+        samples, labels = d["samples"], d["labels"]
+        _check_windows(path, samples, labels, (0, *inner_shape), n_labels)
+        name = f"{directory.name}/{path.name}"
+        n = len(labels)
+        parts["signal"].append(to_signal(samples).astype(np.float32))
+        parts["label"].append(labels.astype(np.int16))
+        parts["user"].append(np.full(n, user_of(int(path.stem.split("_")[1]))))
+        parts["source"].append(np.full(n, name))
+        sources[name] = sha256_of(path)
+    arrays = {k: np.concatenate(v) for k, v in parts.items()}
+    return arrays | {"sources": sources}
+
+
+def load_hhar_sa(directory: Path) -> WindowSet:
+    arrays = _read_pt_windows(directory, "HHAR_SA", (128, 3), len(HHAR_LABELS),
+                              to_signal=lambda s: s.transpose(0, 2, 1)[:, None],  # [N, 1 sensor, 3 axes, 128]
+                              user_of=lambda k: HHAR_SA_USERS[k])
+    n = len(arrays["label"])
     return WindowSet(
-        signal=np.concatenate(signals), label=np.concatenate(labels), label_names=HHAR_LABELS,
-        user=np.concatenate(users), source=np.concatenate(origin), model=np.full(n, "samsungold"), device=np.full(n, "samsungold"),
-        sensors=("accelerometer",), units=("standardised",), sample_rate_hz=50.0, sources=sources,
+        **arrays, label_names=HHAR_LABELS, model=np.full(n, "samsungold"), device=np.full(n, "samsungold"),
+        sensors=("accelerometer",), units=("standardised",), sample_rate_hz=50.0,
         notes=[
             "HHAR_SA (AdaTime): only the per-user test files are available; file k is taken as user k of a..i",
             "values are standardised per file, not m/s^2; the device (Galaxy S+, ~50 Hz) is inferred from the data",
@@ -120,25 +131,13 @@ def load_hhar_sa(directory: Path) -> WindowSet:
 
 
 def load_uci_har(directory: Path) -> WindowSet:
-    files = sorted(directory.glob("*_[0-9]*.pt"))
-    if not files:
-        raise DataError(directory, "no UCI HAR window files (<split>_<subject>.pt) found")
-    signals, labels, users, origin, sources = [], [], [], [], {}
-    for path in files:
-        d = load_legacy_pt(path)
-        samples, lab = d["samples"], d["labels"]
-        _check_windows(path, samples, lab, (0, 9, 128), len(UCI_HAR_LABELS))
-        origin.append(np.full(len(lab), f"{directory.name}/{path.name}"))
-        signals.append(samples.reshape(len(samples), 3, 3, 128).astype(np.float32))
-        labels.append(lab.astype(np.int16))
-        users.append(np.full(len(lab), f"subject{int(path.stem.split('_')[1]):02d}"))
-        sources[f"{directory.name}/{path.name}"] = sha256_of(path)
-    n = sum(len(x) for x in labels)
+    arrays = _read_pt_windows(directory, "UCI HAR", (9, 128), len(UCI_HAR_LABELS),
+                              to_signal=lambda s: s.reshape(len(s), 3, 3, 128),  # [N, 3 sensors, 3 axes, 128]
+                              user_of=lambda k: f"subject{k:02d}")
+    n = len(arrays["label"])
     return WindowSet(
-        signal=np.concatenate(signals), label=np.concatenate(labels), label_names=UCI_HAR_LABELS,
-        user=np.concatenate(users), source=np.concatenate(origin), model=np.full(n, "galaxy_s2"), device=np.full(n, "galaxy_s2"),
+        **arrays, label_names=UCI_HAR_LABELS, model=np.full(n, "galaxy_s2"), device=np.full(n, "galaxy_s2"),
         sensors=("body_acc", "body_gyro", "total_acc"), units=("g", "rad/s", "g"), sample_rate_hz=50.0,
-        sources=sources,
         notes=["UCI HAR windows overlap by 50 %; train_k and test_k of a subject are merged and split by subject"],
     )
 
