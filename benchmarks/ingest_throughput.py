@@ -96,8 +96,9 @@ def run_once(work: Path, rows: int, params_path: Path, chunk_rows: int | None) -
     if proc.returncode not in (0, None) or "error:" in stderr:
         raise SystemExit(f"ingest failed:\n{stderr[-3000:]}")
     metrics = json.loads((work / "reports" / "metrics.json").read_text())
+    timings = json.loads((work / "reports" / "timings.json").read_text())
     result = {"rows": 2 * rows, "windows": int(metrics["windows"]), "total_s": total_s,
-              "stream_s": metrics["stream_s"], "peak_rss_mb": usage.ru_maxrss / 1024}
+              "stream_s": timings["stream_s"], "peak_rss_mb": usage.ru_maxrss / 1024}
     acc.unlink()
     gyro.unlink()
     return result

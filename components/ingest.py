@@ -60,7 +60,7 @@ def run(params: Params, output_dir: Path | None = None, pipeline_key: str | None
         validator = Validator(cfg.expectations.example_rows)
         try:
             with atomic_directory(output_dir) as staging:
-                card = _ingest_into(params, staging, validator)
+                card, timings = _ingest_into(params, staging, validator)
                 data_hash = card["data_hash"]
                 mlrun.set_tags({"data_hash": data_hash, "dataset": cfg.dataset})
         except ValidationFailed as exc:
@@ -71,26 +71,30 @@ def run(params: Params, output_dir: Path | None = None, pipeline_key: str | None
             mlrun.log_metrics({"failed_expectations": len(exc.report.failures())})
             raise ValidationFailed(exc.report, str(path)) from None
         seconds = time.perf_counter() - started
-        metrics = _metrics(card, seconds)
+        metrics = _metrics(card)  # deterministic: DVC's metrics file stays the same when the data does
+        timings = _timings(card, timings, seconds)
         write_text_atomic(report_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
+        write_text_atomic(report_dir / "timings.json", json.dumps(timings, indent=2, sort_keys=True))
         (report_dir / "validation_failed.json").unlink(missing_ok=True)
-        mlrun.log_metrics(metrics)
+        mlrun.log_metrics(metrics | timings)
         for name in ("data_card.json", "data_card.md", "validation.json", "split.json"):
             mlrun.log_artifact(output_dir / name, "ingest")
         log.info("ingest: %d windows (%s) in %.1f s -> %s", card["windows"], cfg.dataset, seconds, output_dir)
         return IngestResult(output_dir, card["windows"], data_hash, mlrun.run_id)
 
 
-def _ingest_into(params: Params, staging: Path, validator: Validator) -> dict:
+def _ingest_into(params: Params, staging: Path, validator: Validator) -> tuple[dict, dict]:
+    """Write every output into `staging`; return the data card and the timings of the work."""
     cfg = params.ingest
     if cfg.dataset == "hhar_raw":
         sensors, intervals = hhar_ingest.SENSORS, cfg.hhar_raw.intervals
         writer = WindowWriter(staging, intervals, sensors)
         try:
-            label_names, sources, stats = hhar_ingest.ingest_hhar_raw(params, writer, validator)
+            raw = hhar_ingest.ingest_hhar_raw(params, writer, validator)
         finally:
             meta = writer.close()
-        units, rate, notes = ("m/s^2", "rad/s"), None, stats.pop("notes")
+        label_names, sources, notes, stats = raw.label_names, raw.sources, raw.notes, raw.card_stats
+        units, rate, timings = ("m/s^2", "rad/s"), None, {"stream_s": raw.stream_s}
     else:
         ws = _load_window_set(params)
         sensors, intervals = ws.sensors, _window_intervals(cfg)
@@ -102,7 +106,8 @@ def _ingest_into(params: Params, staging: Path, validator: Validator) -> dict:
                 writer.add(ws.signal[sl], _meta_columns(ws, sl))
         finally:
             meta = writer.close()
-        label_names, sources, units, rate, notes, stats = ws.label_names, ws.sources, ws.units, ws.sample_rate_hz, ws.notes, {}
+        label_names, sources, units, rate, notes = ws.label_names, ws.sources, ws.units, ws.sample_rate_hz, ws.notes
+        stats, timings = {}, {}
     if meta.empty:
         raise DataError(params.data_root(), f"{cfg.dataset}: no complete window could be cut from the input")
     meta["label_name"] = np.asarray(label_names)[meta["label"].to_numpy()]
@@ -120,7 +125,7 @@ def _ingest_into(params: Params, staging: Path, validator: Validator) -> dict:
         (staging / name).write_text(json.dumps(payload, indent=2, default=str))
     (staging / "data_card.md").write_text(card_markdown(card))
     (staging / "validation.json").write_text(validator.report.to_json())
-    return card
+    return card, timings
 
 
 def _window_intervals(cfg: IngestParams) -> int:
@@ -197,12 +202,18 @@ def _validate_windows(meta: pd.DataFrame, label_names, sensors, units, cfg: Inge
         raise ValidationFailed(validator.report)
 
 
-def _metrics(card: dict, seconds: float) -> dict[str, float]:
-    m = {"windows": card["windows"], "users": len(card["counts"]["user"]), "wall_time_s": round(seconds, 3)}
+def _metrics(card: dict) -> dict[str, float]:
+    m = {"windows": card["windows"], "users": len(card["counts"]["user"])}
     m.update({f"rows_read.{Path(k).name}": v for k, v in card.get("rows_per_file", {}).items()})
-    if card.get("stream_s"):  # raw rows: the streaming part alone (read, validate, resample, window, write)
-        m["stream_s"] = card["stream_s"]
-        m["rows_per_s"] = round(sum(card["rows_per_file"].values()) / max(card["stream_s"], 1e-9))
     for kind in ("user", "device", "label", "split"):
         m.update({f"windows.{kind}.{k}": v for k, v in card["counts"][kind].items()})
     return m
+
+
+def _timings(card: dict, timings: dict, seconds: float) -> dict[str, float]:
+    """Wall time; for raw rows also the streaming part alone (read, validate, resample, window, write)."""
+    out = {"wall_time_s": round(seconds, 3)}
+    if timings.get("stream_s"):
+        out["stream_s"] = timings["stream_s"]
+        out["rows_per_s"] = round(sum(card["rows_per_file"].values()) / max(timings["stream_s"], 1e-9))
+    return out

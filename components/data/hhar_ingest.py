@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,16 @@ def _raw_root(params: Params) -> Path:
     return target if target.exists() else extract_zip(archive, target)
 
 
-def ingest_hhar_raw(params: Params, writer: WindowWriter, validator: Validator):
+@dataclass(frozen=True)
+class RawIngest:
+    label_names: tuple[str, ...]
+    sources: dict[str, str]  # file (as the data card shows it) -> sha256
+    notes: list[str]
+    card_stats: dict  # rows per file, sampling rates seen, resampling counts
+    stream_s: float  # read + validate + resample + window + write
+
+
+def ingest_hhar_raw(params: Params, writer: WindowWriter, validator: Validator) -> RawIngest:
     cfg, raw = params.ingest, params.ingest.hhar_raw
     root = _raw_root(params)
     label_names = HHAR_LABELS + (("null",) if raw.null_label == "keep" else ())
@@ -86,10 +96,13 @@ def ingest_hhar_raw(params: Params, writer: WindowWriter, validator: Validator):
             writer.add(block.signal, {"label": block.label, "user": np.full(n, user), "model": np.full(n, model),
                                       "device": np.full(n, device), "source": np.full(n, "hhar_raw"),
                                       "start_s": block.start_s})
-    stats = {"rows_per_file": rows_per_file, "notes": notes, "stream_s": round(time.perf_counter() - started, 3), "sampling_rate_hz": _rates(groups, resamplers, raw.interval_s),
-             "resampling": {s: {k: v for k, v in vars(r.stats).items() if k != "rows_per_interval"}
-                            for s, r in zip(SENSORS, resamplers)}}
-    return label_names, sources, stats
+    card_stats = {
+        "rows_per_file": rows_per_file,
+        "sampling_rate_hz": _rates(groups, resamplers, raw.interval_s),
+        "resampling": {s: {k: v for k, v in vars(r.stats).items() if k != "rows_per_interval"}
+                       for s, r in zip(SENSORS, resamplers)},
+    }
+    return RawIngest(label_names, sources, notes, card_stats, round(time.perf_counter() - started, 3))
 
 
 def _shown(path: Path, root: Path) -> str:

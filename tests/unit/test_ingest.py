@@ -126,3 +126,15 @@ def test_pipeline_key_nests_stage_runs_under_one_parent(make_params):
     parents = {mlflow.get_run(r.run_id).data.tags["mlflow.parentRunId"] for r in (first, second)}
     assert len(parents) == 1
     assert mlflow.get_run(parents.pop()).info.run_name == "pipeline"
+
+
+def test_outputs_are_byte_identical_across_runs(make_params, tmp_path):
+    """So `dvc repro` and the data hash mean the same data, run after run."""
+    first, second = (make_params(*RAW_SMALL, f"ingest.output_dir={tmp_path / name}") for name in ("one", "two"))
+    ingest.run(first)
+    ingest.run(second)
+    one, two = tmp_path / "one", tmp_path / "two"
+    names = sorted(p.name for p in one.iterdir())
+    assert names == sorted(p.name for p in two.iterdir()) and "x.npy" in names
+    for name in names:
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
