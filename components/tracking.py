@@ -21,7 +21,6 @@ from typing import Any
 
 from components.config import Params
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 log = logging.getLogger(__name__)
 PIPELINE_KEY_TAG = "pipeline_run_key"  # on every run of one pipeline execution
 PARENT_TAG = "pipeline_parent"  # only on its parent run
@@ -35,6 +34,7 @@ def tracking_uri(params: Params) -> str:
 
 
 def _mlflow(params: Params):
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
     uri = tracking_uri(params)

@@ -17,9 +17,6 @@ from typing import Any
 
 import pandas as pd
 
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-
-
 @dataclass
 class Outcome:
     """One expectation over one input, accumulated across blocks."""
@@ -90,6 +87,7 @@ class Validator:
     """Runs expectation suites on pandas frames with an ephemeral GX context."""
 
     def __init__(self, example_rows: int = 5):
+        os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
         import great_expectations as gx
 
         logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO lines are internals

@@ -100,11 +100,6 @@ class WindowWriter:
                 appender.close()
         return pd.concat(self._meta) if self._meta else pd.DataFrame()
 
-    def abort(self) -> None:
-        for appender in (self._signal, self._x):
-            if appender is not None and not appender._file.closed:
-                appender._file.close()
-
 
 @contextmanager
 def atomic_directory(target: Path) -> Iterator[Path]:
