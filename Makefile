@@ -68,6 +68,7 @@ mlflow-ui: install
 
 benchmark: install
 	$(PY) benchmarks/ingest_throughput.py
+	$(PY) benchmarks/train_baseline.py
 
 clean:
 	rm -rf $(STATE) data reports

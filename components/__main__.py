@@ -12,9 +12,10 @@ from datetime import datetime, timezone
 
 from components.config import ConfigError, default_params_path, load_params
 from components.data.errors import DataError
+from components.models.spec import ModelConfigError
 from components.validation import ValidationFailed
 
-STAGES = ("ingest",)
+STAGES = ("ingest", "train")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one param, e.g. -p ingest.dataset=hhar_raw (repeatable)")
     p.add_argument("--output-dir", default=None, help="write the stage's output here instead of the params path")
+    p.add_argument("--input-dir", default=None, help="read the previous stage's output from here (train)")
     p.add_argument("--pipeline-key", default=None, help="nest the MLflow run under this pipeline run")
     p.add_argument("--port", type=int, default=5000, help="mlflow-ui: port on 127.0.0.1")
     return p
@@ -41,18 +43,24 @@ def main(argv: list[str] | None = None) -> int:
             return _mlflow_ui(params, args.port)
         if args.command == "pipeline":
             return _pipeline(params)
-        return _run_stage(args.command, params, args.output_dir, args.pipeline_key)
-    except (ConfigError, DataError, ValidationFailed) as exc:
+        return _run_stage(args.command, params, args.output_dir, args.pipeline_key, args.input_dir)
+    except (ConfigError, DataError, ValidationFailed, ModelConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
 
-def _run_stage(stage: str, params, output_dir=None, pipeline_key=None) -> int:
+def _run_stage(stage: str, params, output_dir=None, pipeline_key=None, input_dir=None) -> int:
     if stage == "ingest":
         from components import ingest
 
         result = ingest.run(params, output_dir, pipeline_key)
         print(f"ingest: {result.windows} windows -> {result.output_dir} (MLflow run {result.run_id})")
+    elif stage == "train":
+        from components import train
+
+        result = train.run(params, output_dir, input_dir, pipeline_key)
+        print(f"train: accuracy {result.accuracy:.3f}, macro-F1 {result.macro_f1:.3f} on held-out users "
+              f"-> {result.output_dir} (MLflow run {result.run_id})")
     return 0
 
 

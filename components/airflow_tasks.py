@@ -25,12 +25,16 @@ def run_output_dir(runs_dir: Path, run_id: str, stage: str) -> Path:
     return runs_dir / safe / stage
 
 
-def run_stage(stage: str, run_id: str) -> str:
-    """Run `stage` for the Airflow run `run_id`; return its output folder (the XCom value)."""
+def run_stage(stage: str, run_id: str, input_dir: str | None = None) -> str:
+    """Run `stage` for the Airflow run `run_id` on the previous stage's output; return its output folder."""
     params = load_params(params_path())
     output_dir = run_output_dir(params.path(params.pipeline.runs_dir), run_id, stage)
     if stage == "ingest":
         from components import ingest
 
         return str(ingest.run(params, output_dir, pipeline_key=run_id).output_dir)
+    if stage == "train":
+        from components import train
+
+        return str(train.run(params, output_dir, Path(input_dir), pipeline_key=run_id).output_dir)
     raise ValueError(f"unknown stage {stage!r}")

@@ -95,9 +95,69 @@ class IngestParams:
 
 
 @dataclass(frozen=True)
+class DeepSenseParams:
+    sensor_filters: int  # per-sensor convolution filters (DeepSense: 64)
+    sensor_kernels: tuple[int, ...]  # kernel sizes along frequency, first to last
+    first_stride: int  # stride of the first per-sensor convolution, in frequency bins
+    merge_filters: int
+    merge_kernels: tuple[int, ...]
+    rnn: Literal["gru", "lstm"]
+    rnn_units: int  # DeepSense: 120
+    rnn_layers: int  # DeepSense: 2
+    dropout: float
+
+
+@dataclass(frozen=True)
+class CnnParams:
+    filters: tuple[int, ...]
+    kernel: int
+    dropout: float
+
+
+@dataclass(frozen=True)
+class MlpParams:
+    units: tuple[int, ...]
+    dropout: float
+
+
+@dataclass(frozen=True)
+class ClassicalParams:
+    n_estimators: int  # random forest on per-axis statistics
+    max_depth: int | None
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    output_dir: str
+    report_dir: str
+    arch: Literal["deepsense", "cnn", "mlp"]
+    evaluation: Literal["split", "leave_one_user_out"]  # the nightly run uses ingest's user split
+    test_users: tuple[str, ...]  # override ingest's held-out users; empty: keep them
+    seed: int
+    threads: int
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    patience: int  # epochs without a better validation loss before stopping
+    validation: Literal["windows", "user"]  # early-stopping set: a share of windows, or one training user
+    val_fraction: float  # validation: windows: this share of the training users' windows, stratified by label
+    class_weights: bool
+    input_norm: Literal["feature", "sensor"]  # standardise each input value, or each sensor as a whole
+    noise_std: float  # Gaussian noise added while training, in feature standard deviations; 0: off
+    rotation_deg: float  # random rotation of each sensor's axes while training, up to this angle; 0: off
+    scale_std: float  # random amplitude scaling while training, 1 + N(0, scale_std); 0: off
+    deepsense: DeepSenseParams
+    cnn: CnnParams
+    mlp: MlpParams
+    classical: ClassicalParams
+
+
+@dataclass(frozen=True)
 class Params:
     pipeline: PipelineParams
     ingest: IngestParams
+    train: TrainParams
     root: Path = dataclasses.field(default=Path("."), compare=False)  # params.yaml's folder
 
     def path(self, relative: str) -> Path:

@@ -110,6 +110,23 @@ class StageRun:
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
+    def log_torch_model(self, model, input_example, name: str = "model") -> str:
+        """Log a torch model as an MLflow model (ready to register) with its signature; return its URI.
+
+        The pip requirements are explicit: inference would take ~11 s and drop torch's `+cpu`.
+        """
+        import numpy
+        import torch
+        from mlflow.models import infer_signature
+
+        with torch.no_grad():
+            output = model(torch.from_numpy(input_example)).numpy()
+        info = self._mlflow.pytorch.log_model(
+            model, name=name, input_example=input_example, signature=infer_signature(input_example, output),
+            pip_requirements=[f"torch=={torch.__version__}", f"numpy=={numpy.__version__}"],
+        )
+        return info.model_uri
+
 
 def _metric_key(key: str) -> str:
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in key)

@@ -36,7 +36,13 @@ def compress_nightly():
 
         return run_stage("ingest", context["run_id"])
 
-    ingest()
+    @task(task_id="train")
+    def train(ingest_dir: str, **context) -> str:
+        from components.airflow_tasks import run_stage
+
+        return run_stage("train", context["run_id"], ingest_dir)
+
+    train(ingest())
 
 
 compress_nightly()

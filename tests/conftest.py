@@ -46,6 +46,8 @@ def make_params(tmp_path: Path, data_root: Path):
             f"ingest.data_root={data_root}",
             f"ingest.output_dir={tmp_path / 'out' / 'ingest'}",
             f"ingest.report_dir={tmp_path / 'reports'}",
+            f"train.output_dir={tmp_path / 'out' / 'train'}",
+            f"train.report_dir={tmp_path / 'reports' / 'train'}",
             f"ingest.download_dir={tmp_path / 'downloads'}",
             f"pipeline.state_dir={tmp_path / 'state'}",
             f"pipeline.runs_dir={tmp_path / 'runs'}",
@@ -69,15 +71,20 @@ def replace(params: Params, **sections) -> Params:
     return dataclasses.replace(params, **sections)
 
 
+# A quick `train` for tests that run the whole pipeline through a command line.
+QUICK_TRAIN = {"epochs": 3, "patience": 2, "classical": {"n_estimators": 20, "max_depth": None}}
+
+
 @pytest.fixture
 def params_file(tmp_path: Path, data_root: Path):
     """A params.yaml in tmp_path whose outputs and stores stay in tmp_path (for CLI, DVC and Airflow runs)."""
     import yaml
 
-    def write(folder: Path = tmp_path, **ingest_overrides) -> Path:
+    def write(folder: Path = tmp_path, train: dict | None = None, **ingest_overrides) -> Path:
         raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
         raw["ingest"]["data_root"] = str(data_root)
         raw["ingest"].update(ingest_overrides)
+        raw["train"].update(QUICK_TRAIN if train is None else train)
         raw["pipeline"]["state_dir"] = str(folder / ".state")
         raw["pipeline"]["runs_dir"] = str(folder / ".state" / "runs")
         path = folder / "params.yaml"

@@ -31,6 +31,7 @@ def test_nightly_schedule_and_safety_settings(dagbag):
     assert {"iot-compress", "nightly"} <= set(dag.tags)
     assert all(t.retries >= 1 for t in dag.tasks)
     assert [t.task_id for t in dag.tasks if not t.upstream_task_ids] == ["ingest"]
+    assert dag.get_task("train").upstream_task_ids == {"ingest"}
 
 
 def test_parsing_the_dag_imports_no_stage_code():
@@ -44,7 +45,7 @@ def test_parsing_the_dag_imports_no_stage_code():
 
 
 @pytest.mark.slow
-def test_airflow_dags_test_runs_ingest(tmp_path, params_file):
+def test_airflow_dags_test_runs_ingest_then_train(tmp_path, params_file):
     env = subprocess_env(tmp_path, IOT_COMPRESS_PARAMS=str(params_file()))
     airflow = str(Path(sys.executable).parent / "airflow")
     migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
@@ -55,3 +56,6 @@ def test_airflow_dags_test_runs_ingest(tmp_path, params_file):
     assert "state=success" in run.stdout + run.stderr
     cards = list((tmp_path / ".state" / "runs").glob("*/ingest/data_card.json"))
     assert len(cards) == 1 and json.loads(cards[0].read_text())["windows"] == 2426
+    [metrics] = list((tmp_path / ".state" / "runs").glob("*/train/metrics.json"))
+    assert metrics.parent.parent == cards[0].parent.parent  # train read this run's ingest output
+    assert json.loads(metrics.read_text())["test"]["accuracy"] > 0.3

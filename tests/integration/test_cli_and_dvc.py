@@ -34,12 +34,13 @@ def test_cli_pipeline_runs_every_stage_under_one_parent_run(tmp_path, params_fil
     params = params_file()
     out = components_cli(tmp_path, "pipeline", "--params", str(params))
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "ingest: 2426 windows" in out.stdout and "pipeline local-" in out.stdout
+    assert "ingest: 2426 windows" in out.stdout and "train: accuracy" in out.stdout and "pipeline local-" in out.stdout
     assert (tmp_path / "data" / "ingest" / "x.npy").exists()
+    assert (tmp_path / "data" / "train" / "model" / "model.safetensors").exists()
 
 
 @pytest.mark.slow
-def test_dvc_repro_runs_ingest_then_is_a_no_op(tmp_path, params_file):
+def test_dvc_repro_runs_the_stages_then_reruns_only_what_changed(tmp_path, params_file):
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(PROJECT_ROOT / name, tmp_path / name)
     shutil.copytree(PROJECT_ROOT / "components", tmp_path / "components",
@@ -47,14 +48,21 @@ def test_dvc_repro_runs_ingest_then_is_a_no_op(tmp_path, params_file):
     params_file()
     env = subprocess_env(tmp_path, DVC_NO_ANALYTICS="1")
     dvc = shutil.which("dvc", path=env["PATH"])
+
+    def repro() -> str:
+        out = subprocess.run([dvc, "repro"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+        assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+        return out.stdout
+
     for cmd in (["git", "init", "-q"], [dvc, "init", "-q"]):
         subprocess.run(cmd, cwd=tmp_path, check=True, env=env, timeout=120)
-    first = subprocess.run([dvc, "repro"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
-    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
-    assert "Running stage 'ingest'" in first.stdout
+    first = repro()
+    assert "Running stage 'ingest'" in first and "Running stage 'train'" in first
     assert (tmp_path / "data" / "ingest" / "windows.parquet").exists()
-    assert (tmp_path / "reports" / "ingest" / "metrics.json").exists()
-    second = subprocess.run([dvc, "repro"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
-    assert second.returncode == 0
-    assert "Stage 'ingest' didn't change, skipping" in second.stdout
-    assert "Running stage" not in second.stdout
+    assert (tmp_path / "reports" / "train" / "metrics.json").exists()
+    second = repro()
+    assert "Stage 'ingest' didn't change, skipping" in second and "Running stage" not in second
+    # a train.* param change retrains without re-ingesting
+    (tmp_path / "params.yaml").write_text((tmp_path / "params.yaml").read_text().replace("epochs: 3", "epochs: 2"))
+    third = repro()
+    assert "Running stage 'train'" in third and "Running stage 'ingest'" not in third

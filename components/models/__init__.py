@@ -1,0 +1,72 @@
+"""Models built from a layer description; saved as description (JSON) + weights (safetensors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from components.models.base import SensingModel
+from components.models.deepsense import DeepSense, deepsense_spec
+from components.models.plain import MLP, PlainCNN, cnn_spec, mlp_spec
+from components.models.spec import LayerSpec, ModelConfigError, ModelSpec
+
+ARCHITECTURES: dict[str, type[SensingModel]] = {"deepsense": DeepSense, "cnn": PlainCNN, "mlp": MLP}
+SPEC_FILE, WEIGHTS_FILE = "model.json", "model.safetensors"
+
+__all__ = ["ARCHITECTURES", "LayerSpec", "ModelConfigError", "ModelSpec", "SensingModel", "build", "load", "save",
+           "spec_from_params"]
+
+
+def spec_from_params(arch: str, model_params, input_shape: tuple[int, ...], classes: tuple[str, ...]) -> ModelSpec:
+    """The description of a fresh model of `arch`, its widths taken from params.yaml."""
+    if arch == "deepsense":
+        p = model_params.deepsense
+        return deepsense_spec(input_shape, classes, sensor_filters=p.sensor_filters, sensor_kernels=p.sensor_kernels,
+                              first_stride=p.first_stride, merge_filters=p.merge_filters,
+                              merge_kernels=p.merge_kernels, rnn=p.rnn, rnn_units=p.rnn_units,
+                              rnn_layers=p.rnn_layers, dropout=p.dropout)
+    if arch == "cnn":
+        p = model_params.cnn
+        return cnn_spec(input_shape, classes, filters=p.filters, kernel=p.kernel, dropout=p.dropout)
+    if arch == "mlp":
+        p = model_params.mlp
+        return mlp_spec(input_shape, classes, units=p.units, dropout=p.dropout)
+    raise ModelConfigError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+
+
+def build(spec: ModelSpec) -> SensingModel:
+    try:
+        cls = ARCHITECTURES[spec.arch]
+    except KeyError:
+        raise ModelConfigError(f"unknown architecture {spec.arch!r}; known: {', '.join(ARCHITECTURES)}") from None
+    return cls(spec)
+
+
+def save(model: SensingModel, directory: Path) -> None:
+    """Write model.json (the description) and model.safetensors (weights and buffers)."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / SPEC_FILE).write_text(model.spec.to_json())
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_FILE), metadata={"arch": model.spec.arch})
+
+
+def load(directory: Path) -> SensingModel:
+    """Rebuild a model from its description and load its weights (safetensors: no code is run)."""
+    from safetensors.torch import load_file
+
+    spec = ModelSpec.from_json((directory / SPEC_FILE).read_text())
+    model = build(spec)
+    state = load_file(str(directory / WEIGHTS_FILE))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelConfigError(f"{directory}: weights do not match the description "
+                               f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+    model.eval()
+    return model
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,111 @@
+"""DeepSense (Yao et al., WWW 2017) as its authors built it for HHAR, from a layer description.
+
+Per sensor, each interval's spectrum (axes x real/imag channels over F
+frequency bins) goes through three 1-D convolutions along frequency (the first
+spans several bins, with a stride), each with batch-norm, ReLU and channel
+dropout. The sensors' outputs are stacked as channels and merged by three more
+convolutions. A stack of GRU (or LSTM) layers runs over the intervals; its
+output is averaged over the real (unpadded) intervals and a dense layer
+classifies.
+
+Widths come from the layer description, not from constants, so a compressed
+description (fewer filters or units per layer) builds a smaller dense model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from components.models.base import SensingModel
+from components.models.spec import LayerSpec, ModelConfigError, ModelSpec, check_layers
+
+
+def deepsense_spec(input_shape: tuple[int, ...], classes: tuple[str, ...], *, sensor_filters: int,
+                   sensor_kernels: tuple[int, ...], first_stride: int, merge_filters: int,
+                   merge_kernels: tuple[int, ...], rnn: str, rnn_units: int, rnn_layers: int,
+                   dropout: float) -> ModelSpec:
+    intervals, sensors, axes, _, freq = input_shape
+    layers: list[LayerSpec] = []
+    for s in range(sensors):
+        channels, length = axes * 2, freq
+        for j, kernel in enumerate(sensor_kernels, start=1):
+            layer = LayerSpec(f"sensor{s}.conv{j}", "conv1d", channels, sensor_filters, kernel,
+                              first_stride if j == 1 else 1, length, intervals)
+            layers.append(layer)
+            channels, length = sensor_filters, layer.out_length
+            _check_length(layer)
+    channels = sensors * sensor_filters
+    for j, kernel in enumerate(merge_kernels, start=1):
+        layer = LayerSpec(f"merge.conv{j}", "conv1d", channels, merge_filters, kernel, 1, length, intervals)
+        layers.append(layer)
+        channels, length = merge_filters, layer.out_length
+        _check_length(layer)
+    features = channels * length
+    for j in range(1, rnn_layers + 1):
+        layers.append(LayerSpec(f"rnn{j}", rnn, features, rnn_units, length=intervals))
+        features = rnn_units
+    layers.append(LayerSpec("output", "linear", features, len(classes)))
+    spec = ModelSpec("deepsense", tuple(input_shape), tuple(classes), tuple(layers), {"dropout": dropout})
+    check_layers(spec)
+    return spec
+
+
+def _check_length(layer: LayerSpec) -> None:
+    if layer.kernel > layer.length:
+        raise ModelConfigError(f"deepsense layer {layer.name}: kernel {layer.kernel} is longer than its input "
+                               f"({layer.length} frequency positions left); use smaller kernels")
+
+
+class ConvBlock(nn.Sequential):
+    """Conv1d + BatchNorm + ReLU + channel dropout: one compressible unit (the filters shrink together)."""
+
+    def __init__(self, layer: LayerSpec, dropout: float):
+        super().__init__(
+            nn.Conv1d(layer.in_features, layer.out_features, layer.kernel, layer.stride),
+            nn.BatchNorm1d(layer.out_features),
+            nn.ReLU(),
+            nn.Dropout1d(dropout),
+        )
+
+
+class DeepSense(SensingModel):
+    def __init__(self, spec: ModelSpec):
+        super().__init__(spec)
+        intervals, self.sensors, axes, _, freq = spec.input_shape
+        dropout = float(spec.options.get("dropout", 0.0))
+        convs = [layer for layer in spec.layers if layer.kind == "conv1d"]
+        self.sensor_convs = nn.ModuleList(
+            nn.Sequential(*(ConvBlock(layer, dropout) for layer in convs if layer.name.startswith(f"sensor{s}.")))
+            for s in range(self.sensors))
+        self.merge = nn.Sequential(*(ConvBlock(layer, dropout) for layer in convs if layer.name.startswith("merge.")))
+        recurrent = [layer for layer in spec.layers if layer.kind in ("gru", "lstm")]
+        if not recurrent:
+            raise ModelConfigError("deepsense needs at least one recurrent layer")
+        cell = {"gru": nn.GRU, "lstm": nn.LSTM}
+        self.rnns = nn.ModuleList(cell[layer.kind](layer.in_features, layer.out_features, batch_first=True)
+                                  for layer in recurrent)
+        self.rnn_dropout = nn.Dropout(dropout)
+        out = spec.layer("output")
+        self.output = nn.Linear(out.in_features, out.out_features)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [B, T, sensors, axes, 2, F]; lengths: real intervals per window (default: all)."""
+        x = self.normalize(x)
+        b, t = x.shape[:2]
+        per_sensor = []
+        for s, stack in enumerate(self.sensor_convs):
+            xs = x[:, :, s].reshape(b * t, -1, x.shape[-1])  # [B*T, axes*2, F]
+            per_sensor.append(stack(xs))
+        h = self.merge(torch.cat(per_sensor, dim=1))  # [B*T, C, L]
+        h = h.reshape(b, t, -1)
+        for i, rnn in enumerate(self.rnns):
+            h, _ = rnn(h)
+            if i < len(self.rnns) - 1:
+                h = self.rnn_dropout(h)
+        if lengths is None:
+            pooled = h.mean(dim=1)
+        else:
+            mask = (torch.arange(t, device=x.device)[None, :] < lengths[:, None]).to(h.dtype)
+            pooled = (h * mask[..., None]).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp(min=1)
+        return self.output(self.rnn_dropout(pooled))

@@ -1,0 +1,119 @@
+"""The train stage on the real HHAR_SA windows, and its refusals of bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components import ingest, models, train
+from components.data.errors import DataError
+from components.models.spec import ModelConfigError
+
+FAST = ("train.epochs=4", "train.patience=2", "train.classical.n_estimators=30")
+
+
+@pytest.fixture
+def ingested(make_params):
+    params = make_params(*FAST)
+    ingest.run(params)
+    return params
+
+
+def test_short_real_training_beats_chance_by_a_clear_margin(ingested):
+    result = train.run(ingested)
+    out = result.output_dir
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_users"] == ["e"] and metrics["test"]["per_user"]["e"]["windows"] == 501
+    assert result.accuracy > 0.5 and metrics["classical"]["accuracy"] > 0.5  # chance is 1/6
+    assert np.array(metrics["test"]["confusion_matrix"]).sum() == 501
+    for name in ("confusion_matrix.png", "learning_curve.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    history = json.loads((out / "history.json").read_text())
+    assert 1 <= len(history["epochs"]) <= 4 and 1 <= history["best_epoch"] <= len(history["epochs"])
+    model = models.load(out / "model")  # the saved model reproduces the reported accuracy
+    windows = train.load_windows(ingested.path(ingested.ingest.output_dir))
+    test = np.flatnonzero(windows.meta["split"] == "test")
+    from components.training import predict
+    predicted = predict(model, windows.x[test])
+    assert np.isclose((predicted == windows.meta["label"].to_numpy()[test]).mean(), result.accuracy)
+
+
+def test_training_is_deterministic(ingested, tmp_path):
+    first = train.run(ingested, output_dir=tmp_path / "one")
+    second = train.run(ingested, output_dir=tmp_path / "two")
+    assert first.accuracy == second.accuracy
+    one = (tmp_path / "one" / "model" / "model.safetensors").read_bytes()
+    assert one == (tmp_path / "two" / "model" / "model.safetensors").read_bytes()
+
+
+def test_mlflow_gets_epochs_users_plots_and_a_loadable_model(ingested):
+    import mlflow
+
+    from components import tracking
+
+    result = train.run(ingested)
+    mlflow.set_tracking_uri(tracking.tracking_uri(ingested))
+    client = mlflow.MlflowClient()
+    run = client.get_run(result.run_id)
+    assert run.info.run_name == "train"
+    assert run.data.metrics["test.accuracy"] == pytest.approx(result.accuracy)
+    assert "test.user.e.macro_f1" in run.data.metrics and "classical.accuracy" in run.data.metrics
+    assert len(client.get_metric_history(result.run_id, "val_loss")) >= 1
+    files = {f.path for f in client.list_artifacts(result.run_id, "train")}
+    assert {"train/confusion_matrix.png", "train/learning_curve.png", "train/metrics.json"} <= files
+    logged = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/model")
+    assert logged.metadata.get_input_schema() is not None
+    x = train.load_windows(ingested.path(ingested.ingest.output_dir)).x[:3].astype(np.float32)
+    assert np.asarray(logged.predict(x)).shape == (3, 6)
+
+
+def test_window_file_with_the_wrong_shape_is_refused(ingested):
+    out = ingested.path(ingested.ingest.output_dir)
+    np.save(out / "x.npy", np.zeros((10, 8, 1, 3, 16), dtype=np.float32))
+    with pytest.raises(DataError, match=r"x\.npy: shape \(10, 8, 1, 3, 16\) is not \[windows, intervals"):
+        train.run(ingested)
+    np.save(out / "x.npy", np.zeros((10, 8, 1, 3, 2, 16), dtype=np.float32))
+    with pytest.raises(DataError, match=r"x\.npy: has 10 windows but windows\.parquet has 2426"):
+        train.run(ingested)
+
+
+def test_label_outside_the_models_classes_is_refused(ingested):
+    out = ingested.path(ingested.ingest.output_dir)
+    meta = pd.read_parquet(out / "windows.parquet")
+    meta.loc[7, "label"] = 9
+    meta.to_parquet(out / "windows.parquet")
+    with pytest.raises(DataError, match=r"windows\.parquet, window 7: label 9 is outside the model's 6 classes"):
+        train.run(ingested)
+
+
+def test_held_out_user_without_windows_is_refused(make_params):
+    params = make_params(*FAST, "train.test_users=[z]")
+    ingest.run(params)
+    with pytest.raises(DataError, match=r"held-out user\(s\) \['z'\] have no windows"):
+        train.run(params)
+
+
+def test_no_held_out_user_is_refused(ingested):
+    out = ingested.path(ingested.ingest.output_dir)
+    meta = pd.read_parquet(out / "windows.parquet")
+    meta["split"] = "train"  # as ingest writes it for a data set with a single user
+    meta.to_parquet(out / "windows.parquet")
+    with pytest.raises(DataError, match="fold split: no held-out windows"):
+        train.run(ingested)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.deepsense.sensor_filters=0", "0 units"),
+    ("train.deepsense.sensor_kernels=[20, 3, 3]", "kernel 20 is longer than its input"),
+])
+def test_bad_model_config_fails_before_training_starts(make_params, override, message, monkeypatch):
+    from components import training
+
+    params = make_params(*FAST, override)
+    ingest.run(params)
+    monkeypatch.setattr(training, "fit", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(ModelConfigError, match=message):
+        train.run(params)

@@ -1,0 +1,71 @@
+"""Pieces of the training loop that need no data: augmentation, standardisation, validation split, scores."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from components.config import load_params
+from components.training import augment, input_stats, random_rotations, scores, validation_split
+from tests.conftest import PROJECT_ROOT
+
+
+def cfg(**changes):
+    return dataclasses.replace(load_params(PROJECT_ROOT / "params.yaml").train, **changes)
+
+
+def test_rotations_are_proper_and_bounded():
+    r = random_rotations(200, 30.0, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(r @ r.transpose(1, 2), torch.eye(3).expand(200, 3, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.linalg.det(r), torch.ones(200), atol=1e-5, rtol=0)
+    angle = torch.rad2deg(torch.arccos(((r.diagonal(dim1=1, dim2=2).sum(1) - 1) / 2).clamp(-1, 1)))
+    assert angle.max() <= 30.0 + 1e-3 and angle.max() > 20.0
+
+
+def test_rotation_augmentation_turns_axes_but_keeps_their_energy():
+    x = torch.randn(4, 8, 2, 3, 2, 16)
+    out = augment(x, cfg(rotation_deg=45.0, scale_std=0.0, noise_std=0.0), torch.ones(x.shape[1:]),
+                  torch.Generator().manual_seed(1))
+    assert not torch.allclose(out, x)
+    torch.testing.assert_close(out.norm(dim=3), x.norm(dim=3), atol=1e-4, rtol=1e-4)  # per interval, sensor, bin
+
+
+def test_augmentation_off_is_the_identity_and_on_is_seeded():
+    x = torch.randn(4, 8, 1, 3, 2, 16)
+    off = cfg(rotation_deg=0.0, scale_std=0.0, noise_std=0.0)
+    assert torch.equal(augment(x, off, torch.ones(x.shape[1:]), torch.Generator()), x)
+    on = cfg(rotation_deg=30.0, scale_std=0.1, noise_std=0.1)
+    a = augment(x, on, torch.ones(x.shape[1:]), torch.Generator().manual_seed(3))
+    b = augment(x, on, torch.ones(x.shape[1:]), torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+
+
+def test_input_stats_per_feature_and_per_sensor():
+    x = torch.randn(50, 4, 2, 3, 2, 5) * torch.tensor([1.0, 10.0]).reshape(1, 1, 2, 1, 1, 1)
+    mean, std = input_stats(x, "feature")
+    assert mean.shape == std.shape == x.shape[1:]
+    mean, std = input_stats(x, "sensor")
+    assert mean.shape == x.shape[1:] and torch.unique(std[:, 0]).numel() == 1
+    assert 8 < float(std[0, 1, 0, 0, 0]) / float(std[0, 0, 0, 0, 0]) < 12
+
+
+def test_validation_split_holds_out_a_training_user_or_a_stratified_share():
+    labels = np.repeat(np.arange(3), 40)
+    users = np.tile(np.array(["a", "b", "c", "d"]), 30)
+    train, val = validation_split(labels, 0.2, seed=0, users=users)
+    assert len(set(users[val])) == 1 and not set(users[val]) & set(users[train])
+    train, val = validation_split(labels, 0.25, seed=0)
+    assert len(val) == 30 and np.bincount(labels[val]).tolist() == [10, 10, 10]
+    assert not set(train) & set(val)
+
+
+def test_scores_per_user_and_macro_f1_over_present_classes():
+    y = np.array([0, 0, 1, 1, 2, 2])
+    pred = np.array([0, 0, 1, 2, 2, 2])
+    users = np.array(["a", "a", "a", "b", "b", "b"])
+    s = scores(y, pred, users, classes=4)
+    assert s["accuracy"] == 5 / 6
+    assert s["per_user"]["a"] == {"accuracy": 1.0, "macro_f1": 1.0, "windows": 3}
+    assert np.array(s["confusion_matrix"]).shape == (4, 4)
