@@ -117,3 +117,17 @@ def test_bad_model_config_fails_before_training_starts(make_params, override, me
     monkeypatch.setattr(training, "fit", lambda *a, **k: pytest.fail("training started"))
     with pytest.raises(ModelConfigError, match=message):
         train.run(params)
+
+
+def test_leave_one_user_out_reports_every_user_and_the_means(make_params):
+    params = make_params(*FAST, "train.arch=mlp", "train.evaluation=leave_one_user_out", "train.class_weights=true")
+    ingest.run(params)
+    train.run(params)
+    report = json.loads((params.path(params.train.output_dir) / "metrics.json").read_text())
+    louo = report["leave_one_user_out"]
+    assert sorted(louo["folds"]) == ["user_a", "user_b", "user_c", "user_d", "user_e"]
+    accuracies = [f["deep"]["accuracy"] for f in louo["folds"].values()]
+    assert louo["mean_deep_accuracy"] == pytest.approx(np.mean(accuracies))
+    assert 0 < louo["mean_classical_accuracy"] <= 1
+    dvc_metrics = json.loads((params.path(params.train.report_dir) / "metrics.json").read_text())
+    assert dvc_metrics["mean_deep_accuracy"] == pytest.approx(louo["mean_deep_accuracy"])
