@@ -90,6 +90,8 @@ def fit(spec: ModelSpec, x: np.ndarray, y: np.ndarray, cfg: TrainParams, label: 
             log.info("%sstopping early: no better validation loss for %d epochs", label, cfg.patience)
             break
     history.seconds = time.perf_counter() - started
+    if best is None:  # the validation loss never became finite
+        raise ValueError(f"{label}training diverged: validation loss {history.epochs[-1]['val_loss']} at every epoch")
     model.load_state_dict(best)
     model.eval()
     return model, history
