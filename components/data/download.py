@@ -8,7 +8,6 @@ Extraction refuses any member whose path would land outside the target folder
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import logging
 import stat
@@ -18,6 +17,7 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from components.data.checksums import sha256_of
 from components.data.errors import DataError
 from components.data.outputs import atomic_directory
 
@@ -32,7 +32,7 @@ def download(url: str, sha256: str, directory: Path, timeout_s: float = 60.0) ->
     name = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name or "download"
     directory.mkdir(parents=True, exist_ok=True)
     final, part = directory / name, directory / f"{name}.part"
-    if final.exists() and _sha256(final) == sha256.lower():
+    if final.exists() and sha256_of(final) == sha256.lower():
         log.info("%s already downloaded and verified", final)
         return final
     have = part.stat().st_size if part.exists() else 0
@@ -58,7 +58,7 @@ def download(url: str, sha256: str, directory: Path, timeout_s: float = 60.0) ->
             raise DataError(url, f"download failed: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
         raise DataError(url, f"download interrupted ({exc}); run again to resume from {part}") from None
-    actual = _sha256(part)
+    actual = sha256_of(part)
     if actual != sha256.lower():
         part.unlink()
         raise DataError(url, f"checksum mismatch: expected sha256 {sha256.lower()}, got {actual}; the partial file was removed")
@@ -88,11 +88,3 @@ def _check_member(archive: Path, info: zipfile.ZipInfo) -> None:
         raise DataError(archive, "member path escapes the extraction folder; nothing was extracted", f"member {info.filename!r}")
     if stat.S_ISLNK(info.external_attr >> 16):
         raise DataError(archive, "member is a symbolic link; nothing was extracted", f"member {info.filename!r}")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import os
 import shutil
 import uuid
@@ -52,13 +51,6 @@ class NpyAppender:
     def close(self) -> None:
         self._write_header()
         self._file.close()
-
-
-def read_npy_shape(path: Path) -> tuple[int, ...]:
-    with open(path, "rb") as f:
-        f.read(8)
-        length = int.from_bytes(f.read(2), "little")
-        return tuple(ast.literal_eval(f.read(length).decode("latin1"))["shape"])
 
 
 @dataclass

@@ -15,7 +15,6 @@ functions allow-listed here, so no code from the file can run.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import re
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from components.data.checksums import sha256_of
 from components.data.errors import DataError
 
 HHAR_LABELS = ("bike", "sit", "stairsdown", "stairsup", "stand", "walk")  # alphabetical, as HHAR_SA numbers them
@@ -47,14 +47,6 @@ class WindowSet:
     notes: list[str] = field(default_factory=list)
     source: np.ndarray | None = None  # str [N], the file each window came from
     published_split: np.ndarray | None = None  # "train"/"test" per window when users are unknown
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_legacy_pt(path: Path) -> dict[str, np.ndarray]:

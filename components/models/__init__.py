@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from components.models.base import SensingModel
 from components.models.deepsense import DeepSense, deepsense_spec
 from components.models.plain import MLP, PlainCNN, cnn_spec, mlp_spec
@@ -66,7 +64,3 @@ def load(directory: Path) -> SensingModel:
                                f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
     model.eval()
     return model
-
-
-def count_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

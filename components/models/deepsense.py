@@ -34,13 +34,11 @@ def deepsense_spec(input_shape: tuple[int, ...], classes: tuple[str, ...], *, se
                               first_stride if j == 1 else 1, length, intervals)
             layers.append(layer)
             channels, length = sensor_filters, layer.out_length
-            _check_length(layer)
     channels = sensors * sensor_filters
     for j, kernel in enumerate(merge_kernels, start=1):
         layer = LayerSpec(f"merge.conv{j}", "conv1d", channels, merge_filters, kernel, 1, length, intervals)
         layers.append(layer)
         channels, length = merge_filters, layer.out_length
-        _check_length(layer)
     features = channels * length
     for j in range(1, rnn_layers + 1):
         layers.append(LayerSpec(f"rnn{j}", rnn, features, rnn_units, length=intervals))
@@ -49,12 +47,6 @@ def deepsense_spec(input_shape: tuple[int, ...], classes: tuple[str, ...], *, se
     spec = ModelSpec("deepsense", tuple(input_shape), tuple(classes), tuple(layers), {"dropout": dropout})
     check_layers(spec)
     return spec
-
-
-def _check_length(layer: LayerSpec) -> None:
-    if layer.kernel > layer.length:
-        raise ModelConfigError(f"deepsense layer {layer.name}: kernel {layer.kernel} is longer than its input "
-                               f"({layer.length} frequency positions left); use smaller kernels")
 
 
 class ConvBlock(nn.Sequential):
