@@ -27,6 +27,8 @@ export GX_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# The cluster policy that routes each device's mapped tasks to its queue and pool.
+export PYTHONPATH := $(CURDIR)/infra/airflow$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 .PHONY: install run test test-fast lock dvc-repro airflow-test mlflow-ui benchmark clean
 
@@ -61,6 +63,7 @@ dvc-repro: install
 
 airflow-test: install
 	$(VENV)/bin/airflow db migrate >/dev/null
+	$(PY) infra/airflow/create_pools.py >/dev/null
 	$(VENV)/bin/airflow dags test compress_nightly
 
 mlflow-ui: install

@@ -12,10 +12,11 @@ from datetime import datetime, timezone
 
 from components.config import ConfigError, default_params_path, load_params
 from components.data.errors import DataError
+from components.devices.base import BackendError
 from components.models.spec import ModelConfigError
 from components.validation import ValidationFailed
 
-STAGES = ("ingest", "train")
+STAGES = ("ingest", "train", "profile")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default=None, help="write the stage's output here instead of the params path")
     p.add_argument("--input-dir", default=None, help="read the previous stage's output from here (train)")
     p.add_argument("--pipeline-key", default=None, help="nest the MLflow run under this pipeline run")
+    p.add_argument("--device", action="append", default=[], metavar="NAME",
+                   help="profile: this device of the pool (repeatable; default: profile.devices, else all)")
     p.add_argument("--port", type=int, default=5000, help="mlflow-ui: port on 127.0.0.1")
     return p
 
@@ -43,13 +46,13 @@ def main(argv: list[str] | None = None) -> int:
             return _mlflow_ui(params, args.port)
         if args.command == "pipeline":
             return _pipeline(params)
-        return _run_stage(args.command, params, args.output_dir, args.pipeline_key, args.input_dir)
-    except (ConfigError, DataError, ValidationFailed, ModelConfigError) as exc:
+        return _run_stage(args.command, params, args.output_dir, args.pipeline_key, args.input_dir, args.device)
+    except (ConfigError, DataError, ValidationFailed, ModelConfigError, BackendError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
 
-def _run_stage(stage: str, params, output_dir=None, pipeline_key=None, input_dir=None) -> int:
+def _run_stage(stage: str, params, output_dir=None, pipeline_key=None, input_dir=None, device_names=()) -> int:
     if stage == "ingest":
         from components import ingest
 
@@ -61,6 +64,33 @@ def _run_stage(stage: str, params, output_dir=None, pipeline_key=None, input_dir
         result = train.run(params, output_dir, input_dir, pipeline_key)
         print(f"train: accuracy {result.accuracy:.3f}, macro-F1 {result.macro_f1:.3f} on held-out users "
               f"-> {result.output_dir} (MLflow run {result.run_id})")
+    elif stage == "profile":
+        return _profile(params, output_dir, pipeline_key, device_names)
+    return 0
+
+
+def _profile(params, output_dir, pipeline_key, device_names) -> int:
+    """Each device in turn; one device's failure does not stop the others, but fails the command."""
+    from components import profile
+
+    chosen = profile.devices(params, device_names)
+    if output_dir and len(chosen) > 1:
+        raise ConfigError("--output-dir needs exactly one --device (each device writes its own table)")
+    failed = []
+    for device in chosen:
+        try:
+            result = profile.run(params, device.name, output_dir, pipeline_key=pipeline_key)
+        except profile.ProfileFailed as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed.append(device.name)
+            continue
+        m = result.metrics
+        print(f"profile {device.name}: {m['configs_ok']}/{m['configs']} configurations ({m['method']}), "
+              f"median IQR/median {m.get('median_relative_iqr', float('nan')):.1%} -> {result.table_path} "
+              f"(MLflow run {result.run_id})")
+    if failed:
+        print(f"error: profiling failed on {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -71,7 +101,10 @@ def _pipeline(params) -> int:
     key = f"local-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     try:
         for stage in STAGES:
-            _run_stage(stage, params, pipeline_key=key)
+            code = _run_stage(stage, params, pipeline_key=key)
+            if code:
+                tracking.end_pipeline_run(params, key, "FAILED")
+                return code
     except BaseException:
         tracking.end_pipeline_run(params, key, "FAILED")
         raise

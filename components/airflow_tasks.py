@@ -38,3 +38,30 @@ def run_stage(stage: str, run_id: str, input_dir: str | None = None) -> str:
 
         return str(train.run(params, output_dir, Path(input_dir), pipeline_key=run_id).output_dir)
     raise ValueError(f"unknown stage {stage!r}")
+
+
+def device_routes() -> list[dict[str, str]]:
+    """One entry per device to profile: its name, Celery queue and Airflow pool, in pool-file order.
+
+    The DAG maps `profile` over this list and the cluster policy in
+    infra/airflow/airflow_local_settings.py reads it again to route each
+    mapped task instance (Airflow cannot map `queue`/`pool` per instance).
+    """
+    from components.devices.pool import load_pool, select
+
+    params = load_params(params_path())
+    pool = load_pool(params.path(params.profile.devices_file))
+    return [{"device": d.name, "queue": d.queue, "pool": d.pool} for d in select(pool, params.profile.devices)]
+
+
+def run_profile(device: str, run_id: str) -> str:
+    """Profile one device for the Airflow run `run_id`; return its output folder.
+
+    Retries of the task resume the device's append-only log in the run-keyed folder.
+    """
+    from components import profile
+
+    params = load_params(params_path())
+    output_dir = run_output_dir(params.path(params.pipeline.runs_dir), run_id, "profile") / device
+    report_dir = output_dir / "report"
+    return str(profile.run(params, device, output_dir, report_dir, pipeline_key=run_id).table_path.parent)

@@ -154,10 +154,74 @@ class TrainParams:
 
 
 @dataclass(frozen=True)
+class TimingParams:
+    warmup_runs: int  # untimed runs before the first sample (caches, allocator, lazy init)
+    min_sample_s: float  # one sample loops the inference until at least this long (timer resolution)
+    min_repeats: int  # samples before the median may be called stable
+    max_repeats: int  # cap on samples per configuration
+    max_time_s: float  # cap on timed seconds per configuration
+    rel_tolerance: float  # stable: the median moved less than this share over the last quarter of samples
+
+
+@dataclass(frozen=True)
+class ConvRanges:
+    in_range: tuple[int, ...]  # [min, max] input channels
+    kernels: tuple[int, ...]
+    strides: tuple[int, ...]
+    length_range: tuple[int, ...]  # [min, max] input positions (frequency bins)
+    instances: tuple[int, ...]  # runs per window (DeepSense: one per interval)
+
+
+@dataclass(frozen=True)
+class SequenceRanges:
+    in_range: tuple[int, ...]  # [min, max] input features
+    length_range: tuple[int, ...]  # [min, max] sequence length (recurrent) ...
+    instances: tuple[int, ...]  # ... or runs per window (linear)
+
+
+@dataclass(frozen=True)
+class SweepBase:
+    in_features: int
+    kernel: int
+    stride: int
+    length: int
+    instances: int
+
+
+@dataclass(frozen=True)
+class SamplerParams:
+    seed: int
+    configs_per_kind: int  # per layer kind: about half a width sweep around multiples, half random draws
+    models: int  # whole DeepSense models at random widths (end-to-end rows)
+    kinds: tuple[str, ...]  # layer kinds to profile
+    width_range: tuple[int, ...]  # [min, max] output filters / units
+    multiples: tuple[int, ...]  # sweeps run through widths k*m-2 .. k*m+2 for the largest of these
+    model_input_shape: tuple[int, ...]  # one window (T, sensors, axes, 2, F) for the whole models
+    conv1d: ConvRanges
+    recurrent: SequenceRanges
+    linear: SequenceRanges
+    sweep: dict[str, SweepBase]  # per kind: the layer whose width is swept (the baseline's own)
+
+
+@dataclass(frozen=True)
+class ProfileParams:
+    devices_file: str  # the device pool (infra/devices.yaml)
+    devices: tuple[str, ...]  # profile these; empty: every device in the pool
+    output_dir: str  # one folder per device: profile.parquet, parts/, manifest.json
+    report_dir: str  # one folder per device: metrics.json, plots
+    max_failed_share: float  # a device failing more than this share of its configurations fails its task
+    item_timeout_s: float  # a conversion or timing taking longer is killed and recorded as failed
+    flush_rows: int  # rows per appended parquet part (an interruption loses at most these)
+    timing: TimingParams
+    sampler: SamplerParams
+
+
+@dataclass(frozen=True)
 class Params:
     pipeline: PipelineParams
     ingest: IngestParams
     train: TrainParams
+    profile: ProfileParams
     root: Path = dataclasses.field(default=Path("."), compare=False)  # params.yaml's folder
 
     def path(self, relative: str) -> Path:
@@ -211,6 +275,11 @@ def _apply_override(raw: dict, item: str) -> None:
     node[leaf] = yaml.safe_load(value)
 
 
+def build_dataclass(cls: type, data: Any, where: str):
+    """`cls` from a mapping, with the same strict checks as params.yaml (for other config files)."""
+    return cls(**_build(cls, data, where))
+
+
 def _build(cls: type, data: Any, where: str, skip: frozenset | set = frozenset()) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'params'}: expected a mapping, got {type(data).__name__}")
@@ -244,10 +313,16 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {_describe(value)}")
         return tuple(_coerce(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {_describe(value)}")
+        return {_coerce(key_tp, k, where): _coerce(value_tp, v, _join(where, str(k))) for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in typing.get_args(tp):
             return None
         (tp,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _coerce(tp, value, where)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is str and value is None:

@@ -145,8 +145,9 @@ def _pipeline_run_id(mlflow, experiment_id: str, key: str, commit: str) -> str:
 
 
 @contextmanager
-def stage_run(params: Params, stage: str, pipeline_key: str | None = None) -> Iterator[StageRun]:
-    """Open the MLflow run of one stage execution; it ends FAILED if the stage raises."""
+def stage_run(params: Params, stage: str, pipeline_key: str | None = None, device: str | None = None
+              ) -> Iterator[StageRun]:
+    """Open the MLflow run of one stage execution (`stage/device` for per-device stages); FAILED if it raises."""
     mlflow = _mlflow(params)
     experiment_id = _experiment_id(mlflow, params)
     commit = git_commit(params.root)
@@ -154,7 +155,9 @@ def stage_run(params: Params, stage: str, pipeline_key: str | None = None) -> It
     tags = {"stage": stage, "git_commit": commit}
     if pipeline_key:
         tags[PIPELINE_KEY_TAG] = pipeline_key
-    with mlflow.start_run(run_name=stage, experiment_id=experiment_id, parent_run_id=parent,
+    if device:
+        tags["device"] = device
+    with mlflow.start_run(run_name=f"{stage}/{device}" if device else stage, experiment_id=experiment_id, parent_run_id=parent,
                           nested=parent is not None, tags=tags) as run:
         log.info("MLflow run %s (%s) in %s", run.info.run_id, stage, tracking_uri(params))
         yield StageRun(mlflow, run)

@@ -1,8 +1,10 @@
 """The nightly compression pipeline: one thin task per stage, each a lazy import and one call.
 
 Nothing heavy happens at parse time: every stage's code is imported inside its
-task. Later stages (train, profile, fit_latency, compress, validate) are added
-after `ingest` the same way.
+task. One small file is read at parse time: the device pool, because
+`profile` is mapped over it and each mapped task instance is routed to its
+device's Celery queue and pool when it is created, before it runs (the
+cluster policy in infra/airflow/airflow_local_settings.py does the routing).
 """
 
 from __future__ import annotations
@@ -42,7 +44,20 @@ def compress_nightly():
 
         return run_stage("train", context["run_id"], ingest_dir)
 
+    @task(task_id="profile", map_index_template="{{ task.op_kwargs['device'] }}")
+    def profile(device: str, queue: str, pool: str, **context) -> str:
+        from components.airflow_tasks import run_profile
+
+        return run_profile(device, context["run_id"])
+
     train(ingest())
+    profile.expand_kwargs(_device_routes())
+
+
+def _device_routes() -> list[dict[str, str]]:
+    from components.airflow_tasks import device_routes
+
+    return device_routes()
 
 
 compress_nightly()

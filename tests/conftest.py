@@ -51,6 +51,8 @@ def make_params(tmp_path: Path, data_root: Path):
             f"ingest.download_dir={tmp_path / 'downloads'}",
             f"pipeline.state_dir={tmp_path / 'state'}",
             f"pipeline.runs_dir={tmp_path / 'runs'}",
+            f"profile.output_dir={tmp_path / 'out' / 'profile'}",
+            f"profile.report_dir={tmp_path / 'reports' / 'profile'}",
         ]
         return load_params(PROJECT_ROOT / "params.yaml", [*base, *overrides])
 
@@ -74,6 +76,17 @@ def replace(params: Params, **sections) -> Params:
 # A quick `train` for tests that run the whole pipeline through a command line.
 QUICK_TRAIN = {"epochs": 3, "patience": 2, "classical": {"n_estimators": 20, "max_depth": None}}
 
+# A quick `profile`: few configurations, short timing (numbers are not the point in tests).
+QUICK_PROFILE = (
+    "profile.sampler.configs_per_kind=2",
+    "profile.sampler.models=1",
+    "profile.timing.warmup_runs=1",
+    "profile.timing.min_sample_s=0.0005",
+    "profile.timing.min_repeats=3",
+    "profile.timing.max_repeats=5",
+    "profile.timing.max_time_s=0.05",
+)
+
 
 @pytest.fixture
 def params_file(tmp_path: Path, data_root: Path):
@@ -85,6 +98,14 @@ def params_file(tmp_path: Path, data_root: Path):
         raw["ingest"]["data_root"] = str(data_root)
         raw["ingest"].update(ingest_overrides)
         raw["train"].update(QUICK_TRAIN if train is None else train)
+        for item in QUICK_PROFILE:
+            key, value = item.split("=")
+            *parents, leaf = key.split(".")[1:]
+            node = raw["profile"]
+            for part in parents:
+                node = node[part]
+            node[leaf] = yaml.safe_load(value)
+        raw["profile"]["devices_file"] = str(PROJECT_ROOT / "infra" / "devices.yaml")
         raw["pipeline"]["state_dir"] = str(folder / ".state")
         raw["pipeline"]["runs_dir"] = str(folder / ".state" / "runs")
         path = folder / "params.yaml"
@@ -102,6 +123,7 @@ def subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env["AIRFLOW_HOME"] = str(tmp_path / "airflow")
     env["AIRFLOW__CORE__DAGS_FOLDER"] = str(PROJECT_ROOT / "dags")
     env["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT / "infra" / "airflow"), env.get("PYTHONPATH")]))
     env.pop("MLFLOW_TRACKING_URI", None)
     env.update(extra)
     return env

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import PROJECT_ROOT, subprocess_env
 
@@ -30,8 +31,28 @@ def test_nightly_schedule_and_safety_settings(dagbag):
     assert dag.schedule == "0 2 * * *"
     assert {"iot-compress", "nightly"} <= set(dag.tags)
     assert all(t.retries >= 1 for t in dag.tasks)
-    assert [t.task_id for t in dag.tasks if not t.upstream_task_ids] == ["ingest"]
+    assert sorted(t.task_id for t in dag.tasks if not t.upstream_task_ids) == ["ingest", "profile"]
     assert dag.get_task("train").upstream_task_ids == {"ingest"}
+
+
+def test_profile_is_mapped_over_the_pool_and_each_instance_is_routed_to_its_device(dagbag):
+    from types import SimpleNamespace
+
+    from airflow_local_settings import task_instance_mutation_hook
+
+    from components.devices.pool import load_pool
+
+    pool = load_pool(PROJECT_ROOT / "infra" / "devices.yaml")
+    mapped = dagbag.dags["compress_nightly"].get_task("profile")
+    assert [entry["device"] for entry in mapped.op_kwargs_expand_input.value] == list(pool)
+    for index, device in enumerate(pool.values()):
+        ti = SimpleNamespace(dag_id="compress_nightly", task_id="profile", map_index=index, queue="default",
+                             pool="default_pool")
+        task_instance_mutation_hook(ti)
+        assert (ti.queue, ti.pool) == (device.queue, device.pool)
+    other = SimpleNamespace(dag_id="compress_nightly", task_id="train", map_index=-1, queue="q", pool="p")
+    task_instance_mutation_hook(other)
+    assert (other.queue, other.pool) == ("q", "p")
 
 
 def test_parsing_the_dag_imports_no_stage_code():
@@ -45,8 +66,12 @@ def test_parsing_the_dag_imports_no_stage_code():
 
 
 @pytest.mark.slow
-def test_airflow_dags_test_runs_ingest_then_train(tmp_path, params_file):
-    env = subprocess_env(tmp_path, IOT_COMPRESS_PARAMS=str(params_file()))
+def test_airflow_dags_test_runs_ingest_then_train_and_profiles_each_device(tmp_path, params_file):
+    path = params_file()
+    raw = yaml.safe_load(path.read_text())
+    raw["profile"]["devices"] = ["ort-1t", "cortex-m4"]
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = subprocess_env(tmp_path, IOT_COMPRESS_PARAMS=str(path))
     airflow = str(Path(sys.executable).parent / "airflow")
     migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
     assert migrate.returncode == 0, migrate.stderr[-3000:]
@@ -59,3 +84,11 @@ def test_airflow_dags_test_runs_ingest_then_train(tmp_path, params_file):
     [metrics] = list((tmp_path / ".state" / "runs").glob("*/train/metrics.json"))
     assert metrics.parent.parent == cards[0].parent.parent  # train read this run's ingest output
     assert json.loads(metrics.read_text())["test"]["accuracy"] > 0.3
+    tables = sorted(p.parent.name for p in (tmp_path / ".state" / "runs").glob("*/profile/*/profile.parquet"))
+    assert tables == ["cortex-m4", "ort-1t"]
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "airflow" / "airflow.db") as db:
+        routed = db.execute("select rendered_map_index, queue, pool from task_instance where task_id = 'profile' "
+                            "order by map_index").fetchall()
+    assert routed == [("ort-1t", "default", "local_cpu"), ("cortex-m4", "default", "analytic")]

@@ -1,0 +1,68 @@
+"""ONNX Runtime on the CPU: export with PyTorch's TorchScript exporter, run with pinned threads.
+
+The TorchScript exporter (`dynamo=False`) keeps a dynamic-free graph with the
+weights inside the file and exports a layer in tens of milliseconds; the
+dynamo exporter takes seconds and writes side files (see STACK.md).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from components.devices.base import Backend, BackendError
+from components.profiling.items import Item
+
+OPSET = 17
+
+
+class _OrtRunner:
+    def __init__(self, session):
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+    def bind(self, x: np.ndarray):
+        session, feed = self.session, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)}
+        return lambda: session.run(None, feed)
+
+
+class OnnxRuntimeBackend(Backend):
+    runtime = "onnxruntime"
+    artifact_suffix = ".onnx"
+
+    def convert(self, item: Item, artifact_path: Path) -> None:
+        import torch
+
+        from components.devices.reference import reference_module
+        from components.profiling.items import example_input
+
+        module = reference_module(item)
+        x = torch.from_numpy(example_input(item))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's notes on RNN export and deprecations
+            torch.onnx.export(module, (x,), str(artifact_path), dynamo=False, input_names=["x"],
+                              output_names=["y"], opset_version=OPSET)
+
+    def load(self, item: Item, artifact_path: Path | None, threads: int) -> _OrtRunner:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(str(artifact_path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types per failure
+            raise BackendError(f"onnxruntime cannot load {artifact_path.name}: {exc}") from exc
+        return _OrtRunner(session)
+
+    def version(self) -> str:
+        import onnxruntime as ort
+
+        return f"onnxruntime {ort.__version__}"

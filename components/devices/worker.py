@@ -1,0 +1,146 @@
+"""Conversions and timings in a child process, so a converter or runtime that crashes cannot take the stage down.
+
+The child (`python -m components.devices.worker ROLE RUNTIME THREADS CPUS`)
+pins itself to its cores, then answers one JSON request per line on stdin
+with one JSON line on a private copy of stdout (libraries that print go to
+stderr, which the parent sends to a log file). The parent side, `Worker`,
+restarts the child after a crash or a timeout and reports what happened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
+
+
+class WorkerFailed(RuntimeError):
+    """The child died or overran its time; the message says how, with the tail of its log."""
+
+
+class Worker:
+    """One long-lived child process for a role (convert or time) on one device."""
+
+    def __init__(self, role: str, runtime: str, threads: int, cpus: tuple[int, ...], log_path: Path):
+        self.role, self.runtime, self.threads, self.cpus = role, runtime, threads, cpus
+        self.log_path = log_path
+        self._proc: subprocess.Popen | None = None
+        self._lines: queue.Queue = queue.Queue()
+
+    def _start(self) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3")
+        env.update({var: str(self.threads) for var in THREAD_ENV})
+        cmd = [sys.executable, "-m", "components.devices.worker", self.role, self.runtime, str(self.threads),
+               ",".join(map(str, self.cpus))]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env,
+                                      cwd=Path(__file__).resolve().parents[2])
+        log.close()
+        self._lines = queue.Queue()
+        threading.Thread(target=self._read, args=(self._proc, self._lines), daemon=True).start()
+
+    @staticmethod
+    def _read(proc: subprocess.Popen, lines: queue.Queue) -> None:
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    def submit(self, request: dict) -> None:
+        if self._proc is None or self._proc.poll() is not None:
+            self._start()
+        self._proc.stdin.write((json.dumps(request) + "\n").encode())
+        self._proc.stdin.flush()
+
+    def result(self, timeout_s: float) -> dict:
+        """The answer to the last request; raises WorkerFailed if the child died or overran."""
+        try:
+            line = self._lines.get(timeout=timeout_s)
+        except queue.Empty:
+            self.close()
+            raise WorkerFailed(f"{self.role} worker overran {timeout_s:.0f} s and was killed") from None
+        if line is None:
+            code = self._proc.wait()
+            self._proc = None
+            raise WorkerFailed(f"{self.role} worker died ({_describe_exit(code)}){self._log_tail()}")
+        return json.loads(line)
+
+    def call(self, request: dict, timeout_s: float) -> dict:
+        self.submit(request)
+        return self.result(timeout_s)
+
+    def close(self) -> None:
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+
+    def _log_tail(self, lines: int = 4) -> str:
+        try:
+            tail = self.log_path.read_text(errors="replace").strip().splitlines()[-lines:]
+        except OSError:
+            return ""
+        return (": " + " | ".join(t.strip() for t in tail)) if tail else ""
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit status {code}"
+
+
+# ---- the child side -------------------------------------------------------------------------------------------
+
+
+def _handle(role: str, backend, threads: int, request: dict) -> dict:
+    from components.config import TimingParams
+    from components.devices.timing import measure
+    from components.profiling.items import Item, example_input
+
+    item = Item.from_json(request["item"])
+    artifact = Path(request["artifact"]) if request.get("artifact") else None
+    start = time.perf_counter()
+    if role == "convert":
+        backend.convert(item, artifact)
+        return {"ok": True, "convert_s": time.perf_counter() - start}
+    runner = backend.load(item, artifact, threads)
+    run = runner.bind(example_input(item))
+    load_s = time.perf_counter() - start
+    timing = measure(run, TimingParams(**request["timing"]), busy_s=request.get("busy_s", 0.0))
+    return {"ok": True, "load_s": load_s, "timing": timing.to_dict()}
+
+
+def _serve(role: str, runtime: str, threads: int, cpus: str) -> None:
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # anything a library prints goes to the log, not into the protocol
+    sys.stdout = sys.stderr
+    if cpus:
+        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+    from components.devices.base import get_backend
+
+    backend = get_backend(runtime)
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            answer = _handle(role, backend, threads, request)
+        except Exception as exc:  # recorded as this configuration's failure; the worker serves the next one
+            traceback.print_exc()
+            answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
+        protocol.write(json.dumps(answer) + "\n")
+
+
+if __name__ == "__main__":
+    _serve(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else "")

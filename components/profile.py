@@ -1,0 +1,179 @@
+"""Stage `profile`: measure layer latency on every device of the pool.
+
+For each device: sample the configurations (seeded), skip those already in
+the device's append-only log, convert and time the rest in worker processes
+(or compute them, for the microcontroller model), then write
+`profile.parquet`, the noise figures and one plot per device, and log them to
+MLflow. A device that fails more than `max_failed_share` of its
+configurations fails with a clear message after its table is written; other
+devices are separate calls (separate Airflow tasks), so they still finish.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from components.config import ConfigError, Params
+from components.data.outputs import write_text_atomic
+from components.devices.base import Backend, get_backend
+from components.devices.pool import Device, load_pool, select
+from components.profiling.items import Item
+from components.profiling.runner import TimedProfiler, computed_rows
+from components.profiling.sampler import sample_items
+from components.profiling.table import TABLE_FILE, ProfileLog
+
+STAGE = "profile"
+log = logging.getLogger(__name__)
+
+
+class ProfileFailed(RuntimeError):
+    """A device failed more of its configurations than the params allow."""
+
+
+@dataclass(frozen=True)
+class ProfileResult:
+    device: str
+    table_path: Path
+    metrics: dict
+    run_id: str
+
+
+def devices(params: Params, names: list[str] | tuple[str, ...] | None = None) -> list[Device]:
+    """The devices to profile: `names`, else `profile.devices`, else the whole pool."""
+    pool = load_pool(params.path(params.profile.devices_file))
+    return select(pool, list(names) if names else list(params.profile.devices))
+
+
+def run(params: Params, device_name: str, output_dir: Path | None = None, report_dir: Path | None = None,
+        pipeline_key: str | None = None) -> ProfileResult:
+    """Profile one device; outputs under `<output_dir>` (default: profile.output_dir/<device>)."""
+    (device,) = devices(params, [device_name])
+    out = Path(output_dir) if output_dir else params.path(params.profile.output_dir) / device.name
+    reports = Path(report_dir) if report_dir else params.path(params.profile.report_dir) / device.name
+    backend = get_backend(device.runtime)
+    if not backend.timed and device.mcu is None:
+        raise ConfigError(f"device {device.name}: runtime {device.runtime} is computed and needs an `mcu` section")
+    items = sample_items(params.profile.sampler, params.train)
+    return _profile(params, device, backend, items, out, reports, pipeline_key)
+
+
+def _fingerprint(params: Params, device: Device, version: str) -> dict:
+    return {"device": device.to_dict(), "timing": asdict(params.profile.timing), "runtime_version": version}
+
+
+def _profile(params: Params, device: Device, backend: Backend, items: list[Item], out: Path, reports: Path,
+             pipeline_key: str | None) -> ProfileResult:
+    from components import tracking
+
+    version = _version(backend)
+    profile_log = ProfileLog(out, _fingerprint(params, device, version))
+    done = profile_log.open()
+    todo = [item for item in items if item.key not in done]
+    log.info("%s (%s, %s): %d configurations, %d already in the log, %d to profile", device.name,
+             device.runtime, "timed" if backend.timed else "computed, not timed", len(items),
+             len(items) - len(todo), len(todo))
+    with tracking.stage_run(params, STAGE, pipeline_key, device=device.name) as mlrun:
+        mlrun.log_params({"profile": asdict(params.profile), "device": device.to_dict()})
+        start = time.perf_counter()
+        _profile_items(params, device, backend, version, todo, out, profile_log)
+        wall_s = time.perf_counter() - start
+        table_path = profile_log.write_table([item.key for item in items])
+        rows = _read_rows(table_path)
+        metrics = noise_metrics(rows, {item.key for item in todo}, wall_s) | {
+            "device": device.name, "runtime": device.runtime, "method": "timed" if backend.timed else "computed"}
+        reports.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(reports / "metrics.json", json.dumps(metrics, indent=2))
+        from components.profiling.plots import plot_device
+
+        plots = plot_device(rows, device, reports)
+        mlrun.set_tags({"method": metrics["method"], "runtime": device.runtime})
+        mlrun.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v == v})
+        for path in (table_path, reports / "metrics.json", *plots):
+            mlrun.log_artifact(path, f"profile/{device.name}")
+        _check_failures(device, metrics, params.profile.max_failed_share, rows)
+        return ProfileResult(device.name, table_path, metrics, mlrun.run_id)
+
+
+def _version(backend: Backend) -> str:
+    try:
+        return backend.version()
+    except ImportError as exc:
+        raise ConfigError(f"runtime {backend.runtime}: not installed ({exc})") from exc
+
+
+def _profile_items(params: Params, device: Device, backend: Backend, version: str, todo: list[Item], out: Path,
+                   profile_log: ProfileLog) -> None:
+    if backend.timed:
+        rows = TimedProfiler(device, backend, params.profile, out / "work", version).rows(todo)
+    else:
+        rows = computed_rows(todo, device, backend)
+    pending: list[dict] = []
+    last_report = time.perf_counter()
+    try:
+        for i, row in enumerate(rows, start=1):
+            pending.append(row)
+            if len(pending) >= params.profile.flush_rows:
+                profile_log.append(pending)
+                pending = []
+            if row["status"] != "ok":
+                log.warning("%s: %s %s failed at %s: %s", device.name, row["kind"], row["config_id"],
+                            row["failed_step"], row["error"])
+            if time.perf_counter() - last_report > 5 or i == len(todo):
+                log.info("%s: %d/%d profiled (last: %s, %s)", device.name, i, len(todo), row["kind"], _short(row))
+                last_report = time.perf_counter()
+    finally:
+        profile_log.append(pending)  # an interrupted run keeps every finished row
+
+
+def _short(row: dict) -> str:
+    if row["status"] != "ok":
+        return "failed"
+    return f"{row['latency_ms']:.4g} ms" + (" computed" if row["method"] == "computed" else "")
+
+
+def _read_rows(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+def noise_metrics(rows: list[dict], measured_now: set[str], wall_s: float) -> dict:
+    """Counts, failures, noise (IQR / median) and the profiling overhead of this run."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    failed = len(rows) - len(ok)
+    now = [r for r in ok if r["config_id"] in measured_now]
+    timed_s = sum(r["timed_s"] or 0.0 for r in now)
+    rel_iqr = sorted(r["iqr_ms"] / r["latency_ms"] for r in ok if r.get("iqr_ms") is not None and r["latency_ms"])
+    metrics = {
+        "configs": len(rows), "configs_ok": len(ok), "configs_failed": failed,
+        "failed_share": failed / len(rows) if rows else 0.0,
+        "profiled_this_run": len([r for r in rows if r["config_id"] in measured_now]),
+        "wall_s": wall_s, "timed_s": timed_s,
+        "overhead_ratio": wall_s / timed_s if timed_s > 0 else float("nan"),
+    }
+    if rel_iqr:
+        metrics |= {"median_relative_iqr": statistics.median(rel_iqr),
+                    "p90_relative_iqr": rel_iqr[int(0.9 * (len(rel_iqr) - 1))],
+                    "unstable_share": sum(1 for r in ok if r["stable"] is False) / len(ok),
+                    "median_repeats": statistics.median(r["repeats"] for r in ok)}
+    for kind in sorted({r["kind"] for r in rows}):
+        metrics[f"configs_{kind}"] = sum(1 for r in ok if r["kind"] == kind)
+    return metrics
+
+
+def _check_failures(device: Device, metrics: dict, max_share: float, rows: list[dict]) -> None:
+    if metrics["configs"] and metrics["failed_share"] > max_share:
+        reasons = sorted({r["error"] for r in rows if r["status"] != "ok"})[:3]
+        raise ProfileFailed(
+            f"device {device.name}: {metrics['configs_failed']} of {metrics['configs']} configurations failed "
+            f"({metrics['failed_share']:.0%} > profile.max_failed_share {max_share:.0%}); the table keeps them "
+            f"with their reasons; first reasons: {'; '.join(reasons)}")
+
+
+def table_path(params: Params, device: str) -> Path:
+    return params.path(params.profile.output_dir) / device / TABLE_FILE

@@ -1,0 +1,25 @@
+"""Airflow cluster policy: route each mapped `profile` task instance to its device's queue and pool.
+
+Airflow 3 maps only a task's arguments per instance; `queue` and `pool` come
+from the task (apache/airflow#33657). This hook runs whenever a task instance
+is created or refreshed, with its `map_index` set, and gives instance i the
+queue and pool of device i of the pool file: the same list, in the same
+order, that the DAG mapped over. It must be importable as the top-level
+module `airflow_local_settings` by the scheduler, the API server and
+`airflow dags test` (the Makefile puts this folder on PYTHONPATH).
+"""
+
+from __future__ import annotations
+
+ROUTED = {("compress_nightly", "profile")}
+
+
+def task_instance_mutation_hook(task_instance, dag_run=None):
+    if (task_instance.dag_id, task_instance.task_id) not in ROUTED or task_instance.map_index < 0:
+        return
+    from components.airflow_tasks import device_routes
+
+    routes = device_routes()
+    if task_instance.map_index < len(routes):
+        route = routes[task_instance.map_index]
+        task_instance.queue, task_instance.pool = route["queue"], route["pool"]
