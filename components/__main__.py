@@ -85,9 +85,10 @@ def _profile(params, output_dir, pipeline_key, device_names) -> int:
             failed.append(device.name)
             continue
         m = result.metrics
-        print(f"profile {device.name}: {m['configs_ok']}/{m['configs']} configurations ({m['method']}), "
-              f"median IQR/median {m.get('median_relative_iqr', float('nan')):.1%} -> {result.table_path} "
-              f"(MLflow run {result.run_id})")
+        noise = (f", median IQR/median {m['median_relative_iqr']:.1%}" if "median_relative_iqr" in m
+                 else ", computed from the graph, not timed")
+        print(f"profile {device.name}: {m['configs_ok']}/{m['configs']} configurations ({m['method']}{noise}) "
+              f"-> {result.table_path} (MLflow run {result.run_id})")
     if failed:
         print(f"error: profiling failed on {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -155,12 +155,13 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class TimingParams:
-    warmup_runs: int  # untimed runs before the first sample (caches, allocator, lazy init)
+    warmup_runs: int  # untimed runs before calibration (caches, allocator, lazy init)
     min_sample_s: float  # one sample loops the inference until at least this long (timer resolution)
-    min_repeats: int  # samples before the median may be called stable
+    samples_per_round: int  # samples of one configuration per round-robin visit
+    min_rounds: int  # visits before a configuration's median may be called stable
     max_repeats: int  # cap on samples per configuration
     max_time_s: float  # cap on timed seconds per configuration
-    rel_tolerance: float  # stable: the median moved less than this share over the last quarter of samples
+    rel_tolerance: float  # stable: the median moved less than this share in the last round
 
 
 @dataclass(frozen=True)
@@ -211,6 +212,7 @@ class ProfileParams:
     report_dir: str  # one folder per device: metrics.json, plots
     max_failed_share: float  # a device failing more than this share of its configurations fails its task
     item_timeout_s: float  # a conversion or timing taking longer is killed and recorded as failed
+    batch_size: int  # configurations timed together, round-robin (spreads each one's samples over time)
     flush_rows: int  # rows per appended parquet part (an interruption loses at most these)
     timing: TimingParams
     sampler: SamplerParams

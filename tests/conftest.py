@@ -82,7 +82,8 @@ QUICK_PROFILE = (
     "profile.sampler.models=1",
     "profile.timing.warmup_runs=1",
     "profile.timing.min_sample_s=0.0005",
-    "profile.timing.min_repeats=3",
+    "profile.timing.samples_per_round=1",
+    "profile.timing.min_rounds=3",
     "profile.timing.max_repeats=5",
     "profile.timing.max_time_s=0.05",
 )

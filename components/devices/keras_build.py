@@ -12,6 +12,11 @@ model takes [instances, length, channels] (the runner transposes); a model
 item's Keras model takes the torch layout [1, *input_shape] and transposes
 inside, as the torch model's own reshapes demand.
 
+Recurrent layers are unrolled over their fixed sequence length: the
+converted graph is then plain matmuls and element-wise ops that the XNNPACK
+delegate takes whole, and int8 conversion works (a looped GRU crashes the
+int8 converter, see STACK.md), so what is profiled is what gets deployed.
+
 Importing this module imports Keras and TensorFlow (seconds, hundreds of MB):
 only conversion code imports it.
 """
@@ -68,7 +73,7 @@ def _gru(gru: nn.GRU) -> tuple[layers.Layer, list[np.ndarray]]:
         return np.concatenate([z, r, n], axis=0)
 
     _check_recurrent(gru)
-    layer = layers.GRU(gru.hidden_size, return_sequences=True, reset_after=True)
+    layer = layers.GRU(gru.hidden_size, return_sequences=True, reset_after=True, unroll=True)
     bias = np.stack([reorder(_np(gru.bias_ih_l0)), reorder(_np(gru.bias_hh_l0))])  # (2, 3H): input, recurrent
     return layer, [reorder(_np(gru.weight_ih_l0)).T, reorder(_np(gru.weight_hh_l0)).T, bias]
 
@@ -76,7 +81,7 @@ def _gru(gru: nn.GRU) -> tuple[layers.Layer, list[np.ndarray]]:
 def _lstm(lstm: nn.LSTM) -> tuple[layers.Layer, list[np.ndarray]]:
     """Torch's gates (i, f, g, o) are Keras' (i, f, c, o); Keras has one bias, the sum of torch's two."""
     _check_recurrent(lstm)
-    layer = layers.LSTM(lstm.hidden_size, return_sequences=True)
+    layer = layers.LSTM(lstm.hidden_size, return_sequences=True, unroll=True)
     bias = _np(lstm.bias_ih_l0) + _np(lstm.bias_hh_l0)
     return layer, [_np(lstm.weight_ih_l0).T, _np(lstm.weight_hh_l0).T, bias]
 

@@ -12,10 +12,8 @@ channels]); the runner transposes from and to the PyTorch layout, once per
 bound input, so the timed call is only set-input-and-invoke. Model items take
 the PyTorch layout directly (the model transposes inside).
 
-Recurrent layers are converted as Keras 3 gives them: a WHILE loop over the
-sequence (not unrolled, not the fused LSTM kernel). The XNNPACK delegate does
-not take the WHILE op, so it runs on TFLite's own kernels; convolutions and
-dense layers outside it are delegated.
+Recurrent layers are unrolled over their fixed sequence length (see
+keras_build), so the whole graph runs in the XNNPACK delegate.
 """
 
 from __future__ import annotations

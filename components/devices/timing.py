@@ -1,15 +1,21 @@
-"""The timing protocol: warm up, calibrate, then sample until the median is stable (or a cap).
+"""The timing protocol: warm up, calibrate, then sample in rounds until each median is stable (or a cap).
 
-One sample runs the inference `inner_loops` times back to back, chosen so a
+One sample runs an inference `inner_loops` times back to back, chosen so a
 sample lasts at least `min_sample_s`: timer resolution and Python call
-overhead stay far below what is measured. Samples are taken until at least
-`min_repeats` exist and the median of all samples differs from the median
-without the newest quarter by less than `rel_tolerance`, or until
-`max_repeats` / `max_time_s`. The garbage collector is off while timing.
+overhead stay far below what is measured. Configurations are timed together,
+round-robin: each round takes `samples_per_round` samples of every
+configuration still running. On a shared or throttling machine the speed
+drifts in phases of a fraction of a second; spreading each configuration's
+samples over the whole batch keeps one slow phase from biasing one
+configuration (back-to-back timing repeated only to about 20 % here, see
+benchmarks/README.md). A configuration is stable once it has had
+`min_rounds` rounds and its median moved less than `rel_tolerance` in the
+last one; it stops then, or at `max_repeats` samples or `max_time_s` timed
+seconds. The garbage collector is off while timing.
 
-`busy_s` asks for at least that many timed seconds: when the next
-configuration converts on other cores meanwhile, extra samples cost no wall
-time and tighten the median.
+`busy_s` asks for at least that many timed seconds in all: when the next
+configurations convert on other cores meanwhile, extra rounds cost no wall
+time and tighten the medians.
 """
 
 from __future__ import annotations
@@ -63,35 +69,66 @@ def calibrate(run: Callable[[], object], min_sample_s: float) -> int:
     return loops
 
 
-def is_stable(samples: list[float], min_repeats: int, rel_tolerance: float) -> bool:
-    if len(samples) < max(min_repeats, 4):
+def moved_less_than(samples: list[float], before: int, rel_tolerance: float) -> bool:
+    """Whether the median of all samples is within `rel_tolerance` of the median of the first `before`."""
+    if before < 1:
         return False
-    older = samples[: len(samples) - len(samples) // 4]
-    now, before = statistics.median(samples), statistics.median(older)
-    return abs(now - before) <= rel_tolerance * now
+    now, then = statistics.median(samples), statistics.median(samples[:before])
+    return abs(now - then) <= rel_tolerance * now
 
 
-def measure(run: Callable[[], object], p: TimingParams, busy_s: float = 0.0) -> Timing:
-    """Time `run` (one inference) with the protocol above."""
-    for _ in range(p.warmup_runs):
-        run()
+class _Series:
+    """The samples of one configuration."""
+
+    def __init__(self, run: Callable[[], object], loops: int):
+        self.run, self.loops = run, loops
+        self.samples: list[float] = []
+        self.timed_s = 0.0
+        self.rounds = 0
+        self.stable = False
+
+    def take(self, count: int) -> int:
+        before = len(self.samples)
+        for _ in range(count):
+            elapsed = _sample(self.run, self.loops)
+            self.timed_s += elapsed
+            self.samples.append(elapsed / self.loops)
+        self.rounds += 1
+        return before
+
+    def capped(self, p: TimingParams) -> bool:
+        return len(self.samples) >= p.max_repeats or self.timed_s >= p.max_time_s
+
+    def result(self) -> Timing:
+        s = self.samples
+        q1, median, q3 = statistics.quantiles(s, n=4, method="inclusive") if len(s) > 1 else s * 3
+        return Timing(latency_ms=median * 1e3, q1_ms=q1 * 1e3, q3_ms=q3 * 1e3, iqr_ms=(q3 - q1) * 1e3,
+                      repeats=len(s), inner_loops=self.loops, timed_s=self.timed_s, stable=self.stable)
+
+
+def measure_many(runs: list[Callable[[], object]], p: TimingParams, busy_s: float = 0.0) -> list[Timing]:
+    """Time each of `runs` (one inference each), round-robin, with the protocol above."""
+    series = []
+    for run in runs:
+        for _ in range(p.warmup_runs):
+            run()
+        series.append(_Series(run, calibrate(run, p.min_sample_s)))
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        loops = calibrate(run, p.min_sample_s)
-        samples: list[float] = []
-        timed = 0.0
-        stable = False
-        while len(samples) < p.max_repeats and timed < p.max_time_s:
-            elapsed = _sample(run, loops)
-            timed += elapsed
-            samples.append(elapsed / loops)
-            stable = is_stable(samples, p.min_repeats, p.rel_tolerance)
-            if stable and timed >= busy_s:
+        while True:
+            busy = sum(s.timed_s for s in series) < busy_s
+            active = [s for s in series if not s.capped(p) and (not s.stable or busy)]
+            if not active:
                 break
+            for s in active:
+                before = s.take(p.samples_per_round)
+                s.stable = s.rounds >= p.min_rounds and moved_less_than(s.samples, before, p.rel_tolerance)
     finally:
         if was_enabled:
             gc.enable()
-    q1, median, q3 = statistics.quantiles(samples, n=4, method="inclusive") if len(samples) > 1 else samples * 3
-    return Timing(latency_ms=median * 1e3, q1_ms=q1 * 1e3, q3_ms=q3 * 1e3, iqr_ms=(q3 - q1) * 1e3,
-                  repeats=len(samples), inner_loops=loops, timed_s=timed, stable=stable)
+    return [s.result() for s in series]
+
+
+def measure(run: Callable[[], object], p: TimingParams, busy_s: float = 0.0) -> Timing:
+    return measure_many([run], p, busy_s)[0]

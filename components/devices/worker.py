@@ -36,6 +36,11 @@ class Worker:
         self._proc: subprocess.Popen | None = None
         self._lines: queue.Queue = queue.Queue()
 
+    def start(self) -> None:
+        """Start the child now (its imports then overlap other work); `submit` starts it otherwise."""
+        if self._proc is None or self._proc.poll() is not None:
+            self._start()
+
     def _start(self) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3")
         env.update({var: str(self.threads) for var in THREAD_ENV})
@@ -56,8 +61,7 @@ class Worker:
         lines.put(None)
 
     def submit(self, request: dict) -> None:
-        if self._proc is None or self._proc.poll() is not None:
-            self._start()
+        self.start()
         self._proc.stdin.write((json.dumps(request) + "\n").encode())
         self._proc.stdin.flush()
 
@@ -106,21 +110,40 @@ def _describe_exit(code: int) -> str:
 
 
 def _handle(role: str, backend, threads: int, request: dict) -> dict:
+    from components.profiling.items import Item
+
+    if role == "convert":
+        start = time.perf_counter()
+        backend.convert(Item.from_json(request["item"]), Path(request["artifact"]))
+        return {"ok": True, "convert_s": time.perf_counter() - start}
+    return _time_batch(backend, threads, request)
+
+
+def _time_batch(backend, threads: int, request: dict) -> dict:
+    """Load every item of the batch, then time those that loaded together (round-robin)."""
     from components.config import TimingParams
-    from components.devices.timing import measure
+    from components.devices.timing import measure_many
     from components.profiling.items import Item, example_input
 
-    item = Item.from_json(request["item"])
-    artifact = Path(request["artifact"]) if request.get("artifact") else None
-    start = time.perf_counter()
-    if role == "convert":
-        backend.convert(item, artifact)
-        return {"ok": True, "convert_s": time.perf_counter() - start}
-    runner = backend.load(item, artifact, threads)
-    run = runner.bind(example_input(item))
-    load_s = time.perf_counter() - start
-    timing = measure(run, TimingParams(**request["timing"]), busy_s=request.get("busy_s", 0.0))
-    return {"ok": True, "load_s": load_s, "timing": timing.to_dict()}
+    results: list[dict] = []
+    runs, loaded = [], []
+    for entry in request["items"]:
+        item = Item.from_json(entry["item"])
+        artifact = Path(entry["artifact"]) if entry.get("artifact") else None
+        start = time.perf_counter()
+        try:
+            run = backend.load(item, artifact, threads).bind(example_input(item))
+        except Exception as exc:  # this configuration fails; the others are still timed
+            traceback.print_exc()
+            results.append({"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]})
+            continue
+        results.append({"ok": True, "load_s": time.perf_counter() - start})
+        runs.append(run)
+        loaded.append(len(results) - 1)
+    timings = measure_many(runs, TimingParams(**request["timing"]), busy_s=request.get("busy_s", 0.0))
+    for index, timing in zip(loaded, timings):
+        results[index]["timing"] = timing.to_dict()
+    return {"ok": True, "results": results}
 
 
 def _serve(role: str, runtime: str, threads: int, cpus: str) -> None:

@@ -1,16 +1,36 @@
-"""Models built from a layer description; saved as description (JSON) + weights (safetensors)."""
+"""Models built from a layer description; saved as description (JSON) + weights (safetensors).
+
+Importing the package does not import torch: the descriptions (`spec`) are
+read by processes that never build a model (the profiler's timing workers
+for ONNX Runtime and TFLite, the latency model). The torch classes load on
+first use.
+"""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
-from components.models.base import SensingModel
-from components.models.deepsense import DeepSense, deepsense_spec
-from components.models.plain import MLP, PlainCNN, cnn_spec, mlp_spec
 from components.models.spec import LayerSpec, ModelConfigError, ModelSpec
 
-ARCHITECTURES: dict[str, type[SensingModel]] = {"deepsense": DeepSense, "cnn": PlainCNN, "mlp": MLP}
 SPEC_FILE, WEIGHTS_FILE = "model.json", "model.safetensors"
+_LAZY = {"SensingModel": "components.models.base", "DeepSense": "components.models.deepsense",
+         "PlainCNN": "components.models.plain", "MLP": "components.models.plain"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name == "ARCHITECTURES":
+        return architectures()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def architectures() -> dict:
+    from components.models.deepsense import DeepSense
+    from components.models.plain import MLP, PlainCNN
+
+    return {"deepsense": DeepSense, "cnn": PlainCNN, "mlp": MLP}
 
 __all__ = ["ARCHITECTURES", "LayerSpec", "ModelConfigError", "ModelSpec", "SensingModel", "build", "load", "save",
            "spec_from_params"]
@@ -18,6 +38,9 @@ __all__ = ["ARCHITECTURES", "LayerSpec", "ModelConfigError", "ModelSpec", "Sensi
 
 def spec_from_params(arch: str, model_params, input_shape: tuple[int, ...], classes: tuple[str, ...]) -> ModelSpec:
     """The description of a fresh model of `arch`, its widths taken from params.yaml."""
+    from components.models.deepsense import deepsense_spec
+    from components.models.plain import cnn_spec, mlp_spec
+
     if arch == "deepsense":
         p = model_params.deepsense
         return deepsense_spec(input_shape, classes, sensor_filters=p.sensor_filters, sensor_kernels=p.sensor_kernels,
@@ -30,18 +53,20 @@ def spec_from_params(arch: str, model_params, input_shape: tuple[int, ...], clas
     if arch == "mlp":
         p = model_params.mlp
         return mlp_spec(input_shape, classes, units=p.units, dropout=p.dropout)
-    raise ModelConfigError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    raise ModelConfigError(f"unknown architecture {arch!r}; known: deepsense, cnn, mlp")
 
 
-def build(spec: ModelSpec) -> SensingModel:
+def build(spec: ModelSpec):
+    """The torch model (a SensingModel) the description describes, freshly initialised."""
+    known = architectures()
     try:
-        cls = ARCHITECTURES[spec.arch]
+        cls = known[spec.arch]
     except KeyError:
-        raise ModelConfigError(f"unknown architecture {spec.arch!r}; known: {', '.join(ARCHITECTURES)}") from None
+        raise ModelConfigError(f"unknown architecture {spec.arch!r}; known: {', '.join(known)}") from None
     return cls(spec)
 
 
-def save(model: SensingModel, directory: Path) -> None:
+def save(model, directory: Path) -> None:
     """Write model.json (the description) and model.safetensors (weights and buffers)."""
     from safetensors.torch import save_file
 
@@ -51,7 +76,7 @@ def save(model: SensingModel, directory: Path) -> None:
     save_file(state, str(directory / WEIGHTS_FILE), metadata={"arch": model.spec.arch})
 
 
-def load(directory: Path) -> SensingModel:
+def load(directory: Path):
     """Rebuild a model from its description and load its weights (safetensors: no code is run)."""
     from safetensors.torch import load_file
 

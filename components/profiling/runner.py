@@ -1,17 +1,21 @@
-"""Profile a list of items on one device: convert and time each in worker processes, one row per item.
+"""Profile a list of items on one device: convert and time them in worker processes, one row per item.
 
 For a timed device, conversions run in one worker and timings in another,
-pinned to the device's cores. When the host has cores the device does not
-use, the next item converts there while the current one is timed, so the
+pinned to the device's cores. Items are timed a batch at a time, round-robin
+(see devices/timing.py). When the host has cores the device does not use,
+the next batch converts there while the current one is timed, so the
 converter's cost hides behind the measurement; otherwise they take turns, so
-nothing else runs on the timed cores. A worker that crashes or overruns
-fails only the item it was on. Computed devices (the microcontroller model)
-need no workers.
+nothing else runs on the timed cores. A worker that crashes or overruns fails
+only the item it was on: a batch whose timing worker died is timed again one
+item at a time to find the culprit. Computed devices (the microcontroller
+model) need no workers.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +26,8 @@ from components.devices.base import Backend
 from components.devices.pool import Device
 from components.devices.worker import Worker, WorkerFailed
 from components.profiling.items import Item, item_explanatory
+
+log = logging.getLogger(__name__)
 
 
 def base_row(device: Device, backend: Backend, version: str, item: Item) -> dict:
@@ -50,7 +56,7 @@ def computed_rows(items: list[Item], device: Device, backend: Backend) -> Iterat
 
 
 class TimedProfiler:
-    """The two workers of one timed device and the loop that feeds them."""
+    """The two workers of one timed device and the loop that feeds them, a batch at a time."""
 
     def __init__(self, device: Device, backend: Backend, p: ProfileParams, work_dir: Path, version: str):
         self.device, self.backend, self.p, self.work_dir, self.version = device, backend, p, work_dir, version
@@ -63,60 +69,74 @@ class TimedProfiler:
         self.converter = Worker("convert", device.runtime, 1, spare if self.overlap else timing_cpus,
                                 logs / "convert.log")
 
-    def _artifact(self, item: Item) -> Path | None:
-        return self.work_dir / f"{item.key}{self.backend.artifact_suffix}" if self.needs_convert else None
-
-    def _request(self, item: Item, busy_s: float = 0.0) -> dict:
-        artifact = self._artifact(item)
-        return {"item": item.to_json(), "artifact": str(artifact) if artifact else "",
-                "timing": asdict(self.p.timing), "busy_s": busy_s}
-
     def rows(self, items: list[Item]) -> Iterator[dict]:
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        batches = [items[i : i + self.p.batch_size] for i in range(0, len(items), self.p.batch_size)]
         try:
-            if self.needs_convert and items:
-                self.converter.submit(self._request(items[0]))
-            for i, item in enumerate(items):
-                following = items[i + 1] if i + 1 < len(items) else None
-                yield self._profile_one(item, following)
+            self.timer.start()  # its imports overlap the first batch's conversion
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="convert") as pool:
+                converted = self._convert(batches[0]) if batches else []
+                for k, batch in enumerate(batches):
+                    following = batches[k + 1] if k + 1 < len(batches) else []
+                    # the next batch converts on the spare cores while this one is timed
+                    ahead = pool.submit(self._convert, following) if self.overlap and following else None
+                    busy_s = sum(c.get("convert_s", 0.0) for c in converted) if ahead else 0.0
+                    log.info("%s: timing batch %d of %d (%d configurations, round-robin)", self.device.name,
+                             k + 1, len(batches), len(batch))
+                    yield from self._time(batch, converted, busy_s)
+                    converted = ahead.result() if ahead else self._convert(following)
         finally:
             self.timer.close()
             self.converter.close()
 
-    def _profile_one(self, item: Item, following: Item | None) -> dict:
-        row = base_row(self.device, self.backend, self.version, item)
-        if self.needs_convert:
-            converted = self._answer(self.converter)
-            if self.overlap and following is not None:
-                self.converter.submit(self._request(following))  # converts on spare cores while this is timed
-            if not converted["ok"]:
-                self._cleanup(item)
-                self._next_conversion(following)
-                return row | {"status": "failed", "failed_step": "convert", "error": converted["error"]}
-            row["convert_s"] = converted["convert_s"]
-        # while the next item converts on the spare cores, keep sampling about as long: it costs no wall time
-        busy_s = min(row["convert_s"], self.p.timing.max_time_s) if self.overlap and following is not None else 0.0
-        try:
-            self.timer.submit(self._request(item, busy_s))
-            timed = self._answer(self.timer)
-        finally:
-            self._cleanup(item)
-        self._next_conversion(following)
-        if not timed["ok"]:
-            return row | {"status": "failed", "failed_step": "time", "error": timed["error"]}
-        return row | {"status": "ok", "load_s": timed["load_s"]} | timed["timing"]
+    def _artifact(self, item: Item) -> Path | None:
+        return self.work_dir / f"{item.key}{self.backend.artifact_suffix}" if self.needs_convert else None
 
-    def _next_conversion(self, following: Item | None) -> None:
-        if self.needs_convert and not self.overlap and following is not None:
-            self.converter.submit(self._request(following))
+    def _convert(self, batch: list[Item]) -> list[dict]:
+        """One answer per item: {"ok": True, "convert_s": ...} or {"ok": False, "error": ...}."""
+        if not self.needs_convert:
+            return [{"ok": True} for _ in batch]
+        answers = []
+        for item in batch:
+            try:
+                answers.append(self.converter.call({"item": item.to_json(), "artifact": str(self._artifact(item))},
+                                                   self.p.item_timeout_s))
+            except WorkerFailed as exc:
+                answers.append({"ok": False, "error": str(exc)[:500]})
+        return answers
 
-    def _answer(self, worker: Worker) -> dict:
+    def _time(self, batch: list[Item], converted: list[dict], busy_s: float) -> Iterator[dict]:
+        ready = [item for item, c in zip(batch, converted) if c["ok"]]
+        timed = dict(zip((item.key for item in ready), self._time_together(ready, busy_s)))
+        for item, conversion in zip(batch, converted):
+            row = base_row(self.device, self.backend, self.version, item)
+            artifact = self._artifact(item)
+            if artifact is not None:
+                artifact.unlink(missing_ok=True)
+            if not conversion["ok"]:
+                yield row | {"status": "failed", "failed_step": "convert", "error": conversion["error"]}
+                continue
+            row["convert_s"] = conversion.get("convert_s")
+            answer = timed[item.key]
+            if not answer["ok"]:
+                yield row | {"status": "failed", "failed_step": "time", "error": answer["error"]}
+                continue
+            yield row | {"status": "ok", "load_s": answer["load_s"]} | answer["timing"]
+
+    def _time_together(self, items: list[Item], busy_s: float) -> list[dict]:
+        """Time `items` in one worker call; if the worker dies, time them one by one to find the culprit."""
+        if not items:
+            return []
         try:
-            return worker.result(self.p.item_timeout_s)
+            answer = self.timer.call(self._timing_request(items, busy_s), self.p.item_timeout_s * len(items))
         except WorkerFailed as exc:
-            return {"ok": False, "error": str(exc)[:500]}
+            answer = {"ok": False, "error": str(exc)[:500]}
+        if answer["ok"]:
+            return answer["results"]
+        if len(items) == 1:
+            return [answer]
+        return [self._time_together([item], 0.0)[0] for item in items]
 
-    def _cleanup(self, item: Item) -> None:
-        artifact = self._artifact(item)
-        if artifact is not None:
-            artifact.unlink(missing_ok=True)
+    def _timing_request(self, items: list[Item], busy_s: float) -> dict:
+        entries = [{"item": item.to_json(), "artifact": str(self._artifact(item) or "")} for item in items]
+        return {"items": entries, "timing": asdict(self.p.timing), "busy_s": busy_s}

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from tests.conftest import PROJECT_ROOT, subprocess_env
 
@@ -45,7 +46,14 @@ def test_dvc_repro_runs_the_stages_then_reruns_only_what_changed(tmp_path, param
         shutil.copy(PROJECT_ROOT / name, tmp_path / name)
     shutil.copytree(PROJECT_ROOT / "components", tmp_path / "components",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    params_file()
+    # a two-device pool: one timed runtime and the analytic one (DVC makes a stage per entry)
+    pool = yaml.safe_load((PROJECT_ROOT / "infra" / "devices.yaml").read_text())
+    pool["devices"] = {name: pool["devices"][name] for name in ("ort-1t", "cortex-m4")}
+    (tmp_path / "infra").mkdir()
+    (tmp_path / "infra" / "devices.yaml").write_text(yaml.safe_dump(pool))
+    raw = yaml.safe_load(params_file().read_text())
+    raw["profile"]["devices_file"] = "infra/devices.yaml"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     env = subprocess_env(tmp_path, DVC_NO_ANALYTICS="1")
     dvc = shutil.which("dvc", path=env["PATH"])
 
@@ -58,6 +66,8 @@ def test_dvc_repro_runs_the_stages_then_reruns_only_what_changed(tmp_path, param
         subprocess.run(cmd, cwd=tmp_path, check=True, env=env, timeout=120)
     first = repro()
     assert "Running stage 'ingest'" in first and "Running stage 'train'" in first
+    assert "Running stage 'profile@ort-1t'" in first and "Running stage 'profile@cortex-m4'" in first
+    assert (tmp_path / "data" / "profile" / "ort-1t" / "profile.parquet").exists()
     assert (tmp_path / "data" / "ingest" / "windows.parquet").exists()
     assert (tmp_path / "reports" / "train" / "metrics.json").exists()
     second = repro()

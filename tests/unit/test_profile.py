@@ -19,7 +19,7 @@ from components.devices.base import BackendError, get_backend
 from components.devices.mcu import model_resources
 from components.devices.pool import load_pool, select
 from components.devices.reference import run_reference
-from components.devices.timing import is_stable, measure
+from components.devices.timing import measure, measure_many, moved_less_than
 from components.models.deepsense import deepsense_spec
 from components.models.spec import LayerSpec
 from components.profiling.items import Item, example_input
@@ -121,20 +121,34 @@ def test_mcu_model_counts_flash_sram_and_macs(project_params):
 # ---- timing protocol ----------------------------------------------------------------------------------------
 
 
-def test_timing_stops_when_the_median_is_stable_and_reports_iqr():
-    p = TimingParams(warmup_runs=1, min_sample_s=0.001, min_repeats=5, max_repeats=50, max_time_s=2.0,
-                     rel_tolerance=0.05)
+def test_timing_samples_round_robin_until_each_median_is_stable():
+    p = TimingParams(warmup_runs=1, min_sample_s=0.001, samples_per_round=2, min_rounds=3, max_repeats=60,
+                     max_time_s=2.0, rel_tolerance=0.05)
     a = np.random.default_rng(0).random((48, 48))
-    t = measure(lambda: a @ a, p)
-    assert 5 <= t.repeats <= 50 and t.inner_loops >= 1
-    assert t.q1_ms <= t.latency_ms <= t.q3_ms and t.iqr_ms >= 0
-    assert t.timed_s >= t.repeats * 0.001 * 0.9
+    b = np.random.default_rng(1).random((96, 96))
+    small, large = measure_many([lambda: a @ a, lambda: b @ b], p)
+    for t in (small, large):
+        assert 6 <= t.repeats <= 60 and t.repeats % 2 == 0 and t.inner_loops >= 1
+        assert t.q1_ms <= t.latency_ms <= t.q3_ms and t.iqr_ms >= 0
+        assert t.timed_s >= t.repeats * 0.001 * 0.9
+    assert large.latency_ms > small.latency_ms
+
+
+def test_busy_time_buys_extra_rounds_and_caps_hold():
+    p = TimingParams(warmup_runs=0, min_sample_s=0.001, samples_per_round=1, min_rounds=2, max_repeats=400,
+                     max_time_s=0.2, rel_tolerance=1.0)
+    quick = measure(lambda: sum(range(200)), p)
+    busy = measure(lambda: sum(range(200)), p, busy_s=0.1)
+    assert quick.repeats == 2  # stable after min_rounds with this tolerance
+    assert busy.timed_s >= 0.1 and busy.repeats > quick.repeats
+    capped = measure(lambda: sum(range(200)), p, busy_s=10.0)
+    assert capped.timed_s < 0.25  # max_time_s wins over busy time
 
 
 def test_stability_rule():
-    assert not is_stable([1.0, 1.0, 1.0], min_repeats=3, rel_tolerance=0.01)  # too few samples
-    assert is_stable([1.0] * 8, min_repeats=5, rel_tolerance=0.01)
-    assert not is_stable([1.0] * 5 + [3.0] * 5, min_repeats=5, rel_tolerance=0.01)  # the median still moves
+    assert not moved_less_than([1.0, 1.0], before=0, rel_tolerance=0.01)  # nothing to compare with
+    assert moved_less_than([1.0] * 8, before=6, rel_tolerance=0.01)
+    assert not moved_less_than([1.0] * 5 + [3.0] * 5, before=8, rel_tolerance=0.01)  # the median still moves
 
 
 # ---- runtimes agree with torch ------------------------------------------------------------------------------
@@ -191,6 +205,7 @@ def test_profile_times_a_device_and_writes_table_plots_and_noise(quick):
     assert [r["config_id"] for r in rows] == [i.key for i in items]
     assert all(r["status"] == "ok" and r["method"] == "timed" and r["latency_ms"] > 0 for r in rows)
     assert all(r["q1_ms"] <= r["latency_ms"] <= r["q3_ms"] and r["repeats"] >= 3 for r in rows)
+    assert sum(r["layers"] for r in rows if r["kind"] == "model") == sum(len(i.layers) for i in items if i.model)
     conv = next(r for r in rows if r["kind"] == "conv1d")
     assert conv["flops"] == 2 * conv["macs"] and conv["bytes_read"] == conv["input_bytes"] + conv["weight_bytes"]
     assert json.loads(conv["config"])["description"]["out_features"] == conv["out_features"]
@@ -215,12 +230,15 @@ def test_crashes_and_refusals_are_recorded_and_the_share_gate_fails_the_device(q
     rows = _table(result)
     by_width = {r["out_features"]: r for r in rows if r["kind"] != "model"}
     crashed = [r for w, r in by_width.items() if w % 3 == 0]
-    refused = [r for w, r in by_width.items() if w % 3 == 1]
-    assert crashed and refused
+    died = [r for w, r in by_width.items() if w % 3 == 1 and r["kind"] != "linear"]
+    refused = [r for w, r in by_width.items() if w % 3 == 1 and r["kind"] == "linear"]
+    assert crashed and died and refused
     assert all(r["status"] == "failed" and r["failed_step"] == "convert" and "SIGSEGV" in r["error"]
                for r in crashed)
+    # a timing worker that dies takes its batch down; the batch is retimed item by item to find the culprit
+    assert all(r["failed_step"] == "time" and "time worker died (signal SIGSEGV)" in r["error"] for r in died)
     assert all(r["failed_step"] == "time" and "runtime refuses width" in r["error"] for r in refused)
-    assert all(r["status"] == "ok" for w, r in by_width.items() if w % 3 == 2)  # the worker came back each time
+    assert all(r["status"] == "ok" and r["latency_ms"] > 0 for w, r in by_width.items() if w % 3 == 2)
 
     strict = quick("profile.sampler.configs_per_kind=6", "profile.max_failed_share=0.1")
     with pytest.raises(profile.ProfileFailed, match=r"device crashing: \d+ of \d+ configurations failed"):
@@ -244,7 +262,7 @@ def test_a_failing_device_fails_the_command_while_the_others_finish(quick, pool_
 
 
 def test_an_interrupted_run_resumes_without_duplicates_or_rewrites(quick, tmp_path):
-    params = quick("profile.flush_rows=1", "profile.sampler.configs_per_kind=3")
+    params = quick("profile.flush_rows=1", "profile.batch_size=1", "profile.sampler.configs_per_kind=3")
     params_path = tmp_path / "p.yaml"
     raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     raw["profile"] = json.loads(json.dumps(params.to_dict()["profile"]))
@@ -273,6 +291,6 @@ def test_an_interrupted_run_resumes_without_duplicates_or_rewrites(quick, tmp_pa
 def test_a_changed_timing_protocol_starts_a_new_log(quick, caplog):
     profile.run(quick(), "mcu")
     assert profile.run(quick(), "mcu").metrics["profiled_this_run"] == 0  # unchanged: nothing to redo
-    result = profile.run(quick("profile.timing.min_repeats=4"), "mcu")
+    result = profile.run(quick("profile.timing.min_rounds=4"), "mcu")
     assert result.metrics["profiled_this_run"] == result.metrics["configs"]
     assert "starting a new profile log" in caplog.text
