@@ -25,7 +25,7 @@ from components.devices.pool import Device, load_pool, select
 from components.profiling.items import Item
 from components.profiling.runner import TimedProfiler, computed_rows
 from components.profiling.sampler import sample_items
-from components.profiling.table import TABLE_FILE, ProfileLog
+from components.profiling.table import ProfileLog
 
 STAGE = "profile"
 log = logging.getLogger(__name__)
@@ -173,7 +173,3 @@ def _check_failures(device: Device, metrics: dict, max_share: float, rows: list[
             f"device {device.name}: {metrics['configs_failed']} of {metrics['configs']} configurations failed "
             f"({metrics['failed_share']:.0%} > profile.max_failed_share {max_share:.0%}); the table keeps them "
             f"with their reasons; first reasons: {'; '.join(reasons)}")
-
-
-def table_path(params: Params, device: str) -> Path:
-    return params.path(params.profile.output_dir) / device / TABLE_FILE

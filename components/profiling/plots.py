@@ -47,10 +47,7 @@ def _width_plot(rows: list[dict], device, method: str, path: Path) -> Path:
         ax.set_ylabel("latency per window (ms)")
         ax.legend(fontsize=7)
     fig.suptitle(_title(device, "latency against width", method), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _iqr_bars(rows: list[dict]):
@@ -72,6 +69,10 @@ def _flops_plot(rows: list[dict], device, method: str, path: Path) -> Path:
     ax.set_ylabel("latency per window (ms)")
     ax.legend(fontsize=8)
     ax.set_title(_title(device, "latency against FLOPs", method), fontsize=9)
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

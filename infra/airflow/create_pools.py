@@ -16,8 +16,9 @@ from components.airflow_tasks import device_routes  # noqa: E402
 
 def main() -> int:
     airflow = str(Path(sys.executable).parent / "airflow")
-    for pool in sorted({route["pool"] for route in device_routes()}):
-        devices = [r["device"] for r in device_routes() if r["pool"] == pool]
+    routes = device_routes()
+    for pool in sorted({route["pool"] for route in routes}):
+        devices = [r["device"] for r in routes if r["pool"] == pool]
         subprocess.run([airflow, "pools", "set", pool, "1", f"timing slot for {', '.join(devices)}"], check=True)
     return 0
 
