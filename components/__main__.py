@@ -16,7 +16,7 @@ from components.devices.base import BackendError
 from components.models.spec import ModelConfigError
 from components.validation import ValidationFailed
 
-STAGES = ("ingest", "train", "profile")
+STAGES = ("ingest", "train", "profile", "fit_latency")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,10 +26,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one param, e.g. -p ingest.dataset=hhar_raw (repeatable)")
     p.add_argument("--output-dir", default=None, help="write the stage's output here instead of the params path")
-    p.add_argument("--input-dir", default=None, help="read the previous stage's output from here (train)")
+    p.add_argument("--input-dir", default=None,
+                   help="read the previous stage's output from here (train: ingest's; fit_latency: one device's "
+                        "profile folder)")
     p.add_argument("--pipeline-key", default=None, help="nest the MLflow run under this pipeline run")
     p.add_argument("--device", action="append", default=[], metavar="NAME",
-                   help="profile: this device of the pool (repeatable; default: profile.devices, else all)")
+                   help="profile, fit_latency: this device of the pool (repeatable; default: profile.devices, "
+                        "else all)")
     p.add_argument("--port", type=int, default=5000, help="mlflow-ui: port on 127.0.0.1")
     return p
 
@@ -66,6 +69,8 @@ def _run_stage(stage: str, params, output_dir=None, pipeline_key=None, input_dir
               f"-> {result.output_dir} (MLflow run {result.run_id})")
     elif stage == "profile":
         return _profile(params, output_dir, pipeline_key, device_names)
+    elif stage == "fit_latency":
+        return _fit_latency(params, output_dir, pipeline_key, input_dir, device_names)
     return 0
 
 
@@ -93,6 +98,42 @@ def _profile(params, output_dir, pipeline_key, device_names) -> int:
         print(f"error: profiling failed on {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _fit_latency(params, output_dir, pipeline_key, input_dir, device_names) -> int:
+    """Each device in turn, like `profile`: a table that cannot be fitted fails only its device."""
+    from components import fit_latency, profile
+
+    chosen = profile.devices(params, device_names)
+    if (output_dir or input_dir) and len(chosen) > 1:
+        raise ConfigError("--output-dir/--input-dir need exactly one --device (each device has its own folders)")
+    failed = []
+    for device in chosen:
+        try:
+            result = fit_latency.run(params, device.name, input_dir, output_dir, pipeline_key=pipeline_key)
+        except fit_latency.LatencyDataError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed.append(device.name)
+            continue
+        print(f"fit_latency {device.name}: {_fit_summary(result.metrics)} -> {result.model_path} "
+              f"(MLflow run {result.run_id})")
+    if failed:
+        print(f"error: no latency model for {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _fit_summary(m: dict) -> str:
+    if m["method"] == "analytic":
+        return "analytic model passed through"
+    mape = ", ".join(f"{kind} {by['tree']['mape_pct']:.1f} %" for kind, by in m.get("configurations", {}).items())
+    text = f"held-out MAPE {mape}" if mape else "no held-out rows"
+    whole = m.get("whole_models", {}).get("model")
+    if whole:
+        text += f"; whole models {whole['tree']['mape_pct']:.1f} % ({whole['tree']['within_pct']:.0f} % within band)"
+    if m["fallback_kinds"]:
+        text += f"; FALLBACK for {', '.join(m['fallback_kinds'])}"
+    return text
 
 
 def _pipeline(params) -> int:

@@ -65,3 +65,20 @@ def run_profile(device: str, run_id: str) -> str:
     output_dir = run_output_dir(params.path(params.pipeline.runs_dir), run_id, "profile") / device
     report_dir = output_dir / "report"
     return str(profile.run(params, device, output_dir, report_dir, pipeline_key=run_id).table_path.parent)
+
+
+def run_fit_latency(device: str, run_id: str) -> str:
+    """Fit one device's latency model from this run's profile of it; return the model's folder.
+
+    The profile folder is the run-keyed one `run_profile` wrote, so each
+    device's fit reads only its own table and runs even when another device's
+    profile failed (the DAG gives this task trigger rule `all_done`).
+    """
+    from components import fit_latency
+
+    params = load_params(params_path())
+    runs_dir = params.path(params.pipeline.runs_dir)
+    profile_dir = run_output_dir(runs_dir, run_id, "profile") / device
+    output_dir = run_output_dir(runs_dir, run_id, "fit_latency") / device
+    result = fit_latency.run(params, device, profile_dir, output_dir, output_dir / "report", pipeline_key=run_id)
+    return str(result.model_path.parent)

@@ -219,11 +219,51 @@ class ProfileParams:
 
 
 @dataclass(frozen=True)
+class TreeParams:
+    max_depth: int  # splits from the root to a leaf, at most
+    min_leaf: int  # rows on each side of a split, at least
+    min_gain: float  # a split must cut its node's squared relative error by at least this share
+    multiples: tuple[int, ...]  # k of the `x mod k == 0` splits
+    max_thresholds: int  # interval candidates per variable and node (quantiles of its values)
+
+
+@dataclass(frozen=True)
+class BoostedParams:
+    n_estimators: int
+    max_depth: int
+    learning_rate: float
+
+
+@dataclass(frozen=True)
+class ForestParams:
+    n_estimators: int
+    min_samples_leaf: int
+
+
+@dataclass(frozen=True)
+class FitLatencyParams:
+    output_dir: str  # one folder per device: latency_model.json, rules.txt
+    report_dir: str  # one folder per device: metrics.json, the evaluation table, figures
+    seed: int
+    holdout_share: float  # layer configurations per kind held out from fitting, to evaluate on
+    prune_share: float  # share of the fitting rows kept aside to prune each tree
+    min_rows: int  # a layer kind with fewer usable rows gets the conservative fallback (flagged)
+    full_overhead_models: int  # whole-model rows needed to fit scale, per-byte and offset (fewer: scale only)
+    within: float  # the band of the "within" metric (0.1: predictions within +-10 %)
+    split_variables: tuple[str, ...]  # what the trees may split on
+    leaf_variables: dict[str, tuple[str, ...]]  # per layer kind: the leaves' regressors
+    tree: TreeParams
+    boosted: BoostedParams  # the nn-Meter-style baselines, on the same rows and variables
+    forest: ForestParams
+
+
+@dataclass(frozen=True)
 class Params:
     pipeline: PipelineParams
     ingest: IngestParams
     train: TrainParams
     profile: ProfileParams
+    fit_latency: FitLatencyParams
     root: Path = dataclasses.field(default=Path("."), compare=False)  # params.yaml's folder
 
     def path(self, relative: str) -> Path:

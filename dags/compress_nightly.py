@@ -5,6 +5,9 @@ task. One small file is read at parse time: the device pool, because
 `profile` is mapped over it and each mapped task instance is routed to its
 device's Celery queue and pool when it is created, before it runs (the
 cluster policy in infra/airflow/airflow_local_settings.py does the routing).
+`fit_latency` is mapped over the same list after `profile`; fitting is plain
+CPU work, so it runs on the default queue, and with trigger rule `all_done`
+each device's fit reads its own profile, whatever happened to the others.
 """
 
 from __future__ import annotations
@@ -50,8 +53,15 @@ def compress_nightly():
 
         return run_profile(device, context["run_id"])
 
+    @task(task_id="fit_latency", map_index_template="{{ task.op_kwargs['device'] }}", trigger_rule="all_done")
+    def fit_latency(device: str, queue: str, pool: str, **context) -> str:
+        from components.airflow_tasks import run_fit_latency
+
+        return run_fit_latency(device, context["run_id"])
+
+    routes = _device_routes()
     train(ingest())
-    profile.expand_kwargs(_device_routes())
+    profile.expand_kwargs(routes) >> fit_latency.expand_kwargs(routes)
 
 
 def _device_routes() -> list[dict[str, str]]:

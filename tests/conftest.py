@@ -53,6 +53,8 @@ def make_params(tmp_path: Path, data_root: Path):
             f"pipeline.runs_dir={tmp_path / 'runs'}",
             f"profile.output_dir={tmp_path / 'out' / 'profile'}",
             f"profile.report_dir={tmp_path / 'reports' / 'profile'}",
+            f"fit_latency.output_dir={tmp_path / 'out' / 'fit_latency'}",
+            f"fit_latency.report_dir={tmp_path / 'reports' / 'fit_latency'}",
         ]
         return load_params(PROJECT_ROOT / "params.yaml", [*base, *overrides])
 
@@ -88,6 +90,9 @@ QUICK_PROFILE = (
     "profile.timing.max_time_s=0.05",
 )
 
+# QUICK_PROFILE gives 2 rows per layer kind: enough for one-leaf trees (no held-out evaluation).
+QUICK_FIT_MIN_ROWS = 2
+
 
 @pytest.fixture
 def params_file(tmp_path: Path, data_root: Path):
@@ -107,6 +112,7 @@ def params_file(tmp_path: Path, data_root: Path):
                 node = node[part]
             node[leaf] = yaml.safe_load(value)
         raw["profile"]["devices_file"] = str(PROJECT_ROOT / "infra" / "devices.yaml")
+        raw["fit_latency"]["min_rows"] = QUICK_FIT_MIN_ROWS
         raw["pipeline"]["state_dir"] = str(folder / ".state")
         raw["pipeline"]["runs_dir"] = str(folder / ".state" / "runs")
         path = folder / "params.yaml"

@@ -1,0 +1,218 @@
+"""Stage `fit_latency`: one latency model per device, from its profile table.
+
+For a timed device: check the table, evaluate the fitting procedure on
+held-out configurations and held-out whole models against the baselines
+(linear on FLOPs, gradient boosting, random forest), fit the saved model on
+every row, and write `latency_model.json` + `rules.txt` (the output) and the
+evaluation table, metrics and figures (the report). For the microcontroller
+target the analytic model is passed through unchanged, and its agreement
+with the computed table is reported as a check. Everything goes to MLflow
+run `fit_latency/<device>`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from components.config import ConfigError, FitLatencyParams, Params
+from components.data.outputs import atomic_directory, write_text_atomic
+from components.latency import fit as fitting
+from components.latency.features import check_names
+from components.latency.fit import LatencyDataError, Rows
+from components.latency.model import AnalyticLatencyModel, LatencyModel
+from components.models.spec import LayerSpec
+from components.profiling.items import LAYER_KINDS
+from components.profiling.table import TABLE_FILE
+
+STAGE = "fit_latency"
+MODEL_FILE, RULES_FILE = "latency_model.json", "rules.txt"
+log = logging.getLogger(__name__)
+
+__all__ = ["LatencyDataError", "FitResult", "run"]
+
+
+@dataclass(frozen=True)
+class FitResult:
+    device: str
+    model_path: Path
+    metrics: dict
+    run_id: str
+
+
+def check_params(cfg: FitLatencyParams) -> None:
+    try:
+        check_names(cfg.split_variables, "fit_latency.split_variables")
+        for kind, names in cfg.leaf_variables.items():
+            if kind not in LAYER_KINDS:
+                raise ValueError(f"fit_latency.leaf_variables: unknown layer kind {kind!r} (known: "
+                                 f"{', '.join(LAYER_KINDS)})")
+            check_names(names, f"fit_latency.leaf_variables.{kind}")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if not 0 < cfg.holdout_share < 1 or not 0 <= cfg.prune_share < 1:
+        raise ConfigError("fit_latency.holdout_share must be in (0, 1) and prune_share in [0, 1)")
+    if cfg.min_rows < 2 or cfg.tree.min_leaf < 1 or any(k < 2 for k in cfg.tree.multiples):
+        raise ConfigError("fit_latency: min_rows >= 2, tree.min_leaf >= 1 and tree.multiples >= 2 are required")
+
+
+def run(params: Params, device_name: str, profile_dir: Path | None = None, output_dir: Path | None = None,
+        report_dir: Path | None = None, pipeline_key: str | None = None) -> FitResult:
+    """Fit and evaluate device `device_name`'s latency model; outputs default to the params' folders."""
+    from components import profile, tracking
+
+    cfg = params.fit_latency
+    check_params(cfg)
+    (device,) = profile.devices(params, [device_name])
+    table = (Path(profile_dir) if profile_dir else params.path(params.profile.output_dir) / device.name) / TABLE_FILE
+    out = Path(output_dir) if output_dir else params.path(cfg.output_dir) / device.name
+    reports = Path(report_dir) if report_dir else params.path(cfg.report_dir) / device.name
+    raw = _read_table(table, device.name)
+    rows = fitting.usable_rows(raw, device.name, str(table), params.profile.max_failed_share)
+    with tracking.stage_run(params, STAGE, pipeline_key, device=device.name) as mlrun:
+        mlrun.log_params({"fit_latency": asdict(cfg), "device": device.to_dict(), "profile_table": str(table)})
+        started = time.perf_counter()
+        if device.mcu is not None:
+            model, evaluation = AnalyticLatencyModel(device.name, device.runtime, device.mcu), None
+            metrics = _analytic_check(model, rows, cfg)
+        else:
+            fitting.check_fittable(rows, device.name, cfg)
+            log.info("%s: evaluating on held-out configurations and whole models", device.name)
+            evaluation = fitting.evaluate(rows, cfg)
+            log.info("%s: fitting the model on every row", device.name)
+            model = fitting.fit(rows, cfg, device.name, device.runtime, _info(table, rows))
+            metrics = _metrics(model, evaluation, rows)
+        metrics |= {"device": device.name, "runtime": device.runtime, "method": model.method,
+                    "rows_invalid": len(rows.invalid), "rows_failed": rows.failed,
+                    "fit_s": round(time.perf_counter() - started, 3)}
+        with atomic_directory(out) as staging:
+            model.save(staging / MODEL_FILE)
+            (staging / RULES_FILE).write_text(model.rules())
+        artifacts = _write_report(model, evaluation, rows, metrics, cfg, reports)
+        _log(mlrun, metrics, [out / MODEL_FILE, out / RULES_FILE, *artifacts], device.name)
+        _say(model, metrics)
+        return FitResult(device.name, out / MODEL_FILE, metrics, mlrun.run_id)
+
+
+def _read_table(path: Path, device: str) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    if not path.exists():
+        raise LatencyDataError(f"device {device}: no profile table at {path}; run "
+                               f"`python -m components profile --device {device}` first")
+    return pq.read_table(path).to_pylist()
+
+
+def _info(table: Path, rows: Rows) -> dict:
+    return {"profile_table_sha256": hashlib.sha256(table.read_bytes()).hexdigest(),
+            "rows": {k: len(v) for k, v in rows.layers.items()} | {"model": len(rows.models)}}
+
+
+def _metrics(model: LatencyModel, evaluation, rows: Rows) -> dict:
+    """Nested for DVC (split -> kind -> predictor -> scores) plus the flags a reader must see."""
+    metrics: dict = {"fallback_kinds": model.fallback_kinds, "not_evaluated": evaluation.not_evaluated,
+                     "overhead": asdict(model.overhead)}
+    for row in evaluation.table:
+        split = "configurations" if row["split"] == "configurations" else "whole_models"
+        metrics.setdefault(split, {}).setdefault(row["kind"], {})[row["predictor"]] = {
+            k: row[k] for k in ("rows", "mape_pct", "rmse_ms", "within_pct")}
+    for kind, kind_rows in rows.layers.items():
+        metrics[f"rows_{kind}"] = len(kind_rows)
+    metrics["rows_model"] = len(rows.models)
+    for kind in model.kinds:
+        metrics[f"fallback_{kind}"] = int(bool(model.kinds[kind].fallback))
+        metrics[f"tree_leaves_{kind}"] = model.kinds[kind].tree.leaves
+    return metrics
+
+
+def _analytic_check(model: AnalyticLatencyModel, rows: Rows, cfg: FitLatencyParams) -> dict:
+    """The analytic model against the table it computed: a consistency check, zero error expected."""
+    points = []
+    for kind, kind_rows in rows.layers.items():
+        for r in kind_rows:
+            layer = LayerSpec("check", kind, r["in_features"], r["out_features"], r["kernel"], r["stride"],
+                              r["length"], r["instances"])
+            points.append((kind, r["latency_ms"], model.predict(layer)))
+    points += [("model", r["latency_ms"], model.predict_model(spec)) for spec, r in rows.models]
+    worst = max((abs(p - m) / m for _, m, p in points), default=0.0)
+    return {"fallback_kinds": [], "analytic_rows_checked": len(points), "analytic_max_rel_error": worst}
+
+
+def _write_report(model, evaluation, rows: Rows, metrics: dict, cfg: FitLatencyParams, reports: Path) -> list[Path]:
+    from components.latency import plots
+
+    reports.mkdir(parents=True, exist_ok=True)
+    paths = [reports / "metrics.json"]
+    write_text_atomic(paths[0], json.dumps(metrics, indent=2))
+    if evaluation is None:
+        return paths
+    write_text_atomic(reports / "evaluation.csv", _csv(evaluation.table))
+    write_text_atomic(reports / "evaluation.md", evaluation_markdown(model.device, evaluation.table))
+    paths += [reports / "evaluation.csv", reports / "evaluation.md"]
+    paths.append(plots.tree_png(model, reports / "tree.png"))
+    if evaluation.points:
+        title = f"{model.device}: held-out predictions (fitted without these rows)"
+        paths.append(plots.predicted_png(evaluation.points, title, cfg.within, reports / "predicted_vs_measured.png"))
+    if any(r["sweep"] == "width" for rs in rows.layers.values() for r in rs):
+        paths.append(plots.sweeps_png(model, {k: v for k, v in rows.layers.items() if v}, reports / "sweeps.png"))
+    return paths
+
+
+def _csv(table: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(table[0]) if table else ["split"])
+    writer.writeheader()
+    writer.writerows(table)
+    return buffer.getvalue()
+
+
+def evaluation_markdown(device: str, table: list[dict]) -> str:
+    """One line per (split, kind): MAPE / within-band share per predictor; the tree first."""
+    from components.latency.fit import PREDICTORS
+
+    head = "| device | split | kind | rows | " + " | ".join(f"{p} MAPE % / within %" for p in PREDICTORS) + " |"
+    lines = [head, "|" + "---|" * (4 + len(PREDICTORS))]
+    groups: dict[tuple, dict] = {}
+    for row in table:
+        groups.setdefault((row["split"], row["kind"]), {})[row["predictor"]] = row
+    for (split, kind), by in groups.items():
+        cells = [f"{by[p]['mape_pct']:.1f} / {by[p]['within_pct']:.0f}" if p in by else "-" for p in PREDICTORS]
+        n = next(iter(by.values()))["rows"]
+        lines.append(f"| {device} | {split} | {kind} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _log(mlrun, metrics: dict, artifacts: list[Path], device: str) -> None:
+    from components.tracking import flatten
+
+    flat = {k: v for k, v in flatten(metrics).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)}
+    mlrun.log_metrics(flat)
+    mlrun.set_tags({"method": metrics["method"], "runtime": metrics["runtime"],
+                    "fallback_kinds": ",".join(metrics["fallback_kinds"]) or "none"})
+    for path in artifacts:
+        mlrun.log_artifact(path, f"fit_latency/{device}")
+
+
+def _say(model, metrics: dict) -> None:
+    if model.method == "analytic":
+        log.info("%s: analytic model passed through (max relative difference to the table %.2g)", model.device,
+                 metrics["analytic_max_rel_error"])
+        return
+    for kind, by in metrics.get("configurations", {}).items():
+        log.info("%s %s: held-out MAPE tree %.1f %% (boosted %.1f %%, linear on FLOPs %.1f %%)", model.device, kind,
+                 by["tree"]["mape_pct"], by["boosted"]["mape_pct"], by["linear_flops"]["mape_pct"])
+    whole = metrics.get("whole_models", {}).get("model")
+    if whole:
+        log.info("%s whole models: MAPE %.1f %%, %.0f %% within the band", model.device, whole["tree"]["mape_pct"],
+                 whole["tree"]["within_pct"])
+    if model.fallback_kinds:
+        log.warning("%s: FALLBACK (conservative, not fitted) for %s", model.device, ", ".join(model.fallback_kinds))

@@ -1,0 +1,275 @@
+"""Fit a device's latency model from its profile table, and evaluate the procedure on held-out rows.
+
+Reading refuses tables it cannot fit (missing, empty, only failed rows, too
+few rows for any kind) with a message saying what to do, and sets aside
+rows whose latency is not a positive number, naming them. A layer kind with
+fewer than `min_rows` usable rows, or none, gets the conservative fallback
+(`fallback_tree`), and the metrics and rules say so.
+
+Evaluation follows the issue's two splits:
+- by configuration: per kind, `holdout_share` of the layer configurations
+  are held out; the tree and every baseline are fitted on the rest;
+- by whole model: each whole-model row is predicted from layer models that
+  never saw it, with the whole-model correction fitted on the *other*
+  models (leave one model out).
+The model that is saved is then fitted the same way on every row.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import lsq_linear
+
+from components.config import FitLatencyParams
+from components.latency.baselines import Boosted, Forest, LinearFlops
+from components.latency.features import layer_values, matrix
+from components.latency.model import KindModel, LatencyModel, Overhead, activation_bytes
+from components.latency.tree import LinearTree, nnls_fit
+from components.models.spec import ModelSpec
+from components.profiling.items import LAYER_KINDS, Item
+
+log = logging.getLogger(__name__)
+PREDICTORS = ("tree", "linear_flops", "boosted", "forest")
+FALLBACK_DOC = ("conservative fallback: latency = s * (w * FLOPs + b), where w, b >= 0 are fitted to every usable "
+                "layer row of the device (all kinds) and s >= 1 lifts the line above the slowest of them")
+
+
+class LatencyDataError(ValueError):
+    """The profile table cannot be fitted; the message says why and what to do."""
+
+
+@dataclass
+class Rows:
+    """A device's usable profile rows."""
+
+    layers: dict[str, list[dict]]  # per kind: ok rows with a positive, finite latency
+    models: list[tuple[ModelSpec, dict]]  # whole-model rows and their descriptions
+    invalid: list[dict] = field(default_factory=list)  # ok rows whose latency is NaN, infinite or <= 0
+    failed: int = 0
+
+
+def usable_rows(rows: list[dict], device: str, source: str, max_failed_share: float = 1.0) -> Rows:
+    """Check a profile table's rows and keep the usable ones; raise LatencyDataError if none can be fitted.
+
+    A table with more failed rows than `max_failed_share` (the share that
+    fails the device's profile) is refused too: its profile did not succeed.
+    """
+    if not rows:
+        raise LatencyDataError(f"device {device}: the profile table {source} has no rows; run "
+                               f"`python -m components profile --device {device}` first")
+    ok = [r for r in rows if r["status"] == "ok"]
+    reasons = "; ".join(sorted({str(r.get("error")) for r in rows if r["status"] != "ok"})[:3])
+    if not ok:
+        raise LatencyDataError(f"device {device}: all {len(rows)} rows of {source} failed to profile, nothing to "
+                               f"fit; first reasons: {reasons}")
+    failed_share = 1 - len(ok) / len(rows)
+    if failed_share > max_failed_share:
+        raise LatencyDataError(
+            f"device {device}: {len(rows) - len(ok)} of {len(rows)} configurations in {source} failed to profile "
+            f"({failed_share:.0%} > profile.max_failed_share {max_failed_share:.0%}); fix the profile first "
+            f"(first reasons: {reasons})")
+    valid = [r for r in ok if _positive(r["latency_ms"])]
+    invalid = [r for r in ok if not _positive(r["latency_ms"])]
+    if invalid:
+        log.warning("device %s: %d rows of %s have a latency that is not a positive number and are left out: %s",
+                    device, len(invalid), source,
+                    ", ".join(f"{r['kind']} {r['config_id']} ({r['latency_ms']})" for r in invalid[:5]))
+    layers = {kind: [r for r in valid if r["kind"] == kind] for kind in LAYER_KINDS}
+    models = [(Item.from_json(r["config"]).model, r) for r in valid if r["kind"] == "model"]
+    return Rows(layers, models, invalid, len(rows) - len(ok))
+
+
+def _positive(value) -> bool:
+    return value is not None and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def check_fittable(rows: Rows, device: str, cfg: FitLatencyParams) -> None:
+    if not any(len(rs) >= cfg.min_rows for rs in rows.layers.values()):
+        counts = ", ".join(f"{k} {len(rs)}" for k, rs in rows.layers.items())
+        raise LatencyDataError(
+            f"device {device}: too few usable layer rows to fit any kind ({counts}; fit_latency.min_rows is "
+            f"{cfg.min_rows}); profile more configurations (profile.sampler.configs_per_kind)")
+
+
+# ---- fitting ----------------------------------------------------------------------------------
+
+
+def fit_tree(rows: list[dict], kind: str, cfg: FitLatencyParams, rng: np.random.Generator) -> LinearTree:
+    y = np.array([r["latency_ms"] for r in rows])
+    split_vars, leaf_vars = list(cfg.split_variables), list(cfg.leaf_variables[kind])
+    prune = rng.random(len(rows)) < cfg.prune_share
+    return LinearTree.fit(matrix(rows, split_vars), matrix(rows, leaf_vars), y, split_vars, leaf_vars, cfg.tree,
+                          prune_mask=prune)
+
+
+def fallback_tree(pool: list[dict]) -> LinearTree:
+    """One leaf over FLOPs that lies above every usable layer row of the device (see FALLBACK_DOC)."""
+    y = np.array([r["latency_ms"] for r in pool])
+    flops = matrix(pool, ["flops"])
+    w, b, _ = nnls_fit(flops, y)
+    fitted = flops[:, 0] * w[0] + b
+    lift = max(1.0, float(np.max(y / np.maximum(fitted, 1e-12))))
+    leaf = {"weights": [float(w[0] * lift)], "intercept": float(b * lift), "rows": len(pool)}
+    return LinearTree([], ["flops"], [{"leaf": leaf}])
+
+
+def fit_kinds(rows: Rows, cfg: FitLatencyParams, seed: int) -> dict[str, KindModel]:
+    """A tree per kind with enough rows; the fallback for the others."""
+    pool = [r for rs in rows.layers.values() for r in rs]
+    kinds: dict[str, KindModel] = {}
+    for kind in cfg.leaf_variables:
+        kind_rows = rows.layers.get(kind, [])
+        if len(kind_rows) >= cfg.min_rows:
+            kinds[kind] = KindModel(fit_tree(kind_rows, kind, cfg, np.random.default_rng(seed)))
+        else:
+            reason = f"{len(kind_rows)} usable rows < fit_latency.min_rows {cfg.min_rows}"
+            log.warning("layer kind %s: %s; using the %s", kind, reason, FALLBACK_DOC)
+            kinds[kind] = KindModel(fallback_tree(pool), fallback=reason)
+    return kinds
+
+
+def fit_overhead(layer_sums: np.ndarray, act_bytes: np.ndarray, y: np.ndarray, cfg: FitLatencyParams) -> Overhead:
+    """The whole-model correction, least squares on relative error (scale, per_byte >= 0; offset free)."""
+    n = len(y)
+    if n == 0:
+        return Overhead("none")
+    if n < cfg.full_overhead_models:
+        ratio = layer_sums / y
+        return Overhead("scale", scale=float(ratio.sum() / (ratio @ ratio)), models=n)
+    design = np.column_stack([layer_sums, act_bytes, np.ones(n)]) / y[:, None]
+    scale = np.abs(design).max(axis=0)
+    scale[scale == 0] = 1.0
+    result = lsq_linear(design / scale, np.ones(n), bounds=([0, 0, -np.inf], [np.inf, np.inf, np.inf]))
+    s, per_byte, offset = result.x / scale
+    return Overhead("full", scale=float(s), per_byte=float(per_byte), offset=float(offset), models=n)
+
+
+def fit(rows: Rows, cfg: FitLatencyParams, device: str, runtime: str, info: dict | None = None) -> LatencyModel:
+    """The model that is saved: every usable row."""
+    check_fittable(rows, device, cfg)
+    kinds = fit_kinds(rows, cfg, cfg.seed)
+    model = LatencyModel(device, runtime, kinds, Overhead("none"), info)
+    sums, act, y = _model_columns(rows.models, lambda spec: model.predict_layers(spec.layers).sum())
+    model.overhead = fit_overhead(sums, act, y, cfg)
+    return model
+
+
+def _model_columns(models: list[tuple[ModelSpec, dict]], layer_sum) -> tuple[np.ndarray, ...]:
+    sums = np.array([float(layer_sum(spec)) for spec, _ in models])
+    act = np.array([float(activation_bytes(spec)) for spec, _ in models])
+    y = np.array([r["latency_ms"] for _, r in models])
+    return sums, act, y
+
+
+# ---- evaluation -------------------------------------------------------------------------------
+
+
+@dataclass
+class Evaluation:
+    table: list[dict]  # one row per (split, kind, predictor): rows, mape_pct, rmse_ms, within_pct
+    points: list[dict]  # every held-out prediction: split, kind, predictor, measured_ms, predicted_ms
+    not_evaluated: dict[str, str]  # kind -> why it has no held-out rows
+
+
+def scores(measured: np.ndarray, predicted: np.ndarray, within: float) -> dict:
+    rel = np.abs(predicted - measured) / measured
+    return {"rows": int(len(measured)), "mape_pct": float(100 * rel.mean()),
+            "rmse_ms": float(np.sqrt(np.mean((predicted - measured) ** 2))),
+            "within_pct": float(100 * np.mean(rel <= within + 1e-12))}
+
+
+def evaluate(rows: Rows, cfg: FitLatencyParams) -> Evaluation:
+    rng = np.random.default_rng(cfg.seed)
+    points: list[dict] = []
+    not_evaluated: dict[str, str] = {}
+    fitted: dict[str, dict] = {}  # kind -> predictor -> fitted on the training part
+    pool = [r for rs in rows.layers.values() for r in rs]
+    for kind in cfg.leaf_variables:
+        kind_rows = rows.layers.get(kind, [])
+        test = _holdout(len(kind_rows), cfg, rng)
+        if test is None:
+            not_evaluated[kind] = (f"{len(kind_rows)} usable rows: too few to hold out {cfg.holdout_share:.0%} "
+                                   f"and fit on >= {cfg.min_rows}")
+            fitted[kind] = {name: _Fallback(pool) for name in PREDICTORS}
+            continue
+        train = [r for r, t in zip(kind_rows, test) if not t]
+        held = [r for r, t in zip(kind_rows, test) if t]
+        fitted[kind] = _fit_predictors(train, kind, cfg)
+        measured = np.array([r["latency_ms"] for r in held])
+        for name, predictor in fitted[kind].items():
+            points += _points("configurations", kind, name, measured, predictor.predict(held))
+    points += _whole_model_points(rows.models, fitted, cfg)
+    return Evaluation(_summarise(points, cfg.within), points, not_evaluated)
+
+
+def _holdout(n: int, cfg: FitLatencyParams, rng: np.random.Generator) -> np.ndarray | None:
+    n_test = int(round(cfg.holdout_share * n))
+    if n_test < 1 or n - n_test < cfg.min_rows:
+        return None
+    test = np.zeros(n, bool)
+    test[rng.choice(n, n_test, replace=False)] = True
+    return test
+
+
+class _TreePredictor:
+    def __init__(self, tree: LinearTree):
+        self.tree = tree
+
+    def predict(self, rows: list[dict]) -> np.ndarray:
+        return self.tree.predict(matrix(rows, self.tree.split_variables), matrix(rows, self.tree.leaf_variables))
+
+
+class _Fallback(_TreePredictor):
+    def __init__(self, pool: list[dict]):
+        super().__init__(fallback_tree(pool))
+
+
+def _fit_predictors(train: list[dict], kind: str, cfg: FitLatencyParams) -> dict:
+    y = np.array([r["latency_ms"] for r in train])
+    return {
+        "tree": _TreePredictor(fit_tree(train, kind, cfg, np.random.default_rng(cfg.seed))),
+        "linear_flops": LinearFlops().fit(train, y),
+        "boosted": Boosted(cfg.boosted, cfg.seed).fit(train, y),
+        "forest": Forest(cfg.forest, cfg.seed).fit(train, y),
+    }
+
+
+def _whole_model_points(models: list[tuple[ModelSpec, dict]], fitted: dict, cfg: FitLatencyParams) -> list[dict]:
+    if not models:
+        return []
+    points = []
+    for name in PREDICTORS:
+        def layer_sum(spec: ModelSpec, name=name) -> float:
+            by_kind: dict[str, list[dict]] = {}
+            for layer in spec.layers:
+                by_kind.setdefault(layer.kind, []).append(layer_values(layer))
+            return sum(float(fitted[k][name].predict(v).sum()) for k, v in by_kind.items())
+
+        sums, act, y = _model_columns(models, layer_sum)
+        predicted = np.empty(len(y))
+        for i in range(len(y)):
+            others = np.arange(len(y)) != i
+            predicted[i] = fit_overhead(sums[others], act[others], y[others], cfg).apply(sums[i], act[i])
+        points += _points("whole models", "model", name, y, predicted)
+    return points
+
+
+def _points(split: str, kind: str, predictor: str, measured: np.ndarray, predicted: np.ndarray) -> list[dict]:
+    return [{"split": split, "kind": kind, "predictor": predictor, "measured_ms": float(m), "predicted_ms": float(p)}
+            for m, p in zip(measured, predicted)]
+
+
+def _summarise(points: list[dict], within: float) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for p in points:
+        groups.setdefault((p["split"], p["kind"], p["predictor"]), []).append(p)
+    table = []
+    for (split, kind, predictor), ps in groups.items():
+        measured = np.array([p["measured_ms"] for p in ps])
+        predicted = np.array([p["predicted_ms"] for p in ps])
+        table.append({"split": split, "kind": kind, "predictor": predictor, **scores(measured, predicted, within)})
+    return table

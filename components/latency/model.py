@@ -1,0 +1,204 @@
+"""A device's latency model: one tree per layer kind plus a whole-model correction, as JSON.
+
+`predict(layer)` is what the compressor calls for every candidate width
+(pure Python, a few microseconds); `predict_layers(layers)` does a list at
+once with numpy; `predict_model(spec)` sums a model's layers and applies the
+fitted whole-model correction
+
+    t_model = scale * sum(t_layer) + per_byte * activation_bytes + offset
+
+`scale` is how much slower layers run inside a model than alone (colder
+caches, glue operators), `per_byte` the cost of the activations the layers
+hand on (reshapes, concatenation, pooling), `offset` the fixed cost of one
+inference (negative when each layer timed alone paid a call overhead that the
+model pays once). The microcontroller target has its analytic model instead
+(`AnalyticLatencyModel`), passed through unchanged.
+
+Saved as JSON (never pickled) with a format version; `load` refuses a file
+it does not understand.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from components.devices import mcu as mcu_model
+from components.devices.pool import McuSpec
+from components.latency.features import layer_values, matrix
+from components.latency.tree import LinearTree
+from components.models.spec import LayerSpec, ModelSpec
+
+FORMAT = "iot-compress/latency-model/1"
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """The whole-model correction (see the module docstring); `form` says which terms were fitted."""
+
+    form: str  # full: scale, per_byte, offset | scale: scale only | none: no whole-model rows, sum of layers
+    scale: float = 1.0
+    per_byte: float = 0.0
+    offset: float = 0.0
+    models: int = 0  # whole-model rows it was fitted on
+
+    def apply(self, layer_sum_ms: float, activation_bytes: float) -> float:
+        return self.scale * layer_sum_ms + self.per_byte * activation_bytes + self.offset
+
+    def formula(self) -> str:
+        if self.form == "none":
+            return "sum of the layers (not fitted: no whole-model rows)"
+        text = f"{self.scale:.4g} * sum(layers)"
+        if self.form == "full":
+            text += f" + {self.per_byte:.4g} * activation_bytes {'+' if self.offset >= 0 else '-'} " \
+                    f"{abs(self.offset):.4g}"
+        return text + f"   [{self.models} whole models]"
+
+
+def activation_bytes(spec: ModelSpec) -> int:
+    """Bytes the layers of a model write (what its glue operators move)."""
+    return sum(layer_values(layer)["bytes_written"] for layer in spec.layers)
+
+
+@dataclass
+class KindModel:
+    tree: LinearTree
+    fallback: str = ""  # why the kind was not fitted (then `tree` is the conservative model); empty: fitted
+
+    def to_dict(self) -> dict:
+        return {"tree": self.tree.to_dict(), "fallback": self.fallback}
+
+
+class LatencyModel:
+    method = "tree"
+
+    def __init__(self, device: str, runtime: str, kinds: dict[str, KindModel], overhead: Overhead,
+                 info: dict | None = None):
+        self.device, self.runtime = device, runtime
+        self.kinds = kinds
+        self.overhead = overhead
+        self.info = info or {}
+
+    # ---- prediction ----------------------------------------------------------------------------
+
+    def _kind(self, layer: LayerSpec) -> KindModel:
+        try:
+            return self.kinds[layer.kind]
+        except KeyError:
+            raise ValueError(f"device {self.device}: no latency model for layer kind {layer.kind!r} "
+                             f"(has {', '.join(sorted(self.kinds))})") from None
+
+    def predict(self, layer: LayerSpec) -> float:
+        """Milliseconds for one window through `layer`."""
+        tree = self._kind(layer).tree
+        values = layer_values(layer)
+        return tree.predict_one([values[n] for n in tree.split_variables], [values[n] for n in tree.leaf_variables])
+
+    def predict_layers(self, layers: list[LayerSpec] | tuple[LayerSpec, ...]) -> np.ndarray:
+        """Milliseconds per layer, vectorised per kind."""
+        out = np.zeros(len(layers))
+        rows = [layer_values(layer) for layer in layers]
+        for kind in {layer.kind for layer in layers}:
+            index = [i for i, layer in enumerate(layers) if layer.kind == kind]
+            tree = self._kind(layers[index[0]]).tree
+            picked = [rows[i] for i in index]
+            out[index] = tree.predict(matrix(picked, tree.split_variables), matrix(picked, tree.leaf_variables))
+        return out
+
+    def predict_model(self, spec: ModelSpec) -> float:
+        """Milliseconds for one window through the whole model."""
+        layer_sum = sum(self.predict(layer) for layer in spec.layers)
+        return self.overhead.apply(layer_sum, activation_bytes(spec))
+
+    @property
+    def fallback_kinds(self) -> list[str]:
+        return sorted(k for k, m in self.kinds.items() if m.fallback)
+
+    # ---- reading and saving --------------------------------------------------------------------
+
+    def rules(self) -> str:
+        lines = [f"# latency model of device {self.device} ({self.runtime}): milliseconds per window",
+                 "# tree-structured linear regression (FastDeepIoT); leaves t = w.x + b with w, b >= 0", ""]
+        for kind in sorted(self.kinds):
+            model = self.kinds[kind]
+            title = f"## {kind}"
+            if model.fallback:
+                title += f"  (FALLBACK, not fitted: {model.fallback})"
+            lines += [title, *model.tree.rules(), ""]
+        lines += ["## whole model", f"ms = {self.overhead.formula()}", ""]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "method": self.method, "device": self.device, "runtime": self.runtime,
+                "kinds": {k: m.to_dict() for k, m in sorted(self.kinds.items())},
+                "overhead": asdict(self.overhead), "info": self.info}
+
+    def save(self, path: Path) -> None:
+        from components.data.outputs import write_text_atomic
+
+        write_text_atomic(Path(path), json.dumps(self.to_dict(), indent=1))
+
+
+class AnalyticLatencyModel:
+    """The microcontroller's computed model (components/devices/mcu.py), behind the same interface."""
+
+    method = "analytic"
+
+    def __init__(self, device: str, runtime: str, mcu: McuSpec):
+        self.device, self.runtime, self.mcu = device, runtime, mcu
+        self.kinds: dict[str, KindModel] = {}
+        self.fallback_kinds: list[str] = []
+
+    def predict(self, layer: LayerSpec) -> float:
+        return mcu_model.latency_ms(layer.macs, 1, self.mcu)
+
+    def predict_layers(self, layers) -> np.ndarray:
+        return np.array([self.predict(layer) for layer in layers])
+
+    def predict_model(self, spec: ModelSpec) -> float:
+        return mcu_model.latency_ms(spec.macs, len(spec.layers), self.mcu)
+
+    def resources(self, spec: ModelSpec) -> dict:
+        """Flash, peak SRAM, MACs and latency of a whole model on this microcontroller."""
+        return mcu_model.model_resources(spec, self.mcu)
+
+    def rules(self) -> str:
+        m = self.mcu
+        return "\n".join([
+            f"# latency model of device {self.device} ({self.runtime}): analytic, computed from the graph, "
+            "never timed",
+            f"layer ms = (MACs * {m.cycles_per_mac:g} + {m.layer_overhead_cycles:g}) / {m.clock_hz:g} Hz * 1000",
+            "model ms = sum of its layers", ""])
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "method": self.method, "device": self.device, "runtime": self.runtime,
+                "mcu": asdict(self.mcu)}
+
+    def save(self, path: Path) -> None:
+        from components.data.outputs import write_text_atomic
+
+        write_text_atomic(Path(path), json.dumps(self.to_dict(), indent=1))
+
+
+def from_dict(d: dict) -> LatencyModel | AnalyticLatencyModel:
+    if d.get("format") != FORMAT:
+        raise ValueError(f"not a latency model of format {FORMAT!r} (found {d.get('format')!r})")
+    if d["method"] == "analytic":
+        return AnalyticLatencyModel(d["device"], d["runtime"], McuSpec(**d["mcu"]))
+    kinds = {k: KindModel(LinearTree.from_dict(m["tree"]), m.get("fallback", "")) for k, m in d["kinds"].items()}
+    return LatencyModel(d["device"], d["runtime"], kinds, Overhead(**d["overhead"]), d.get("info", {}))
+
+
+def load(path: Path) -> LatencyModel | AnalyticLatencyModel:
+    """A saved latency model (JSON; nothing executable is read)."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON ({exc})") from None
+    try:
+        return from_dict(d)
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: malformed latency model ({exc!r})") from None

@@ -1,0 +1,255 @@
+"""The latency model: split search, non-negative leaves, JSON round trip, bad tables, the stage."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from components import fit_latency
+from components.config import ConfigError
+from components.devices import mcu
+from components.devices.pool import load_pool
+from components.latency import fit as fitting
+from components.latency.model import AnalyticLatencyModel, LatencyModel, load
+from components.latency.tree import LinearTree
+from components.models.spec import LayerSpec
+from components.profiling.items import item_explanatory
+from components.profiling.sampler import sample_items
+from components.profiling.table import SCHEMA
+
+SPLIT_VARS = ["in_features", "out_features", "flops"]
+
+
+def _tree_params(project_params, **changes):
+    return dataclasses.replace(project_params.fit_latency.tree, **changes)
+
+
+def _step_data(n=320, seed=0, noise=0.01):
+    """Latency with a known step: widths that are not multiples of 4 pay 30 % more per FLOP plus 20 µs."""
+    rng = np.random.default_rng(seed)
+    out = rng.integers(4, 257, n)
+    inp = rng.integers(16, 513, n)
+    flops = 2.0 * out * inp
+    y = np.where(out % 4 == 0, 1e-6 * flops + 0.01, 1.3e-6 * flops + 0.03)
+    y *= 1 + noise * rng.standard_normal(n)
+    return np.column_stack([inp, out, flops]), np.column_stack([flops]), y
+
+
+def test_split_search_finds_the_multiple_of_4_step_exactly(project_params):
+    split_x, leaf_x, y = _step_data()
+    tree = LinearTree.fit(split_x, leaf_x, y, SPLIT_VARS, ["flops"], _tree_params(project_params, max_depth=1))
+    assert tree.nodes[0]["split"] == ["out_features", "mod", 4]
+    yes, no = tree.nodes[tree.nodes[0]["yes"]]["leaf"], tree.nodes[tree.nodes[0]["no"]]["leaf"]
+    assert yes["weights"][0] == pytest.approx(1e-6, rel=0.03) and yes["intercept"] == pytest.approx(0.01, rel=0.2)
+    assert no["weights"][0] == pytest.approx(1.3e-6, rel=0.03)
+    assert "if out_features % 4 == 0:" in tree.rules()[0]
+
+
+def test_interval_split_lands_between_the_two_sizes_where_time_jumps(project_params):
+    rng = np.random.default_rng(1)
+    out = rng.integers(4, 257, 200)
+    flops = 1000.0 * out
+    y = np.where(out < 100, 1e-5 * flops, 2e-5 * flops + 0.5)
+    x = np.column_stack([out, out, flops])
+    tree = LinearTree.fit(x, flops[:, None], y, SPLIT_VARS, ["flops"], _tree_params(project_params, max_depth=1))
+    variable, op, value = tree.nodes[0]["split"]
+    assert op == "lt" and variable in ("in_features", "out_features")
+    assert out[out < 100].max() < value <= out[out >= 100].min()
+
+
+def test_leaves_are_non_negative_even_where_least_squares_would_go_negative(project_params):
+    rng = np.random.default_rng(2)
+    a, b = rng.uniform(1, 100, 200), rng.uniform(1, 100, 200)
+    y = 0.5 * a - 0.2 * b + 30  # ordinary least squares would give b a negative weight
+    tree = LinearTree.fit(np.column_stack([a, b, a]), np.column_stack([a, b]), y, SPLIT_VARS, ["a", "b"],
+                          _tree_params(project_params, max_depth=3, min_leaf=10), rng.random(200) < 0.25)
+    for node in tree.nodes:
+        if "leaf" in node:
+            assert min(node["leaf"]["weights"]) >= 0 and node["leaf"]["intercept"] >= 0
+    grid = np.column_stack([np.linspace(0, 200, 50), np.linspace(200, 0, 50)])
+    assert (tree.predict(np.column_stack([grid, grid[:, 0]]), grid) >= 0).all()
+
+
+def test_pruning_on_held_out_rows_removes_splits_fitted_to_noise(project_params):
+    rng = np.random.default_rng(3)
+    x = rng.uniform(1, 100, (240, 3))
+    y = (0.1 * x[:, 2] + 1) * (1 + 0.05 * rng.standard_normal(240))  # one straight line plus noise
+    grown = LinearTree.fit(x, x[:, 2:], y, SPLIT_VARS, ["flops"], _tree_params(project_params, min_gain=0.0))
+    pruned = LinearTree.fit(x, x[:, 2:], y, SPLIT_VARS, ["flops"], _tree_params(project_params, min_gain=0.0),
+                            prune_mask=rng.random(240) < 0.3)
+    assert grown.leaves > 1
+    assert pruned.leaves < grown.leaves
+
+
+def test_single_prediction_matches_the_vectorised_one(project_params):
+    split_x, leaf_x, y = _step_data(noise=0.0)
+    tree = LinearTree.fit(split_x, leaf_x, y, SPLIT_VARS, ["flops"], project_params.fit_latency.tree)
+    batch = tree.predict(split_x[:50], leaf_x[:50])
+    single = [tree.predict_one(list(s), list(v)) for s, v in zip(split_x[:50], leaf_x[:50])]
+    np.testing.assert_allclose(batch, single, rtol=1e-12)
+
+
+# ---- a synthetic profile table: the sampler's configurations with a known latency function ---------
+
+
+def _latency(layer: LayerSpec) -> float:
+    flops = 2 * layer.macs
+    per_flop = 2e-8 if layer.out_features % 4 == 0 else 2.6e-8
+    return per_flop * flops + 2e-3 + (1e-4 * layer.length if layer.kind in ("gru", "lstm") else 0.0)
+
+
+def synthetic_rows(params, per_kind=40, models=10) -> list[dict]:
+    sampler = dataclasses.replace(params.profile.sampler, configs_per_kind=per_kind, models=models)
+    rows = []
+    for item in sample_items(sampler, params.train):
+        row = {"device": "ort-1t", "runtime": "onnxruntime", "method": "timed", "kind": item.kind,
+               "sweep": item.sweep, "config_id": item.key, "config": item.to_json(), "status": "ok",
+               "layers": len(item.layers), **item_explanatory(item)}
+        if item.layer is not None:
+            layer = item.layer
+            row |= {k: getattr(layer, k) for k in ("in_features", "out_features", "kernel", "stride", "length",
+                                                   "instances")}
+            row["latency_ms"] = _latency(layer)
+        else:
+            row["latency_ms"] = 1.15 * sum(_latency(layer) for layer in item.model.layers) + 0.01
+        rows.append(row)
+    return rows
+
+
+def write_table(rows: list[dict], folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist([{n: r.get(n) for n in SCHEMA.names} for r in rows], schema=SCHEMA)
+    pq.write_table(table, folder / "profile.parquet")
+    return folder
+
+
+def test_on_a_known_function_the_tree_beats_linear_on_flops_and_sums_to_whole_models(project_params):
+    cfg = project_params.fit_latency
+    rows = fitting.usable_rows(synthetic_rows(project_params, per_kind=64), "ort-1t", "synthetic")
+    evaluation = fitting.evaluate(rows, cfg)
+    scores = {(r["kind"], r["predictor"]): r for r in evaluation.table}
+    for kind in ("conv1d", "gru", "lstm", "linear"):
+        assert scores[(kind, "tree")]["mape_pct"] < 3.0
+        assert scores[(kind, "tree")]["mape_pct"] < scores[(kind, "linear_flops")]["mape_pct"]
+    assert scores[("model", "tree")]["within_pct"] == 100.0
+    model = fitting.fit(rows, cfg, "ort-1t", "onnxruntime")
+    assert model.overhead.form == "full" and model.overhead.scale == pytest.approx(1.15, rel=0.05)
+
+
+def test_model_survives_a_json_round_trip_and_predicts_the_same(project_params, tmp_path):
+    rows = fitting.usable_rows(synthetic_rows(project_params, per_kind=24, models=4), "ort-1t", "synthetic")
+    model = fitting.fit(rows, project_params.fit_latency, "ort-1t", "onnxruntime")
+    model.save(tmp_path / "m.json")
+    again = load(tmp_path / "m.json")
+    spec = rows.models[0][0]
+    assert isinstance(again, LatencyModel) and again.rules() == model.rules()
+    assert again.predict_model(spec) == model.predict_model(spec)
+    np.testing.assert_array_equal(again.predict_layers(spec.layers), model.predict_layers(spec.layers))
+    assert [again.predict(layer) for layer in spec.layers] == pytest.approx(list(model.predict_layers(spec.layers)))
+    (tmp_path / "bad.json").write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(ValueError, match="format"):
+        load(tmp_path / "bad.json")
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+
+
+def test_empty_failed_and_tiny_tables_are_refused_with_what_to_do(project_params):
+    cfg = project_params.fit_latency
+    with pytest.raises(fitting.LatencyDataError, match="no rows; run `python -m components profile"):
+        fitting.usable_rows([], "ort-1t", "t.parquet")
+    failed = [{"status": "failed", "error": "WorkerFailed: SIGSEGV", "kind": "gru"}] * 3
+    with pytest.raises(fitting.LatencyDataError, match="all 3 rows .* failed .*SIGSEGV"):
+        fitting.usable_rows(failed, "ort-1t", "t.parquet")
+    rows = synthetic_rows(project_params, per_kind=40, models=0)
+    with pytest.raises(fitting.LatencyDataError, match="max_failed_share"):
+        fitting.usable_rows(rows[:10] + failed * 2, "ort-1t", "t.parquet", max_failed_share=0.2)
+    tiny = fitting.usable_rows(rows[:3], "ort-1t", "t.parquet")
+    with pytest.raises(fitting.LatencyDataError, match="too few usable layer rows .*configs_per_kind"):
+        fitting.fit(tiny, cfg, "ort-1t", "onnxruntime")
+
+
+def test_nan_and_negative_latencies_are_left_out_and_counted(project_params, caplog):
+    rows = synthetic_rows(project_params, per_kind=16, models=0)
+    rows[0]["latency_ms"], rows[1]["latency_ms"], rows[2]["latency_ms"] = math.nan, -0.5, None
+    usable = fitting.usable_rows(rows, "ort-1t", "t.parquet")
+    assert len(usable.invalid) == 3
+    assert sum(len(v) for v in usable.layers.values()) == len(rows) - 3
+    assert "not a positive number" in caplog.text and rows[0]["config_id"] in caplog.text
+
+
+def test_a_kind_without_rows_gets_the_conservative_fallback_and_says_so(project_params):
+    rows = [r for r in synthetic_rows(project_params, per_kind=24, models=2) if r["kind"] != "lstm"]
+    usable = fitting.usable_rows(rows, "ort-1t", "t.parquet")
+    model = fitting.fit(usable, project_params.fit_latency, "ort-1t", "onnxruntime")
+    assert model.fallback_kinds == ["lstm"]
+    assert "lstm  (FALLBACK, not fitted: 0 usable rows" in model.rules()
+    measured = [r for r in rows if r["kind"] in ("conv1d", "gru", "linear")]
+    predicted = fitting.fallback_tree(measured).predict(np.array([[]] * len(measured)),
+                                                        np.array([[r["flops"]] for r in measured]))
+    assert (predicted >= np.array([r["latency_ms"] for r in measured]) * (1 - 1e-9)).all()
+    lstm = LayerSpec("x", "lstm", 64, 64, length=8)
+    assert model.predict(lstm) > 0
+
+
+# ---- the stage ---------------------------------------------------------------------------------
+
+
+def test_stage_writes_model_rules_report_and_logs_them_to_mlflow(make_params, tmp_path):
+    params = make_params()
+    write_table(synthetic_rows(params, per_kind=16, models=6), tmp_path / "out" / "profile" / "ort-1t")
+    result = fit_latency.run(params, "ort-1t")
+    out = tmp_path / "out" / "fit_latency" / "ort-1t"
+    reports = tmp_path / "reports" / "fit_latency" / "ort-1t"
+    assert result.model_path == out / "latency_model.json" and (out / "rules.txt").read_text().startswith("#")
+    for name in ("metrics.json", "evaluation.csv", "evaluation.md", "tree.png", "predicted_vs_measured.png",
+                 "sweeps.png"):
+        assert (reports / name).stat().st_size > 0, name
+    metrics = json.loads((reports / "metrics.json").read_text())
+    assert set(metrics["configurations"]) == {"conv1d", "gru", "lstm", "linear"}
+    assert set(metrics["configurations"]["gru"]) == {"tree", "linear_flops", "boosted", "forest"}
+    assert metrics["fallback_kinds"] == [] and metrics["method"] == "tree"
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    run = client.get_run(result.run_id)
+    assert run.info.run_name == "fit_latency/ort-1t" and run.data.tags["fallback_kinds"] == "none"
+    assert "configurations.gru.tree.mape_pct" in run.data.metrics
+    logged = {a.path for a in client.list_artifacts(result.run_id, "fit_latency/ort-1t")}
+    assert {"fit_latency/ort-1t/latency_model.json", "fit_latency/ort-1t/rules.txt",
+            "fit_latency/ort-1t/tree.png"} <= logged
+
+
+def test_microcontroller_passes_its_analytic_model_through(make_params, tmp_path):
+    params = make_params()
+    device = load_pool(params.path(params.profile.devices_file))["cortex-m4"]
+    rows = synthetic_rows(params, per_kind=4, models=1)
+    for r in rows:  # what the mcu profile computed
+        from components.profiling.items import Item
+
+        item = Item.from_json(r["config"])
+        r["latency_ms"] = mcu.McuBackend().compute(item, device)["latency_ms"]
+    write_table(rows, tmp_path / "out" / "profile" / "cortex-m4")
+    result = fit_latency.run(params, "cortex-m4")
+    model = load(result.model_path)
+    assert isinstance(model, AnalyticLatencyModel)
+    layer = LayerSpec("x", "conv1d", 6, 32, 3, 1, 16, 8)
+    assert model.predict(layer) == mcu.latency_ms(layer.macs, 1, device.mcu)
+    assert result.metrics["analytic_max_rel_error"] < 1e-12 and result.metrics["method"] == "analytic"
+
+
+def test_unknown_variables_in_params_are_refused(project_params):
+    cfg = dataclasses.replace(project_params.fit_latency, split_variables=("out_features", "widht"))
+    with pytest.raises(ConfigError, match="widht"):
+        fit_latency.check_params(cfg)
+
+
+def test_missing_profile_table_names_the_command_to_run(make_params):
+    with pytest.raises(fitting.LatencyDataError, match="no profile table .* profile --device ort-2t"):
+        fit_latency.run(make_params(), "ort-2t")
