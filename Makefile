@@ -72,6 +72,8 @@ mlflow-ui: install
 benchmark: install
 	$(PY) benchmarks/ingest_throughput.py
 	$(PY) benchmarks/train_baseline.py
+	$(PY) benchmarks/profile_overhead.py
+	$(PY) benchmarks/latency_model.py
 
 clean:
 	rm -rf $(STATE) data reports

@@ -224,6 +224,7 @@ class TreeParams:
     min_leaf: int  # rows on each side of a split, at least
     min_gain: float  # a split must cut its node's squared relative error by at least this share
     multiples: tuple[int, ...]  # k of the `x mod k == 0` splits
+    remainder_splits: bool  # also `x mod K < c` for the largest multiple K (a tile boundary inside the period)
     max_thresholds: int  # interval candidates per variable and node (quantiles of its values)
 
 
@@ -245,7 +246,7 @@ class FitLatencyParams:
     output_dir: str  # one folder per device: latency_model.json, rules.txt
     report_dir: str  # one folder per device: metrics.json, the evaluation table, figures
     seed: int
-    holdout_share: float  # layer configurations per kind held out from fitting, to evaluate on
+    folds: int  # evaluation: each kind's configurations in this many parts, each held out once
     prune_share: float  # share of the fitting rows kept aside to prune each tree
     min_rows: int  # a layer kind with fewer usable rows gets the conservative fallback (flagged)
     full_overhead_models: int  # whole-model rows needed to fit scale, per-byte and offset (fewer: scale only)

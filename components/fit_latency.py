@@ -58,8 +58,8 @@ def check_params(cfg: FitLatencyParams) -> None:
             check_names(names, f"fit_latency.leaf_variables.{kind}")
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if not 0 < cfg.holdout_share < 1 or not 0 <= cfg.prune_share < 1:
-        raise ConfigError("fit_latency.holdout_share must be in (0, 1) and prune_share in [0, 1)")
+    if cfg.folds < 2 or not 0 <= cfg.prune_share < 1:
+        raise ConfigError("fit_latency.folds must be at least 2 and prune_share in [0, 1)")
     if cfg.min_rows < 2 or cfg.tree.min_leaf < 1 or any(k < 2 for k in cfg.tree.multiples):
         raise ConfigError("fit_latency: min_rows >= 2, tree.min_leaf >= 1 and tree.multiples >= 2 are required")
 

@@ -7,11 +7,12 @@ fewer than `min_rows` usable rows, or none, gets the conservative fallback
 (`fallback_tree`), and the metrics and rules say so.
 
 Evaluation follows the issue's two splits:
-- by configuration: per kind, `holdout_share` of the layer configurations
-  are held out; the tree and every baseline are fitted on the rest;
-- by whole model: each whole-model row is predicted from layer models that
-  never saw it, with the whole-model correction fitted on the *other*
-  models (leave one model out).
+- by configuration: per kind, the layer configurations are split into
+  `folds` parts and each part is predicted by the tree and every baseline
+  fitted on the other parts (every configuration is held out exactly once);
+- by whole model: each whole-model row is predicted from the layer models
+  (which never see whole-model rows) with the whole-model correction fitted
+  on the *other* models (leave one model out).
 The model that is saved is then fitted the same way on every row.
 """
 
@@ -26,7 +27,7 @@ from scipy.optimize import lsq_linear
 
 from components.config import FitLatencyParams
 from components.latency.baselines import Boosted, Forest, LinearFlops
-from components.latency.features import layer_values, matrix
+from components.latency.features import RAW, layer_values, matrix
 from components.latency.model import KindModel, LatencyModel, Overhead, activation_bytes
 from components.latency.tree import LinearTree, nnls_fit
 from components.models.spec import ModelSpec
@@ -103,7 +104,7 @@ def fit_tree(rows: list[dict], kind: str, cfg: FitLatencyParams, rng: np.random.
     split_vars, leaf_vars = list(cfg.split_variables), list(cfg.leaf_variables[kind])
     prune = rng.random(len(rows)) < cfg.prune_share
     return LinearTree.fit(matrix(rows, split_vars), matrix(rows, leaf_vars), y, split_vars, leaf_vars, cfg.tree,
-                          prune_mask=prune)
+                          prune_mask=prune, modular=set(RAW))
 
 
 def fallback_tree(pool: list[dict]) -> LinearTree:
@@ -186,33 +187,38 @@ def evaluate(rows: Rows, cfg: FitLatencyParams) -> Evaluation:
     rng = np.random.default_rng(cfg.seed)
     points: list[dict] = []
     not_evaluated: dict[str, str] = {}
-    fitted: dict[str, dict] = {}  # kind -> predictor -> fitted on the training part
+    everything: dict[str, dict] = {}  # kind -> predictor -> fitted on every layer row (for whole models)
     pool = [r for rs in rows.layers.values() for r in rs]
     for kind in cfg.leaf_variables:
         kind_rows = rows.layers.get(kind, [])
-        test = _holdout(len(kind_rows), cfg, rng)
-        if test is None:
-            not_evaluated[kind] = (f"{len(kind_rows)} usable rows: too few to hold out {cfg.holdout_share:.0%} "
-                                   f"and fit on >= {cfg.min_rows}")
-            fitted[kind] = {name: _Fallback(pool) for name in PREDICTORS}
+        folds = _folds(len(kind_rows), cfg, rng)
+        if folds is None:
+            not_evaluated[kind] = (f"{len(kind_rows)} usable rows: too few to hold out 1/{cfg.folds} of them and "
+                                   f"fit on >= {cfg.min_rows}")
+            everything[kind] = {name: _Fallback(pool) for name in PREDICTORS}
             continue
-        train = [r for r, t in zip(kind_rows, test) if not t]
-        held = [r for r, t in zip(kind_rows, test) if t]
-        fitted[kind] = _fit_predictors(train, kind, cfg)
-        measured = np.array([r["latency_ms"] for r in held])
-        for name, predictor in fitted[kind].items():
-            points += _points("configurations", kind, name, measured, predictor.predict(held))
-    points += _whole_model_points(rows.models, fitted, cfg)
+        for test in folds:
+            train = [r for r, t in zip(kind_rows, test) if not t]
+            held = [r for r, t in zip(kind_rows, test) if t]
+            measured = np.array([r["latency_ms"] for r in held])
+            for name, predictor in _fit_predictors(train, kind, cfg).items():
+                points += _points("configurations", kind, name, measured, predictor.predict(held))
+        everything[kind] = _fit_predictors(kind_rows, kind, cfg)
+    points += _whole_model_points(rows.models, everything, cfg)
     return Evaluation(_summarise(points, cfg.within), points, not_evaluated)
 
 
-def _holdout(n: int, cfg: FitLatencyParams, rng: np.random.Generator) -> np.ndarray | None:
-    n_test = int(round(cfg.holdout_share * n))
-    if n_test < 1 or n - n_test < cfg.min_rows:
+def _folds(n: int, cfg: FitLatencyParams, rng: np.random.Generator) -> list[np.ndarray] | None:
+    """`cfg.folds` disjoint test masks covering every row once; None if a fold would leave < min_rows to fit."""
+    if n < cfg.folds or n - -(-n // cfg.folds) < cfg.min_rows:
         return None
-    test = np.zeros(n, bool)
-    test[rng.choice(n, n_test, replace=False)] = True
-    return test
+    order = rng.permutation(n)
+    masks = []
+    for part in np.array_split(order, cfg.folds):
+        mask = np.zeros(n, bool)
+        mask[part] = True
+        masks.append(mask)
+    return masks
 
 
 class _TreePredictor:

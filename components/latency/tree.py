@@ -6,7 +6,12 @@ are linear models `t = w . x + b` with `w >= 0` and `b >= 0`:
 - two kinds of split, over named variables of the configuration:
   intervals (`x < c`) and integer multiples (`x mod k == 0`), because
   execution time jumps where a width stops being a multiple of the vector
-  width or tile size, not only where it crosses a size;
+  width or tile size, not only where it crosses a size. Beyond the paper,
+  optionally (`remainder_splits`) a remainder split `x mod K < c` for the
+  largest multiple K (only that one: more candidates overfit): XNNPACK's
+  fully-connected kernel, for one, is ~1.8x slower per FLOP when the last
+  32-wide tile is at most half full (widths 65..80 take longer than 81..96),
+  a step no multiple or interval can express;
 - every leaf is fitted by non-negative least squares on *relative* errors
   (each row weighted by 1 / its latency), so a 20 µs layer counts as much as
   a 2 ms one: the figure that matters is the percentage error;
@@ -29,7 +34,7 @@ from scipy.optimize import nnls
 
 from components.config import TreeParams
 
-LT, MOD = "lt", "mod"
+LT, MOD, REM = "lt", "mod", "rem"
 _EXACT = 1e-12  # squared relative error per row below which a fit is exact (no split can help)
 
 
@@ -67,13 +72,17 @@ class LinearTree:
 
     @classmethod
     def fit(cls, split_x: np.ndarray, leaf_x: np.ndarray, y: np.ndarray, split_variables: list[str],
-            leaf_variables: list[str], params: TreeParams, prune_mask: np.ndarray | None = None) -> LinearTree:
-        """Grow on the rows not in `prune_mask`, prune on those in it, refit the leaves on all rows."""
+            leaf_variables: list[str], params: TreeParams, prune_mask: np.ndarray | None = None,
+            modular: set[str] | None = None) -> LinearTree:
+        """Grow on the rows not in `prune_mask`, prune on those in it, refit the leaves on all rows.
+
+        `modular`: the variables that may get `mod` splits (default: every integer-valued one).
+        """
         split_x, leaf_x, y = (np.asarray(a, dtype=np.float64) for a in (split_x, leaf_x, y))
         if len(y) == 0 or np.any(~np.isfinite(y)) or np.any(y <= 0):
             raise ValueError("a tree needs at least one row and positive, finite latencies")
         prune_mask = np.zeros(len(y), bool) if prune_mask is None else np.asarray(prune_mask, bool)
-        grower = _Grower(split_x, leaf_x, y, split_variables, params)
+        grower = _Grower(split_x, leaf_x, y, split_variables, params, modular)
         grow_rows = np.flatnonzero(~prune_mask)
         if len(grow_rows) == 0:
             grow_rows = np.arange(len(y))
@@ -133,7 +142,7 @@ class LinearTree:
         """Arrays for fast traversal: per node its split (variable index, op, value) or its leaf."""
         n = len(self.nodes)
         self._var = np.full(n, -1)
-        self._is_mod = np.zeros(n, bool)
+        self._k = np.zeros(n)  # 0: compare x itself; k: compare x mod k
         self._value = np.zeros(n)
         self._yes = np.full(n, -1)
         self._no = np.full(n, -1)
@@ -141,22 +150,20 @@ class LinearTree:
         self._b = np.zeros(n)
         for i, node in enumerate(self.nodes):
             if "split" in node:
-                variable, op, value = node["split"]
+                variable = node["split"][0]
                 self._var[i] = self.split_variables.index(variable)
-                self._is_mod[i] = op == MOD
-                self._value[i] = value
+                self._k[i], self._value[i] = _as_threshold(node["split"])
                 self._yes[i], self._no[i] = node["yes"], node["no"]
             else:
                 self._w[i] = node["leaf"]["weights"]
                 self._b[i] = node["leaf"]["intercept"]
-        self._split_list = [(int(v), bool(m), float(c), int(a), int(b))
-                            for v, m, c, a, b in zip(self._var, self._is_mod, self._value, self._yes, self._no)]
+        self._split_list = [(int(v), int(k), float(c), int(a), int(b))
+                            for v, k, c, a, b in zip(self._var, self._k, self._value, self._yes, self._no)]
         self._leaf_list = [(list(map(float, w)), float(b)) for w, b in zip(self._w, self._b)]
 
     def _route(self, node: dict, split_x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        variable, op, value = node["split"]
-        x = split_x[:, self.split_variables.index(variable)]
-        yes = (np.mod(x, value) == 0) if op == MOD else (x < value)
+        x = split_x[:, self.split_variables.index(node["split"][0])]
+        yes = split_mask(node["split"], x)
         return yes, ~yes
 
     def leaf_index(self, split_x: np.ndarray) -> np.ndarray:
@@ -167,8 +174,8 @@ class LinearTree:
             rows = np.flatnonzero(active)
             node = at[rows]
             x = split_x[rows, self._var[node]]
-            value = self._value[node]
-            yes = np.where(self._is_mod[node], np.mod(x, value) == 0, x < value)
+            k = self._k[node]
+            yes = np.where(k > 0, np.mod(x, np.maximum(k, 1)), x) < self._value[node]
             at[rows] = np.where(yes, self._yes[node], self._no[node])
             active = self._var[at] >= 0
         return at
@@ -186,11 +193,11 @@ class LinearTree:
         i = 0
         splits = self._split_list
         while True:
-            var, is_mod, value, yes, no = splits[i]
+            var, k, value, yes, no = splits[i]
             if var < 0:
                 break
             x = split_values[var]
-            i = yes if ((x % value == 0) if is_mod else (x < value)) else no
+            i = yes if ((x % k if k else x) < value) else no
         w, b = self._leaf_list[i]
         return sum(wi * xi for wi, xi in zip(w, leaf_values)) + b
 
@@ -235,18 +242,36 @@ class LinearTree:
         nodes = d["nodes"]
         for node in nodes:
             if "split" in node:
-                variable, op, value = node["split"]
-                if op not in (LT, MOD) or variable not in d["split_variables"]:
+                variable, op, _ = node["split"]
+                if op not in (LT, MOD, REM) or variable not in d["split_variables"]:
                     raise ValueError(f"unknown split {node['split']!r}")
             elif len(node["leaf"]["weights"]) != len(d["leaf_variables"]):
                 raise ValueError("a leaf's weights do not match the leaf variables")
         return cls(d["split_variables"], d["leaf_variables"], nodes)
 
 
+def _as_threshold(split: list) -> tuple[float, float]:
+    """Every split is `f(x) < c`: (k, c) with f(x) = x mod k, or (0, c) with f(x) = x."""
+    _, op, value = split
+    if op == MOD:
+        return float(value), 1.0
+    if op == REM:
+        return float(value[0]), float(value[1])
+    return 0.0, float(value)
+
+
+def split_mask(split: list, x: np.ndarray) -> np.ndarray:
+    k, c = _as_threshold(split)
+    return (np.mod(x, k) if k else x) < c
+
+
 def split_text(split: list, negate: bool = False) -> str:
     variable, op, value = split
     if op == MOD:
         return f"{variable} % {int(value)} {'!=' if negate else '=='} 0"
+    if op == REM:
+        k, c = value
+        return f"{variable} % {int(k)} {'>=' if negate else '<'} {int(c)}"
     shown = f"{value:g}"
     return f"{variable} {'>=' if negate else '<'} {shown}"
 
@@ -275,11 +300,12 @@ def _subtree(nodes: list[dict], root: int) -> list[dict]:
 class _Grower:
     """Greedy top-down growth; every node also keeps its own leaf fit (`fallback`) for pruning."""
 
-    def __init__(self, split_x, leaf_x, y, split_variables, params: TreeParams):
+    def __init__(self, split_x, leaf_x, y, split_variables, params: TreeParams, modular: set[str] | None):
         self.split_x, self.leaf_x, self.y = split_x, leaf_x, y
         self.split_variables = split_variables
         self.params = params
-        self.integral = [bool(np.all(split_x[:, j] == np.round(split_x[:, j]))) for j in range(split_x.shape[1])]
+        self.integral = [bool(np.all(split_x[:, j] == np.round(split_x[:, j])))
+                         and (modular is None or name in modular) for j, name in enumerate(split_variables)]
 
     def grow(self, rows: np.ndarray, depth: int, nodes: list[dict]) -> int:
         w, b, error = nnls_fit(self.leaf_x[rows], self.y[rows])
@@ -321,6 +347,12 @@ class _Grower:
                 yes = np.mod(x, k) == 0
                 if yes.any() and not yes.all():
                     yield [variable, MOD, int(k)], yes
+                if self.params.remainder_splits and k == max(self.params.multiples):
+                    remainder = np.mod(x, k)
+                    for c in range(2, int(k)):
+                        yes = remainder < c
+                        if yes.any() and not yes.all():
+                            yield [variable, REM, [int(k), c]], yes
         cuts = (values[:-1] + values[1:]) / 2  # midpoints, so a rule reads "out_features < 80.5"
         if len(cuts) > self.params.max_thresholds:
             cuts = cuts[np.unique(np.linspace(0, len(cuts) - 1, self.params.max_thresholds).round().astype(int))]

@@ -1,13 +1,15 @@
 """The configuration sampler: layer configurations per kind, and whole small models, seeded.
 
-Per layer kind about half the configurations are a width sweep: the
+Per layer kind, about a third of the configurations are a width sweep: the
 baseline's own layer (params `sampler.sweep`) with its width stepped through
 every value from k*m-2 to k*m+2 around a few multiples m of the largest entry
 of `multiples` (16: 30..34, 62..66, ...), where FastDeepIoT found execution
-time jumping. The rest are random draws over the ranges the models use, half
-of their widths at or next to a multiple of 2, 4, 8 or 16. Whole models are
-DeepSense descriptions at random widths (end-to-end rows for the latency
-model's sum-of-layers check).
+time jumping. A third are the layers of DeepSense models at random widths
+(`sweep: model`): what the compressor will ask the latency model about, since
+shrinking one layer changes the next one's input too. The rest are random
+draws over the ranges the models use, half of their widths at or next to a
+multiple of 2, 4, 8 or 16. Whole models are DeepSense descriptions at random
+widths (end-to-end rows for the latency model's sum-of-layers check).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def sample_items(p: SamplerParams, train: TrainParams) -> list[Item]:
     rng = np.random.default_rng(p.seed)
     items: list[Item] = []
     for kind in p.kinds:
-        items.extend(_unique(_layers(kind, p, rng), p.configs_per_kind))
+        items.extend(_unique(_layers(kind, p, train, rng), p.configs_per_kind))
     items.extend(_models(p, train, rng))
     return items
 
@@ -41,12 +43,15 @@ def _unique(items: list[Item], limit: int) -> list[Item]:
     return out[:limit]
 
 
-def _layers(kind: str, p: SamplerParams, rng: np.random.Generator) -> list[Item]:
-    n_sweep = p.configs_per_kind // 2
+def _layers(kind: str, p: SamplerParams, train: TrainParams, rng: np.random.Generator) -> list[Item]:
+    n_sweep = n_model = p.configs_per_kind // 3
     sweep = [Item(layer=_sweep_layer(kind, p, width), sweep="width") for width in sweep_widths(p, n_sweep, rng)]
-    # draw a few spare random configurations: duplicates are dropped afterwards
-    random = [Item(layer=_random_layer(kind, p, rng)) for _ in range(2 * (p.configs_per_kind - len(sweep)) + 4)]
-    return sweep + random
+    # draw spare configurations: duplicates are dropped afterwards
+    in_models = _unique([Item(layer=layer, sweep="model") for layer in _model_layers(kind, p, train, rng, 3 * n_model)],
+                        n_model)
+    n_random = p.configs_per_kind - len(sweep) - len(in_models)
+    random = [Item(layer=_random_layer(kind, p, rng)) for _ in range(2 * n_random + 4)]
+    return sweep + in_models + random
 
 
 def sweep_widths(p: SamplerParams, n: int, rng: np.random.Generator) -> list[int]:
@@ -93,12 +98,22 @@ def _random_layer(kind: str, p: SamplerParams, rng: np.random.Generator) -> Laye
 
 def _models(p: SamplerParams, train: TrainParams, rng: np.random.Generator) -> list[Item]:
     """DeepSense with the baseline's structure (kernels, layers, cell) and random widths."""
+    return [Item(model=_random_deepsense(p, train, rng, train.deepsense.rnn)) for _ in range(p.models)]
+
+
+def _random_deepsense(p: SamplerParams, train: TrainParams, rng: np.random.Generator, rnn: str):
     d = train.deepsense
-    items = []
-    for _ in range(p.models):
-        spec = deepsense_spec(tuple(p.model_input_shape), _CLASSES, sensor_filters=_width(p, rng),
-                              sensor_kernels=d.sensor_kernels, first_stride=d.first_stride,
-                              merge_filters=_width(p, rng), merge_kernels=d.merge_kernels, rnn=d.rnn,
-                              rnn_units=_width(p, rng), rnn_layers=d.rnn_layers, dropout=0.0)
-        items.append(Item(model=spec))
-    return items
+    return deepsense_spec(tuple(p.model_input_shape), _CLASSES, sensor_filters=_width(p, rng),
+                          sensor_kernels=d.sensor_kernels, first_stride=d.first_stride,
+                          merge_filters=_width(p, rng), merge_kernels=d.merge_kernels, rnn=rnn,
+                          rnn_units=_width(p, rng), rnn_layers=d.rnn_layers, dropout=0.0)
+
+
+def _model_layers(kind: str, p: SamplerParams, train: TrainParams, rng: np.random.Generator, n: int) -> list[LayerSpec]:
+    """`n` layers of `kind` picked from DeepSense models at random widths (the recurrent cell set to `kind`)."""
+    rnn = kind if kind in ("gru", "lstm") else train.deepsense.rnn
+    layers = []
+    for _ in range(n):
+        of_kind = [layer for layer in _random_deepsense(p, train, rng, rnn).layers if layer.kind == kind]
+        layers.append(of_kind[int(rng.integers(len(of_kind)))])
+    return layers

@@ -33,6 +33,8 @@ def test_nightly_schedule_and_safety_settings(dagbag):
     assert all(t.retries >= 1 for t in dag.tasks)
     assert sorted(t.task_id for t in dag.tasks if not t.upstream_task_ids) == ["ingest", "profile"]
     assert dag.get_task("train").upstream_task_ids == {"ingest"}
+    fit = dag.get_task("fit_latency")
+    assert fit.upstream_task_ids == {"profile"} and fit.trigger_rule == "all_done"
 
 
 def test_profile_is_mapped_over_the_pool_and_each_instance_is_routed_to_its_device(dagbag):
@@ -53,6 +55,11 @@ def test_profile_is_mapped_over_the_pool_and_each_instance_is_routed_to_its_devi
     other = SimpleNamespace(dag_id="compress_nightly", task_id="train", map_index=-1, queue="q", pool="p")
     task_instance_mutation_hook(other)
     assert (other.queue, other.pool) == ("q", "p")
+    fit = dagbag.dags["compress_nightly"].get_task("fit_latency")
+    assert [entry["device"] for entry in fit.op_kwargs_expand_input.value] == list(pool)
+    fitting = SimpleNamespace(dag_id="compress_nightly", task_id="fit_latency", map_index=0, queue="q", pool="p")
+    task_instance_mutation_hook(fitting)
+    assert (fitting.queue, fitting.pool) == ("q", "p")  # fitting is CPU work: not routed to the device
 
 
 def test_parsing_the_dag_imports_no_stage_code():
@@ -66,7 +73,7 @@ def test_parsing_the_dag_imports_no_stage_code():
 
 
 @pytest.mark.slow
-def test_airflow_dags_test_runs_ingest_then_train_and_profiles_each_device(tmp_path, params_file):
+def test_airflow_dags_test_runs_ingest_then_train_and_profiles_and_fits_each_device(tmp_path, params_file):
     path = params_file()
     raw = yaml.safe_load(path.read_text())
     raw["profile"]["devices"] = ["ort-1t", "cortex-m4"]
@@ -86,6 +93,9 @@ def test_airflow_dags_test_runs_ingest_then_train_and_profiles_each_device(tmp_p
     assert json.loads(metrics.read_text())["test"]["accuracy"] > 0.3
     tables = sorted(p.parent.name for p in (tmp_path / ".state" / "runs").glob("*/profile/*/profile.parquet"))
     assert tables == ["cortex-m4", "ort-1t"]
+    models = {p.parent.name: json.loads(p.read_text())["method"]
+              for p in (tmp_path / ".state" / "runs").glob("*/fit_latency/*/latency_model.json")}
+    assert models == {"ort-1t": "tree", "cortex-m4": "analytic"}
     import sqlite3
 
     with sqlite3.connect(tmp_path / "airflow" / "airflow.db") as db:

@@ -38,6 +38,15 @@ def test_cli_pipeline_runs_every_stage_under_one_parent_run(tmp_path, params_fil
     assert "ingest: 2426 windows" in out.stdout and "train: accuracy" in out.stdout and "pipeline local-" in out.stdout
     assert (tmp_path / "data" / "ingest" / "x.npy").exists()
     assert (tmp_path / "data" / "train" / "model" / "model.safetensors").exists()
+    for device in ("ort-1t", "tflite-1t", "cortex-m4"):
+        assert f"fit_latency {device}: " in out.stdout
+        assert (tmp_path / "data" / "fit_latency" / device / "latency_model.json").exists()
+
+
+def test_cli_fit_latency_without_a_profile_says_which_command_to_run(tmp_path, params_file):
+    out = components_cli(tmp_path, "fit_latency", "--params", str(params_file()), "--device", "ort-2t")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "no profile table" in out.stderr and "python -m components profile --device ort-2t" in out.stderr
 
 
 @pytest.mark.slow
@@ -67,6 +76,8 @@ def test_dvc_repro_runs_the_stages_then_reruns_only_what_changed(tmp_path, param
     first = repro()
     assert "Running stage 'ingest'" in first and "Running stage 'train'" in first
     assert "Running stage 'profile@ort-1t'" in first and "Running stage 'profile@cortex-m4'" in first
+    assert "Running stage 'fit_latency@ort-1t'" in first and "Running stage 'fit_latency@cortex-m4'" in first
+    assert (tmp_path / "data" / "fit_latency" / "ort-1t" / "latency_model.json").exists()
     assert (tmp_path / "data" / "profile" / "ort-1t" / "profile.parquet").exists()
     assert (tmp_path / "data" / "ingest" / "windows.parquet").exists()
     assert (tmp_path / "reports" / "train" / "metrics.json").exists()
@@ -76,3 +87,9 @@ def test_dvc_repro_runs_the_stages_then_reruns_only_what_changed(tmp_path, param
     (tmp_path / "params.yaml").write_text((tmp_path / "params.yaml").read_text().replace("epochs: 3", "epochs: 2"))
     third = repro()
     assert "Running stage 'train'" in third and "Running stage 'ingest'" not in third
+    assert "Running stage 'fit_latency" not in third
+    # a fit_latency.* change refits every device without profiling again
+    (tmp_path / "params.yaml").write_text((tmp_path / "params.yaml").read_text().replace("min_gain: 0.02",
+                                                                                        "min_gain: 0.03"))
+    fourth = repro()
+    assert "Running stage 'fit_latency@ort-1t'" in fourth and "Running stage 'profile" not in fourth

@@ -253,3 +253,19 @@ def test_unknown_variables_in_params_are_refused(project_params):
 def test_missing_profile_table_names_the_command_to_run(make_params):
     with pytest.raises(fitting.LatencyDataError, match="no profile table .* profile --device ort-2t"):
         fit_latency.run(make_params(), "ort-2t")
+
+
+def test_remainder_split_finds_a_half_full_tile(project_params):
+    """Widths whose last 32-wide tile is at most half full are slow: `out mod 32 < 17`, then `mod 32 == 0`."""
+    rng = np.random.default_rng(4)
+    out = rng.integers(4, 257, 400)
+    flops = 1536.0 * out
+    slow = (out % 32 != 0) & (out % 32 < 17)
+    y = np.where(slow, 1.8e-8, 1e-8) * flops + 1e-3
+    x = np.column_stack([out, out, flops])
+    tree = LinearTree.fit(x, flops[:, None], y, SPLIT_VARS, ["flops"], _tree_params(project_params, max_depth=2),
+                          modular={"in_features", "out_features"})
+    splits = [node["split"][1:] for node in tree.nodes if "split" in node]
+    assert ["rem", [32, 17]] in splits and ["mod", 32] in splits
+    np.testing.assert_allclose(tree.predict(x, flops[:, None]), y, rtol=1e-6)
+    assert any("% 32 < 17" in line for line in tree.rules())

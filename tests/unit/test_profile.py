@@ -88,7 +88,7 @@ def test_unknown_device_and_runtime_are_refused(pool_file):
 # ---- sampler, explanatory variables, analytic model ----------------------------------------------------------
 
 
-def test_sampler_is_seeded_and_covers_widths_around_multiples(project_params):
+def test_sampler_is_seeded_and_covers_widths_around_multiples_and_model_layers(project_params):
     p = project_params.profile.sampler
     items = sample_items(p, project_params.train)
     again = sample_items(p, project_params.train)
@@ -100,6 +100,9 @@ def test_sampler_is_seeded_and_covers_widths_around_multiples(project_params):
         sweep = sorted(i.layer.out_features for i in of_kind if i.sweep == "width")
         assert sweep == list(range(sweep[0], sweep[0] + len(sweep)))  # consecutive widths ...
         assert any(w % max(p.multiples) == 0 for w in sweep)  # ... through a multiple of 16
+        in_models = [i.layer for i in of_kind if i.sweep == "model"]  # layers as DeepSense models have them
+        assert len(in_models) == p.configs_per_kind // 3
+        assert all(layer.name.startswith(("sensor", "merge", "rnn", "output")) for layer in in_models)
     assert sum(i.kind == "model" for i in items) == p.models
 
 
