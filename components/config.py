@@ -249,9 +249,10 @@ class FitLatencyParams:
     folds: int  # evaluation: each kind's configurations in this many parts, each held out once
     prune_share: float  # share of the fitting rows kept aside to prune each tree
     min_rows: int  # a layer kind with fewer usable rows gets the conservative fallback (flagged)
-    full_overhead_models: int  # whole-model rows needed to fit scale, per-byte and offset (fewer: scale only)
+    full_overhead_models: int  # whole-model rows needed to fit a scale per layer kind + offset (fewer: one scale)
     within: float  # the band of the "within" metric (0.1: predictions within +-10 %)
-    split_variables: tuple[str, ...]  # what the trees may split on
+    split_variables: tuple[str, ...]  # what the trees may split on (intervals)
+    modular_variables: tuple[str, ...]  # of those, which may also get `mod` splits (widths)
     leaf_variables: dict[str, tuple[str, ...]]  # per layer kind: the leaves' regressors
     tree: TreeParams
     boosted: BoostedParams  # the nn-Meter-style baselines, on the same rows and variables

@@ -51,6 +51,8 @@ class FitResult:
 def check_params(cfg: FitLatencyParams) -> None:
     try:
         check_names(cfg.split_variables, "fit_latency.split_variables")
+        if not set(cfg.modular_variables) <= set(cfg.split_variables):
+            raise ValueError("fit_latency.modular_variables must be among fit_latency.split_variables")
         for kind, names in cfg.leaf_variables.items():
             if kind not in LAYER_KINDS:
                 raise ValueError(f"fit_latency.leaf_variables: unknown layer kind {kind!r} (known: "

@@ -27,14 +27,15 @@ from scipy.optimize import lsq_linear
 
 from components.config import FitLatencyParams
 from components.latency.baselines import Boosted, Forest, LinearFlops
-from components.latency.features import RAW, layer_values, matrix
-from components.latency.model import KindModel, LatencyModel, Overhead, activation_bytes
+from components.latency.features import layer_values, matrix
+from components.latency.model import KindModel, LatencyModel, Overhead
 from components.latency.tree import LinearTree, nnls_fit
 from components.models.spec import ModelSpec
 from components.profiling.items import LAYER_KINDS, Item
 
 log = logging.getLogger(__name__)
 PREDICTORS = ("tree", "linear_flops", "boosted", "forest")
+_MAJOR_SHARE = 0.05  # a layer kind below this share of a model's time shares the common whole-model scale
 FALLBACK_DOC = ("conservative fallback: latency = s * (w * FLOPs + b), where w, b >= 0 are fitted to every usable "
                 "layer row of the device (all kinds) and s >= 1 lifts the line above the slowest of them")
 
@@ -104,7 +105,7 @@ def fit_tree(rows: list[dict], kind: str, cfg: FitLatencyParams, rng: np.random.
     split_vars, leaf_vars = list(cfg.split_variables), list(cfg.leaf_variables[kind])
     prune = rng.random(len(rows)) < cfg.prune_share
     return LinearTree.fit(matrix(rows, split_vars), matrix(rows, leaf_vars), y, split_vars, leaf_vars, cfg.tree,
-                          prune_mask=prune, modular=set(RAW))
+                          prune_mask=prune, modular=set(cfg.modular_variables))
 
 
 def fallback_tree(pool: list[dict]) -> LinearTree:
@@ -133,20 +134,34 @@ def fit_kinds(rows: Rows, cfg: FitLatencyParams, seed: int) -> dict[str, KindMod
     return kinds
 
 
-def fit_overhead(layer_sums: np.ndarray, act_bytes: np.ndarray, y: np.ndarray, cfg: FitLatencyParams) -> Overhead:
-    """The whole-model correction, least squares on relative error (scale, per_byte >= 0; offset free)."""
+def fit_overhead(sums: list[dict[str, float]], y: np.ndarray, cfg: FitLatencyParams) -> Overhead:
+    """The whole-model correction from per-kind layer sums, least squares on relative error.
+
+    With `full_overhead_models` rows or more: a scale >= 0 per layer kind that
+    makes up at least `_MAJOR_SHARE` of the predicted time on average (a tiny
+    kind, like DeepSense's output layer, would only act as a second offset),
+    the others at the common scale, and a free offset; with fewer rows: one
+    scale; with none: the plain sum.
+    """
     n = len(y)
     if n == 0:
         return Overhead("none")
+    totals = np.array([sum(s.values()) for s in sums])
+    ratio = totals / y
+    common = float(ratio.sum() / (ratio @ ratio))
     if n < cfg.full_overhead_models:
-        ratio = layer_sums / y
-        return Overhead("scale", scale=float(ratio.sum() / (ratio @ ratio)), models=n)
-    design = np.column_stack([layer_sums, act_bytes, np.ones(n)]) / y[:, None]
-    scale = np.abs(design).max(axis=0)
-    scale[scale == 0] = 1.0
-    result = lsq_linear(design / scale, np.ones(n), bounds=([0, 0, -np.inf], [np.inf, np.inf, np.inf]))
-    s, per_byte, offset = result.x / scale
-    return Overhead("full", scale=float(s), per_byte=float(per_byte), offset=float(offset), models=n)
+        return Overhead("scale", scale=common, models=n)
+    share = {k: np.mean([s.get(k, 0.0) / t for s, t in zip(sums, totals)]) for k in {k for s in sums for k in s}}
+    kinds = sorted(k for k, v in share.items() if v >= _MAJOR_SHARE)
+    minor = np.array([sum(v for k, v in s.items() if k not in kinds) for s in sums])
+    design = np.column_stack([[s.get(k, 0.0) for s in sums] for k in kinds] + [np.ones(n)]) / y[:, None]
+    target = 1.0 - common * minor / y
+    size = np.abs(design).max(axis=0)
+    lower = [0.0] * len(kinds) + [-np.inf]
+    result = lsq_linear(design / size, target, bounds=(lower, [np.inf] * (len(kinds) + 1)))
+    coef = result.x / size
+    return Overhead("per_kind", scale=common, kind_scales={k: float(c) for k, c in zip(kinds, coef[:-1])},
+                    offset=float(coef[-1]), models=n)
 
 
 def fit(rows: Rows, cfg: FitLatencyParams, device: str, runtime: str, info: dict | None = None) -> LatencyModel:
@@ -154,16 +169,18 @@ def fit(rows: Rows, cfg: FitLatencyParams, device: str, runtime: str, info: dict
     check_fittable(rows, device, cfg)
     kinds = fit_kinds(rows, cfg, cfg.seed)
     model = LatencyModel(device, runtime, kinds, Overhead("none"), info)
-    sums, act, y = _model_columns(rows.models, lambda spec: model.predict_layers(spec.layers).sum())
-    model.overhead = fit_overhead(sums, act, y, cfg)
+    sums = [_sums_by_kind(spec, lambda kind, layers: float(model.predict_layers(layers).sum()))
+            for spec, _ in rows.models]
+    model.overhead = fit_overhead(sums, np.array([r["latency_ms"] for _, r in rows.models]), cfg)
     return model
 
 
-def _model_columns(models: list[tuple[ModelSpec, dict]], layer_sum) -> tuple[np.ndarray, ...]:
-    sums = np.array([float(layer_sum(spec)) for spec, _ in models])
-    act = np.array([float(activation_bytes(spec)) for spec, _ in models])
-    y = np.array([r["latency_ms"] for _, r in models])
-    return sums, act, y
+def _sums_by_kind(spec: ModelSpec, predict_sum) -> dict[str, float]:
+    """Per layer kind of `spec`: predict_sum(kind, its layers)."""
+    by_kind: dict[str, list] = {}
+    for layer in spec.layers:
+        by_kind.setdefault(layer.kind, []).append(layer)
+    return {kind: predict_sum(kind, layers) for kind, layers in by_kind.items()}
 
 
 # ---- evaluation -------------------------------------------------------------------------------
@@ -247,19 +264,18 @@ def _fit_predictors(train: list[dict], kind: str, cfg: FitLatencyParams) -> dict
 def _whole_model_points(models: list[tuple[ModelSpec, dict]], fitted: dict, cfg: FitLatencyParams) -> list[dict]:
     if not models:
         return []
+    y = np.array([r["latency_ms"] for _, r in models])
     points = []
     for name in PREDICTORS:
-        def layer_sum(spec: ModelSpec, name=name) -> float:
-            by_kind: dict[str, list[dict]] = {}
-            for layer in spec.layers:
-                by_kind.setdefault(layer.kind, []).append(layer_values(layer))
-            return sum(float(fitted[k][name].predict(v).sum()) for k, v in by_kind.items())
+        def predict_sum(kind: str, layers: list, name=name) -> float:
+            return float(fitted[kind][name].predict([layer_values(layer) for layer in layers]).sum())
 
-        sums, act, y = _model_columns(models, layer_sum)
+        sums = [_sums_by_kind(spec, predict_sum) for spec, _ in models]
         predicted = np.empty(len(y))
         for i in range(len(y)):
-            others = np.arange(len(y)) != i
-            predicted[i] = fit_overhead(sums[others], act[others], y[others], cfg).apply(sums[i], act[i])
+            others = [j for j in range(len(y)) if j != i]
+            overhead = fit_overhead([sums[j] for j in others], y[others], cfg)
+            predicted[i] = overhead.apply(sums[i])
         points += _points("whole models", "model", name, y, predicted)
     return points
 

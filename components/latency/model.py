@@ -2,17 +2,16 @@
 
 `predict(layer)` is what the compressor calls for every candidate width
 (pure Python, a few microseconds); `predict_layers(layers)` does a list at
-once with numpy; `predict_model(spec)` sums a model's layers and applies the
+once with numpy; `predict_model(spec)` sums a model's layers per kind and applies the
 fitted whole-model correction
 
-    t_model = scale * sum(t_layer) + per_byte * activation_bytes + offset
+    t_model = sum over kinds k of scale_k * sum(t_layer of kind k) + offset
 
-`scale` is how much slower layers run inside a model than alone (colder
-caches, glue operators), `per_byte` the cost of the activations the layers
-hand on (reshapes, concatenation, pooling), `offset` the fixed cost of one
-inference (negative when each layer timed alone paid a call overhead that the
-model pays once). The microcontroller target has its analytic model instead
-(`AnalyticLatencyModel`), passed through unchanged.
+`scale_k` is how much slower (or faster) layers of kind k run inside a model
+than alone (colder caches, fused or extra glue operators), `offset` the fixed
+cost of one inference (negative when each layer timed alone paid a call
+overhead that the model pays once). The microcontroller target has its
+analytic model instead (`AnalyticLatencyModel`), passed through unchanged.
 
 Saved as JSON (never pickled) with a format version; `load` refuses a file
 it does not understand.
@@ -21,7 +20,7 @@ it does not understand.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,28 +38,23 @@ FORMAT = "iot-compress/latency-model/1"
 class Overhead:
     """The whole-model correction (see the module docstring); `form` says which terms were fitted."""
 
-    form: str  # full: scale, per_byte, offset | scale: scale only | none: no whole-model rows, sum of layers
-    scale: float = 1.0
-    per_byte: float = 0.0
+    form: str  # per_kind: a scale per layer kind + offset | scale: one scale | none: no whole-model rows, the sum
+    scale: float = 1.0  # for kinds without their own scale
+    kind_scales: dict[str, float] = field(default_factory=dict)
     offset: float = 0.0
     models: int = 0  # whole-model rows it was fitted on
 
-    def apply(self, layer_sum_ms: float, activation_bytes: float) -> float:
-        return self.scale * layer_sum_ms + self.per_byte * activation_bytes + self.offset
+    def apply(self, sums_by_kind: dict[str, float]) -> float:
+        return sum(self.kind_scales.get(k, self.scale) * v for k, v in sums_by_kind.items()) + self.offset
 
     def formula(self) -> str:
         if self.form == "none":
             return "sum of the layers (not fitted: no whole-model rows)"
-        text = f"{self.scale:.4g} * sum(layers)"
-        if self.form == "full":
-            text += f" + {self.per_byte:.4g} * activation_bytes {'+' if self.offset >= 0 else '-'} " \
-                    f"{abs(self.offset):.4g}"
-        return text + f"   [{self.models} whole models]"
-
-
-def activation_bytes(spec: ModelSpec) -> int:
-    """Bytes the layers of a model write (what its glue operators move)."""
-    return sum(layer_values(layer)["bytes_written"] for layer in spec.layers)
+        if self.form == "scale":
+            return f"{self.scale:.4g} * sum(layers)   [{self.models} whole models]"
+        terms = " + ".join(f"{v:.4g} * sum({k} layers)" for k, v in sorted(self.kind_scales.items()))
+        return (f"{terms} + {self.scale:.4g} * sum(other layers) {'+' if self.offset >= 0 else '-'} "
+                f"{abs(self.offset):.4g}   [{self.models} whole models]")
 
 
 @dataclass
@@ -110,8 +104,10 @@ class LatencyModel:
 
     def predict_model(self, spec: ModelSpec) -> float:
         """Milliseconds for one window through the whole model."""
-        layer_sum = sum(self.predict(layer) for layer in spec.layers)
-        return self.overhead.apply(layer_sum, activation_bytes(spec))
+        sums: dict[str, float] = {}
+        for layer in spec.layers:
+            sums[layer.kind] = sums.get(layer.kind, 0.0) + self.predict(layer)
+        return self.overhead.apply(sums)
 
     @property
     def fallback_kinds(self) -> list[str]:
