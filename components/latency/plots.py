@@ -72,6 +72,8 @@ def _wrap(formula: str, per_line: int = 2) -> str:
 def predicted_png(points: list[dict], title: str, within: float, path: Path) -> Path:
     """Held-out predictions against measurements, per kind and for whole models, with the +-band."""
     plt = _pyplot()
+    from matplotlib.ticker import NullFormatter
+
     groups = sorted({p["kind"] for p in points}, key=lambda k: (k == "model", k))
     fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(3.6 * max(len(groups), 1), 3.7), squeeze=False)
     for ax, kind in zip(axes[0], groups):
@@ -89,6 +91,8 @@ def predicted_png(points: list[dict], title: str, within: float, path: Path) -> 
                         label=f"+-{within:.0%}")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_minor_formatter(NullFormatter())  # minor labels on a short log axis overlap
         ax.set_title("whole models (held out)" if kind == "model" else f"{kind} (held-out configurations)",
                      fontsize=8)
         ax.set_xlabel("measured ms")
