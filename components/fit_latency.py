@@ -31,7 +31,7 @@ from components.latency.fit import LatencyDataError, Rows
 from components.latency.model import AnalyticLatencyModel, LatencyModel
 from components.models.spec import LayerSpec
 from components.profiling.items import LAYER_KINDS
-from components.profiling.table import TABLE_FILE
+from components.profiling.table import SCHEMA, TABLE_FILE
 
 STAGE = "fit_latency"
 MODEL_FILE, RULES_FILE = "latency_model.json", "rules.txt"
@@ -53,10 +53,11 @@ def check_params(cfg: FitLatencyParams) -> None:
         check_names(cfg.split_variables, "fit_latency.split_variables")
         if not set(cfg.modular_variables) <= set(cfg.split_variables):
             raise ValueError("fit_latency.modular_variables must be among fit_latency.split_variables")
+        if set(cfg.leaf_variables) != set(LAYER_KINDS):
+            raise ValueError(f"fit_latency.leaf_variables: needs exactly the layer kinds {', '.join(LAYER_KINDS)} "
+                             f"(has {', '.join(cfg.leaf_variables) or 'none'}): every kind a model can hold "
+                             "needs a latency model")
         for kind, names in cfg.leaf_variables.items():
-            if kind not in LAYER_KINDS:
-                raise ValueError(f"fit_latency.leaf_variables: unknown layer kind {kind!r} (known: "
-                                 f"{', '.join(LAYER_KINDS)})")
             check_names(names, f"fit_latency.leaf_variables.{kind}")
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
@@ -105,12 +106,22 @@ def run(params: Params, device_name: str, profile_dir: Path | None = None, outpu
 
 
 def _read_table(path: Path, device: str) -> list[dict]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     if not path.exists():
         raise LatencyDataError(f"device {device}: no profile table at {path}; run "
                                f"`python -m components profile --device {device}` first")
-    return pq.read_table(path).to_pylist()
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise LatencyDataError(f"device {device}: {path} is not a readable profile table ({exc}); profile the "
+                               "device again") from None
+    missing = [name for name in SCHEMA.names if name not in table.column_names]
+    if missing:
+        raise LatencyDataError(f"device {device}: {path} lacks columns {', '.join(missing)} (written by another "
+                               "version?); profile the device again")
+    return table.to_pylist()
 
 
 def _info(table: Path, rows: Rows) -> dict:

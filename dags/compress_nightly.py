@@ -55,9 +55,15 @@ def compress_nightly():
 
     @task(task_id="fit_latency", map_index_template="{{ task.op_kwargs['device'] }}", trigger_rule="all_done")
     def fit_latency(device: str, queue: str, pool: str, **context) -> str:
-        from components.airflow_tasks import run_fit_latency
+        from airflow.sdk.exceptions import AirflowFailException
 
-        return run_fit_latency(device, context["run_id"])
+        from components.airflow_tasks import run_fit_latency
+        from components.latency.fit import LatencyDataError
+
+        try:
+            return run_fit_latency(device, context["run_id"])
+        except LatencyDataError as exc:  # the table will not change on a retry: fail now, say why
+            raise AirflowFailException(str(exc)) from exc
 
     routes = _device_routes()
     train(ingest())

@@ -92,9 +92,11 @@ def _positive(value) -> bool:
 def check_fittable(rows: Rows, device: str, cfg: FitLatencyParams) -> None:
     if not any(len(rs) >= cfg.min_rows for rs in rows.layers.values()):
         counts = ", ".join(f"{k} {len(rs)}" for k, rs in rows.layers.items())
+        invalid = (f"; {len(rows.invalid)} rows were left out for a latency that is not a positive number"
+                   if rows.invalid else "")
         raise LatencyDataError(
             f"device {device}: too few usable layer rows to fit any kind ({counts}; fit_latency.min_rows is "
-            f"{cfg.min_rows}); profile more configurations (profile.sampler.configs_per_kind)")
+            f"{cfg.min_rows}{invalid}); profile more configurations (profile.sampler.configs_per_kind)")
 
 
 # ---- fitting ----------------------------------------------------------------------------------
@@ -134,14 +136,16 @@ def fit_kinds(rows: Rows, cfg: FitLatencyParams, seed: int) -> dict[str, KindMod
     return kinds
 
 
-def fit_overhead(sums: list[dict[str, float]], y: np.ndarray, cfg: FitLatencyParams) -> Overhead:
+def fit_overhead(sums: list[dict[str, float]], y: np.ndarray, cfg: FitLatencyParams,
+                 form_models: int | None = None) -> Overhead:
     """The whole-model correction from per-kind layer sums, least squares on relative error.
 
     With `full_overhead_models` rows or more: a scale >= 0 per layer kind that
     makes up at least `_MAJOR_SHARE` of the predicted time on average (a tiny
     kind, like DeepSense's output layer, would only act as a second offset),
     the others at the common scale, and a free offset; with fewer rows: one
-    scale; with none: the plain sum.
+    scale; with none: the plain sum. `form_models` (default: the rows given)
+    decides the form, so a leave-one-out fit has the form of the saved one.
     """
     n = len(y)
     if n == 0:
@@ -149,7 +153,7 @@ def fit_overhead(sums: list[dict[str, float]], y: np.ndarray, cfg: FitLatencyPar
     totals = np.array([sum(s.values()) for s in sums])
     ratio = totals / y
     common = float(ratio.sum() / (ratio @ ratio))
-    if n < cfg.full_overhead_models:
+    if (n if form_models is None else form_models) < cfg.full_overhead_models:
         return Overhead("scale", scale=common, models=n)
     share = {k: np.mean([s.get(k, 0.0) / t for s, t in zip(sums, totals)]) for k in {k for s in sums for k in s}}
     kinds = sorted(k for k, v in share.items() if v >= _MAJOR_SHARE)
@@ -204,15 +208,12 @@ def evaluate(rows: Rows, cfg: FitLatencyParams) -> Evaluation:
     rng = np.random.default_rng(cfg.seed)
     points: list[dict] = []
     not_evaluated: dict[str, str] = {}
-    everything: dict[str, dict] = {}  # kind -> predictor -> fitted on every layer row (for whole models)
-    pool = [r for rs in rows.layers.values() for r in rs]
     for kind in cfg.leaf_variables:
         kind_rows = rows.layers.get(kind, [])
         folds = _folds(len(kind_rows), cfg, rng)
         if folds is None:
             not_evaluated[kind] = (f"{len(kind_rows)} usable rows: too few to hold out 1/{cfg.folds} of them and "
                                    f"fit on >= {cfg.min_rows}")
-            everything[kind] = {name: _Fallback(pool) for name in PREDICTORS}
             continue
         for test in folds:
             train = [r for r, t in zip(kind_rows, test) if not t]
@@ -220,9 +221,25 @@ def evaluate(rows: Rows, cfg: FitLatencyParams) -> Evaluation:
             measured = np.array([r["latency_ms"] for r in held])
             for name, predictor in _fit_predictors(train, kind, cfg).items():
                 points += _points("configurations", kind, name, measured, predictor.predict(held))
-        everything[kind] = _fit_predictors(kind_rows, kind, cfg)
-    points += _whole_model_points(rows.models, everything, cfg)
+    points += _whole_model_points(rows.models, layer_predictors(rows, cfg), cfg)
     return Evaluation(_summarise(points, cfg.within), points, not_evaluated)
+
+
+def layer_predictors(rows: Rows, cfg: FitLatencyParams) -> dict[str, dict]:
+    """kind -> predictor name -> fitted on every row of the kind, or the fallback by the rule `fit_kinds` uses.
+
+    Whole-model rows never reach layer fits, so these predict held-out models
+    as the saved model would.
+    """
+    pool = [r for rs in rows.layers.values() for r in rs]
+    predictors = {}
+    for kind in cfg.leaf_variables:
+        kind_rows = rows.layers.get(kind, [])
+        if len(kind_rows) < cfg.min_rows:
+            predictors[kind] = {name: _Fallback(pool) for name in PREDICTORS}
+        else:
+            predictors[kind] = _fit_predictors(kind_rows, kind, cfg)
+    return predictors
 
 
 def _folds(n: int, cfg: FitLatencyParams, rng: np.random.Generator) -> list[np.ndarray] | None:
@@ -274,7 +291,7 @@ def _whole_model_points(models: list[tuple[ModelSpec, dict]], fitted: dict, cfg:
         predicted = np.empty(len(y))
         for i in range(len(y)):
             others = [j for j in range(len(y)) if j != i]
-            overhead = fit_overhead([sums[j] for j in others], y[others], cfg)
+            overhead = fit_overhead([sums[j] for j in others], y[others], cfg, form_models=len(y))
             predicted[i] = overhead.apply(sums[i])
         points += _points("whole models", "model", name, y, predicted)
     return points

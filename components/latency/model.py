@@ -194,7 +194,9 @@ def load(path: Path) -> LatencyModel | AnalyticLatencyModel:
         d = json.loads(Path(path).read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: not a latency model (expected a JSON object)")
     try:
         return from_dict(d)
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, IndexError) as exc:
         raise ValueError(f"{path}: malformed latency model ({exc!r})") from None

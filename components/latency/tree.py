@@ -84,8 +84,8 @@ class LinearTree:
         prune_mask = np.zeros(len(y), bool) if prune_mask is None else np.asarray(prune_mask, bool)
         grower = _Grower(split_x, leaf_x, y, split_variables, params, modular)
         grow_rows = np.flatnonzero(~prune_mask)
-        if len(grow_rows) == 0:
-            grow_rows = np.arange(len(y))
+        if len(grow_rows) == 0:  # nothing left to grow on: grow on everything, prune nothing
+            grow_rows, prune_mask = np.arange(len(y)), np.zeros(len(y), bool)
         nodes: list[dict] = []
         grower.grow(grow_rows, 0, nodes)
         tree = cls(split_variables, leaf_variables, nodes)
@@ -134,6 +134,8 @@ class LinearTree:
             if rows.sum() >= 2:
                 w, b, _ = nnls_fit(leaf_x[rows], y[rows])
                 node["leaf"] = {"weights": w.tolist(), "intercept": b, "rows": int(rows.sum())}
+            else:  # too few rows to refit: keep the growth-time fit, but say how many rows reach it
+                node["leaf"] = {**node["leaf"], "rows": int(rows.sum())}
         self._compile()
 
     # ---- prediction ----------------------------------------------------------------------------
@@ -240,11 +242,15 @@ class LinearTree:
     @classmethod
     def from_dict(cls, d: dict) -> LinearTree:
         nodes = d["nodes"]
-        for node in nodes:
+        for i, node in enumerate(nodes):
             if "split" in node:
-                variable, op, _ = node["split"]
+                variable, op, value = node["split"]
                 if op not in (LT, MOD, REM) or variable not in d["split_variables"]:
                     raise ValueError(f"unknown split {node['split']!r}")
+                if op == REM and not (isinstance(value, list) and len(value) == 2):
+                    raise ValueError(f"a remainder split needs [k, c], got {value!r}")
+                if not all(i < node[side] < len(nodes) for side in ("yes", "no")):
+                    raise ValueError(f"node {i}: children must come after it in the node list")
             elif len(node["leaf"]["weights"]) != len(d["leaf_variables"]):
                 raise ValueError("a leaf's weights do not match the leaf variables")
         return cls(d["split_variables"], d["leaf_variables"], nodes)

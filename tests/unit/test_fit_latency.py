@@ -87,12 +87,33 @@ def test_pruning_on_held_out_rows_removes_splits_fitted_to_noise(project_params)
     assert pruned.leaves < grown.leaves
 
 
-def test_single_prediction_matches_the_vectorised_one(project_params):
-    split_x, leaf_x, y = _step_data(noise=0.0)
-    tree = LinearTree.fit(split_x, leaf_x, y, SPLIT_VARS, ["flops"], project_params.fit_latency.tree)
-    batch = tree.predict(split_x[:50], leaf_x[:50])
-    single = [tree.predict_one(list(s), list(v)) for s, v in zip(split_x[:50], leaf_x[:50])]
+def test_single_and_vectorised_predictions_agree_on_unseen_rows_and_after_a_json_round_trip(project_params):
+    rng = np.random.default_rng(5)
+    out, inp = rng.integers(4, 257, 400), rng.integers(16, 513, 400)
+    flops = 2.0 * out * inp
+    half_full = (out % 32 != 0) & (out % 32 < 17)
+    y = np.where(half_full, 1.8e-8, 1e-8) * flops + np.where(inp < 200, 1e-3, 3e-3)
+    y *= 1 + 0.03 * rng.standard_normal(400)
+    x = np.column_stack([inp, out, flops])
+    tree = LinearTree.fit(x, flops[:, None], y, SPLIT_VARS, ["flops"], project_params.fit_latency.tree,
+                          prune_mask=rng.random(400) < 0.25, modular={"in_features", "out_features"})
+    ops = {node["split"][1] for node in tree.nodes if "split" in node}
+    assert {"lt", "rem"} <= ops
+    again = LinearTree.from_dict(json.loads(json.dumps(tree.to_dict())))
+    unseen_out, unseen_in = rng.integers(1, 400, 300), rng.integers(1, 800, 300)
+    unseen = np.column_stack([unseen_in, unseen_out, 2.0 * unseen_out * unseen_in])
+    batch = tree.predict(unseen, unseen[:, 2:])
+    single = [again.predict_one(list(s), [s[2]]) for s in unseen]
     np.testing.assert_allclose(batch, single, rtol=1e-12)
+    np.testing.assert_array_equal(again.predict(unseen, unseen[:, 2:]), batch)
+
+
+def test_a_tree_file_with_bad_links_is_refused(project_params):
+    split_x, leaf_x, y = _step_data()
+    d = LinearTree.fit(split_x, leaf_x, y, SPLIT_VARS, ["flops"], _tree_params(project_params, max_depth=1)).to_dict()
+    d["nodes"][0]["yes"] = 0  # a cycle: prediction would never end
+    with pytest.raises(ValueError, match="children must come after"):
+        LinearTree.from_dict(d)
 
 
 # ---- a synthetic profile table: the sampler's configurations with a known latency function ---------
@@ -246,10 +267,34 @@ def test_microcontroller_passes_its_analytic_model_through(make_params, tmp_path
     assert result.metrics["analytic_max_rel_error"] < 1e-12 and result.metrics["method"] == "analytic"
 
 
-def test_unknown_variables_in_params_are_refused(project_params):
+def test_unknown_variables_and_missing_kinds_in_params_are_refused(project_params):
     cfg = dataclasses.replace(project_params.fit_latency, split_variables=("out_features", "widht"))
     with pytest.raises(ConfigError, match="widht"):
         fit_latency.check_params(cfg)
+    leaves = {k: v for k, v in project_params.fit_latency.leaf_variables.items() if k != "gru"}
+    with pytest.raises(ConfigError, match="needs exactly the layer kinds"):
+        fit_latency.check_params(dataclasses.replace(project_params.fit_latency, leaf_variables=leaves))
+
+
+def test_a_kind_too_small_to_evaluate_is_still_fitted_and_used_for_whole_models(project_params):
+    rows = synthetic_rows(project_params, per_kind=24, models=6)
+    gru = [r for r in rows if r["kind"] == "gru"][:7]  # >= min_rows (6), but a fold would leave 5
+    usable = fitting.usable_rows([r for r in rows if r["kind"] != "gru"] + gru, "ort-1t", "t.parquet")
+    evaluation = fitting.evaluate(usable, project_params.fit_latency)
+    assert "gru" in evaluation.not_evaluated
+    assert fitting.fit(usable, project_params.fit_latency, "ort-1t", "onnxruntime").fallback_kinds == []
+    predictors = fitting.layer_predictors(usable, project_params.fit_latency)  # what predicts whole models
+    assert not isinstance(predictors["gru"]["tree"], fitting._Fallback)
+    assert predictors["gru"]["tree"].tree.leaf_variables == list(project_params.fit_latency.leaf_variables["gru"])
+    assert any(r["kind"] == "model" for r in evaluation.table)
+
+
+def test_a_corrupt_profile_table_is_refused_not_a_traceback(make_params, tmp_path):
+    folder = tmp_path / "out" / "profile" / "ort-1t"
+    folder.mkdir(parents=True)
+    (folder / "profile.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(fitting.LatencyDataError, match="not a readable profile table"):
+        fit_latency.run(make_params(), "ort-1t")
 
 
 def test_missing_profile_table_names_the_command_to_run(make_params):
