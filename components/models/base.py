@@ -20,6 +20,9 @@ class SensingModel(nn.Module):
         super().__init__()
         check_layers(spec)
         self.spec = spec
+        # layer name -> 0/1 float mask over its output elements (components.pruning.masked sets them);
+        # a plain attribute, not a buffer: masks are never saved with the weights
+        self.hidden_masks: dict[str, torch.Tensor] = {}
         self.register_buffer("input_mean", torch.zeros(spec.input_shape))
         self.register_buffer("input_std", torch.ones(spec.input_shape))
 
@@ -29,3 +32,35 @@ class SensingModel(nn.Module):
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.input_mean) / self.input_std
+
+
+def run_recurrent(rnn: nn.RNNBase, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The output sequence of a one-layer batch-first GRU/LSTM; with `mask`, masked units are removed.
+
+    A masked unit's hidden state is zeroed at every step, inside the
+    recurrence, so no other unit ever reads it: exactly what the layer does
+    once that unit is sliced away (for an LSTM the masked unit's cell state
+    still runs, but only its own, zeroed, output reads it).
+    """
+    if mask is None:
+        return rnn(x)[0]
+    b, t, _ = x.shape
+    hidden = rnn.hidden_size
+    h = x.new_zeros(b, hidden)
+    c = x.new_zeros(b, hidden)
+    inputs = torch.nn.functional.linear(x, rnn.weight_ih_l0, rnn.bias_ih_l0)  # [B, T, gates*H]
+    outputs = []
+    for step in range(t):
+        recurrent = torch.nn.functional.linear(h, rnn.weight_hh_l0, rnn.bias_hh_l0)
+        if isinstance(rnn, nn.GRU):
+            i_r, i_z, i_n = inputs[:, step].chunk(3, dim=1)
+            h_r, h_z, h_n = recurrent.chunk(3, dim=1)
+            r, z = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)
+            h = (1 - z) * torch.tanh(i_n + r * h_n) + z * h
+        else:
+            i, f, g, o = (inputs[:, step] + recurrent).chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        h = h * mask
+        outputs.append(h)
+    return torch.stack(outputs, dim=1)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from components.models.base import SensingModel
+from components.models.base import SensingModel, run_recurrent
 from components.models.spec import LayerSpec, ModelConfigError, ModelSpec, check_layers
 
 
@@ -92,7 +92,7 @@ class DeepSense(SensingModel):
         h = self.merge(torch.cat(per_sensor, dim=1))  # [B*T, C, L]
         h = h.reshape(b, t, -1)
         for i, rnn in enumerate(self.rnns):
-            h, _ = rnn(h)
+            h = run_recurrent(rnn, h, self.hidden_masks.get(f"rnn{i + 1}"))
             if i < len(self.rnns) - 1:
                 h = self.rnn_dropout(h)
         if lengths is None:
