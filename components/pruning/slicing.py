@@ -10,13 +10,12 @@ equal those of the original with the removed elements masked to zero
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 from torch import nn
 
 from components.models import build
 from components.models.spec import ModelConfigError, ModelSpec
+from components.pruning.costs import resized_spec
 from components.pruning.groups import OUTPUT, check_supported, input_sources
 
 
@@ -57,21 +56,12 @@ def kept_inputs(spec: ModelSpec, index: int, keep: dict[str, torch.Tensor]) -> t
     return torch.cat(parts)
 
 
-def sliced_spec(spec: ModelSpec, keep: dict[str, torch.Tensor]) -> ModelSpec:
-    layers = []
-    for index, layer in enumerate(spec.layers):
-        inputs = kept_inputs(spec, index, keep)
-        layers.append(replace(layer, in_features=layer.in_features if inputs is None else len(inputs),
-                              out_features=len(keep[layer.name]) if layer.name in keep else layer.out_features))
-    return spec.with_layers(layers)
-
-
 def slice_model(model, keep: dict[str, torch.Tensor | list[int]]):
     """A new, smaller model keeping, per group (layer name), the listed output elements (all if not listed)."""
     spec = model.spec
     check_supported(spec)
     keep = {name: _indices(spec, name, idx) for name, idx in keep.items()}
-    smaller = build(sliced_spec(spec, keep))  # check_layers refuses a layer left with no element
+    smaller = build(resized_spec(spec, {name: len(idx) for name, idx in keep.items()}))  # refuses empty layers
     with torch.no_grad():
         for index, layer in enumerate(spec.layers):
             out = keep.get(layer.name)

@@ -1,0 +1,226 @@
+"""DeepIoT's compressor-critic (Yao et al., SenSys 2017), written from the paper's description.
+
+- The *compressor* is an LSTM that walks the compressible groups in layer
+  order; at each step a head turns its state into a keep-probability for
+  every element of that group (filter, recurrent unit, dense unit), and the
+  probabilities feed the next step, so a layer's decision sees the layers
+  before it.
+- Each training step samples Bernoulli masks from those probabilities, trains
+  the task network one batch under the masks, and updates the compressor by
+  REINFORCE on `loss + lambda * cost` (cost relative to the baseline's), with
+  the *critic* (a moving average of that reward) as the baseline that cuts
+  the gradient's variance.
+- A threshold rising on a schedule removes, for good, the elements whose
+  keep-probability fell below it. The kept structure (everything not
+  removed) is what gets sliced.
+
+Scoring (the compressor), schedule (the threshold) and slicing
+(`slicing.py`) are separate pieces, as Torch-Pruning keeps them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from components.pruning.costs import resized_spec
+
+
+class Compressor(nn.Module):
+    def __init__(self, sizes: list[int], hidden: int, init_keep: float):
+        super().__init__()
+        self.sizes = list(sizes)
+        self.cell = nn.LSTMCell(hidden, hidden)
+        self.start = nn.Parameter(torch.zeros(1, hidden))
+        self.heads = nn.ModuleList(nn.Linear(hidden, n) for n in sizes)
+        self.feedback = nn.ModuleList(nn.Linear(n, hidden) for n in sizes)
+        with torch.no_grad():  # start by keeping nearly everything
+            for head in self.heads:
+                head.weight.mul_(0.1)
+                head.bias.fill_(math.log(init_keep / (1 - init_keep)))
+
+    def forward(self) -> list[torch.Tensor]:
+        """Keep-probabilities per group, in order."""
+        h = c = torch.zeros_like(self.start)
+        x = self.start
+        probs = []
+        for head, back in zip(self.heads, self.feedback):
+            h, c = self.cell(x, (h, c))
+            p = torch.sigmoid(head(h))[0]
+            probs.append(p)
+            x = back(p[None])
+        return probs
+
+
+class Critic:
+    """A moving average of the reward: REINFORCE's baseline."""
+
+    def __init__(self, decay: float):
+        self.decay, self.value = decay, None
+
+    def update(self, reward: float) -> float:
+        """The baseline for this reward (the average before it), then fold the reward in."""
+        baseline = reward if self.value is None else self.value
+        self.value = reward if self.value is None else self.decay * self.value + (1 - self.decay) * reward
+        return baseline
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The pruning threshold: `start`, raised by `step` every `every` training steps, up to `limit`."""
+
+    start: float
+    step: float
+    every: int
+    limit: float
+
+    def threshold(self, training_step: int) -> float:
+        return min(self.limit, self.start + self.step * (training_step // self.every))
+
+
+def sample_masks(probs: list[torch.Tensor], alive: list[torch.Tensor], generator: torch.Generator
+                 ) -> list[torch.Tensor]:
+    """Bernoulli masks over the alive elements (removed ones stay 0); a group never loses all of them."""
+    masks = []
+    for p, live in zip(probs, alive):
+        m = (torch.rand(p.shape, generator=generator) < p.detach()).float() * live
+        if m.sum() == 0:
+            m[torch.argmax(p.detach() * live)] = 1.0
+        masks.append(m)
+    return masks
+
+
+def log_prob(probs: list[torch.Tensor], masks: list[torch.Tensor], alive: list[torch.Tensor]) -> torch.Tensor:
+    eps = 1e-6
+    total = torch.zeros(())
+    for p, m, live in zip(probs, masks, alive):
+        terms = m * torch.log(p + eps) + (1 - m) * torch.log(1 - p + eps)
+        total = total + (terms * live).sum()
+    return total
+
+
+def widths(names: list[str], masks: list[torch.Tensor]) -> dict[str, int]:
+    return {name: int(m.sum().item()) for name, m in zip(names, masks)}
+
+
+def relative_cost(cost, spec, names: list[str], masks: list[torch.Tensor]) -> float:
+    return cost.relative(resized_spec(spec, widths(names, masks)))
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    budget: float  # relative cost to reach (0.07: 7 % of the baseline's)
+    accuracy_floor: float  # validation accuracy the kept structure must keep
+    lambda_cost: float  # weight of the relative cost against the task loss in the reward
+    critic_decay: float
+    schedule: Schedule
+    max_steps: int
+    batch_size: int
+    learning_rate: float  # task network
+    compressor_learning_rate: float
+    compressor_hidden: int
+    init_keep: float
+    eval_every: int
+    seed: int
+
+
+@dataclass
+class StepRecord:
+    step: int
+    threshold: float
+    loss: float
+    sampled_cost: float  # relative cost of the sampled masks
+    kept_cost: float  # relative cost of everything not removed
+    kept_params: int
+    accuracy: float | None = None  # of the kept structure on the validation windows (every eval_every)
+
+
+class DeepIoTSearch:
+    """One compressor-critic run over a task model; `run()` steps until the budget is met or max_steps."""
+
+    def __init__(self, model, cost, x_train, y_train, x_val, y_val, settings: SearchSettings):
+        from components.pruning.groups import groups
+        from components.pruning.masked import set_masks
+
+        self.model, self.cost, self.s = model, cost, settings
+        self.spec = model.spec
+        self.groups = groups(self.spec)
+        self.names = [g.layer for g in self.groups]
+        self.x_train, self.y_train, self.x_val, self.y_val = x_train, y_train, x_val, y_val
+        torch.manual_seed(settings.seed)
+        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.compressor = Compressor([g.size for g in self.groups], settings.compressor_hidden, settings.init_keep)
+        self.critic = Critic(settings.critic_decay)
+        self.alive = [torch.ones(g.size) for g in self.groups]
+        self.task_optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+        self.compressor_optimizer = torch.optim.Adam(self.compressor.parameters(), lr=settings.compressor_learning_rate)
+        self.step_index = 0
+        self.history: list[StepRecord] = []
+        self._set_masks = set_masks
+
+    def kept(self) -> dict[str, torch.Tensor]:
+        """Indices of the elements not removed, per group: what slicing keeps."""
+        return {name: torch.nonzero(live).flatten() for name, live in zip(self.names, self.alive)}
+
+    def kept_cost(self) -> float:
+        return relative_cost(self.cost, self.spec, self.names, self.alive)
+
+    def step(self) -> StepRecord:
+        s = self.s
+        self.model.train()
+        probs = self.compressor()
+        masks = sample_masks(probs, self.alive, self.generator)
+        batch = torch.randint(len(self.x_train), (s.batch_size,), generator=self.generator)
+        self._set_masks(self.model, dict(zip(self.names, masks)))
+        loss = nn.functional.cross_entropy(self.model(self.x_train[batch]), self.y_train[batch])
+        self.task_optimizer.zero_grad()
+        loss.backward()
+        self.task_optimizer.step()
+        sampled_cost = relative_cost(self.cost, self.spec, self.names, masks)
+        reward = float(loss.detach()) + s.lambda_cost * sampled_cost
+        advantage = reward - self.critic.update(reward)
+        self.compressor_optimizer.zero_grad()
+        (advantage * log_prob(probs, masks, self.alive)).backward()
+        self.compressor_optimizer.step()
+        self.step_index += 1
+        self._remove_below(s.schedule.threshold(self.step_index))
+        record = StepRecord(self.step_index, s.schedule.threshold(self.step_index), float(loss.detach()),
+                            sampled_cost, self.kept_cost(),
+                            resized_spec(self.spec, widths(self.names, self.alive)).params)
+        if self.step_index % s.eval_every == 0:
+            record.accuracy = self.accuracy()
+        self.history.append(record)
+        return record
+
+    def _remove_below(self, threshold: float) -> None:
+        with torch.no_grad():
+            for p, live in zip(self.compressor(), self.alive):
+                drop = (p < threshold) & (live > 0)
+                if drop.sum() >= live.sum():  # never remove a group's last element
+                    drop[torch.argmax(p * live)] = False
+                live[drop] = 0.0
+
+    def accuracy(self) -> float:
+        """Validation accuracy of the kept structure (every alive element on)."""
+        self.model.eval()
+        self._set_masks(self.model, dict(zip(self.names, self.alive)))
+        with torch.no_grad():
+            predicted = self.model(self.x_val).argmax(dim=1)
+        self._set_masks(self.model, None)
+        return float((predicted == self.y_val).float().mean())
+
+    def done(self, record: StepRecord) -> bool:
+        return (record.accuracy is not None and record.kept_cost <= self.s.budget
+                and record.accuracy >= self.s.accuracy_floor)
+
+    def run(self, progress=None) -> list[StepRecord]:
+        while self.step_index < self.s.max_steps:
+            record = self.step()
+            if progress is not None:
+                progress(record)
+            if self.done(record):
+                break
+        return self.history

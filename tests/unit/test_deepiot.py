@@ -1,0 +1,81 @@
+"""DeepIoT's compressor-critic: the schedule, the critic, the costs and a small run that meets its budget."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from components.devices.pool import load_pool
+from components.latency.model import AnalyticLatencyModel
+from components.models import build
+from components.models.plain import mlp_spec
+from components.models.spec import ModelConfigError
+from components.pruning.costs import LatencyCost, McuCost, ParamsCost, resized_spec
+from components.pruning.deepiot import Critic, DeepIoTSearch, Schedule, SearchSettings, sample_masks
+from tests.conftest import PROJECT_ROOT
+
+
+def test_threshold_rises_on_its_schedule_and_stops_at_its_limit():
+    schedule = Schedule(start=0.0, step=0.1, every=50, limit=0.35)
+    assert [schedule.threshold(s) for s in (0, 49, 50, 149, 150, 1000)] == pytest.approx([0, 0, 0.1, 0.2, 0.3, 0.35])
+
+
+def test_critic_is_a_moving_average_baseline():
+    critic = Critic(decay=0.9)
+    assert critic.update(1.0) == 1.0  # the first reward is its own baseline
+    assert critic.update(2.0) == pytest.approx(1.0)
+    assert critic.update(0.0) == pytest.approx(0.9 * 1.0 + 0.1 * 2.0)
+
+
+def test_sampled_masks_keep_removed_elements_off_and_never_empty_a_group():
+    generator = torch.Generator().manual_seed(0)
+    probs = [torch.tensor([0.9, 0.9, 0.9]), torch.tensor([0.0, 0.0])]
+    alive = [torch.tensor([1.0, 0.0, 1.0]), torch.tensor([1.0, 1.0])]
+    for _ in range(20):
+        first, second = sample_masks(probs, alive, generator)
+        assert first[1] == 0 and second.sum() == 1
+
+
+def _spec():
+    return mlp_spec((4, 1, 2, 2, 4), ("a", "b", "c"), units=(48, 32), dropout=0.0)
+
+
+def test_costs_are_relative_to_the_baseline_and_check_their_device_and_limits():
+    spec = _spec()
+    params = ParamsCost(spec)
+    half = resized_spec(spec, {"dense1": 24, "dense2": 16})
+    assert params.relative(spec) == 1.0 and half.layer("dense2").in_features == 24
+    assert params.relative(half) == pytest.approx(half.params / spec.params)
+    mcu = load_pool(PROJECT_ROOT / "infra" / "devices.yaml")["cortex-m4"].mcu
+    latency = LatencyCost(spec, AnalyticLatencyModel("cortex-m4", "mcu", mcu), "cortex-m4")
+    assert latency.relative(half) < 1.0
+    with pytest.raises(ModelConfigError, match="latency model is for device 'cortex-m4', not 'ort-1t'"):
+        LatencyCost(spec, AnalyticLatencyModel("cortex-m4", "mcu", mcu), "ort-1t")
+    tiny_part = McuCost(spec, mcu.__class__(**{**mcu.__dict__, "flash_bytes": 1000}))
+    assert not tiny_part.fits(spec) and McuCost(spec, mcu).fits(spec)
+
+
+def _task(n=3000, seed=0):
+    """Three classes decided by two of the 64 input values: most hidden units are not needed."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 4, 1, 2, 2, 4)).astype(np.float32)
+    flat = x.reshape(n, -1)
+    y = (flat[:, 0] > 0).astype(np.int64) + (flat[:, 5] > 0.5).astype(np.int64)
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def test_a_small_search_meets_its_parameter_budget_above_the_accuracy_floor():
+    torch.manual_seed(0)
+    model = build(_spec())
+    x, y = _task()
+    settings = SearchSettings(budget=0.3, accuracy_floor=0.8, lambda_cost=2.0, critic_decay=0.9,
+                              schedule=Schedule(0.0, 0.05, 40, 0.5), max_steps=1500, batch_size=64,
+                              learning_rate=0.003, compressor_learning_rate=0.01, compressor_hidden=16,
+                              init_keep=0.9, eval_every=20, seed=0)
+    search = DeepIoTSearch(model, ParamsCost(model.spec), x[:2400], y[:2400], x[2400:], y[2400:], settings)
+    history = search.run()
+    last = history[-1]
+    assert search.done(last), (last, len(history))
+    assert last.kept_cost <= 0.3 and last.accuracy >= 0.8
+    assert history[0].kept_cost == 1.0 and last.step < settings.max_steps
