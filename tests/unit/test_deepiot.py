@@ -11,6 +11,7 @@ from components.latency.model import AnalyticLatencyModel
 from components.models import build
 from components.models.plain import mlp_spec
 from components.models.spec import ModelConfigError
+from components.pruning.baselines import l1_keep, nudge_widths, uniform_widths
 from components.pruning.costs import LatencyCost, McuCost, ParamsCost, resized_spec
 from components.pruning.deepiot import Critic, DeepIoTSearch, Schedule, SearchSettings, sample_masks
 from tests.conftest import PROJECT_ROOT
@@ -79,3 +80,42 @@ def test_a_small_search_meets_its_parameter_budget_above_the_accuracy_floor():
     assert search.done(last), (last, len(history))
     assert last.kept_cost <= 0.3 and last.accuracy >= 0.8
     assert history[0].kept_cost == 1.0 and last.step < settings.max_steps
+
+
+def test_l1_pruning_meets_the_budget_and_keeps_the_largest_weights():
+    torch.manual_seed(0)
+    model = build(_spec())
+    with torch.no_grad():
+        model.hidden[0][0].weight[7].mul_(100)  # one dense1 unit with by far the largest weights
+    keep = l1_keep(model, ParamsCost(model.spec), 0.25)
+    kept_spec = resized_spec(model.spec, {k: len(v) for k, v in keep.items()})
+    assert ParamsCost(model.spec).relative(kept_spec) <= 0.25
+    assert 7 in keep["dense1"].tolist() and all(len(v) >= 1 for v in keep.values())
+
+
+def test_uniform_scaling_is_the_widest_that_meets_the_budget():
+    spec = _spec()
+    cost = ParamsCost(spec)
+    widths = uniform_widths(spec, cost, 0.25)
+    assert cost.relative(resized_spec(spec, widths)) <= 0.25
+    wider = {k: v + 1 for k, v in widths.items()}
+    assert cost.relative(resized_spec(spec, wider)) > 0.25
+    assert widths["dense1"] / 48 == pytest.approx(widths["dense2"] / 32, abs=0.05)
+
+
+class _StepLatency:
+    """A latency model with FastDeepIoT's shape: widths that are multiples of 8 are fast."""
+
+    device = "test"
+
+    def predict_model(self, spec):
+        return sum(layer.out_features * (1.0 if layer.out_features % 8 == 0 else 1.5) for layer in spec.layers)
+
+
+def test_nudge_moves_widths_up_to_a_faster_multiple_only_within_its_radius():
+    spec = _spec()
+    cost = LatencyCost(spec, _StepLatency(), "test")
+    nudged = nudge_widths(spec, {"dense1": 13, "dense2": 21}, cost, radius=3)
+    assert nudged == {"dense1": 16, "dense2": 24}  # 13 -> 16 (16 < 13 * 1.5), 21 -> 24
+    assert nudge_widths(spec, {"dense1": 9, "dense2": 21}, cost, radius=3)["dense1"] == 9  # 16 is out of reach
+    assert cost.value(resized_spec(spec, nudged)) < cost.value(resized_spec(spec, {"dense1": 13, "dense2": 21}))
