@@ -14,6 +14,8 @@ from components.models.spec import ModelConfigError
 from components.pruning.baselines import l1_keep, nudge_widths, uniform_widths
 from components.pruning.costs import LatencyCost, McuCost, ParamsCost, resized_spec
 from components.pruning.deepiot import Critic, DeepIoTSearch, Schedule, SearchSettings, sample_masks
+from components.pruning.finetune import FineTuneSettings, _val_loss, accuracy, fine_tune
+from components.pruning.slicing import slice_model
 from tests.conftest import PROJECT_ROOT
 
 
@@ -119,3 +121,21 @@ def test_nudge_moves_widths_up_to_a_faster_multiple_only_within_its_radius():
     assert nudged == {"dense1": 16, "dense2": 24}  # 13 -> 16 (16 < 13 * 1.5), 21 -> 24
     assert nudge_widths(spec, {"dense1": 9, "dense2": 21}, cost, radius=3)["dense1"] == 9  # 16 is out of reach
     assert cost.value(resized_spec(spec, nudged)) < cost.value(resized_spec(spec, {"dense1": 13, "dense2": 21}))
+
+
+def test_fine_tuning_keeps_the_best_validation_weights_and_can_distill_the_baseline():
+    torch.manual_seed(0)
+    teacher = build(_spec())
+    x, y = _task()
+    tuned, _ = fine_tune(teacher, x[:2400], y[:2400], x[2400:], y[2400:],
+                         FineTuneSettings(epochs=8, patience=3, batch_size=64, learning_rate=0.003, distill=0.0,
+                                          temperature=1.0, seed=0))
+    assert accuracy(tuned, x[2400:], y[2400:]) > 0.85
+    student = slice_model(tuned, {"dense1": list(range(0, 48, 3)), "dense2": list(range(0, 32, 2))})
+    before = _val_loss(student, x[2400:], y[2400:])
+    settings = FineTuneSettings(epochs=5, patience=2, batch_size=64, learning_rate=0.003, distill=0.5,
+                                temperature=2.0, seed=0)
+    student, epochs = fine_tune(student, x[:2400], y[:2400], x[2400:], y[2400:], settings, teacher=tuned)
+    assert 1 <= epochs <= 5 and _val_loss(student, x[2400:], y[2400:]) <= before
+    with pytest.raises(ValueError, match="teacher"):
+        fine_tune(student, x[:100], y[:100], x[100:200], y[100:200], settings)

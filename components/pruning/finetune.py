@@ -1,0 +1,83 @@
+"""Fine-tuning a sliced model, optionally distilling the baseline into it (Hinton et al.'s soft targets).
+
+Early-stopped on a validation split of the training windows; the weights of
+the best validation epoch are kept. With `distill > 0` the loss is
+`(1 - distill) * cross-entropy + distill * T^2 * KL(teacher_T || student_T)`
+with temperature T: the compressed model learns the baseline's full output
+distribution, not only the labels.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FineTuneSettings:
+    epochs: int
+    patience: int
+    batch_size: int
+    learning_rate: float
+    distill: float  # weight of the distillation term; 0: labels only
+    temperature: float
+    seed: int
+
+
+def fine_tune(model, x, y, x_val, y_val, settings: FineTuneSettings, teacher=None, label: str = ""):
+    """Train `model` further in place and return it with the best validation weights, and the epochs run."""
+    if settings.distill > 0 and teacher is None:
+        raise ValueError("distillation needs the baseline model as teacher")
+    generator = torch.Generator().manual_seed(settings.seed)
+    optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    soft = None
+    if settings.distill > 0:
+        teacher.eval()
+        with torch.no_grad():
+            soft = F.log_softmax(teacher(x) / settings.temperature, dim=1)
+    best, best_loss, waited, epochs = copy.deepcopy(model.state_dict()), _val_loss(model, x_val, y_val), 0, 0
+    for epoch in range(1, settings.epochs + 1):
+        epochs = epoch
+        model.train()
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(order), settings.batch_size):
+            batch = order[start : start + settings.batch_size]
+            if len(batch) < 2:
+                continue
+            logits = model(x[batch])
+            loss = F.cross_entropy(logits, y[batch])
+            if soft is not None:
+                t = settings.temperature
+                kd = F.kl_div(F.log_softmax(logits / t, dim=1), soft[batch], log_target=True, reduction="batchmean")
+                loss = (1 - settings.distill) * loss + settings.distill * t * t * kd
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        val_loss = _val_loss(model, x_val, y_val)
+        if val_loss < best_loss - 1e-4:
+            best, best_loss, waited = copy.deepcopy(model.state_dict()), val_loss, 0
+        else:
+            waited += 1
+        log.info("%sfine-tune epoch %d/%d  val_loss %.3f", label, epoch, settings.epochs, val_loss)
+        if waited >= settings.patience:
+            break
+    model.load_state_dict(best)
+    return model.eval(), epochs
+
+
+@torch.no_grad()
+def _val_loss(model, x, y) -> float:
+    model.eval()
+    return float(F.cross_entropy(model(x), y))
+
+
+@torch.no_grad()
+def accuracy(model, x, y) -> float:
+    model.eval()
+    return float((model(x).argmax(dim=1) == y).float().mean())
