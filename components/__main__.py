@@ -21,7 +21,7 @@ STAGES = ("ingest", "train", "profile", "fit_latency")
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m components", description=__doc__)
-    p.add_argument("command", choices=(*STAGES, "pipeline", "mlflow-ui"))
+    p.add_argument("command", choices=(*STAGES, "compress", "pipeline", "mlflow-ui"))
     p.add_argument("--params", default=None, help="params file (default: $IOT_COMPRESS_PARAMS or ./params.yaml)")
     p.add_argument("-p", "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one param, e.g. -p ingest.dataset=hhar_raw (repeatable)")
@@ -71,6 +71,8 @@ def _run_stage(stage: str, params, output_dir=None, pipeline_key=None, input_dir
         return _profile(params, output_dir, pipeline_key, device_names)
     elif stage == "fit_latency":
         return _fit_latency(params, output_dir, pipeline_key, input_dir, device_names)
+    elif stage == "compress":
+        return _compress(params, output_dir, pipeline_key, device_names)
     return 0
 
 
@@ -120,6 +122,23 @@ def _fit_latency(params, output_dir, pipeline_key, input_dir, device_names) -> i
     if failed:
         print(f"error: no latency model for {', '.join(failed)}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _compress(params, output_dir, pipeline_key, device_names) -> int:
+    """Each device in turn; a budget not met is a result (said plainly), not a failure."""
+    from components import compress, profile
+
+    chosen = profile.devices(params, device_names)
+    if output_dir and len(chosen) > 1:
+        raise ConfigError("--output-dir needs exactly one --device (each device gets its own model)")
+    for device in chosen:
+        result = compress.run(params, device.name, output_dir=output_dir, pipeline_key=pipeline_key)
+        m, d = result.metrics, result.metrics["methods"]["deepiot"]
+        print(f"compress {device.name}: {'budget met' if m['budget_met'] else 'BUDGET NOT MET'} "
+              f"({m['cost']} {d['relative_cost']:.3f} of the baseline's, budget {m['budget']}); "
+              f"{d['params']} parameters, test accuracy {d['test_accuracy']:.3f} ({m['accuracy_change']:+.3f}) "
+              f"-> {result.model_dir} (MLflow run {result.run_id})")
     return 0
 
 

@@ -260,12 +260,62 @@ class FitLatencyParams:
 
 
 @dataclass(frozen=True)
+class ThresholdParams:
+    start: float  # keep-probability below which elements are removed, at first
+    step: float  # raised by this ...
+    every: int  # ... every this many search steps ...
+    limit: float  # ... up to this
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    lambda_cost: float  # weight of the relative cost against the task loss in the compressor's reward
+    critic_decay: float  # the critic's moving average: baseline = decay * baseline + (1 - decay) * reward
+    threshold: ThresholdParams
+    max_steps: int
+    batch_size: int
+    learning_rate: float  # the task network, trained under the masks
+    compressor_learning_rate: float
+    compressor_hidden: int
+    init_keep: float  # keep-probability every element starts near
+    eval_every: int  # steps between validation checks of the kept structure
+    checkpoint_every: int  # steps between checkpoints (an interrupted run resumes from the last)
+
+
+@dataclass(frozen=True)
+class FineTuneParams:
+    epochs: int
+    patience: int
+    batch_size: int
+    learning_rate: float
+    distill: float  # weight of distillation from the baseline; 0: labels only
+    temperature: float
+
+
+@dataclass(frozen=True)
+class CompressParams:
+    output_dir: str  # one folder per device: model/ (the compressed model), checkpoint
+    report_dir: str  # one folder per device: metrics, comparison table, trajectory and Pareto figures
+    cost: Literal["params", "latency"]  # DeepIoT's parameter count or the device's predicted latency; mcu: its own
+    budget: float  # relative cost to reach (0.07: 7 % of the baseline's)
+    max_accuracy_drop: float  # the floor: baseline validation accuracy minus this
+    val_fraction: float  # training windows held out to check accuracy while compressing
+    nudge_radius: int  # latency cost: widths may move up by this to a width predicted no slower
+    baselines: tuple[str, ...]  # compared at the same budget: l1, uniform
+    seed: int
+    threads: int
+    search: SearchParams
+    fine_tune: FineTuneParams
+
+
+@dataclass(frozen=True)
 class Params:
     pipeline: PipelineParams
     ingest: IngestParams
     train: TrainParams
     profile: ProfileParams
     fit_latency: FitLatencyParams
+    compress: CompressParams
     root: Path = dataclasses.field(default=Path("."), compare=False)  # params.yaml's folder
 
     def path(self, relative: str) -> Path:

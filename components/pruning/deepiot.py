@@ -21,7 +21,7 @@ Scoring (the compressor), schedule (the threshold) and slicing
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -216,11 +216,40 @@ class DeepIoTSearch:
         return (record.accuracy is not None and record.kept_cost <= self.s.budget
                 and record.accuracy >= self.s.accuracy_floor)
 
-    def run(self, progress=None) -> list[StepRecord]:
+    def run(self, progress=None, checkpoint=None, checkpoint_every: int = 0) -> list[StepRecord]:
+        """Step until the budget is met above the floor or `max_steps`; `checkpoint(state)` every so often."""
+        if self.history and self.done(self.history[-1]):
+            return self.history  # a resumed run that had already finished
         while self.step_index < self.s.max_steps:
             record = self.step()
             if progress is not None:
                 progress(record)
-            if self.done(record):
+            finished = self.done(record)
+            if checkpoint is not None and (finished or (checkpoint_every and self.step_index % checkpoint_every == 0)):
+                checkpoint(self.state())
+            if finished:
                 break
         return self.history
+
+    # ---- checkpoints: plain tensors and numbers, read back with torch.load(weights_only=True) ----------
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "compressor": self.compressor.state_dict(),
+                "task_optimizer": self.task_optimizer.state_dict(),
+                "compressor_optimizer": self.compressor_optimizer.state_dict(),
+                "alive": [a.clone() for a in self.alive], "step": self.step_index, "critic": self.critic.value,
+                "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "history": [asdict(r) for r in self.history], "names": self.names}
+
+    def restore(self, state: dict) -> None:
+        if state["names"] != self.names:
+            raise ValueError(f"checkpoint is for groups {state['names']}, this model has {self.names}")
+        self.model.load_state_dict(state["model"])
+        self.compressor.load_state_dict(state["compressor"])
+        self.task_optimizer.load_state_dict(state["task_optimizer"])
+        self.compressor_optimizer.load_state_dict(state["compressor_optimizer"])
+        self.alive = [a.clone() for a in state["alive"]]
+        self.step_index, self.critic.value = state["step"], state["critic"]
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.history = [StepRecord(**r) for r in state["history"]]

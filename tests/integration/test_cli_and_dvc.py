@@ -93,3 +93,9 @@ def test_dvc_repro_runs_the_stages_then_reruns_only_what_changed(tmp_path, param
                                                                                         "min_gain: 0.03"))
     fourth = repro()
     assert "Running stage 'fit_latency@ort-1t'" in fourth and "Running stage 'profile" not in fourth
+
+
+def test_cli_compress_before_ingest_says_what_to_run(tmp_path, params_file):
+    out = components_cli(tmp_path, "compress", "--params", str(params_file()), "--device", "ort-1t")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "run the ingest stage first" in out.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -139,3 +141,28 @@ def test_fine_tuning_keeps_the_best_validation_weights_and_can_distill_the_basel
     assert 1 <= epochs <= 5 and _val_loss(student, x[2400:], y[2400:]) <= before
     with pytest.raises(ValueError, match="teacher"):
         fine_tune(student, x[:100], y[:100], x[100:200], y[100:200], settings)
+
+
+def test_an_interrupted_search_resumes_from_its_checkpoint_and_ends_where_an_uninterrupted_one_does(tmp_path):
+    x, y = _task(n=800)
+    settings = SearchSettings(budget=0.05, accuracy_floor=0.99, lambda_cost=2.0, critic_decay=0.9,
+                              schedule=Schedule(0.0, 0.05, 10, 0.5), max_steps=60, batch_size=32,
+                              learning_rate=0.003, compressor_learning_rate=0.01, compressor_hidden=8,
+                              init_keep=0.9, eval_every=10, seed=0)
+
+    def search():
+        torch.manual_seed(0)
+        model = build(_spec())
+        return DeepIoTSearch(model, ParamsCost(model.spec), x[:600], y[:600], x[600:], y[600:], settings)
+
+    straight = search()
+    straight.run()
+    first = search()
+    first.s = replace(settings, max_steps=30)  # "interrupted" after step 30, its checkpoint on disk
+    first.run(checkpoint=lambda state: torch.save(state, tmp_path / "checkpoint.pt"), checkpoint_every=10)
+    resumed = search()
+    resumed.restore(torch.load(tmp_path / "checkpoint.pt", weights_only=True))
+    assert resumed.step_index == 30 and len(resumed.history) == 30
+    resumed.run()
+    assert [r.kept_cost for r in resumed.history] == [r.kept_cost for r in straight.history]
+    assert all(torch.equal(a, b) for a, b in zip(resumed.alive, straight.alive))

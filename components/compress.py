@@ -1,0 +1,268 @@
+"""Stage `compress`: the baseline, made small and fast for one device by DeepIoT's compressor-critic.
+
+For a device: pick the cost (its fitted latency model by default, FastDeepIoT;
+parameter count, DeepIoT; a microcontroller's MACs with its flash and SRAM
+as hard limits), run the compressor-critic search on the training windows
+(checkpointed: an interrupted run resumes), nudge widths up to ones predicted
+no slower (latency cost), slice the kept elements into a smaller dense model,
+fine-tune it (distilling the baseline if asked), and compare with L1-norm
+pruning and uniform scaling at the same budget, fine-tuned the same way. A
+budget the search cannot meet above the accuracy floor ends with the best
+structure found and `budget_met: false`, said plainly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from components.config import ConfigError, Params
+from components.data.outputs import atomic_directory, write_text_atomic
+
+STAGE = "compress"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CompressResult:
+    device: str
+    model_dir: Path
+    metrics: dict
+    run_id: str
+
+
+def run(params: Params, device_name: str, train_dir: Path | None = None, ingest_dir: Path | None = None,
+        latency_dir: Path | None = None, output_dir: Path | None = None, report_dir: Path | None = None,
+        pipeline_key: str | None = None) -> CompressResult:
+    import torch
+
+    from components import models, profile, tracking
+    from components.train import load_windows, make_folds
+
+    cfg = params.compress
+    (device,) = profile.devices(params, [device_name])
+    out = Path(output_dir) if output_dir else params.path(cfg.output_dir) / device.name
+    reports = Path(report_dir) if report_dir else params.path(cfg.report_dir) / device.name
+    windows = load_windows(Path(ingest_dir) if ingest_dir else params.path(params.ingest.output_dir))
+    baseline = models.load(Path(train_dir) if train_dir else params.path(params.train.output_dir) / "model")
+    from components.pruning.groups import check_supported
+
+    check_supported(baseline.spec)  # refuse up front what the compressor cannot slice
+    cost = _cost(params, device, baseline.spec, latency_dir)
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    data = _data(windows, make_folds(windows.meta, params.train)[0], cfg)
+    with tracking.stage_run(params, STAGE, pipeline_key, device=device.name) as mlrun:
+        mlrun.log_params({"compress": asdict(cfg), "device": device.name, "cost": cost.name,
+                          "baseline.params": baseline.spec.params})
+        started = time.perf_counter()
+        results, search = _compress(baseline, cost, data, cfg, out, mlrun)
+        metrics = _metrics(results, search, cost, cfg, device.name, time.perf_counter() - started)
+        with atomic_directory(out / "model") as staging:
+            models.save(results["deepiot"]["model"], staging)
+        artifacts = _write_report(results, search, metrics, device.name, reports)
+        mlrun.log_metrics({k: v for k, v in _flat_numbers(metrics).items()})
+        mlrun.set_tags({"cost": cost.name, "budget_met": str(metrics["budget_met"]).lower()})
+        for path in [*sorted((out / "model").iterdir()), *artifacts]:
+            mlrun.log_artifact(path, f"compress/{device.name}")
+        _say(device.name, metrics)
+        return CompressResult(device.name, out / "model", metrics, mlrun.run_id)
+
+
+def _cost(params: Params, device, spec, latency_dir: Path | None):
+    from components.latency.model import load as load_latency_model
+    from components.pruning.costs import LatencyCost, McuCost, ParamsCost
+
+    if device.mcu is not None:
+        return McuCost(spec, device.mcu)
+    if params.compress.cost == "params":
+        return ParamsCost(spec)
+    folder = Path(latency_dir) if latency_dir else params.path(params.fit_latency.output_dir) / device.name
+    path = folder / "latency_model.json"
+    if not path.exists():
+        raise ConfigError(f"device {device.name}: no latency model at {path}; run "
+                          f"`python -m components fit_latency --device {device.name}` (or set compress.cost: params)")
+    return LatencyCost(spec, load_latency_model(path), device.name)
+
+
+@dataclass
+class _Data:
+    x_fit: object
+    y_fit: object
+    x_val: object
+    y_val: object
+    x_test: object
+    y_test: object
+
+
+def _data(windows, fold, cfg) -> _Data:
+    import torch
+
+    from components.training import validation_split
+
+    labels = windows.meta["label"].to_numpy().astype(np.int64)
+    fit_idx, val_idx = validation_split(labels[fold.train], cfg.val_fraction, cfg.seed)
+    fit_idx, val_idx = fold.train[fit_idx], fold.train[val_idx]
+
+    def tensors(idx):
+        return (torch.from_numpy(np.ascontiguousarray(windows.x[idx], dtype=np.float32)),
+                torch.from_numpy(labels[idx]))
+
+    return _Data(*tensors(fit_idx), *tensors(val_idx), *tensors(fold.test))
+
+
+def _compress(baseline, cost, data: _Data, cfg, out: Path, mlrun) -> tuple[dict, object]:
+    import copy
+
+    import torch
+
+    from components.pruning.baselines import l1_keep, uniform_widths
+    from components.pruning.deepiot import DeepIoTSearch, Schedule, SearchSettings
+    from components.pruning.finetune import FineTuneSettings, accuracy, fine_tune
+    from components.pruning.slicing import slice_model
+
+    floor = accuracy(baseline, data.x_val, data.y_val) - cfg.max_accuracy_drop
+    s = cfg.search
+    settings = SearchSettings(cfg.budget, floor, s.lambda_cost, s.critic_decay, Schedule(**asdict(s.threshold)),
+                              s.max_steps, s.batch_size, s.learning_rate, s.compressor_learning_rate,
+                              s.compressor_hidden, s.init_keep, s.eval_every, cfg.seed)
+    search = DeepIoTSearch(copy.deepcopy(baseline), cost, data.x_fit, data.y_fit, data.x_val, data.y_val, settings)
+    checkpoint = out / "checkpoint.pt"
+    fingerprint = json.dumps({"compress": asdict(cfg), "cost": cost.name, "baseline": baseline.spec.to_json()},
+                             sort_keys=True)
+    if checkpoint.exists():  # written by this stage only; tensors and numbers, no code
+        state = torch.load(checkpoint, weights_only=True)
+        if state.get("fingerprint") == fingerprint:
+            search.restore(state)
+            log.info("resuming the search from %s at step %d", checkpoint, search.step_index)
+        else:
+            log.warning("%s is from other settings or another baseline; starting the search afresh", checkpoint)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save(state):
+        tmp = checkpoint.with_suffix(".tmp")
+        torch.save(state | {"fingerprint": fingerprint}, tmp)
+        tmp.replace(checkpoint)
+
+    def progress(record):
+        if record.accuracy is not None:
+            log.info("search step %d/%d: threshold %.2f, kept cost %.3f (budget %.3f), validation accuracy %.3f "
+                     "(floor %.3f)", record.step, s.max_steps, record.threshold, record.kept_cost, cfg.budget,
+                     record.accuracy, floor)
+            mlrun.log_metrics({"search.kept_cost": record.kept_cost, "search.accuracy": record.accuracy,
+                               "search.kept_params": record.kept_params}, step=record.step)
+
+    search.run(progress, save, s.checkpoint_every)
+    keep = search.kept()
+    if cost.name == "latency" and cfg.nudge_radius > 0:
+        keep = _nudged(search, keep, cost, cfg.nudge_radius)
+    tune = FineTuneSettings(cfg.fine_tune.epochs, cfg.fine_tune.patience, cfg.fine_tune.batch_size,
+                            cfg.fine_tune.learning_rate, cfg.fine_tune.distill, cfg.fine_tune.temperature, cfg.seed)
+    candidates = {"deepiot": slice_model(search.model, keep)}
+    if "l1" in cfg.baselines:
+        candidates["l1"] = slice_model(baseline, l1_keep(baseline, cost, cfg.budget))
+    if "uniform" in cfg.baselines:
+        widths = uniform_widths(baseline.spec, cost, cfg.budget)
+        scores = _l1_order(baseline)
+        candidates["uniform"] = slice_model(baseline, {k: scores[k][:w] for k, w in widths.items()})
+    results = {"baseline": _describe(baseline, cost, data, accuracy)}
+    for name, model in candidates.items():
+        log.info("fine-tuning %s (%d parameters)", name, model.spec.params)
+        model, epochs = fine_tune(model, data.x_fit, data.y_fit, data.x_val, data.y_val, tune,
+                                  teacher=baseline if tune.distill > 0 else None, label=f"[{name}] ")
+        results[name] = _describe(model, cost, data, accuracy) | {"model": model, "fine_tune_epochs": epochs}
+    return results, search
+
+
+def _nudged(search, keep: dict, cost, radius: int) -> dict:
+    """FastDeepIoT's nudge: widths up to a width predicted no slower, adding back the most-wanted elements."""
+    import torch
+
+    from components.pruning.baselines import nudge_widths
+
+    widths = nudge_widths(search.spec, {k: len(v) for k, v in keep.items()}, cost, radius)
+    probs = [p.detach() for p in search.compressor()]
+    nudged = {}
+    for (name, kept), p in zip(keep.items(), probs):
+        extra = widths[name] - len(kept)
+        if extra > 0:
+            removed = torch.tensor([i for i in range(len(p)) if i not in set(kept.tolist())])
+            best = removed[torch.argsort(p[removed], descending=True)[:extra]]
+            kept = torch.sort(torch.cat([kept, best])).values
+        nudged[name] = kept
+    return nudged
+
+
+def _l1_order(model) -> dict:
+    import torch
+
+    from components.pruning.baselines import element_scores
+
+    return {k: torch.argsort(v, descending=True) for k, v in element_scores(model).items()}
+
+
+def _describe(model, cost, data: _Data, accuracy) -> dict:
+    return {"params": model.spec.params, "macs": model.spec.macs, "relative_cost": cost.relative(model.spec),
+            **cost.describe(model.spec), "fits": cost.fits(model.spec),
+            "test_accuracy": accuracy(model, data.x_test, data.y_test),
+            "val_accuracy": accuracy(model, data.x_val, data.y_val),
+            "widths": {layer.name: layer.out_features for layer in model.spec.layers}}
+
+
+def _metrics(results: dict, search, cost, cfg, device: str, wall_s: float) -> dict:
+    last = search.history[-1] if search.history else None
+    met = bool(last and search.done(last))
+    deepiot = results["deepiot"]
+    if not met:
+        log.warning("%s: BUDGET NOT MET: the search reached %.3f of the baseline's %s (budget %.3f) above the "
+                    "accuracy floor; the best structure found is kept", device,
+                    last.kept_cost if last else 1.0, cost.name, cfg.budget)
+    base = results["baseline"]
+    return {
+        "device": device, "cost": cost.name, "budget": cfg.budget, "budget_met": met,
+        "search_steps": search.step_index, "wall_s": round(wall_s, 1),
+        "accuracy_change": deepiot["test_accuracy"] - base["test_accuracy"],
+        "params_kept": deepiot["params"] / base["params"],
+        "methods": {name: {k: v for k, v in r.items() if k != "model"} for name, r in results.items()},
+    }
+
+
+def _write_report(results: dict, search, metrics: dict, device: str, reports: Path) -> list[Path]:
+    from components.pruning import plots
+
+    reports.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(reports / "metrics.json", json.dumps(metrics, indent=2))
+    write_text_atomic(reports / "comparison.md", comparison_markdown(device, metrics))
+    return [reports / "metrics.json", reports / "comparison.md",
+            plots.trajectory_png(search.history, metrics, reports / "trajectory.png"),
+            plots.pareto_png(metrics, reports / "pareto.png")]
+
+
+def comparison_markdown(device: str, metrics: dict) -> str:
+    lines = [f"# {device}: compression at budget {metrics['budget']} of the baseline's {metrics['cost']} "
+             f"({'met' if metrics['budget_met'] else 'NOT MET'})", "",
+             "| method | params | relative cost | test accuracy | validation accuracy | fits |", "|---|---|---|---|---|---|"]
+    for name, r in metrics["methods"].items():
+        lines.append(f"| {name} | {r['params']} | {r['relative_cost']:.3f} | {r['test_accuracy']:.3f} | "
+                     f"{r['val_accuracy']:.3f} | {r['fits']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _flat_numbers(metrics: dict) -> dict:
+    from components.tracking import flatten
+
+    return {k: float(v) for k, v in flatten(metrics).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)}
+
+
+def _say(device: str, metrics: dict) -> None:
+    d = metrics["methods"]["deepiot"]
+    log.info("%s: %s; %d parameters (%.1f %% of the baseline), %s %.3f of the baseline's, test accuracy %.3f (%+.3f)",
+             device, "budget met" if metrics["budget_met"] else "BUDGET NOT MET", d["params"],
+             100 * metrics["params_kept"], metrics["cost"], d["relative_cost"], d["test_accuracy"],
+             metrics["accuracy_change"])

@@ -1,0 +1,109 @@
+"""The `compress` stage end to end on a small synthetic task: outputs, MLflow, budget not met, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from components import compress, models
+from components.config import ConfigError
+from components.models.deepsense import deepsense_spec
+
+CLASSES = ("sit", "walk", "run")
+QUICK = ("compress.search.max_steps=100", "compress.search.lambda_cost=10.0", "compress.search.eval_every=10", "compress.search.checkpoint_every=10",
+         "compress.search.threshold={start: 0.0, step: 0.1, every: 5, limit: 0.6}", "compress.fine_tune.epochs=2",
+         "compress.fine_tune.patience=1", "compress.cost=params")
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    """An ingest folder (users a, b train; c test) and a baseline DeepSense trained for a few steps."""
+    rng = np.random.default_rng(0)
+    n = 240
+    x = rng.standard_normal((n, 4, 1, 3, 2, 8)).astype(np.float32)
+    y = (x[:, :, 0, 0, 0, :2].mean(axis=(1, 2)) > 0).astype(np.int64) + (x[:, 0, 0, 1, 0, 0] > 1).astype(np.int64)
+    users = np.array(["a", "b", "c"])[np.arange(n) % 3]
+    ingest = tmp_path / "ingest"
+    ingest.mkdir()
+    np.save(ingest / "x.npy", x)
+    np.save(ingest / "signal.npy", np.zeros((n, 1, 3, 16), np.float32))
+    pd.DataFrame({"label": y, "user": users, "split": np.where(users == "c", "test", "train")}).to_parquet(
+        ingest / "windows.parquet")
+    (ingest / "data_card.json").write_text(json.dumps({"labels": list(CLASSES)}))
+    spec = deepsense_spec((4, 1, 3, 2, 8), CLASSES, sensor_filters=12, sensor_kernels=(3, 2), first_stride=1,
+                          merge_filters=10, merge_kernels=(2,), rnn="gru", rnn_units=12, rnn_layers=1, dropout=0.0)
+    torch.manual_seed(0)
+    model = models.build(spec)
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(60):
+        loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y))
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    models.save(model.eval(), tmp_path / "train" / "model")
+    return ingest, tmp_path / "train"
+
+
+def _params(make_params, ingest, train, *more):
+    return make_params(f"ingest.output_dir={ingest}", f"train.output_dir={train}", *QUICK, *more)
+
+
+def test_compress_writes_a_smaller_model_the_comparison_and_figures(make_params, inputs, tmp_path):
+    ingest, train = inputs
+    params = _params(make_params, ingest, train, "compress.budget=0.5", "compress.max_accuracy_drop=1.0")
+    result = compress.run(params, "ort-1t", output_dir=tmp_path / "c", report_dir=tmp_path / "r")
+    m = result.metrics
+    assert m["budget_met"] and m["methods"]["deepiot"]["relative_cost"] <= 0.5
+    assert set(m["methods"]) == {"baseline", "deepiot", "l1", "uniform"}
+    for name in ("l1", "uniform"):
+        assert m["methods"][name]["relative_cost"] <= 0.5
+    smaller = models.load(result.model_dir)
+    assert smaller.spec.params == m["methods"]["deepiot"]["params"] < m["methods"]["baseline"]["params"]
+    for name in ("metrics.json", "comparison.md", "trajectory.png", "pareto.png"):
+        assert (tmp_path / "r" / name).stat().st_size > 0
+    import mlflow
+
+    logged = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id, "compress/ort-1t")}
+    assert "compress/ort-1t/model.safetensors" in logged and "compress/ort-1t/pareto.png" in logged
+
+
+def test_a_budget_that_cannot_be_met_ends_with_the_best_model_and_says_so(make_params, inputs, tmp_path, caplog):
+    ingest, train = inputs
+    params = _params(make_params, ingest, train, "compress.budget=0.001", "compress.max_accuracy_drop=0.0")
+    result = compress.run(params, "ort-1t", output_dir=tmp_path / "c", report_dir=tmp_path / "r")
+    assert result.metrics["budget_met"] is False and result.model_dir.exists()
+    assert "BUDGET NOT MET" in caplog.text
+    assert "NOT MET" in (tmp_path / "r" / "comparison.md").read_text()
+
+
+def test_the_microcontroller_is_compressed_against_its_own_resources(make_params, inputs, tmp_path):
+    ingest, train = inputs
+    params = _params(make_params, ingest, train, "compress.budget=0.5", "compress.max_accuracy_drop=1.0",
+                     "compress.baselines=[]")
+    result = compress.run(params, "cortex-m4", output_dir=tmp_path / "c", report_dir=tmp_path / "r")
+    deepiot = result.metrics["methods"]["deepiot"]
+    assert result.metrics["cost"] == "mcu_macs" and {"flash_bytes", "peak_sram_bytes", "macs"} <= set(deepiot)
+
+
+def test_latency_cost_without_the_devices_latency_model_is_refused_up_front(make_params, inputs, tmp_path):
+    ingest, train = inputs
+    params = _params(make_params, ingest, train, "compress.cost=latency")
+    with pytest.raises(ConfigError, match="no latency model .* fit_latency --device ort-2t"):
+        compress.run(params, "ort-2t", output_dir=tmp_path / "c", report_dir=tmp_path / "r")
+
+
+def test_a_rerun_resumes_the_finished_search_from_its_checkpoint(make_params, inputs, tmp_path, caplog):
+    ingest, train = inputs
+    params = _params(make_params, ingest, train, "compress.budget=0.5", "compress.max_accuracy_drop=1.0",
+                     "compress.baselines=[]")
+    first = compress.run(params, "ort-1t", output_dir=tmp_path / "c", report_dir=tmp_path / "r")
+    assert (tmp_path / "c" / "checkpoint.pt").exists()
+    caplog.clear()
+    caplog.set_level("INFO")
+    again = compress.run(params, "ort-1t", output_dir=tmp_path / "c", report_dir=tmp_path / "r")
+    assert "resuming the search" in caplog.text
+    assert again.metrics["search_steps"] == first.metrics["search_steps"]
