@@ -54,6 +54,8 @@ def run(params: Params, device_name: str, train_dir: Path | None = None, ingest_
 
     check_supported(baseline.spec)  # refuse up front what the compressor cannot slice
     cost = _cost(params, device, baseline.spec, latency_dir)
+    if cost.name not in cfg.budget:
+        raise ConfigError(f"compress.budget has no entry for the {cost.name} cost (has {', '.join(cfg.budget)})")
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     data = _data(windows, make_folds(windows.meta, params.train)[0], cfg)
@@ -128,7 +130,8 @@ def _compress(baseline, cost, data: _Data, cfg, out: Path, mlrun) -> tuple[dict,
 
     floor = accuracy(baseline, data.x_val, data.y_val) - cfg.max_accuracy_drop
     s = cfg.search
-    settings = SearchSettings(cfg.budget, floor, s.lambda_cost, s.critic_decay, Schedule(**asdict(s.threshold)),
+    budget = cfg.budget[cost.name]
+    settings = SearchSettings(budget, floor, s.lambda_cost, s.critic_decay, Schedule(**asdict(s.threshold)),
                               s.max_steps, s.batch_size, s.learning_rate, s.compressor_learning_rate,
                               s.compressor_hidden, s.init_keep, s.eval_every, cfg.seed)
     search = DeepIoTSearch(copy.deepcopy(baseline), cost, data.x_fit, data.y_fit, data.x_val, data.y_val, settings)
@@ -152,7 +155,7 @@ def _compress(baseline, cost, data: _Data, cfg, out: Path, mlrun) -> tuple[dict,
     def progress(record):
         if record.accuracy is not None:
             log.info("search step %d/%d: threshold %.2f, kept cost %.3f (budget %.3f), validation accuracy %.3f "
-                     "(floor %.3f)", record.step, s.max_steps, record.threshold, record.kept_cost, cfg.budget,
+                     "(floor %.3f)", record.step, s.max_steps, record.threshold, record.kept_cost, budget,
                      record.accuracy, floor)
             mlrun.log_metrics({"search.kept_cost": record.kept_cost, "search.accuracy": record.accuracy,
                                "search.kept_params": record.kept_params}, step=record.step)
@@ -164,10 +167,12 @@ def _compress(baseline, cost, data: _Data, cfg, out: Path, mlrun) -> tuple[dict,
     tune = FineTuneSettings(cfg.fine_tune.epochs, cfg.fine_tune.patience, cfg.fine_tune.batch_size,
                             cfg.fine_tune.learning_rate, cfg.fine_tune.distill, cfg.fine_tune.temperature, cfg.seed)
     candidates = {"deepiot": slice_model(search.model, keep)}
+    # the baselines get the cost the search reached (the budget, or more where it was not met): same footing
+    target = max(budget, cost.relative(candidates["deepiot"].spec))
     if "l1" in cfg.baselines:
-        candidates["l1"] = slice_model(baseline, l1_keep(baseline, cost, cfg.budget))
+        candidates["l1"] = slice_model(baseline, l1_keep(baseline, cost, target))
     if "uniform" in cfg.baselines:
-        widths = uniform_widths(baseline.spec, cost, cfg.budget)
+        widths = uniform_widths(baseline.spec, cost, target)
         scores = _l1_order(baseline)
         candidates["uniform"] = slice_model(baseline, {k: scores[k][:w] for k, w in widths.items()})
     results = {"baseline": _describe(baseline, cost, data, accuracy)}
@@ -217,14 +222,15 @@ def _describe(model, cost, data: _Data, accuracy) -> dict:
 def _metrics(results: dict, search, cost, cfg, device: str, wall_s: float) -> dict:
     last = search.history[-1] if search.history else None
     met = bool(last and search.done(last))
+    budget = cfg.budget[cost.name]
     deepiot = results["deepiot"]
     if not met:
         log.warning("%s: BUDGET NOT MET: the search reached %.3f of the baseline's %s (budget %.3f) above the "
                     "accuracy floor; the best structure found is kept", device,
-                    last.kept_cost if last else 1.0, cost.name, cfg.budget)
+                    last.kept_cost if last else 1.0, cost.name, budget)
     base = results["baseline"]
     return {
-        "device": device, "cost": cost.name, "budget": cfg.budget, "budget_met": met,
+        "device": device, "cost": cost.name, "budget": budget, "budget_met": met,
         "search_steps": search.step_index, "wall_s": round(wall_s, 1),
         "accuracy_change": deepiot["test_accuracy"] - base["test_accuracy"],
         "params_kept": deepiot["params"] / base["params"],

@@ -79,7 +79,7 @@ class LatencyCost(Cost):
 class McuCost(Cost):
     """MACs relative to the baseline's, with flash and peak SRAM as hard limits of the part."""
 
-    name, unit = "mcu_macs", "count"
+    name, unit = "mcu", "macs"
 
     def __init__(self, baseline: ModelSpec, mcu: McuSpec):
         self.mcu = mcu

@@ -54,7 +54,7 @@ def _params(make_params, ingest, train, *more):
 
 def test_compress_writes_a_smaller_model_the_comparison_and_figures(make_params, inputs, tmp_path):
     ingest, train = inputs
-    params = _params(make_params, ingest, train, "compress.budget=0.5", "compress.max_accuracy_drop=1.0")
+    params = _params(make_params, ingest, train, "compress.budget.params=0.5", "compress.max_accuracy_drop=1.0")
     result = compress.run(params, "ort-1t", output_dir=tmp_path / "c", report_dir=tmp_path / "r")
     m = result.metrics
     assert m["budget_met"] and m["methods"]["deepiot"]["relative_cost"] <= 0.5
@@ -73,7 +73,7 @@ def test_compress_writes_a_smaller_model_the_comparison_and_figures(make_params,
 
 def test_a_budget_that_cannot_be_met_ends_with_the_best_model_and_says_so(make_params, inputs, tmp_path, caplog):
     ingest, train = inputs
-    params = _params(make_params, ingest, train, "compress.budget=0.001", "compress.max_accuracy_drop=0.0")
+    params = _params(make_params, ingest, train, "compress.budget.params=0.001", "compress.max_accuracy_drop=0.0")
     result = compress.run(params, "ort-1t", output_dir=tmp_path / "c", report_dir=tmp_path / "r")
     assert result.metrics["budget_met"] is False and result.model_dir.exists()
     assert "BUDGET NOT MET" in caplog.text
@@ -82,11 +82,11 @@ def test_a_budget_that_cannot_be_met_ends_with_the_best_model_and_says_so(make_p
 
 def test_the_microcontroller_is_compressed_against_its_own_resources(make_params, inputs, tmp_path):
     ingest, train = inputs
-    params = _params(make_params, ingest, train, "compress.budget=0.5", "compress.max_accuracy_drop=1.0",
+    params = _params(make_params, ingest, train, "compress.budget.mcu=0.5", "compress.max_accuracy_drop=1.0",
                      "compress.baselines=[]")
     result = compress.run(params, "cortex-m4", output_dir=tmp_path / "c", report_dir=tmp_path / "r")
     deepiot = result.metrics["methods"]["deepiot"]
-    assert result.metrics["cost"] == "mcu_macs" and {"flash_bytes", "peak_sram_bytes", "macs"} <= set(deepiot)
+    assert result.metrics["cost"] == "mcu" and {"flash_bytes", "peak_sram_bytes", "macs"} <= set(deepiot)
 
 
 def test_latency_cost_without_the_devices_latency_model_is_refused_up_front(make_params, inputs, tmp_path):
@@ -98,7 +98,7 @@ def test_latency_cost_without_the_devices_latency_model_is_refused_up_front(make
 
 def test_a_rerun_resumes_the_finished_search_from_its_checkpoint(make_params, inputs, tmp_path, caplog):
     ingest, train = inputs
-    params = _params(make_params, ingest, train, "compress.budget=0.5", "compress.max_accuracy_drop=1.0",
+    params = _params(make_params, ingest, train, "compress.budget.params=0.5", "compress.max_accuracy_drop=1.0",
                      "compress.baselines=[]")
     first = compress.run(params, "ort-1t", output_dir=tmp_path / "c", report_dir=tmp_path / "r")
     assert (tmp_path / "c" / "checkpoint.pt").exists()
