@@ -16,12 +16,12 @@ from components.devices.base import BackendError
 from components.models.spec import ModelConfigError
 from components.validation import ValidationFailed
 
-STAGES = ("ingest", "train", "profile", "fit_latency")
+STAGES = ("ingest", "train", "profile", "fit_latency", "compress")
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m components", description=__doc__)
-    p.add_argument("command", choices=(*STAGES, "compress", "pipeline", "mlflow-ui"))
+    p.add_argument("command", choices=(*STAGES, "pipeline", "mlflow-ui"))
     p.add_argument("--params", default=None, help="params file (default: $IOT_COMPRESS_PARAMS or ./params.yaml)")
     p.add_argument("-p", "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one param, e.g. -p ingest.dataset=hhar_raw (repeatable)")

@@ -67,6 +67,22 @@ def run_profile(device: str, run_id: str) -> str:
     return str(profile.run(params, device, output_dir, report_dir, pipeline_key=run_id).table_path.parent)
 
 
+def run_compress(device: str, run_id: str, ingest_dir: str, train_dir: str) -> str:
+    """Compress this run's baseline for one device with this run's latency model of it; return the model folder.
+
+    The search checkpoints into the run-keyed folder, so a retried task resumes it.
+    """
+    from components import compress
+
+    params = load_params(params_path())
+    runs_dir = params.path(params.pipeline.runs_dir)
+    output_dir = run_output_dir(runs_dir, run_id, "compress") / device
+    result = compress.run(params, device, Path(train_dir) / "model", Path(ingest_dir),
+                          run_output_dir(runs_dir, run_id, "fit_latency") / device, output_dir,
+                          output_dir / "report", pipeline_key=run_id)
+    return str(result.model_dir)
+
+
 def run_fit_latency(device: str, run_id: str) -> str:
     """Fit one device's latency model from this run's profile of it; return the model's folder.
 

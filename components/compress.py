@@ -36,7 +36,7 @@ class CompressResult:
     run_id: str
 
 
-def run(params: Params, device_name: str, train_dir: Path | None = None, ingest_dir: Path | None = None,
+def run(params: Params, device_name: str, baseline_dir: Path | None = None, ingest_dir: Path | None = None,
         latency_dir: Path | None = None, output_dir: Path | None = None, report_dir: Path | None = None,
         pipeline_key: str | None = None) -> CompressResult:
     import torch
@@ -49,7 +49,7 @@ def run(params: Params, device_name: str, train_dir: Path | None = None, ingest_
     out = Path(output_dir) if output_dir else params.path(cfg.output_dir) / device.name
     reports = Path(report_dir) if report_dir else params.path(cfg.report_dir) / device.name
     windows = load_windows(Path(ingest_dir) if ingest_dir else params.path(params.ingest.output_dir))
-    baseline = models.load(Path(train_dir) if train_dir else params.path(params.train.output_dir) / "model")
+    baseline = models.load(Path(baseline_dir) if baseline_dir else params.path(params.train.output_dir) / "model")
     from components.pruning.groups import check_supported
 
     check_supported(baseline.spec)  # refuse up front what the compressor cannot slice

@@ -8,6 +8,9 @@ cluster policy in infra/airflow/airflow_local_settings.py does the routing).
 `fit_latency` is mapped over the same list after `profile`; fitting is plain
 CPU work, so it runs on the default queue, and with trigger rule `all_done`
 each device's fit reads its own profile, whatever happened to the others.
+`compress` is mapped over the list too, after `train` and `fit_latency`
+(it reads this run's ingest and train folders through XCom and its device's
+run-keyed latency model); it trains, so it runs on the default queue.
 """
 
 from __future__ import annotations
@@ -65,9 +68,17 @@ def compress_nightly():
         except LatencyDataError as exc:  # the table will not change on a retry: fail now, say why
             raise AirflowFailException(str(exc)) from exc
 
+    @task(task_id="compress", map_index_template="{{ task.op_kwargs['device'] }}")
+    def compress(device: str, queue: str, pool: str, ingest_dir: str, train_dir: str, **context) -> str:
+        from components.airflow_tasks import run_compress
+
+        return run_compress(device, context["run_id"], ingest_dir, train_dir)
+
     routes = _device_routes()
-    train(ingest())
-    profile.expand_kwargs(routes) >> fit_latency.expand_kwargs(routes)
+    ingest_dir = ingest()
+    train_dir = train(ingest_dir)
+    fits = profile.expand_kwargs(routes) >> fit_latency.expand_kwargs(routes)
+    fits >> compress.partial(ingest_dir=ingest_dir, train_dir=train_dir).expand_kwargs(routes)
 
 
 def _device_routes() -> list[dict[str, str]]:

@@ -90,6 +90,10 @@ QUICK_PROFILE = (
     "profile.timing.max_time_s=0.05",
 )
 
+# A quick `compress`: a few search steps and one fine-tuning epoch (the mechanics, not the result).
+QUICK_SEARCH = {"max_steps": 20, "eval_every": 10, "checkpoint_every": 10}
+QUICK_FINE_TUNE = {"epochs": 1, "patience": 1}
+
 # QUICK_PROFILE gives 2 rows per layer kind: enough for one-leaf trees (no held-out evaluation).
 QUICK_FIT_MIN_ROWS = 2
 
@@ -113,6 +117,8 @@ def params_file(tmp_path: Path, data_root: Path):
             node[leaf] = yaml.safe_load(value)
         raw["profile"]["devices_file"] = str(PROJECT_ROOT / "infra" / "devices.yaml")
         raw["fit_latency"]["min_rows"] = QUICK_FIT_MIN_ROWS
+        raw["compress"]["search"].update(QUICK_SEARCH)
+        raw["compress"]["fine_tune"].update(QUICK_FINE_TUNE)
         raw["pipeline"]["state_dir"] = str(folder / ".state")
         raw["pipeline"]["runs_dir"] = str(folder / ".state" / "runs")
         path = folder / "params.yaml"

@@ -35,6 +35,7 @@ def test_nightly_schedule_and_safety_settings(dagbag):
     assert dag.get_task("train").upstream_task_ids == {"ingest"}
     fit = dag.get_task("fit_latency")
     assert fit.upstream_task_ids == {"profile"} and fit.trigger_rule == "all_done"
+    assert dag.get_task("compress").upstream_task_ids == {"ingest", "train", "fit_latency"}
 
 
 def test_profile_is_mapped_over_the_pool_and_each_instance_is_routed_to_its_device(dagbag):
@@ -96,6 +97,8 @@ def test_airflow_dags_test_runs_ingest_then_train_and_profiles_and_fits_each_dev
     models = {p.parent.name: json.loads(p.read_text())["method"]
               for p in (tmp_path / ".state" / "runs").glob("*/fit_latency/*/latency_model.json")}
     assert models == {"ort-1t": "tree", "cortex-m4": "analytic"}
+    compressed = sorted(p.parent.parent.name for p in (tmp_path / ".state" / "runs").glob("*/compress/*/model/model.json"))
+    assert compressed == ["cortex-m4", "ort-1t"]
     import sqlite3
 
     with sqlite3.connect(tmp_path / "airflow" / "airflow.db") as db:

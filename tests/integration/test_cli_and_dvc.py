@@ -41,6 +41,8 @@ def test_cli_pipeline_runs_every_stage_under_one_parent_run(tmp_path, params_fil
     for device in ("ort-1t", "tflite-1t", "cortex-m4"):
         assert f"fit_latency {device}: " in out.stdout
         assert (tmp_path / "data" / "fit_latency" / device / "latency_model.json").exists()
+        assert f"compress {device}: " in out.stdout
+        assert (tmp_path / "data" / "compress" / device / "model" / "model.json").exists()
 
 
 def test_cli_fit_latency_without_a_profile_says_which_command_to_run(tmp_path, params_file):
@@ -77,6 +79,7 @@ def test_dvc_repro_runs_the_stages_then_reruns_only_what_changed(tmp_path, param
     assert "Running stage 'ingest'" in first and "Running stage 'train'" in first
     assert "Running stage 'profile@ort-1t'" in first and "Running stage 'profile@cortex-m4'" in first
     assert "Running stage 'fit_latency@ort-1t'" in first and "Running stage 'fit_latency@cortex-m4'" in first
+    assert "Running stage 'compress@ort-1t'" in first and "Running stage 'compress@cortex-m4'" in first
     assert (tmp_path / "data" / "fit_latency" / "ort-1t" / "latency_model.json").exists()
     assert (tmp_path / "data" / "profile" / "ort-1t" / "profile.parquet").exists()
     assert (tmp_path / "data" / "ingest" / "windows.parquet").exists()
