@@ -76,70 +76,68 @@ def _run_stage(stage: str, params, output_dir=None, pipeline_key=None, input_dir
     return 0
 
 
-def _profile(params, output_dir, pipeline_key, device_names) -> int:
-    """Each device in turn; one device's failure does not stop the others, but fails the command."""
+def _each_device(params, device_names, one_folder: bool, what: str, run_one, failure=()) -> int:
+    """`run_one(device name)` for each chosen device, printing its summary line.
+
+    A device raising `failure` is reported and skipped: it does not stop the
+    others, but fails the command (exit status 1).
+    """
     from components import profile
 
     chosen = profile.devices(params, device_names)
-    if output_dir and len(chosen) > 1:
-        raise ConfigError("--output-dir needs exactly one --device (each device writes its own table)")
-    failed = []
-    for device in chosen:
-        try:
-            result = profile.run(params, device.name, output_dir, pipeline_key=pipeline_key)
-        except profile.ProfileFailed as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            failed.append(device.name)
-            continue
-        m = result.metrics
-        noise = (f", median IQR/median {m['median_relative_iqr']:.1%}" if "median_relative_iqr" in m
-                 else ", computed from the graph, not timed")
-        print(f"profile {device.name}: {m['configs_ok']}/{m['configs']} configurations ({m['method']}{noise}) "
-              f"-> {result.table_path} (MLflow run {result.run_id})")
-    if failed:
-        print(f"error: profiling failed on {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _fit_latency(params, output_dir, pipeline_key, input_dir, device_names) -> int:
-    """Each device in turn, like `profile`: a table that cannot be fitted fails only its device."""
-    from components import fit_latency, profile
-
-    chosen = profile.devices(params, device_names)
-    if (output_dir or input_dir) and len(chosen) > 1:
+    if one_folder and len(chosen) > 1:
         raise ConfigError("--output-dir/--input-dir need exactly one --device (each device has its own folders)")
     failed = []
     for device in chosen:
         try:
-            result = fit_latency.run(params, device.name, input_dir, output_dir, pipeline_key=pipeline_key)
-        except fit_latency.LatencyDataError as exc:
+            print(run_one(device.name))
+        except failure as exc:
             print(f"error: {exc}", file=sys.stderr)
             failed.append(device.name)
-            continue
-        print(f"fit_latency {device.name}: {_fit_summary(result.metrics)} -> {result.model_path} "
-              f"(MLflow run {result.run_id})")
     if failed:
-        print(f"error: no latency model for {', '.join(failed)}", file=sys.stderr)
+        print(f"error: {what} failed on {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
 
 
-def _compress(params, output_dir, pipeline_key, device_names) -> int:
-    """Each device in turn; a budget not met is a result (said plainly), not a failure."""
-    from components import compress, profile
+def _profile(params, output_dir, pipeline_key, device_names) -> int:
+    from components import profile
 
-    chosen = profile.devices(params, device_names)
-    if output_dir and len(chosen) > 1:
-        raise ConfigError("--output-dir needs exactly one --device (each device gets its own model)")
-    for device in chosen:
-        result = compress.run(params, device.name, output_dir=output_dir, pipeline_key=pipeline_key)
+    def one(name: str) -> str:
+        result = profile.run(params, name, output_dir, pipeline_key=pipeline_key)
+        m = result.metrics
+        noise = (f", median IQR/median {m['median_relative_iqr']:.1%}" if "median_relative_iqr" in m
+                 else ", computed from the graph, not timed")
+        return (f"profile {name}: {m['configs_ok']}/{m['configs']} configurations ({m['method']}{noise}) "
+                f"-> {result.table_path} (MLflow run {result.run_id})")
+
+    return _each_device(params, device_names, bool(output_dir), "profiling", one, profile.ProfileFailed)
+
+
+def _fit_latency(params, output_dir, pipeline_key, input_dir, device_names) -> int:
+    from components import fit_latency
+
+    def one(name: str) -> str:
+        result = fit_latency.run(params, name, input_dir, output_dir, pipeline_key=pipeline_key)
+        return f"fit_latency {name}: {_fit_summary(result.metrics)} -> {result.model_path} (MLflow run {result.run_id})"
+
+    return _each_device(params, device_names, bool(output_dir or input_dir), "fitting a latency model", one,
+                        fit_latency.LatencyDataError)
+
+
+def _compress(params, output_dir, pipeline_key, device_names) -> int:
+    """A budget not met is a result (said plainly in the line), not a failure."""
+    from components import compress
+
+    def one(name: str) -> str:
+        result = compress.run(params, name, output_dir=output_dir, pipeline_key=pipeline_key)
         m, d = result.metrics, result.metrics["methods"]["deepiot"]
-        print(f"compress {device.name}: {'budget met' if m['budget_met'] else 'BUDGET NOT MET'} "
-              f"({m['cost']} {d['relative_cost']:.3f} of the baseline's, budget {m['budget']}); "
-              f"{d['params']} parameters, test accuracy {d['test_accuracy']:.3f} ({m['accuracy_change']:+.3f}) "
-              f"-> {result.model_dir} (MLflow run {result.run_id})")
-    return 0
+        return (f"compress {name}: {'budget met' if m['budget_met'] else 'BUDGET NOT MET'} "
+                f"({m['cost']} {d['relative_cost']:.3f} of the baseline's, budget {m['budget']}); "
+                f"{d['params']} parameters, test accuracy {d['test_accuracy']:.3f} ({m['accuracy_change']:+.3f}) "
+                f"-> {result.model_dir} (MLflow run {result.run_id})")
+
+    return _each_device(params, device_names, bool(output_dir), "compression", one)
 
 
 def _fit_summary(m: dict) -> str:

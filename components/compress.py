@@ -175,12 +175,12 @@ def _compress(baseline, cost, data: _Data, cfg, out: Path, mlrun) -> tuple[dict,
         widths = uniform_widths(baseline.spec, cost, target)
         scores = _l1_order(baseline)
         candidates["uniform"] = slice_model(baseline, {k: scores[k][:w] for k, w in widths.items()})
-    results = {"baseline": _describe(baseline, cost, data, accuracy)}
+    results = {"baseline": _describe(baseline, cost, data)}
     for name, model in candidates.items():
         log.info("fine-tuning %s (%d parameters)", name, model.spec.params)
         model, epochs = fine_tune(model, data.x_fit, data.y_fit, data.x_val, data.y_val, tune,
                                   teacher=baseline if tune.distill > 0 else None, label=f"[{name}] ")
-        results[name] = _describe(model, cost, data, accuracy) | {"model": model, "fine_tune_epochs": epochs}
+        results[name] = _describe(model, cost, data) | {"model": model, "fine_tune_epochs": epochs}
     return results, search
 
 
@@ -211,7 +211,9 @@ def _l1_order(model) -> dict:
     return {k: torch.argsort(v, descending=True) for k, v in element_scores(model).items()}
 
 
-def _describe(model, cost, data: _Data, accuracy) -> dict:
+def _describe(model, cost, data: _Data) -> dict:
+    from components.pruning.finetune import accuracy
+
     return {"params": model.spec.params, "macs": model.spec.macs, "relative_cost": cost.relative(model.spec),
             **cost.describe(model.spec), "fits": cost.fits(model.spec),
             "test_accuracy": accuracy(model, data.x_test, data.y_test),

@@ -85,7 +85,7 @@ def run(params: Params, device_name: str, profile_dir: Path | None = None, outpu
         started = time.perf_counter()
         if device.mcu is not None:
             model, evaluation = AnalyticLatencyModel(device.name, device.runtime, device.mcu), None
-            metrics = _analytic_check(model, rows, cfg)
+            metrics = _analytic_check(model, rows)
         else:
             fitting.check_fittable(rows, device.name, cfg)
             log.info("%s: evaluating on held-out configurations and whole models", device.name)
@@ -146,7 +146,7 @@ def _metrics(model: LatencyModel, evaluation, rows: Rows) -> dict:
     return metrics
 
 
-def _analytic_check(model: AnalyticLatencyModel, rows: Rows, cfg: FitLatencyParams) -> dict:
+def _analytic_check(model: AnalyticLatencyModel, rows: Rows) -> dict:
     """The analytic model against the table it computed: a consistency check, zero error expected."""
     points = []
     for kind, kind_rows in rows.layers.items():

@@ -18,7 +18,7 @@ from components.models import build
 from components.models.spec import LayerSpec
 from components.profiling.items import Item, example_input, seed_of
 
-__all__ = ["example_input", "layer_module", "reference_module", "run_reference"]
+__all__ = ["example_input", "layer_module", "randomize_batch_norm", "reference_module", "run_reference"]
 
 
 class RecurrentLayer(nn.Module):
@@ -48,6 +48,12 @@ def reference_module(item: Item) -> nn.Module:
     """The item as an eval-mode torch module with weights seeded from its key."""
     torch.manual_seed(seed_of(item))
     module = layer_module(item.layer) if item.layer is not None else build(item.model)
+    randomize_batch_norm(module)
+    return module.eval()
+
+
+def randomize_batch_norm(module: nn.Module) -> None:
+    """Trained-looking batch-norm statistics and affine terms (fresh ones are the identity)."""
     with torch.no_grad():
         for sub in module.modules():
             if isinstance(sub, nn.BatchNorm1d):
@@ -55,7 +61,6 @@ def reference_module(item: Item) -> nn.Module:
                 sub.running_var.uniform_(0.5, 2.0)
                 sub.weight.uniform_(0.5, 1.5)
                 sub.bias.uniform_(-0.2, 0.2)
-    return module.eval()
 
 
 def run_reference(item: Item, x: np.ndarray) -> np.ndarray:

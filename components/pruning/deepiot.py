@@ -27,6 +27,8 @@ import torch
 from torch import nn
 
 from components.pruning.costs import resized_spec
+from components.pruning.groups import groups
+from components.pruning.masked import set_masks
 
 
 class Compressor(nn.Module):
@@ -142,9 +144,6 @@ class DeepIoTSearch:
     """One compressor-critic run over a task model; `run()` steps until the budget is met or max_steps."""
 
     def __init__(self, model, cost, x_train, y_train, x_val, y_val, settings: SearchSettings):
-        from components.pruning.groups import groups
-        from components.pruning.masked import set_masks
-
         self.model, self.cost, self.s = model, cost, settings
         self.spec = model.spec
         self.groups = groups(self.spec)
@@ -159,7 +158,6 @@ class DeepIoTSearch:
         self.compressor_optimizer = torch.optim.Adam(self.compressor.parameters(), lr=settings.compressor_learning_rate)
         self.step_index = 0
         self.history: list[StepRecord] = []
-        self._set_masks = set_masks
 
     def kept(self) -> dict[str, torch.Tensor]:
         """Indices of the elements not removed, per group: what slicing keeps."""
@@ -174,7 +172,7 @@ class DeepIoTSearch:
         probs = self.compressor()
         masks = sample_masks(probs, self.alive, self.generator)
         batch = torch.randint(len(self.x_train), (s.batch_size,), generator=self.generator)
-        self._set_masks(self.model, dict(zip(self.names, masks)))
+        set_masks(self.model, dict(zip(self.names, masks)))
         loss = nn.functional.cross_entropy(self.model(self.x_train[batch]), self.y_train[batch])
         self.task_optimizer.zero_grad()
         loss.backward()
@@ -206,10 +204,10 @@ class DeepIoTSearch:
     def accuracy(self) -> float:
         """Validation accuracy of the kept structure (every alive element on)."""
         self.model.eval()
-        self._set_masks(self.model, dict(zip(self.names, self.alive)))
+        set_masks(self.model, dict(zip(self.names, self.alive)))
         with torch.no_grad():
             predicted = self.model(self.x_val).argmax(dim=1)
-        self._set_masks(self.model, None)
+        set_masks(self.model, None)
         return float((predicted == self.y_val).float().mean())
 
     def done(self, record: StepRecord) -> bool:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from components.devices.reference import randomize_batch_norm
 from components.models import build
 from components.models.base import run_recurrent
 from components.models.deepsense import deepsense_spec
@@ -37,13 +38,8 @@ SPECS = {
 def _model(spec, seed=0):
     torch.manual_seed(seed)
     model = build(spec)
-    with torch.no_grad():  # trained-looking batch-norm statistics and input scaling
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm1d):
-                module.running_mean.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.2, 0.2)
+    randomize_batch_norm(model)
+    with torch.no_grad():  # and a non-trivial input scaling
         model.input_mean.uniform_(-0.1, 0.1)
         model.input_std.uniform_(0.8, 1.2)
     return model.eval()
