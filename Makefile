@@ -74,6 +74,7 @@ benchmark: install
 	$(PY) benchmarks/train_baseline.py
 	$(PY) benchmarks/profile_overhead.py
 	$(PY) benchmarks/latency_model.py
+	$(PY) benchmarks/compression.py
 
 clean:
 	rm -rf $(STATE) data reports

@@ -6,9 +6,12 @@ as hard limits), run the compressor-critic search on the training windows
 (checkpointed: an interrupted run resumes), nudge widths up to ones predicted
 no slower (latency cost), slice the kept elements into a smaller dense model,
 fine-tune it (distilling the baseline if asked), and compare with L1-norm
-pruning and uniform scaling at the same budget, fine-tuned the same way. A
-budget the search cannot meet above the accuracy floor ends with the best
-structure found and `budget_met: false`, said plainly.
+pruning and uniform scaling at the same budget, fine-tuned the same way. The
+budget is met when the fine-tuned model is within it and its validation
+accuracy is at or above the floor (the baseline's minus
+`max_accuracy_drop`); otherwise the run ends with the best structure found
+and `budget_met: false`, said plainly, and a budget below what width pruning
+can reach on the device (fixed per-layer costs) is warned about up front.
 """
 
 from __future__ import annotations
@@ -53,7 +56,8 @@ def run(params: Params, device_name: str, baseline_dir: Path | None = None, inge
     from components.pruning.groups import check_supported
 
     check_supported(baseline.spec)  # refuse up front what the compressor cannot slice
-    cost = _cost(params, device, baseline.spec, latency_dir)
+    latency_model = _latency_model(params, device, latency_dir)
+    cost = _cost(params, device, baseline.spec, latency_model, latency_dir)
     if cost.name not in cfg.budget:
         raise ConfigError(f"compress.budget has no entry for the {cost.name} cost (has {', '.join(cfg.budget)})")
     torch.manual_seed(cfg.seed)
@@ -63,7 +67,7 @@ def run(params: Params, device_name: str, baseline_dir: Path | None = None, inge
         mlrun.log_params({"compress": asdict(cfg), "device": device.name, "cost": cost.name,
                           "baseline.params": baseline.spec.params})
         started = time.perf_counter()
-        results, search = _compress(baseline, cost, data, cfg, out, mlrun)
+        results, search = _compress(baseline, cost, latency_model, data, cfg, out, mlrun)
         metrics = _metrics(results, search, cost, cfg, device.name, time.perf_counter() - started)
         with atomic_directory(out / "model") as staging:
             models.save(results["deepiot"]["model"], staging)
@@ -76,20 +80,31 @@ def run(params: Params, device_name: str, baseline_dir: Path | None = None, inge
         return CompressResult(device.name, out / "model", metrics, mlrun.run_id)
 
 
-def _cost(params: Params, device, spec, latency_dir: Path | None):
-    from components.latency.model import load as load_latency_model
+def _latency_path(params: Params, device, latency_dir: Path | None) -> Path:
+    folder = Path(latency_dir) if latency_dir else params.path(params.fit_latency.output_dir) / device.name
+    return folder / "latency_model.json"
+
+
+def _latency_model(params: Params, device, latency_dir: Path | None):
+    """The device's fitted latency model, or None where fit_latency has not run (then only params can steer)."""
+    from components.latency.model import load
+
+    path = _latency_path(params, device, latency_dir)
+    return load(path) if path.exists() else None
+
+
+def _cost(params: Params, device, spec, latency_model, latency_dir: Path | None = None):
     from components.pruning.costs import LatencyCost, McuCost, ParamsCost
 
     if device.mcu is not None:
         return McuCost(spec, device.mcu)
     if params.compress.cost == "params":
         return ParamsCost(spec)
-    folder = Path(latency_dir) if latency_dir else params.path(params.fit_latency.output_dir) / device.name
-    path = folder / "latency_model.json"
-    if not path.exists():
-        raise ConfigError(f"device {device.name}: no latency model at {path}; run "
-                          f"`python -m components fit_latency --device {device.name}` (or set compress.cost: params)")
-    return LatencyCost(spec, load_latency_model(path), device.name)
+    if latency_model is None:
+        raise ConfigError(f"device {device.name}: no latency model at {_latency_path(params, device, latency_dir)}; "
+                          f"run `python -m components fit_latency --device {device.name}` "
+                          "(or set compress.cost: params)")
+    return LatencyCost(spec, latency_model, device.name)
 
 
 @dataclass
@@ -118,25 +133,31 @@ def _data(windows, fold, cfg) -> _Data:
     return _Data(*tensors(fit_idx), *tensors(val_idx), *tensors(fold.test))
 
 
-def _compress(baseline, cost, data: _Data, cfg, out: Path, mlrun) -> tuple[dict, object]:
+def _compress(baseline, cost, latency_model, data: _Data, cfg, out: Path, mlrun) -> tuple[dict, object]:
     import copy
 
     import torch
 
     from components.pruning.baselines import l1_keep, uniform_widths
-    from components.pruning.deepiot import DeepIoTSearch, Schedule, SearchSettings
+    from components.pruning.deepiot import DeepIoTSearch, Schedule, SearchSettings, cost_floor
     from components.pruning.finetune import FineTuneSettings, accuracy, fine_tune
     from components.pruning.slicing import slice_model
 
     floor = accuracy(baseline, data.x_val, data.y_val) - cfg.max_accuracy_drop
     s = cfg.search
     budget = cfg.budget[cost.name]
+    lowest = cost_floor(cost, baseline.spec)
+    if budget < lowest:
+        log.warning("budget %.3f of the baseline's %s is below what width pruning can reach on this device (%.3f "
+                    "with one element per layer: fixed per-layer costs); the search will end with BUDGET NOT MET",
+                    budget, cost.name, lowest)
     settings = SearchSettings(budget, floor, s.lambda_cost, s.critic_decay, Schedule(**asdict(s.threshold)),
                               s.max_steps, s.batch_size, s.learning_rate, s.compressor_learning_rate,
                               s.compressor_hidden, s.init_keep, s.eval_every, cfg.seed)
     search = DeepIoTSearch(copy.deepcopy(baseline), cost, data.x_fit, data.y_fit, data.x_val, data.y_val, settings)
     checkpoint = out / "checkpoint.pt"
-    fingerprint = json.dumps({"compress": asdict(cfg), "cost": cost.name, "baseline": baseline.spec.to_json()},
+    fingerprint = json.dumps({"compress": asdict(cfg), "cost": cost.name, "baseline": baseline.spec.to_json(),
+                              "latency_model": None if latency_model is None else latency_model.to_dict()},
                              sort_keys=True)
     if checkpoint.exists():  # written by this stage only; tensors and numbers, no code
         state = torch.load(checkpoint, weights_only=True)
@@ -157,8 +178,11 @@ def _compress(baseline, cost, data: _Data, cfg, out: Path, mlrun) -> tuple[dict,
             log.info("search step %d/%d: threshold %.2f, kept cost %.3f (budget %.3f), validation accuracy %.3f "
                      "(floor %.3f)", record.step, s.max_steps, record.threshold, record.kept_cost, budget,
                      record.accuracy, floor)
-            mlrun.log_metrics({"search.kept_cost": record.kept_cost, "search.accuracy": record.accuracy,
-                               "search.kept_params": record.kept_params}, step=record.step)
+            figures = {"search.kept_cost": record.kept_cost, "search.accuracy": record.accuracy,
+                       "search.kept_params": record.kept_params, "search.budget": budget}
+            if latency_model is not None:
+                figures["search.predicted_latency_ms"] = latency_model.predict_model(search.kept_spec())
+            mlrun.log_metrics(figures, step=record.step)
 
     search.run(progress, save, s.checkpoint_every)
     keep = search.kept()
@@ -175,12 +199,13 @@ def _compress(baseline, cost, data: _Data, cfg, out: Path, mlrun) -> tuple[dict,
         widths = uniform_widths(baseline.spec, cost, target)
         scores = _l1_order(baseline)
         candidates["uniform"] = slice_model(baseline, {k: scores[k][:w] for k, w in widths.items()})
-    results = {"baseline": _describe(baseline, cost, data)}
+    results = {"baseline": _describe(baseline, cost, latency_model, data)
+               | {"accuracy_floor": floor, "cost_floor": lowest}}
     for name, model in candidates.items():
         log.info("fine-tuning %s (%d parameters)", name, model.spec.params)
         model, epochs = fine_tune(model, data.x_fit, data.y_fit, data.x_val, data.y_val, tune,
                                   teacher=baseline if tune.distill > 0 else None, label=f"[{name}] ")
-        results[name] = _describe(model, cost, data) | {"model": model, "fine_tune_epochs": epochs}
+        results[name] = _describe(model, cost, latency_model, data) | {"model": model, "fine_tune_epochs": epochs}
     return results, search
 
 
@@ -211,10 +236,12 @@ def _l1_order(model) -> dict:
     return {k: torch.argsort(v, descending=True) for k, v in element_scores(model).items()}
 
 
-def _describe(model, cost, data: _Data) -> dict:
+def _describe(model, cost, latency_model, data: _Data) -> dict:
     from components.pruning.finetune import accuracy
 
+    predicted = {} if latency_model is None else {"predicted_latency_ms": latency_model.predict_model(model.spec)}
     return {"params": model.spec.params, "macs": model.spec.macs, "relative_cost": cost.relative(model.spec),
+            **predicted,
             **cost.describe(model.spec), "fits": cost.fits(model.spec),
             "test_accuracy": accuracy(model, data.x_test, data.y_test),
             "val_accuracy": accuracy(model, data.x_val, data.y_val),
@@ -222,17 +249,21 @@ def _describe(model, cost, data: _Data) -> dict:
 
 
 def _metrics(results: dict, search, cost, cfg, device: str, wall_s: float) -> dict:
-    last = search.history[-1] if search.history else None
-    met = bool(last and search.done(last))
+    """The run's figures; the budget is met when the fine-tuned model is within it *and* above the floor."""
     budget = cfg.budget[cost.name]
-    deepiot = results["deepiot"]
+    deepiot, base = results["deepiot"], results["baseline"]
+    floor = base["accuracy_floor"]
+    within = deepiot["relative_cost"] <= budget + 1e-9 and deepiot["fits"]
+    met = within and deepiot["val_accuracy"] >= floor
     if not met:
-        log.warning("%s: BUDGET NOT MET: the search reached %.3f of the baseline's %s (budget %.3f) above the "
-                    "accuracy floor; the best structure found is kept", device,
-                    last.kept_cost if last else 1.0, cost.name, budget)
-    base = results["baseline"]
+        why = (f"validation accuracy {deepiot['val_accuracy']:.3f} is below the floor {floor:.3f}" if within else
+               f"the search reached {deepiot['relative_cost']:.3f} of the baseline's {cost.name} above the "
+               f"accuracy floor {floor:.3f}")
+        log.warning("%s: BUDGET NOT MET (budget %.3f of the baseline's %s): %s; the best structure found is kept",
+                    device, budget, cost.name, why)
     return {
         "device": device, "cost": cost.name, "budget": budget, "budget_met": met,
+        "accuracy_floor": floor, "cost_floor": base["cost_floor"],
         "search_steps": search.step_index, "wall_s": round(wall_s, 1),
         "accuracy_change": deepiot["test_accuracy"] - base["test_accuracy"],
         "params_kept": deepiot["params"] / base["params"],
@@ -248,16 +279,23 @@ def _write_report(results: dict, search, metrics: dict, device: str, reports: Pa
     write_text_atomic(reports / "comparison.md", comparison_markdown(device, metrics))
     return [reports / "metrics.json", reports / "comparison.md",
             plots.trajectory_png(search.history, metrics, reports / "trajectory.png"),
-            plots.pareto_png(metrics, reports / "pareto.png")]
+            plots.pareto_png(metrics, reports / "pareto.png", search.history)]
 
 
 def comparison_markdown(device: str, metrics: dict) -> str:
+    methods = metrics["methods"]
+    latency = all("predicted_latency_ms" in r for r in methods.values())
     lines = [f"# {device}: compression at budget {metrics['budget']} of the baseline's {metrics['cost']} "
              f"({'met' if metrics['budget_met'] else 'NOT MET'})", "",
-             "| method | params | relative cost | test accuracy | validation accuracy | fits |", "|---|---|---|---|---|---|"]
-    for name, r in metrics["methods"].items():
-        lines.append(f"| {name} | {r['params']} | {r['relative_cost']:.3f} | {r['test_accuracy']:.3f} | "
-                     f"{r['val_accuracy']:.3f} | {r['fits']} |")
+             f"Accuracy floor (validation): {metrics['accuracy_floor']:.3f}; the lowest {metrics['cost']} width "
+             f"pruning can reach: {metrics['cost_floor']:.3f} of the baseline's.", "",
+             "| method | params | relative cost |" + (" predicted ms |" if latency else "")
+             + " test accuracy | validation accuracy | fits |",
+             "|---|---|---|" + ("---|" if latency else "") + "---|---|---|"]
+    for name, r in methods.items():
+        lines.append(f"| {name} | {r['params']} | {r['relative_cost']:.3f} | "
+                     + (f"{r['predicted_latency_ms']:.3f} | " if latency else "")
+                     + f"{r['test_accuracy']:.3f} | {r['val_accuracy']:.3f} | {r['fits']} |")
     return "\n".join(lines) + "\n"
 
 

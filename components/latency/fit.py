@@ -143,7 +143,9 @@ def fit_overhead(sums: list[dict[str, float]], y: np.ndarray, cfg: FitLatencyPar
     With `full_overhead_models` rows or more: a scale >= 0 per layer kind that
     makes up at least `_MAJOR_SHARE` of the predicted time on average (a tiny
     kind, like DeepSense's output layer, would only act as a second offset),
-    the others at the common scale, and a free offset; with fewer rows: one
+    the others at the common scale, and a free offset (usually negative: each
+    layer timed alone paid a runtime call that the whole model pays once);
+    with fewer rows: one
     scale; with none: the plain sum. `form_models` (default: the rows given)
     decides the form, so a leave-one-out fit has the form of the saved one.
     """
@@ -161,7 +163,7 @@ def fit_overhead(sums: list[dict[str, float]], y: np.ndarray, cfg: FitLatencyPar
     design = np.column_stack([[s.get(k, 0.0) for s in sums] for k in kinds] + [np.ones(n)]) / y[:, None]
     target = 1.0 - common * minor / y
     size = np.abs(design).max(axis=0)
-    lower = [0.0] * len(kinds) + [-np.inf]
+    lower = [0.0] * len(kinds) + [-np.inf]  # negative: a layer timed alone pays a call overhead a model pays once
     result = lsq_linear(design / size, target, bounds=(lower, [np.inf] * (len(kinds) + 1)))
     coef = result.x / size
     return Overhead("per_kind", scale=common, kind_scales={k: float(c) for k, c in zip(kinds, coef[:-1])},

@@ -34,6 +34,9 @@ from components.models.spec import LayerSpec, ModelSpec
 FORMAT = "iot-compress/latency-model/1"
 
 
+MIN_SHARE_OF_SUM = 0.1
+
+
 @dataclass(frozen=True)
 class Overhead:
     """The whole-model correction (see the module docstring); `form` says which terms were fitted."""
@@ -45,7 +48,10 @@ class Overhead:
     models: int = 0  # whole-model rows it was fitted on
 
     def apply(self, sums_by_kind: dict[str, float]) -> float:
-        return sum(self.kind_scales.get(k, self.scale) * v for k, v in sums_by_kind.items()) + self.offset
+        corrected = sum(self.kind_scales.get(k, self.scale) * v for k, v in sums_by_kind.items()) + self.offset
+        # the (negative) offset is fitted on the sampled models; far below them it must not reach zero: never
+        # less than a tenth of the plain sum
+        return max(corrected, MIN_SHARE_OF_SUM * sum(sums_by_kind.values()))
 
     def formula(self) -> str:
         if self.form == "none":

@@ -7,9 +7,11 @@ of `multiples` (16: 30..34, 62..66, ...), where FastDeepIoT found execution
 time jumping. A third are the layers of DeepSense models at random widths
 (`sweep: model`): what the compressor will ask the latency model about, since
 shrinking one layer changes the next one's input too. The rest are random
-draws over the ranges the models use, half of their widths at or next to a
-multiple of 2, 4, 8 or 16. Whole models are DeepSense descriptions at random
-widths (end-to-end rows for the latency model's sum-of-layers check).
+draws over the ranges the models use, half of their widths log-uniform (as
+many narrow layers, which compression produces, as wide ones) and half at or
+next to a multiple of 2, 4, 8 or 16. Whole models are DeepSense descriptions
+at random widths drawn the same way (end-to-end rows for the latency model's
+sum-of-layers check, small compressed models included).
 """
 
 from __future__ import annotations
@@ -71,8 +73,8 @@ def sweep_widths(p: SamplerParams, n: int, rng: np.random.Generator) -> list[int
 def _width(p: SamplerParams, rng: np.random.Generator, low: int | None = None, high: int | None = None) -> int:
     low = p.width_range[0] if low is None else low
     high = p.width_range[1] if high is None else high
-    if rng.random() < 0.5:
-        return int(rng.integers(low, high + 1))
+    if rng.random() < 0.5:  # log-uniform: as many narrow layers (what compression makes) as wide ones
+        return int(np.clip(round(np.exp(rng.uniform(np.log(low), np.log(high + 1)))), low, high))
     m = int(rng.choice(p.multiples))
     k = int(rng.integers(max(1, -(-low // m)), max(1, high // m) + 1))
     return int(np.clip(k * m + int(rng.integers(-1, 2)), low, high))

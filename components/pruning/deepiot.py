@@ -6,13 +6,22 @@
   probabilities feed the next step, so a layer's decision sees the layers
   before it.
 - Each training step samples Bernoulli masks from those probabilities, trains
-  the task network one batch under the masks, and updates the compressor by
-  REINFORCE on `loss + lambda * cost` (cost relative to the baseline's), with
-  the *critic* (a moving average of that reward) as the baseline that cuts
-  the gradient's variance.
+  the task network one batch under the masks, and updates the compressor to
+  lower `loss + lambda * cost` (cost relative to the baseline's). The task
+  loss is only known for the sampled masks, so its gradient is REINFORCE's,
+  with the *critic* (a moving average of the loss) as the baseline that cuts
+  the gradient's variance. The cost is a known function of the widths, so
+  its gradient is taken through its expectation instead: each element's
+  keep-probability is charged its group's marginal cost (the cost model's
+  finite difference at the sampled widths). With thousands of elements the
+  REINFORCE estimate of the cost term is mostly noise; the marginal charge
+  is what lets a latency model steer: an element of a layer that is
+  expensive on this device is pushed harder than one of a cheap layer.
 - A threshold rising on a schedule removes, for good, the elements whose
-  keep-probability fell below it. The kept structure (everything not
-  removed) is what gets sliced.
+  keep-probability fell below it, least wanted first, and no more once the
+  kept structure meets the budget. From then on the task network trains on
+  the kept structure alone until its validation accuracy is back at the
+  floor. The kept structure (everything not removed) is what gets sliced.
 
 Scoring (the compressor), schedule (the threshold) and slicing
 (`slicing.py`) are separate pieces, as Torch-Pruning keeps them.
@@ -112,6 +121,30 @@ def relative_cost(cost, spec, names: list[str], masks: list[torch.Tensor]) -> fl
     return cost.relative(resized_spec(spec, widths(names, masks)))
 
 
+def cost_floor(cost, spec) -> float:
+    """The relative cost with one element left in every group: no width pruning goes below it."""
+    return cost.relative(resized_spec(spec, {g.layer: 1 for g in groups(spec)}))
+
+
+def marginal_costs(cost, spec, sizes: dict[str, int]) -> list[float]:
+    """Relative cost of one element of each group at these widths (finite difference over ~10 % of it).
+
+    A step of several elements smooths over a latency model's steps (a width
+    just past a multiple of 16 is slower than one more); never negative: an
+    element is never rewarded for being kept.
+    """
+    here = cost.relative(resized_spec(spec, sizes))
+    out = []
+    for name, width in sizes.items():
+        step = max(1, round(0.1 * width))
+        if width > step:
+            delta = here - cost.relative(resized_spec(spec, {**sizes, name: width - step}))
+        else:
+            delta = cost.relative(resized_spec(spec, {**sizes, name: width + step})) - here
+        out.append(max(0.0, delta / step))
+    return out
+
+
 @dataclass(frozen=True)
 class SearchSettings:
     budget: float  # relative cost to reach (0.07: 7 % of the baseline's)
@@ -154,6 +187,7 @@ class DeepIoTSearch:
         self.compressor = Compressor([g.size for g in self.groups], settings.compressor_hidden, settings.init_keep)
         self.critic = Critic(settings.critic_decay)
         self.alive = [torch.ones(g.size) for g in self.groups]
+        self.cost_floor = cost_floor(cost, self.spec)
         self.task_optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
         self.compressor_optimizer = torch.optim.Adam(self.compressor.parameters(), lr=settings.compressor_learning_rate)
         self.step_index = 0
@@ -163,43 +197,65 @@ class DeepIoTSearch:
         """Indices of the elements not removed, per group: what slicing keeps."""
         return {name: torch.nonzero(live).flatten() for name, live in zip(self.names, self.alive)}
 
+    def kept_spec(self):
+        """The description of the kept structure (what slicing would build)."""
+        return resized_spec(self.spec, widths(self.names, self.alive))
+
     def kept_cost(self) -> float:
-        return relative_cost(self.cost, self.spec, self.names, self.alive)
+        return self.cost.relative(self.kept_spec())
 
     def step(self) -> StepRecord:
         s = self.s
         self.model.train()
+        pruning = self.kept_cost() > s.budget  # past the budget: train the kept structure back to the floor
         probs = self.compressor()
-        masks = sample_masks(probs, self.alive, self.generator)
+        masks = sample_masks(probs, self.alive, self.generator) if pruning else [a.clone() for a in self.alive]
         batch = torch.randint(len(self.x_train), (s.batch_size,), generator=self.generator)
         set_masks(self.model, dict(zip(self.names, masks)))
         loss = nn.functional.cross_entropy(self.model(self.x_train[batch]), self.y_train[batch])
         self.task_optimizer.zero_grad()
         loss.backward()
         self.task_optimizer.step()
+        set_masks(self.model, None)
         sampled_cost = relative_cost(self.cost, self.spec, self.names, masks)
-        reward = float(loss.detach()) + s.lambda_cost * sampled_cost
-        advantage = reward - self.critic.update(reward)
-        self.compressor_optimizer.zero_grad()
-        (advantage * log_prob(probs, masks, self.alive)).backward()
-        self.compressor_optimizer.step()
+        if pruning:
+            self._update_compressor(probs, masks, float(loss.detach()))
         self.step_index += 1
-        self._remove_below(s.schedule.threshold(self.step_index))
+        if pruning:
+            self._remove_below(s.schedule.threshold(self.step_index))
         record = StepRecord(self.step_index, s.schedule.threshold(self.step_index), float(loss.detach()),
-                            sampled_cost, self.kept_cost(),
-                            resized_spec(self.spec, widths(self.names, self.alive)).params)
+                            sampled_cost, self.kept_cost(), self.kept_spec().params)
         if self.step_index % s.eval_every == 0:
             record.accuracy = self.accuracy()
         self.history.append(record)
         return record
 
+    def _update_compressor(self, probs: list[torch.Tensor], masks: list[torch.Tensor], loss: float) -> None:
+        """One step on `loss + lambda * cost`: REINFORCE for the loss, the marginal charge for the cost."""
+        advantage = loss - self.critic.update(loss)
+        sizes = widths(self.names, masks)
+        # charged on the log of the removable cost (above the floor of one element per group): a 1 % cut of
+        # what is left to cut is worth the same at any size, so the push does not fade as the model shrinks
+        # or as a latency model's fixed per-layer costs start to dominate
+        removable = max(self.cost.relative(resized_spec(self.spec, sizes)) - self.cost_floor, 1e-3)
+        charges = [c / removable for c in marginal_costs(self.cost, self.spec, sizes)]
+        expected_cost = sum(charge * (p * live).sum() for charge, p, live in zip(charges, probs, self.alive))
+        self.compressor_optimizer.zero_grad()
+        (advantage * log_prob(probs, masks, self.alive) + self.s.lambda_cost * expected_cost).backward()
+        self.compressor_optimizer.step()
+
     def _remove_below(self, threshold: float) -> None:
+        """Remove alive elements under `threshold`, least wanted first, stopping once the budget is met."""
         with torch.no_grad():
-            for p, live in zip(self.compressor(), self.alive):
-                drop = (p < threshold) & (live > 0)
-                if drop.sum() >= live.sum():  # never remove a group's last element
-                    drop[torch.argmax(p * live)] = False
-                live[drop] = 0.0
+            probs = self.compressor()
+        below = sorted((float(p[i]), g, int(i)) for g, (p, live) in enumerate(zip(probs, self.alive))
+                       for i in torch.nonzero((p < threshold) & (live > 0)).flatten())
+        for _, g, i in below:
+            if self.alive[g].sum() <= 1:  # never remove a group's last element
+                continue
+            self.alive[g][i] = 0.0
+            if self.kept_cost() <= self.s.budget:
+                break
 
     def accuracy(self) -> float:
         """Validation accuracy of the kept structure (every alive element on)."""

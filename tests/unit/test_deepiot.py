@@ -15,7 +15,8 @@ from components.models.plain import mlp_spec
 from components.models.spec import ModelConfigError
 from components.pruning.baselines import l1_keep, nudge_widths, uniform_widths
 from components.pruning.costs import LatencyCost, McuCost, ParamsCost, resized_spec
-from components.pruning.deepiot import Critic, DeepIoTSearch, Schedule, SearchSettings, sample_masks
+from components.pruning.deepiot import (Critic, DeepIoTSearch, Schedule, SearchSettings, cost_floor, marginal_costs,
+                                        sample_masks)
 from components.pruning.finetune import FineTuneSettings, _val_loss, accuracy, fine_tune
 from components.pruning.slicing import slice_model
 from tests.conftest import PROJECT_ROOT
@@ -166,3 +167,54 @@ def test_an_interrupted_search_resumes_from_its_checkpoint_and_ends_where_an_uni
     resumed.run()
     assert [r.kept_cost for r in resumed.history] == [r.kept_cost for r in straight.history]
     assert all(torch.equal(a, b) for a, b in zip(resumed.alive, straight.alive))
+
+
+class _OneLayerLatency:
+    """A latency model where only dense1's units cost time (1 ms each) on top of a fixed 10 ms."""
+
+    device = "test"
+
+    def predict_model(self, spec):
+        return 10.0 + spec.layer("dense1").out_features
+
+
+def test_marginal_costs_charge_each_group_its_own_price_and_never_reward_keeping():
+    spec = _spec()
+    params = ParamsCost(spec)
+    charges = dict(zip(["dense1", "dense2"], marginal_costs(params, spec, {"dense1": 48, "dense2": 32})))
+    # a dense1 unit feeds from 64 inputs and into 32 units; a dense2 unit from 48 and into 3 outputs
+    assert charges["dense1"] == pytest.approx((64 + 1 + 32) / spec.params, rel=0.01)
+    assert charges["dense2"] == pytest.approx((48 + 1 + 3) / spec.params, rel=0.01)
+    latency = LatencyCost(spec, _OneLayerLatency(), "test")
+    one_layer = marginal_costs(latency, spec, {"dense1": 48, "dense2": 32})
+    assert one_layer[0] == pytest.approx(1 / 58) and one_layer[1] == 0.0
+    assert cost_floor(latency, spec) == pytest.approx(11 / 58)  # one unit left: the fixed 10 ms stay
+
+
+def _steered(cost_of, budget: float):
+    torch.manual_seed(0)
+    model = build(_spec())
+    x, y = _task(n=1200)
+    settings = SearchSettings(budget=budget, accuracy_floor=0.0, lambda_cost=2.0, critic_decay=0.9,
+                              schedule=Schedule(0.0, 0.05, 20, 0.5), max_steps=400, batch_size=64,
+                              learning_rate=0.003, compressor_learning_rate=0.01, compressor_hidden=8,
+                              init_keep=0.9, eval_every=20, seed=0)
+    search = DeepIoTSearch(model, cost_of(model.spec), x[:1000], y[:1000], x[1000:], y[1000:], settings)
+    search.run()
+    return search
+
+
+def test_the_latency_model_steers_pruning_to_the_layers_that_cost_time():
+    by_latency = _steered(lambda spec: LatencyCost(spec, _OneLayerLatency(), "test"), budget=0.5)
+    kept = {name: len(v) for name, v in by_latency.kept().items()}
+    assert by_latency.kept_cost() <= 0.5
+    assert kept["dense1"] <= 19 and kept["dense2"] >= 30  # only dense1 costs time: dense2 is left (nearly) whole
+
+
+def test_pruning_stops_at_the_budget_and_then_only_trains_the_kept_structure():
+    search = _steered(ParamsCost, budget=0.5)
+    reached = next(r.step for r in search.history if r.kept_cost <= 0.5)
+    after = [r for r in search.history if r.step >= reached]
+    assert all(r.kept_cost == after[0].kept_cost for r in after)  # nothing removed past the budget
+    assert after[0].kept_cost > 0.4  # removal stopped at the budget, did not overshoot it
+    assert all(r.sampled_cost == r.kept_cost for r in after[1:])  # trained on the kept structure, no sampling
