@@ -67,7 +67,8 @@ def run(params: Params, device_name: str, baseline_dir: Path | None = None, inge
         mlrun.log_params({"compress": asdict(cfg), "device": device.name, "cost": cost.name,
                           "baseline.params": baseline.spec.params})
         started = time.perf_counter()
-        results, search = _compress(baseline, cost, latency_model, data, cfg, out, mlrun)
+        augmentation = params.train if cfg.augment else None  # train's rotation, scale and noise
+        results, search = _compress(baseline, cost, latency_model, data, cfg, augmentation, out, mlrun)
         metrics = _metrics(results, search, cost, cfg, device.name, time.perf_counter() - started)
         with atomic_directory(out / "model") as staging:
             models.save(results["deepiot"]["model"], staging)
@@ -133,7 +134,8 @@ def _data(windows, fold, cfg) -> _Data:
     return _Data(*tensors(fit_idx), *tensors(val_idx), *tensors(fold.test))
 
 
-def _compress(baseline, cost, latency_model, data: _Data, cfg, out: Path, mlrun) -> tuple[dict, object]:
+def _compress(baseline, cost, latency_model, data: _Data, cfg, augmentation, out: Path, mlrun
+              ) -> tuple[dict, object]:
     import copy
 
     import torch
@@ -154,10 +156,11 @@ def _compress(baseline, cost, latency_model, data: _Data, cfg, out: Path, mlrun)
     settings = SearchSettings(budget, floor, s.lambda_cost, s.critic_decay, Schedule(**asdict(s.threshold)),
                               s.max_steps, s.batch_size, s.learning_rate, s.compressor_learning_rate,
                               s.compressor_hidden, s.init_keep, s.eval_every, cfg.seed)
-    search = DeepIoTSearch(copy.deepcopy(baseline), cost, data.x_fit, data.y_fit, data.x_val, data.y_val, settings)
+    search = DeepIoTSearch(copy.deepcopy(baseline), cost, data.x_fit, data.y_fit, data.x_val, data.y_val, settings,
+                           augmentation)
     checkpoint = out / "checkpoint.pt"
     fingerprint = json.dumps({"compress": asdict(cfg), "cost": cost.name, "baseline": baseline.spec.to_json(),
-                              "latency_model": None if latency_model is None else latency_model.to_dict()},
+                              "latency_model": latency_model.to_dict() if cost.name == "latency" else None},
                              sort_keys=True)
     if checkpoint.exists():  # written by this stage only; tensors and numbers, no code
         state = torch.load(checkpoint, weights_only=True)
@@ -204,7 +207,8 @@ def _compress(baseline, cost, latency_model, data: _Data, cfg, out: Path, mlrun)
     for name, model in candidates.items():
         log.info("fine-tuning %s (%d parameters)", name, model.spec.params)
         model, epochs = fine_tune(model, data.x_fit, data.y_fit, data.x_val, data.y_val, tune,
-                                  teacher=baseline if tune.distill > 0 else None, label=f"[{name}] ")
+                                  teacher=baseline if tune.distill > 0 else None, label=f"[{name}] ",
+                                  augmentation=augmentation)
         results[name] = _describe(model, cost, latency_model, data) | {"model": model, "fine_tune_epochs": epochs}
     return results, search
 

@@ -301,6 +301,7 @@ class CompressParams:
     max_accuracy_drop: float  # the floor: baseline validation accuracy minus this
     val_fraction: float  # training windows held out to check accuracy while compressing
     nudge_radius: int  # latency cost: widths may move up by this to a width predicted no slower
+    augment: bool  # augment batches (search and fine-tuning) with train's rotation, scale and noise
     baselines: tuple[str, ...]  # compared at the same budget: l1, uniform
     seed: int
     threads: int

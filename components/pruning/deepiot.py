@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from components.pruning.costs import resized_spec
+from components.training import augment
 from components.pruning.groups import groups
 from components.pruning.masked import set_masks
 
@@ -176,8 +177,9 @@ class StepRecord:
 class DeepIoTSearch:
     """One compressor-critic run over a task model; `run()` steps until the budget is met or max_steps."""
 
-    def __init__(self, model, cost, x_train, y_train, x_val, y_val, settings: SearchSettings):
-        self.model, self.cost, self.s = model, cost, settings
+    def __init__(self, model, cost, x_train, y_train, x_val, y_val, settings: SearchSettings, augmentation=None):
+        """`augmentation`: train's settings (rotation, scale, noise) to augment batches as the baseline was."""
+        self.model, self.cost, self.s, self.augmentation = model, cost, settings, augmentation
         self.spec = model.spec
         self.groups = groups(self.spec)
         self.names = [g.layer for g in self.groups]
@@ -212,7 +214,10 @@ class DeepIoTSearch:
         masks = sample_masks(probs, self.alive, self.generator) if pruning else [a.clone() for a in self.alive]
         batch = torch.randint(len(self.x_train), (s.batch_size,), generator=self.generator)
         set_masks(self.model, dict(zip(self.names, masks)))
-        loss = nn.functional.cross_entropy(self.model(self.x_train[batch]), self.y_train[batch])
+        x = self.x_train[batch]
+        if self.augmentation is not None:
+            x = augment(x, self.augmentation, self.model.input_std, self.generator)
+        loss = nn.functional.cross_entropy(self.model(x), self.y_train[batch])
         self.task_optimizer.zero_grad()
         loss.backward()
         self.task_optimizer.step()

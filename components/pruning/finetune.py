@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from components.training import augment
+
 log = logging.getLogger(__name__)
 
 
@@ -30,17 +32,19 @@ class FineTuneSettings:
     seed: int
 
 
-def fine_tune(model, x, y, x_val, y_val, settings: FineTuneSettings, teacher=None, label: str = ""):
-    """Train `model` further in place and return it with the best validation weights, and the epochs run."""
+def fine_tune(model, x, y, x_val, y_val, settings: FineTuneSettings, teacher=None, label: str = "",
+              augmentation=None):
+    """Train `model` further in place and return it with the best validation weights, and the epochs run.
+
+    `augmentation`: train's settings, to augment each batch as the baseline was trained (the teacher sees
+    the same augmented batch).
+    """
     if settings.distill > 0 and teacher is None:
         raise ValueError("distillation needs the baseline model as teacher")
     generator = torch.Generator().manual_seed(settings.seed)
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
-    soft = None
     if settings.distill > 0:
         teacher.eval()
-        with torch.no_grad():
-            soft = F.log_softmax(teacher(x) / settings.temperature, dim=1)
     best, best_loss, waited, epochs = copy.deepcopy(model.state_dict()), _val_loss(model, x_val, y_val), 0, 0
     for epoch in range(1, settings.epochs + 1):
         epochs = epoch
@@ -50,11 +54,14 @@ def fine_tune(model, x, y, x_val, y_val, settings: FineTuneSettings, teacher=Non
             batch = order[start : start + settings.batch_size]
             if len(batch) < 2:
                 continue
-            logits = model(x[batch])
+            xb = x[batch] if augmentation is None else augment(x[batch], augmentation, model.input_std, generator)
+            logits = model(xb)
             loss = F.cross_entropy(logits, y[batch])
-            if soft is not None:
+            if settings.distill > 0:
                 t = settings.temperature
-                kd = F.kl_div(F.log_softmax(logits / t, dim=1), soft[batch], log_target=True, reduction="batchmean")
+                with torch.no_grad():
+                    soft = F.log_softmax(teacher(xb) / t, dim=1)
+                kd = F.kl_div(F.log_softmax(logits / t, dim=1), soft, log_target=True, reduction="batchmean")
                 loss = (1 - settings.distill) * loss + settings.distill * t * t * kd
             optimiser.zero_grad()
             loss.backward()
