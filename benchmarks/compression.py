@@ -37,9 +37,9 @@ from pathlib import Path
 from components import compress, fit_latency, ingest, models, profile, train
 from components.config import load_params
 from components.devices.base import get_backend
+from components.latency.model import load as load_latency_model
 from components.profiling.items import Item
 from components.profiling.runner import TimedProfiler
-from components.latency.model import load as load_latency_model
 from components.pruning.costs import LatencyCost, resized_spec
 from components.train import load_windows
 

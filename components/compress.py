@@ -141,23 +141,22 @@ def _compress(baseline, cost, latency_model, data: _Data, cfg, augmentation, out
     import torch
 
     from components.pruning.baselines import l1_keep, uniform_widths
-    from components.pruning.deepiot import DeepIoTSearch, Schedule, SearchSettings, cost_floor
+    from components.pruning.deepiot import DeepIoTSearch, Schedule, SearchSettings
     from components.pruning.finetune import FineTuneSettings, accuracy, fine_tune
     from components.pruning.slicing import slice_model
 
     floor = accuracy(baseline, data.x_val, data.y_val) - cfg.max_accuracy_drop
     s = cfg.search
     budget = cfg.budget[cost.name]
-    lowest = cost_floor(cost, baseline.spec)
-    if budget < lowest:
-        log.warning("budget %.3f of the baseline's %s is below what width pruning can reach on this device (%.3f "
-                    "with one element per layer: fixed per-layer costs); the search will end with BUDGET NOT MET",
-                    budget, cost.name, lowest)
     settings = SearchSettings(budget, floor, s.lambda_cost, s.critic_decay, Schedule(**asdict(s.threshold)),
                               s.max_steps, s.batch_size, s.learning_rate, s.compressor_learning_rate,
                               s.compressor_hidden, s.init_keep, s.eval_every, cfg.seed)
     search = DeepIoTSearch(copy.deepcopy(baseline), cost, data.x_fit, data.y_fit, data.x_val, data.y_val, settings,
                            augmentation)
+    if budget < search.cost_floor:
+        log.warning("budget %.3f of the baseline's %s is below what width pruning can reach on this device (%.3f "
+                    "with one element per layer: fixed per-layer costs); the search will end with BUDGET NOT MET",
+                    budget, cost.name, search.cost_floor)
     checkpoint = out / "checkpoint.pt"
     fingerprint = json.dumps({"compress": asdict(cfg), "cost": cost.name, "baseline": baseline.spec.to_json(),
                               "latency_model": latency_model.to_dict() if cost.name == "latency" else None},
@@ -202,8 +201,7 @@ def _compress(baseline, cost, latency_model, data: _Data, cfg, augmentation, out
         widths = uniform_widths(baseline.spec, cost, target)
         scores = _l1_order(baseline)
         candidates["uniform"] = slice_model(baseline, {k: scores[k][:w] for k, w in widths.items()})
-    results = {"baseline": _describe(baseline, cost, latency_model, data)
-               | {"accuracy_floor": floor, "cost_floor": lowest}}
+    results = {"baseline": _describe(baseline, cost, latency_model, data)}
     for name, model in candidates.items():
         log.info("fine-tuning %s (%d parameters)", name, model.spec.params)
         model, epochs = fine_tune(model, data.x_fit, data.y_fit, data.x_val, data.y_val, tune,
@@ -256,18 +254,18 @@ def _metrics(results: dict, search, cost, cfg, device: str, wall_s: float) -> di
     """The run's figures; the budget is met when the fine-tuned model is within it *and* above the floor."""
     budget = cfg.budget[cost.name]
     deepiot, base = results["deepiot"], results["baseline"]
-    floor = base["accuracy_floor"]
+    floor = search.s.accuracy_floor
     within = deepiot["relative_cost"] <= budget + 1e-9 and deepiot["fits"]
     met = within and deepiot["val_accuracy"] >= floor
     if not met:
         why = (f"validation accuracy {deepiot['val_accuracy']:.3f} is below the floor {floor:.3f}" if within else
-               f"the search reached {deepiot['relative_cost']:.3f} of the baseline's {cost.name} above the "
-               f"accuracy floor {floor:.3f}")
+               f"the compressed model is at {deepiot['relative_cost']:.3f} of the baseline's {cost.name}"
+               + ("" if deepiot["fits"] else " and does not fit the part's flash or SRAM"))
         log.warning("%s: BUDGET NOT MET (budget %.3f of the baseline's %s): %s; the best structure found is kept",
                     device, budget, cost.name, why)
     return {
         "device": device, "cost": cost.name, "budget": budget, "budget_met": met,
-        "accuracy_floor": floor, "cost_floor": base["cost_floor"],
+        "accuracy_floor": floor, "cost_floor": search.cost_floor,
         "search_steps": search.step_index, "wall_s": round(wall_s, 1),
         "accuracy_change": deepiot["test_accuracy"] - base["test_accuracy"],
         "params_kept": deepiot["params"] / base["params"],

@@ -32,9 +32,7 @@ from components.latency.tree import LinearTree
 from components.models.spec import LayerSpec, ModelSpec
 
 FORMAT = "iot-compress/latency-model/1"
-
-
-MIN_SHARE_OF_SUM = 0.1
+MIN_SHARE_OF_SUM = 0.1  # a whole model is never predicted below this share of its layers' plain sum
 
 
 @dataclass(frozen=True)

@@ -36,9 +36,9 @@ import torch
 from torch import nn
 
 from components.pruning.costs import resized_spec
-from components.training import augment
 from components.pruning.groups import groups
 from components.pruning.masked import set_masks
+from components.training import augment
 
 
 class Compressor(nn.Module):
@@ -224,26 +224,27 @@ class DeepIoTSearch:
         set_masks(self.model, None)
         sampled_cost = relative_cost(self.cost, self.spec, self.names, masks)
         if pruning:
-            self._update_compressor(probs, masks, float(loss.detach()))
+            self._update_compressor(probs, masks, float(loss.detach()), sampled_cost)
         self.step_index += 1
         if pruning:
             self._remove_below(s.schedule.threshold(self.step_index))
+        kept = self.kept_spec()
         record = StepRecord(self.step_index, s.schedule.threshold(self.step_index), float(loss.detach()),
-                            sampled_cost, self.kept_cost(), self.kept_spec().params)
+                            sampled_cost, self.cost.relative(kept), kept.params)
         if self.step_index % s.eval_every == 0:
             record.accuracy = self.accuracy()
         self.history.append(record)
         return record
 
-    def _update_compressor(self, probs: list[torch.Tensor], masks: list[torch.Tensor], loss: float) -> None:
+    def _update_compressor(self, probs: list[torch.Tensor], masks: list[torch.Tensor], loss: float,
+                           sampled_cost: float) -> None:
         """One step on `loss + lambda * cost`: REINFORCE for the loss, the marginal charge for the cost."""
         advantage = loss - self.critic.update(loss)
-        sizes = widths(self.names, masks)
         # charged on the log of the removable cost (above the floor of one element per group): a 1 % cut of
         # what is left to cut is worth the same at any size, so the push does not fade as the model shrinks
         # or as a latency model's fixed per-layer costs start to dominate
-        removable = max(self.cost.relative(resized_spec(self.spec, sizes)) - self.cost_floor, 1e-3)
-        charges = [c / removable for c in marginal_costs(self.cost, self.spec, sizes)]
+        removable = max(sampled_cost - self.cost_floor, 1e-3)
+        charges = [c / removable for c in marginal_costs(self.cost, self.spec, widths(self.names, masks))]
         expected_cost = sum(charge * (p * live).sum() for charge, p, live in zip(charges, probs, self.alive))
         self.compressor_optimizer.zero_grad()
         (advantage * log_prob(probs, masks, self.alive) + self.s.lambda_cost * expected_cost).backward()

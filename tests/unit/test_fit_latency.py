@@ -16,7 +16,7 @@ from components.config import ConfigError
 from components.devices import mcu
 from components.devices.pool import load_pool
 from components.latency import fit as fitting
-from components.latency.model import AnalyticLatencyModel, LatencyModel, load
+from components.latency.model import AnalyticLatencyModel, LatencyModel, Overhead, load
 from components.latency.tree import LinearTree
 from components.models.spec import LayerSpec
 from components.profiling.items import item_explanatory
@@ -316,3 +316,9 @@ def test_remainder_split_finds_a_half_full_tile(project_params):
     assert ["rem", [32, 17]] in splits and ["mod", 32] in splits
     np.testing.assert_allclose(tree.predict(x, flops[:, None]), y, rtol=1e-6)
     assert any("% 32 < 17" in line for line in tree.rules())
+
+
+def test_the_negative_whole_model_offset_never_predicts_a_small_model_below_a_tenth_of_its_layers():
+    overhead = Overhead("per_kind", scale=1.0, kind_scales={"gru": 1.0}, offset=-0.2, models=10)
+    assert overhead.apply({"gru": 0.5, "linear": 0.1}) == pytest.approx(0.4)  # far from the floor: as fitted
+    assert overhead.apply({"gru": 0.15, "linear": 0.05}) == pytest.approx(0.02)  # 0.2 - 0.2 = 0: floored
