@@ -16,7 +16,7 @@ from components.devices.base import BackendError
 from components.models.spec import ModelConfigError
 from components.validation import ValidationFailed
 
-STAGES = ("ingest", "train", "profile", "fit_latency", "compress")
+STAGES = ("ingest", "train", "profile", "fit_latency", "compress", "validate", "register")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
                         "profile folder)")
     p.add_argument("--pipeline-key", default=None, help="nest the MLflow run under this pipeline run")
     p.add_argument("--device", action="append", default=[], metavar="NAME",
-                   help="profile, fit_latency: this device of the pool (repeatable; default: profile.devices, "
+                   help="profile, fit_latency, compress, validate, register: this device of the pool (repeatable; default: profile.devices, "
                         "else all)")
     p.add_argument("--port", type=int, default=5000, help="mlflow-ui: port on 127.0.0.1")
     return p
@@ -73,6 +73,10 @@ def _run_stage(stage: str, params, output_dir=None, pipeline_key=None, input_dir
         return _fit_latency(params, output_dir, pipeline_key, input_dir, device_names)
     elif stage == "compress":
         return _compress(params, output_dir, pipeline_key, device_names)
+    elif stage == "validate":
+        return _validate(params, output_dir, pipeline_key, device_names)
+    elif stage == "register":
+        return _register(params, pipeline_key, device_names)
     return 0
 
 
@@ -138,6 +142,39 @@ def _compress(params, output_dir, pipeline_key, device_names) -> int:
                 f"-> {result.model_dir} (MLflow run {result.run_id})")
 
     return _each_device(params, device_names, bool(output_dir), "compression", one)
+
+
+def _validate(params, output_dir, pipeline_key, device_names) -> int:
+    """Failing gates are a result (said in the line, and `register` leaves the model out), not an error."""
+    from components import validate
+    from components.export import ExportFailed
+
+    def one(name: str) -> str:
+        result = validate.run(params, name, output_dir=output_dir, pipeline_key=pipeline_key)
+        r = result.report
+        comp = r["models"]["compressed"][r["deployed_format"]]
+        figures = (f"accuracy {comp['accuracy']:.3f}, {comp['latency_ms']:.4g} ms, {comp['bytes']} bytes"
+                   if comp["ok"] else f"did not run: {comp['error']}")
+        verdict = "every gate passed" if r["passed"] else f"FAILED {', '.join(r['failed_gates'])}"
+        return (f"validate {name}: {verdict} ({r['deployed_format']}: {figures}) -> {result.report_path} "
+                f"(MLflow run {result.run_id})")
+
+    return _each_device(params, device_names, bool(output_dir), "validation", one, ExportFailed)
+
+
+def _register(params, pipeline_key, device_names) -> int:
+    from components import register
+    from components.export import ChecksumMismatch
+
+    def one(name: str) -> str:
+        outcome = register.run(params, name, pipeline_key=pipeline_key)
+        if not outcome.registered:
+            return f"register {name}: {outcome.reason}"
+        return (f"register {name}: {outcome.name} version {outcome.version}, alias(es) "
+                f"{', '.join(outcome.aliases)} ({outcome.reason})")
+
+    return _each_device(params, device_names, False, "registration", one,
+                        (register.RegistryUnavailable, ChecksumMismatch))
 
 
 def _fit_summary(m: dict) -> str:

@@ -98,3 +98,45 @@ def run_fit_latency(device: str, run_id: str) -> str:
     output_dir = run_output_dir(runs_dir, run_id, "fit_latency") / device
     result = fit_latency.run(params, device, profile_dir, output_dir, output_dir / "report", pipeline_key=run_id)
     return str(result.model_path.parent)
+
+
+def run_validate(device: str, run_id: str, ingest_dir: str, train_dir: str) -> str:
+    """Export and validate this run's baseline and this run's compressed model on one device; return the report.
+
+    Routed to the device's queue (the cluster policy), so the models run where they will be deployed.
+    """
+    from components import validate
+
+    params = load_params(params_path())
+    runs_dir = params.path(params.pipeline.runs_dir)
+    output_dir = run_output_dir(runs_dir, run_id, "validate") / device
+    result = validate.run(params, device, Path(train_dir) / "model",
+                          run_output_dir(runs_dir, run_id, "compress") / device / "model", Path(ingest_dir),
+                          run_output_dir(runs_dir, run_id, "fit_latency") / device, output_dir,
+                          output_dir / "report", pipeline_key=run_id)
+    return str(result.report_path)
+
+
+def run_register(run_id: str) -> list[dict]:
+    """Register every device of this run whose validation passed; a device without a report is said, not fatal.
+
+    Raises once every device was tried if the registry could not be reached for any of them.
+    """
+    from components import register
+
+    params = load_params(params_path())
+    runs_dir = params.path(params.pipeline.runs_dir)
+    outcomes, unreachable = [], []
+    for route in device_routes():
+        folder = run_output_dir(runs_dir, run_id, "validate") / route["device"] / "report"
+        if not (folder / "report.json").exists():
+            outcomes.append({"device": route["device"], "registered": False,
+                             "reason": "no validation report (its validate task failed or was skipped)"})
+            continue
+        try:
+            outcomes.append(register.run(params, route["device"], folder, pipeline_key=run_id).to_dict())
+        except register.RegistryUnavailable as exc:
+            unreachable.append(str(exc))
+    if unreachable:
+        raise register.RegistryUnavailable("; ".join(unreachable))
+    return outcomes

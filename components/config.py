@@ -310,6 +310,36 @@ class CompressParams:
 
 
 @dataclass(frozen=True)
+class GateParams:
+    max_accuracy_drop: float  # on-device test accuracy: baseline minus compressed, same device and format
+    min_agreement: float  # share of test windows where the device predicts what the torch model predicts
+    latency_budget: float  # measured latency of the compressed model / the baseline's, same device
+    size_budget: float  # exported file size of the compressed model / the baseline's (mcu: and fit flash, SRAM)
+    max_latency_error: float  # |measured - predicted| / measured latency of the compressed model
+
+
+@dataclass(frozen=True)
+class ValidateParams:
+    output_dir: str  # <output_dir>/<device>/{baseline,compressed}/: the exported files and manifest.json
+    report_dir: str  # <report_dir>/<device>/: report.json, report.md, report.html
+    formats: dict[str, tuple[str, ...]]  # per runtime, the formats validated; the first is deployed and gated
+    calibration_windows: int  # training windows that calibrate int8 quantization
+    max_test_windows: int  # held-out windows run on the device (0: all)
+    convert_timeout_s: float  # one conversion; longer is killed and the format fails
+    run_timeout_s: float  # one format's run on the device (load, predict, time)
+    seed: int
+    gates: GateParams
+
+
+@dataclass(frozen=True)
+class RegisterParams:
+    name_prefix: str  # registered model "<prefix>-<dataset>-<device>"
+    champion_tolerance: float  # accuracies this close are a tie, broken by measured latency
+    attempts: int  # tries of a registration when the tracking server does not answer
+    backoff_s: float  # first wait between tries; doubled after each
+
+
+@dataclass(frozen=True)
 class Params:
     pipeline: PipelineParams
     ingest: IngestParams
@@ -317,6 +347,8 @@ class Params:
     profile: ProfileParams
     fit_latency: FitLatencyParams
     compress: CompressParams
+    validate: ValidateParams
+    register: RegisterParams
     root: Path = dataclasses.field(default=Path("."), compare=False)  # params.yaml's folder
 
     def path(self, relative: str) -> Path:

@@ -50,6 +50,11 @@ def _mlflow(params: Params):
     return mlflow
 
 
+def configured_mlflow(params: Params):
+    """The mlflow module, pointed at this pipeline's tracking store (for registry calls outside a stage run)."""
+    return _mlflow(params)
+
+
 def _experiment_id(mlflow, params: Params) -> str:
     name = params.pipeline.experiment
     found = mlflow.get_experiment_by_name(name)

@@ -11,6 +11,9 @@ each device's fit reads its own profile, whatever happened to the others.
 `compress` is mapped over the list too, after `train` and `fit_latency`
 (it reads this run's ingest and train folders through XCom and its device's
 run-keyed latency model); it trains, so it runs on the default queue.
+`validate` is mapped over the list after `compress` and routed like `profile`
+(the exported models run and are timed on the device); the final `register`
+(trigger rule `all_done`) registers every device whose gates passed.
 """
 
 from __future__ import annotations
@@ -74,11 +77,25 @@ def compress_nightly():
 
         return run_compress(device, context["run_id"], ingest_dir, train_dir)
 
+    @task(task_id="validate", map_index_template="{{ task.op_kwargs['device'] }}")
+    def validate(device: str, queue: str, pool: str, ingest_dir: str, train_dir: str, **context) -> str:
+        from components.airflow_tasks import run_validate
+
+        return run_validate(device, context["run_id"], ingest_dir, train_dir)
+
+    @task(task_id="register", trigger_rule="all_done")
+    def register(**context) -> list[dict]:
+        from components.airflow_tasks import run_register
+
+        return run_register(context["run_id"])
+
     routes = _device_routes()
     ingest_dir = ingest()
     train_dir = train(ingest_dir)
     fits = profile.expand_kwargs(routes) >> fit_latency.expand_kwargs(routes)
-    fits >> compress.partial(ingest_dir=ingest_dir, train_dir=train_dir).expand_kwargs(routes)
+    compressed = fits >> compress.partial(ingest_dir=ingest_dir, train_dir=train_dir).expand_kwargs(routes)
+    validated = compressed >> validate.partial(ingest_dir=ingest_dir, train_dir=train_dir).expand_kwargs(routes)
+    validated >> register()
 
 
 def _device_routes() -> list[dict[str, str]]:

@@ -140,3 +140,48 @@ def subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env.pop("MLFLOW_TRACKING_URI", None)
     env.update(extra)
     return env
+
+
+CLASSES = ("sit", "walk", "run")
+
+
+def synthetic_task(folder: Path, widths: tuple[int, ...] = (12, 10, 12)) -> tuple[Path, Path]:
+    """A small learnable task: an ingest folder (users a, b train; c test) and a DeepSense trained on it.
+
+    `widths` are the sensor filters, merge filters and GRU units of the model saved in <folder>/train/model.
+    """
+    import json
+
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from components import models
+    from components.models.deepsense import deepsense_spec
+
+    rng = np.random.default_rng(0)
+    n = 240
+    x = rng.standard_normal((n, 4, 1, 3, 2, 8)).astype(np.float32)
+    y = (x[:, :, 0, 0, 0, :2].mean(axis=(1, 2)) > 0).astype(np.int64) + (x[:, 0, 0, 1, 0, 0] > 1).astype(np.int64)
+    users = np.array(["a", "b", "c"])[np.arange(n) % 3]
+    ingest = folder / "ingest"
+    ingest.mkdir(parents=True, exist_ok=True)
+    np.save(ingest / "x.npy", x)
+    np.save(ingest / "signal.npy", np.zeros((n, 1, 3, 16), np.float32))
+    pd.DataFrame({"label": y, "user": users, "split": np.where(users == "c", "test", "train")}).to_parquet(
+        ingest / "windows.parquet")
+    (ingest / "data_card.json").write_text(json.dumps({"labels": list(CLASSES), "data_hash": "synthetic-0"}))
+    sensor, merge, units = widths
+    spec = deepsense_spec((4, 1, 3, 2, 8), CLASSES, sensor_filters=sensor, sensor_kernels=(3, 2), first_stride=1,
+                          merge_filters=merge, merge_kernels=(2,), rnn="gru", rnn_units=units, rnn_layers=1,
+                          dropout=0.0)
+    torch.manual_seed(0)
+    model = models.build(spec)
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(60):
+        loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y))
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    models.save(model.eval(), folder / "train" / "model")
+    return ingest, folder / "train"

@@ -37,12 +37,18 @@ class Backend:
     runtime: str = ""
     timed: bool = True
     artifact_suffix: str = ""  # file the conversion writes, e.g. ".onnx"; "" when nothing is converted
+    formats: tuple[str, ...] = ()  # exported whole-model formats `load_file` reads (components.export.FORMATS)
 
     def convert(self, item: Item, artifact_path: Path) -> None:
         """Write the item in this runtime's format to `artifact_path` (no-op for runtimes that need none)."""
 
     def load(self, item: Item, artifact_path: Path | None, threads: int) -> Runner:
         raise NotImplementedError
+
+    def load_file(self, path: Path, fmt: str, threads: int) -> Runner:
+        """A runner for one exported whole model (`validate`); it predicts a batch of one window at a time."""
+        raise BackendError(f"runtime {self.runtime or type(self).__name__} loads no exported model file "
+                           f"(asked for {fmt})")
 
     def compute(self, item: Item, device) -> dict:
         """Analytic figures for runtimes that are computed, not timed."""

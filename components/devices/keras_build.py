@@ -119,8 +119,11 @@ def _normalize(x, model: nn.Module):
 
 def _deepsense(x, model: nn.Module):
     """DeepSense.forward without `lengths` (every interval real): x is [B, T, sensors, axes, 2, F]."""
-    b, t, _, axes, _, freq = x.shape
-    x = _normalize(x, model)
+    b, t, sensors, axes, _, freq = x.shape
+    # 4-D from here on: TFLite's reference kernels (int8 calibration runs them) slice at most 5-D tensors
+    x = ops.reshape(x, (b, t, sensors, axes * 2 * freq))
+    mean, std = (_np(buffer).reshape(t, sensors, -1) for buffer in (model.input_mean, model.input_std))
+    x = ops.divide(ops.subtract(x, mean), std)
     per_sensor = []
     for s, stack in enumerate(model.sensor_convs):
         xs = ops.reshape(x[:, :, s], (b * t, axes * 2, freq))  # torch's [B*T, axes*2, F]

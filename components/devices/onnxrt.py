@@ -34,6 +34,7 @@ class _OrtRunner:
 class OnnxRuntimeBackend(Backend):
     runtime = "onnxruntime"
     artifact_suffix = ".onnx"
+    formats = ("onnx",)
 
     def convert(self, item: Item, artifact_path: Path) -> None:
         import torch
@@ -49,8 +50,13 @@ class OnnxRuntimeBackend(Backend):
                               output_names=["y"], opset_version=OPSET)
 
     def load(self, item: Item, artifact_path: Path | None, threads: int) -> _OrtRunner:
+        return self.load_file(Path(artifact_path), "onnx", threads)
+
+    def load_file(self, path: Path, fmt: str, threads: int) -> _OrtRunner:
         import onnxruntime as ort
 
+        if fmt != "onnx":
+            raise BackendError(f"onnxruntime loads ONNX files only, not {fmt}")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -60,9 +66,9 @@ class OnnxRuntimeBackend(Backend):
         # and the sessions timed round-robin must not burn the cores the next one is timed on.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            session = ort.InferenceSession(str(artifact_path), options, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types per failure
-            raise BackendError(f"onnxruntime cannot load {artifact_path.name}: {exc}") from exc
+            raise BackendError(f"onnxruntime cannot load {path.name}: {exc}") from exc
         return _OrtRunner(session)
 
     def version(self) -> str:

@@ -50,8 +50,14 @@ def _quiet_tensorflow():
             os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
 
 
-def tflite_bytes(item: Item, module) -> bytes:
-    """The float32 TFLite flatbuffer of `module`, the item's eval-mode torch module."""
+def tflite_bytes(item: Item, module, calibration: np.ndarray | None = None) -> bytes:
+    """The TFLite flatbuffer of `module`, the item's eval-mode torch module.
+
+    float32 as trained, or with `calibration` (windows in the torch layout,
+    one per representative sample) full-integer int8: weights, activations,
+    input and output, post-training quantization calibrated on those windows
+    (what a microcontroller runs).
+    """
     with _quiet_tensorflow():
         import tensorflow as tf
 
@@ -62,8 +68,21 @@ def tflite_bytes(item: Item, module) -> bytes:
         except ValueError as exc:
             raise BackendError(f"tflite: cannot rebuild {item.kind} item {item.key} in Keras: {exc}") from exc
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
-        converter.optimizations = []  # float32 as trained: no quantisation
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # LiteRT runs no TF (Flex) ops
+        if calibration is None:
+            converter.optimizations = []  # float32 as trained: no quantisation
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # LiteRT runs no TF (Flex) ops
+        else:
+            samples = np.ascontiguousarray(calibration, dtype=np.float32)
+
+            def representative():
+                for i in range(len(samples)):
+                    yield [samples[i : i + 1]]
+
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = representative
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]  # integer kernels only
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
         try:
             return converter.convert()
         except Exception as exc:  # the converter raises its own ConverterError and others
@@ -71,21 +90,32 @@ def tflite_bytes(item: Item, module) -> bytes:
 
 
 class _TfliteRunner:
+    """Runs one interpreter; an int8 model's input is quantised and its output dequantised with its own scales."""
+
     def __init__(self, interpreter, channels_last: bool):
         self.interpreter = interpreter
-        self.input_index = interpreter.get_input_details()[0]["index"]
-        self.output_index = interpreter.get_output_details()[0]["index"]
+        (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+        self.input_index, self.output_index = inp["index"], out["index"]
+        self.input_dtype = inp["dtype"]
+        self.input_quant, self.output_quant = inp["quantization"], out["quantization"]
         self.channels_last = channels_last
 
     def _to_runtime(self, x: np.ndarray) -> np.ndarray:
         if self.channels_last:
             x = x.transpose(_CHANNELS_LAST)
+        if np.issubdtype(self.input_dtype, np.integer):
+            scale, zero = self.input_quant
+            info = np.iinfo(self.input_dtype)
+            return np.ascontiguousarray(np.clip(np.round(x / scale) + zero, info.min, info.max), self.input_dtype)
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         self.interpreter.set_tensor(self.input_index, self._to_runtime(x))
         self.interpreter.invoke()
         y = self.interpreter.get_tensor(self.output_index)  # a copy
+        if np.issubdtype(y.dtype, np.integer):
+            scale, zero = self.output_quant
+            y = (y.astype(np.float32) - zero) * scale
         return np.ascontiguousarray(y.transpose(_CHANNELS_LAST)) if self.channels_last else y
 
     def bind(self, x: np.ndarray):
@@ -101,6 +131,7 @@ class _TfliteRunner:
 class TfliteBackend(Backend):
     runtime = "tflite"
     artifact_suffix = ".tflite"
+    formats = ("tflite", "tflite_int8")
 
     def convert(self, item: Item, artifact_path: Path) -> None:
         from components.devices.reference import reference_module
@@ -108,16 +139,62 @@ class TfliteBackend(Backend):
         Path(artifact_path).write_bytes(tflite_bytes(item, reference_module(item)))
 
     def load(self, item: Item, artifact_path: Path | None, threads: int) -> _TfliteRunner:
-        from ai_edge_litert.interpreter import Interpreter
-
         if artifact_path is None:
             raise BackendError(f"tflite: item {item.key} has no converted .tflite file to load")
-        try:
-            interpreter = Interpreter(model_path=str(artifact_path), num_threads=threads)
-            interpreter.allocate_tensors()
-        except Exception as exc:  # LiteRT raises ValueError or RuntimeError depending on what is wrong
-            raise BackendError(f"tflite cannot load {Path(artifact_path).name}: {exc}") from exc
-        return _TfliteRunner(interpreter, channels_last=item.layer is not None and item.layer.kind == "conv1d")
+        return _interpreter(Path(artifact_path), threads,
+                            channels_last=item.layer is not None and item.layer.kind == "conv1d")
+
+    def load_file(self, path: Path, fmt: str, threads: int) -> _TfliteRunner:
+        if fmt not in self.formats:
+            raise BackendError(f"tflite loads {' or '.join(self.formats)} files only, not {fmt}")
+        return _interpreter(path, threads, channels_last=False)  # whole models take the torch layout
 
     def version(self) -> str:
         return f"ai-edge-litert {metadata.version('ai-edge-litert')}"
+
+
+def _interpreter(path: Path, threads: int, channels_last: bool) -> _TfliteRunner:
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        interpreter.allocate_tensors()
+    except Exception as exc:  # LiteRT raises ValueError or RuntimeError depending on what is wrong
+        raise BackendError(f"tflite cannot load {path.name}: {exc}") from exc
+    return _TfliteRunner(interpreter, channels_last)
+
+
+def graph_memory(path: Path) -> dict:
+    """Weights and peak activation bytes of a .tflite file, from its graph (what a microcontroller must hold).
+
+    Constant tensors (read by an operator, written by none, not a graph input)
+    are the weights, in flash. An activation lives from the operator that
+    writes it (or the start, for the input) to the last one that reads it (or
+    the end, for the output); the peak is the most bytes alive at once over
+    the operators in execution order, the arena a TFLite Micro planner needs
+    at best (kernel scratch buffers not counted). The graph is read without
+    delegates, so every operator is seen.
+    """
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(model_path=str(path),
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    sizes = {t["index"]: int(np.prod(t["shape"])) * np.dtype(t["dtype"]).itemsize
+             for t in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()  # the only way LiteRT lists the operators and their tensors
+    inputs = {d["index"] for d in interpreter.get_input_details()}
+    outputs = {d["index"] for d in interpreter.get_output_details()}
+    first = {t: -1 for t in inputs}
+    last: dict[int, int] = {}
+    for i, op in enumerate(ops):
+        for t in op["outputs"]:
+            first.setdefault(int(t), i)
+        for t in op["inputs"]:
+            if t >= 0:
+                last[int(t)] = i
+    for t in outputs:
+        last[t] = len(ops)
+    weights = sum(sizes[t] for t in last if t not in first and t in sizes)
+    peak = max((sum(sizes[t] for t, start in first.items() if start <= i <= last.get(t, start))
+                for i in range(len(ops))), default=0)
+    return {"weights_bytes": int(weights), "peak_activation_bytes": int(peak), "operators": len(ops)}

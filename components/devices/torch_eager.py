@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.devices.base import Backend
+from components.devices.base import Backend, BackendError
 from components.profiling.items import Item
 
 
@@ -34,6 +34,7 @@ class _TorchRunner:
 
 class TorchEagerBackend(Backend):
     runtime = "torch"
+    formats = ("torch",)
 
     def load(self, item: Item, artifact_path: Path | None, threads: int) -> _TorchRunner:
         import torch
@@ -42,6 +43,16 @@ class TorchEagerBackend(Backend):
 
         torch.set_num_threads(threads)
         return _TorchRunner(reference_module(item))
+
+    def load_file(self, path: Path, fmt: str, threads: int) -> _TorchRunner:
+        import torch
+
+        from components.export import load_torch_file
+
+        if fmt != "torch":
+            raise BackendError(f"torch loads its own safetensors export only, not {fmt}")
+        torch.set_num_threads(threads)
+        return _TorchRunner(load_torch_file(path))
 
     def version(self) -> str:
         import torch

@@ -1,6 +1,7 @@
 """Conversions and timings in a child process, so a converter or runtime that crashes cannot take the stage down.
 
-The child (`python -m components.devices.worker ROLE RUNTIME THREADS CPUS`)
+The child (`python -m components.devices.worker ROLE RUNTIME THREADS CPUS`; ROLE
+convert, time, or validate: exported whole models run on test windows)
 pins itself to its cores, then answers one JSON request per line on stdin
 with one JSON line on a private copy of stdout (libraries that print go to
 stderr, which the parent sends to a log file). The parent side, `Worker`,
@@ -75,7 +76,7 @@ class Worker:
         if line is None:
             code = self._proc.wait()
             self._proc = None
-            raise WorkerFailed(f"{self.role} worker died ({_describe_exit(code)}){self._log_tail()}")
+            raise WorkerFailed(f"{self.role} worker died ({describe_exit(code)}){self._log_tail()}")
         return json.loads(line)
 
     def call(self, request: dict, timeout_s: float) -> dict:
@@ -97,7 +98,7 @@ class Worker:
         return (": " + " | ".join(t.strip() for t in tail)) if tail else ""
 
 
-def _describe_exit(code: int) -> str:
+def describe_exit(code: int) -> str:
     if code < 0:
         try:
             return f"signal {signal.Signals(-code).name}"
@@ -116,6 +117,8 @@ def _handle(role: str, backend, threads: int, request: dict) -> dict:
         start = time.perf_counter()
         backend.convert(Item.from_json(request["item"]), Path(request["artifact"]))
         return {"ok": True, "convert_s": time.perf_counter() - start}
+    if role == "validate":
+        return _validate_files(backend, threads, request)
     return _time_batch(backend, threads, request)
 
 
@@ -144,6 +147,76 @@ def _time_batch(backend, threads: int, request: dict) -> dict:
     for index, timing in zip(loaded, timings):
         results[index]["timing"] = timing.to_dict()
     return {"ok": True, "results": results}
+
+
+def _validate_files(backend, threads: int, request: dict) -> dict:
+    """Check, load and run each exported model on the test windows, then time those that loaded together.
+
+    Per model: its sha256 is checked before loading; the peak memory is the
+    process's resident-set high-water mark while loading and running it,
+    above what was resident before.
+    """
+    import numpy as np
+
+    from components.config import TimingParams
+    from components.devices.timing import measure_many
+    from components.export import verify
+
+    x = np.load(request["windows"], mmap_mode="r")
+    results: list[dict] = []
+    runs, loaded = [], []
+    for entry in request["models"]:
+        path = Path(entry["path"])
+        try:
+            verify(path, entry["sha256"])
+            before = _reset_peak_rss()
+            start = time.perf_counter()
+            runner = backend.load_file(path, entry["format"], threads)
+            load_s = time.perf_counter() - start
+            outputs = np.concatenate([runner.predict(np.ascontiguousarray(x[i : i + 1])) for i in range(len(x))])
+            peak = _peak_rss()
+        except Exception as exc:  # this model fails (its gates say why); the others are still run and timed
+            traceback.print_exc()
+            results.append({"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]})
+            continue
+        np.save(entry["outputs"], outputs.astype(np.float32))
+        results.append({"ok": True, "load_s": load_s,
+                        "peak_memory_bytes": peak - before if peak is not None and before is not None else None})
+        if entry["format"].startswith("tflite"):
+            from components.devices.tflite import graph_memory
+
+            results[-1]["graph"] = graph_memory(path)
+        runs.append(runner.bind(np.ascontiguousarray(x[:1])))
+        loaded.append(len(results) - 1)
+    timings = measure_many(runs, TimingParams(**request["timing"]))
+    for index, timing in zip(loaded, timings):
+        results[index]["timing"] = timing.to_dict()
+    return {"ok": True, "results": results}
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> int | None:
+    """Reset the resident-set high-water mark (Linux: `5` into clear_refs); the resident bytes now."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return None
+    rss = _status_kb("VmRSS")
+    return rss * 1024 if rss is not None else None
+
+
+def _peak_rss() -> int | None:
+    hwm = _status_kb("VmHWM")
+    return hwm * 1024 if hwm is not None else None
 
 
 def _serve(role: str, runtime: str, threads: int, cpus: str) -> None:

@@ -1,4 +1,4 @@
-"""Airflow cluster policy: route each mapped `profile` task instance to its device's queue and pool.
+"""Airflow cluster policy: route each mapped `profile` and `validate` task instance to its device's queue and pool.
 
 Airflow 3 maps only a task's arguments per instance; `queue` and `pool` come
 from the task (apache/airflow#33657). This hook runs whenever a task instance
@@ -11,7 +11,7 @@ module `airflow_local_settings` by the scheduler, the API server and
 
 from __future__ import annotations
 
-ROUTED = {("compress_nightly", "profile")}
+ROUTED = {("compress_nightly", "profile"), ("compress_nightly", "validate")}
 
 
 def task_instance_mutation_hook(task_instance, dag_run=None):

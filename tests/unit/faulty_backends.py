@@ -1,7 +1,8 @@
 """Plug-in backends that fail on purpose (named in test pool files as tests.unit.faulty_backends:Class).
 
-They run the real torch runtime but crash or refuse some configurations, so
-the profiler's fault handling is tested against real process deaths.
+They run a real runtime (torch, onnxruntime) but crash or refuse some
+configurations or files, so the profiler's and the validator's fault handling
+is tested against real process deaths.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import os
 import signal
 from pathlib import Path
 
+from components.devices.base import BackendError
+from components.devices.onnxrt import OnnxRuntimeBackend
 from components.devices.torch_eager import TorchEagerBackend
 
 
@@ -47,3 +50,30 @@ class SlowBackend(TorchEagerBackend):
 
         time.sleep(0.3)
         return super().load(item, artifact_path, threads)
+
+
+class CrashingFileBackend(OnnxRuntimeBackend):
+    """Loads exported ONNX files like onnxruntime, but dies with SIGSEGV on the first window it runs."""
+
+    runtime = "crashing-file"
+
+    def load_file(self, path, fmt, threads):
+        runner = super().load_file(path, fmt, threads)
+
+        class Crashing:
+            def predict(self, x):
+                os.kill(os.getpid(), signal.SIGSEGV)
+
+            def bind(self, x):
+                return runner.bind(x)
+
+        return Crashing()
+
+
+class RefusingFileBackend(OnnxRuntimeBackend):
+    """Says it loads ONNX, then refuses every file (a device whose runtime lacks an operator)."""
+
+    runtime = "refusing-file"
+
+    def load_file(self, path, fmt, threads):
+        raise BackendError(f"refusing-file cannot load {Path(path).name}: operator GRU is not supported")

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
-import numpy as np
-import pandas as pd
 import pytest
-import torch
 
 from components import compress, models
 from components.config import ConfigError
-from components.models.deepsense import deepsense_spec
+from tests.conftest import synthetic_task
 
-CLASSES = ("sit", "walk", "run")
 QUICK = ("compress.search.max_steps=100", "compress.search.lambda_cost=10.0", "compress.search.eval_every=10", "compress.search.checkpoint_every=10",
          "compress.search.threshold={start: 0.0, step: 0.1, every: 5, limit: 0.6}", "compress.fine_tune.epochs=2",
          "compress.fine_tune.patience=1", "compress.cost=params")
@@ -22,30 +16,7 @@ QUICK = ("compress.search.max_steps=100", "compress.search.lambda_cost=10.0", "c
 @pytest.fixture
 def inputs(tmp_path):
     """An ingest folder (users a, b train; c test) and a baseline DeepSense trained for a few steps."""
-    rng = np.random.default_rng(0)
-    n = 240
-    x = rng.standard_normal((n, 4, 1, 3, 2, 8)).astype(np.float32)
-    y = (x[:, :, 0, 0, 0, :2].mean(axis=(1, 2)) > 0).astype(np.int64) + (x[:, 0, 0, 1, 0, 0] > 1).astype(np.int64)
-    users = np.array(["a", "b", "c"])[np.arange(n) % 3]
-    ingest = tmp_path / "ingest"
-    ingest.mkdir()
-    np.save(ingest / "x.npy", x)
-    np.save(ingest / "signal.npy", np.zeros((n, 1, 3, 16), np.float32))
-    pd.DataFrame({"label": y, "user": users, "split": np.where(users == "c", "test", "train")}).to_parquet(
-        ingest / "windows.parquet")
-    (ingest / "data_card.json").write_text(json.dumps({"labels": list(CLASSES)}))
-    spec = deepsense_spec((4, 1, 3, 2, 8), CLASSES, sensor_filters=12, sensor_kernels=(3, 2), first_stride=1,
-                          merge_filters=10, merge_kernels=(2,), rnn="gru", rnn_units=12, rnn_layers=1, dropout=0.0)
-    torch.manual_seed(0)
-    model = models.build(spec)
-    optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
-    for _ in range(60):
-        loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y))
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    models.save(model.eval(), tmp_path / "train" / "model")
-    return ingest, tmp_path / "train"
+    return synthetic_task(tmp_path)
 
 
 def _params(make_params, ingest, train, *more):

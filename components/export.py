@@ -1,0 +1,191 @@
+"""Export a trained model to the files the pool's runtimes load, each with its sha256.
+
+Formats (`FORMATS`):
+
+    onnx         ONNX (PyTorch's TorchScript exporter, opset 17), float32
+    tflite       TensorFlow Lite, float32 (rebuilt in Keras, recurrent layers unrolled)
+    tflite_int8  TensorFlow Lite full-integer int8: weights, activations, input and output quantised,
+                 calibrated on training windows (post-training quantization); what a microcontroller runs
+    torch        the weights as safetensors with the model description in its metadata (no pickle)
+
+Every export takes a batch of one window, the way a sensing device runs. Each
+conversion runs in its own child process (`python -m components.export`), so a
+converter that crashes (TensorFlow's int8 converter on a looped GRU dies with
+SIGSEGV, see STACK.md) fails that one format with a message, not the stage.
+`manifest.json` beside the files lists each file's format, size and sha256;
+`verify` checks a file against it before anything loads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from components.data.checksums import sha256_of
+from components.data.outputs import write_text_atomic
+from components.devices.worker import describe_exit
+
+FORMATS = ("onnx", "tflite", "tflite_int8", "torch")
+FILE_NAMES = {"onnx": "model.onnx", "tflite": "model.tflite", "tflite_int8": "model.int8.tflite",
+              "torch": "model.safetensors"}
+MANIFEST = "manifest.json"
+TORCH_FORMAT_TAG = "iot-compress-torch/1"
+
+
+class ExportFailed(RuntimeError):
+    """A conversion that failed or crashed; the message says which format and why."""
+
+
+class ChecksumMismatch(RuntimeError):
+    """An exported file whose bytes are not the ones exported (corrupted or tampered with)."""
+
+
+@dataclass(frozen=True)
+class ExportedFile:
+    format: str
+    file: str  # name inside the export folder
+    sha256: str
+    bytes: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def export(model_dir: Path, formats: list[str] | tuple[str, ...], out_dir: Path, calibration: np.ndarray | None,
+           timeout_s: float) -> tuple[dict[str, ExportedFile], dict[str, str]]:
+    """Export the model in `model_dir` to each format under `out_dir`; write the manifest.
+
+    Returns the files written and, per format that failed, why. Nothing half
+    written is left: a conversion writes a temporary file that is renamed only
+    once it is complete.
+    """
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ValueError(f"unknown export format(s) {unknown}; known: {', '.join(FORMATS)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    calibration_path = None
+    files: dict[str, ExportedFile] = {}
+    failures: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="export-", dir=out_dir) as scratch:
+        if "tflite_int8" in formats:
+            if calibration is None or len(calibration) == 0:
+                raise ValueError("tflite_int8 needs calibration windows")
+            calibration_path = Path(scratch) / "calibration.npy"
+            np.save(calibration_path, np.ascontiguousarray(calibration, dtype=np.float32))
+        for fmt in formats:
+            target = out_dir / FILE_NAMES[fmt]
+            partial = Path(scratch) / FILE_NAMES[fmt]
+            try:
+                _convert_in_child(model_dir, fmt, partial, calibration_path, timeout_s, Path(scratch) / "log.txt")
+            except ExportFailed as exc:
+                failures[fmt] = str(exc)
+                target.unlink(missing_ok=True)
+                continue
+            partial.replace(target)
+            files[fmt] = ExportedFile(fmt, target.name, sha256_of(target), target.stat().st_size)
+    manifest = {"model_dir": str(model_dir), "files": {f: e.to_dict() for f, e in files.items()},
+                "failed": failures}
+    write_text_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=2))
+    return files, failures
+
+
+def _convert_in_child(model_dir: Path, fmt: str, target: Path, calibration: Path | None, timeout_s: float,
+                      log_path: Path) -> None:
+    cmd = [sys.executable, "-m", "components.export", fmt, str(model_dir), str(target)]
+    if calibration is not None:
+        cmd.append(str(calibration))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+    with open(log_path, "wb") as log:
+        try:
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout_s,
+                                  cwd=Path(__file__).resolve().parents[1])
+        except subprocess.TimeoutExpired:
+            raise ExportFailed(f"{fmt}: the conversion overran {timeout_s:.0f} s and was killed") from None
+    if proc.returncode != 0 or not target.exists():
+        tail = " | ".join(log_path.read_text(errors="replace").strip().splitlines()[-3:])
+        raise ExportFailed(f"{fmt}: the converter failed ({describe_exit(proc.returncode)})"
+                           + (f": {tail}" if tail else ""))
+
+
+def read_manifest(out_dir: Path) -> dict[str, ExportedFile]:
+    d = json.loads((out_dir / MANIFEST).read_text())
+    return {fmt: ExportedFile(**entry) for fmt, entry in d["files"].items()}
+
+
+def verify(path: Path, expected_sha256: str) -> None:
+    """Refuse a file whose sha256 is not the exported one (call this right before loading it)."""
+    if not path.exists():
+        raise ChecksumMismatch(f"{path.name}: the exported file is missing")
+    actual = sha256_of(path)
+    if actual != expected_sha256:
+        raise ChecksumMismatch(f"{path.name}: sha256 {actual[:16]}... is not the exported {expected_sha256[:16]}... "
+                               "(the file was corrupted or changed after export); it was not loaded")
+
+
+# ---- the conversions (child process) ---------------------------------------------------------------------------
+
+
+def _write(model, fmt: str, target: Path, calibration: np.ndarray | None) -> None:
+    import torch
+
+    from components.profiling.items import Item
+
+    spec = model.spec
+    example = torch.zeros((1, *spec.input_shape), dtype=torch.float32)
+    if fmt == "onnx":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's notes on RNN export and deprecations
+            torch.onnx.export(model, (example,), str(target), dynamo=False, input_names=["x"],
+                              output_names=["logits"], opset_version=17)
+    elif fmt in ("tflite", "tflite_int8"):
+        from components.devices.tflite import tflite_bytes
+
+        target.write_bytes(tflite_bytes(Item(model=spec), model, calibration if fmt == "tflite_int8" else None))
+    elif fmt == "torch":
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(target), metadata={"format": TORCH_FORMAT_TAG, "spec": spec.to_json()})
+    else:
+        raise ValueError(f"unknown export format {fmt!r}")
+
+
+def load_torch_file(path: Path):
+    """The eval-mode model in a `torch` export (safetensors: no code runs while reading it)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from components import models
+    from components.models.spec import ModelConfigError, ModelSpec
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != TORCH_FORMAT_TAG:
+        raise ModelConfigError(f"{path.name}: not a torch export of this pipeline (no {TORCH_FORMAT_TAG} metadata)")
+    model = models.build(ModelSpec.from_json(meta["spec"]))
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()
+
+
+def _main(argv: list[str]) -> int:
+    fmt, model_dir, target = argv[0], Path(argv[1]), Path(argv[2])
+    calibration = np.load(argv[3]) if len(argv) > 3 else None
+    import torch
+
+    from components import models
+
+    torch.set_num_threads(1)
+    _write(models.load(model_dir), fmt, target, calibration)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -1,0 +1,269 @@
+"""Stage `register`: every device's model that passed validation goes into the MLflow model registry.
+
+One registered model per task and device (`<prefix>-<dataset>-<device>`). A
+version holds the device's deployed file (loadable as `models:/<name>@<alias>`,
+see registry_model.py), the other exported formats and the validation report;
+its tags link it to the data hash, the git commit, the pipeline run and the
+validate run. A new version gets the alias `candidate`; it takes `champion`
+only if it beats the current champion on that device: higher on-device
+accuracy, or within `champion_tolerance` of it and faster. A model that failed
+a gate is never registered; the stage says which gates and why.
+
+The tracking server may be down: each registration is tried `attempts` times
+with doubling waits, then fails with a clear error. Nothing is left half
+registered: every file is logged before the version is created, a version
+whose aliases could not be set is deleted again, and a retry finds a version
+this validation already created (tag `validation_id`) instead of making a
+second one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.config import ConfigError, Params
+from components.data.outputs import write_text_atomic
+
+STAGE = "register"
+CANDIDATE, CHAMPION = "candidate", "champion"
+log = logging.getLogger(__name__)
+_PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "PERMISSION_DENIED",
+              "UNAUTHENTICATED", "BAD_REQUEST", "INVALID_STATE"}
+
+
+class RegistryUnavailable(RuntimeError):
+    """The tracking server did not answer through every attempt; nothing was registered."""
+
+
+@dataclass(frozen=True)
+class RegisterOutcome:
+    device: str
+    registered: bool
+    name: str
+    version: str | None
+    aliases: tuple[str, ...]
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"device": self.device, "registered": self.registered, "name": self.name, "version": self.version,
+                "aliases": list(self.aliases), "reason": self.reason}
+
+
+def model_name(params: Params, report: dict) -> str:
+    return f"{params.register.name_prefix}-{report['dataset']}-{report['device']}"
+
+
+def run(params: Params, device_name: str, report_dir: Path | None = None, pipeline_key: str | None = None
+        ) -> RegisterOutcome:
+    """Register one device's validated model if it passed every gate; record the outcome beside the report."""
+    from components import profile
+
+    (device,) = profile.devices(params, [device_name])
+    reports = Path(report_dir) if report_dir else params.path(params.validate.report_dir) / device.name
+    path = reports / "report.json"
+    if not path.exists():
+        raise ConfigError(f"register {device.name}: no validation report at {path}; run `python -m components "
+                          f"validate --device {device.name}` first")
+    report = json.loads(path.read_text())
+    name = model_name(params, report)
+    if report["passed"]:
+        outcome = register_with_retries(params, report, reports, pipeline_key)
+    else:
+        why = "; ".join(f"{g['name']}: {g['detail']}" for g in report["gates"] if g["passed"] is False)
+        outcome = RegisterOutcome(device.name, False, name, None, (), f"not registered: failed {why}")
+        log.warning("%s: %s", device.name, outcome.reason)
+    write_text_atomic(reports / "registry.json", json.dumps(outcome.to_dict(), indent=2))
+    return outcome
+
+
+def register_with_retries(params: Params, report: dict, report_dir: Path, pipeline_key: str | None,
+                          sleep=time.sleep) -> RegisterOutcome:
+    cfg = params.register
+    _verify_exports(report)  # a file changed since validation is refused before anything is logged
+    delay = cfg.backoff_s
+    for attempt in range(1, cfg.attempts + 1):
+        try:
+            return _register(params, report, report_dir, pipeline_key)
+        except Exception as exc:
+            if not _transient(exc):
+                raise
+            if attempt == cfg.attempts:
+                raise RegistryUnavailable(
+                    f"{report['device']}: the MLflow tracking server did not answer after {cfg.attempts} attempts "
+                    f"({_short(exc)}); nothing was registered, run `python -m components register --device "
+                    f"{report['device']}` again once it is up") from exc
+            log.warning("%s: the tracking server did not answer (%s); attempt %d of %d, retrying in %.0f s",
+                        report["device"], _short(exc), attempt, cfg.attempts, delay)
+            sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")
+
+
+def _transient(exc: Exception) -> bool:
+    """Connection trouble and server-side errors are worth retrying; a refused request is not."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, MlflowException):
+        return exc.error_code not in _PERMANENT
+    import requests
+
+    return isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError,
+                            TimeoutError))
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]
+
+
+def _verify_exports(report: dict) -> None:
+    from components.export import verify
+
+    folder = Path(report["exports"]["compressed"]["dir"])
+    for entry in report["exports"]["compressed"]["files"].values():
+        verify(folder / entry["file"], entry["sha256"])
+
+
+def _register(params: Params, report: dict, report_dir: Path, pipeline_key: str | None) -> RegisterOutcome:
+    from mlflow.exceptions import MlflowException
+
+    from components import tracking
+
+    mlflow = tracking.configured_mlflow(params)
+    client = mlflow.MlflowClient()
+    name = model_name(params, report)
+    device = report["device"]
+    version = _existing_version(client, name, report["validation_id"])
+    if version is None:
+        with tracking.stage_run(params, STAGE, pipeline_key, device=device) as mlrun:
+            model_uri = _log_model(mlflow, report, report_dir)
+            try:
+                client.create_registered_model(name, tags={"device": device, "dataset": report["dataset"]},
+                                               description=f"{report['dataset']} classifier compressed for {device}")
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            version = client.create_model_version(name, model_uri, run_id=mlrun.run_id,
+                                                  tags=_version_tags(params, report, pipeline_key)).version
+            version = str(version)
+            mlrun.set_tags({"registered_model": name, "registered_version": str(version)})
+    try:
+        aliases, decision = _set_aliases(client, name, version, params.register.champion_tolerance)
+    except Exception:
+        _delete_quietly(client, name, version)
+        raise
+    log.info("%s: registered %s version %s with alias(es) %s (%s)", device, name, version, ", ".join(aliases),
+             decision)
+    return RegisterOutcome(device, True, name, str(version), aliases, decision)
+
+
+def _existing_version(client, name: str, validation_id: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client.search_model_versions(f"name = '{name}' and tags.validation_id = '{validation_id}'")
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    return str(found[0].version) if found else None
+
+
+def _version_tags(params: Params, report: dict, pipeline_key: str | None) -> dict[str, str]:
+    from components.tracking import git_commit
+
+    comp = report["models"]["compressed"][report["deployed_format"]]
+    return {"validation_id": report["validation_id"], "device": report["device"], "format": report["deployed_format"],
+            "data_hash": report["data_hash"], "git_commit": git_commit(params.root),
+            "pipeline_run": pipeline_key or report.get("pipeline_run", ""),
+            "validate_run_id": report["validate_run_id"], "accuracy": f"{comp['accuracy']:.6f}",
+            "latency_ms": f"{comp['latency_ms']:.6g}", "size_bytes": str(comp["bytes"]),
+            "sha256": comp["sha256"]}
+
+
+def _log_model(mlflow, report: dict, report_dir: Path) -> str:
+    """The pyfunc model of the deployed file, with every exported format and the report beside it."""
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    import components
+    import numpy as np
+
+    exports = report["exports"]["compressed"]
+    folder = Path(exports["dir"])
+    deployed = exports["files"][report["deployed_format"]]
+    artifacts = {"deployed": str(folder / deployed["file"])}
+    artifacts |= {f"export_{fmt}": str(folder / e["file"]) for fmt, e in exports["files"].items()}
+    artifacts |= {f"report_{p.suffix[1:]}": str(p) for p in (report_dir / "report.json", report_dir / "report.html")}
+    runtime = "tflite" if report["runtime"] == "mcu" else report["runtime"]
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *report["input_shape"]))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(report["classes"])))]))
+    info = mlflow.pyfunc.log_model(
+        name="model", python_model=str(Path(__file__).with_name("registry_model.py")), artifacts=artifacts,
+        code_paths=[str(Path(components.__file__).parent)], signature=signature,
+        model_config={"runtime": runtime, "format": report["deployed_format"], "sha256": deployed["sha256"],
+                      "input_shape": report["input_shape"], "classes": report["classes"]},
+        pip_requirements=_requirements(runtime))
+    return info.model_uri
+
+
+def _requirements(runtime: str) -> list[str]:
+    from importlib import metadata
+
+    packages = ["mlflow", "numpy", "pyyaml", "safetensors", "torch"]
+    packages += {"onnxruntime": ["onnxruntime"], "tflite": ["ai-edge-litert"]}.get(runtime, [])
+    pins = []
+    for package in packages:
+        version = metadata.version(package)
+        pins.append(f"{package}=={version.split('+')[0]}" if package != "torch" else f"torch=={version}")
+    return pins
+
+
+def beats(candidate: dict[str, str], champion: dict[str, str], tolerance: float) -> tuple[bool, str]:
+    """Whether a version's tags beat the champion's: more accurate, or as accurate (within tolerance) and faster."""
+    acc_c, acc_h = float(candidate["accuracy"]), float(champion["accuracy"])
+    lat_c, lat_h = float(candidate["latency_ms"]), float(champion["latency_ms"])
+    if acc_c > acc_h + tolerance:
+        return True, f"more accurate than the champion ({acc_c:.4f} vs {acc_h:.4f})"
+    if acc_c >= acc_h - tolerance and lat_c < lat_h:
+        return True, f"as accurate as the champion ({acc_c:.4f} vs {acc_h:.4f}) and faster ({lat_c:.4g} vs {lat_h:.4g} ms)"
+    return False, (f"does not beat the champion (accuracy {acc_c:.4f} vs {acc_h:.4f}, "
+                   f"latency {lat_c:.4g} vs {lat_h:.4g} ms)")
+
+
+def _set_aliases(client, name: str, version: str, tolerance: float) -> tuple[tuple[str, ...], str]:
+    from mlflow.exceptions import MlflowException
+
+    client.set_registered_model_alias(name, CANDIDATE, version)
+    mine = client.get_model_version(name, version).tags
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        champion = None
+    if champion is None:
+        promote, why = True, "no champion yet"
+    elif str(champion.version) == str(version):
+        promote, why = True, "already the champion"
+    else:
+        promote, why = beats(mine, champion.tags, tolerance)
+        why += f" (version {champion.version})"
+    if promote:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_model_version_tag(name, version, "champion_decision", why)
+    return ((CANDIDATE, CHAMPION) if promote else (CANDIDATE,)), why
+
+
+def _delete_quietly(client, name: str, version: str) -> None:
+    try:
+        client.delete_model_version(name, version)
+        log.warning("%s version %s: its aliases could not be set, so it was deleted again", name, version)
+    except Exception as exc:  # the server is down: the next attempt finds the version by its validation_id
+        log.warning("%s version %s: aliases not set and the version could not be deleted (%s); the next attempt "
+                    "completes it", name, version, _short(exc))

@@ -1,0 +1,399 @@
+"""Stage `validate`: the baseline and the compressed model, exported, run on the device, and gated.
+
+For one device: export both models to the formats its runtime loads
+(`validate.formats`, the first one is what gets deployed), each conversion in
+a child process; then, in a worker process pinned to the device's cores (the
+same worker `profile` times in, so a runtime that crashes fails that format,
+not the stage), check each file's sha256, load it, run it on the held-out
+users' test windows one window at a time, and time the two models together
+with `profile`'s protocol. From the outputs: accuracy, macro-F1, agreement
+with the torch model's own predictions, latency, peak memory and file size,
+and the latency model's prediction for comparison. A microcontroller is
+computed, not timed: its int8 file runs in LiteRT on this host for accuracy,
+its flash is the int8 file's size, its SRAM peak comes from the file's graph
+(activations alive at once), and its latency from the analytic model.
+
+The gates (`validate.gates`) decide on the compressed model in the deployed
+format; the report (JSON, Markdown, HTML) shows every gate with its numbers,
+pass or fail, and every format. Failing gates are a result, not an error: the
+stage ends normally and `register` leaves the model out, saying why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import logging
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from components.config import ConfigError, Params
+from components.data.outputs import write_text_atomic
+
+STAGE = "validate"
+MODELS = ("baseline", "compressed")
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ValidateResult:
+    device: str
+    report_path: Path
+    report: dict
+    run_id: str
+
+    @property
+    def passed(self) -> bool:
+        return self.report["passed"]
+
+
+@dataclass(frozen=True)
+class Gate:
+    name: str
+    passed: bool | None  # None: does not apply to this device (said in `detail`)
+    value: float | None
+    limit: float | None
+    detail: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def run(params: Params, device_name: str, baseline_dir: Path | None = None, compressed_dir: Path | None = None,
+        ingest_dir: Path | None = None, latency_dir: Path | None = None, output_dir: Path | None = None,
+        report_dir: Path | None = None, pipeline_key: str | None = None) -> ValidateResult:
+    from components import models, profile, tracking, training
+    from components.compress import _latency_model
+    from components.train import load_windows, make_folds
+
+    cfg = params.validate
+    (device,) = profile.devices(params, [device_name])
+    formats = _formats(cfg, device)
+    out = Path(output_dir) if output_dir else params.path(cfg.output_dir) / device.name
+    reports = Path(report_dir) if report_dir else params.path(cfg.report_dir) / device.name
+    ingest = Path(ingest_dir) if ingest_dir else params.path(params.ingest.output_dir)
+    model_dirs = {"baseline": Path(baseline_dir) if baseline_dir else params.path(params.train.output_dir) / "model",
+                  "compressed": Path(compressed_dir) if compressed_dir
+                  else params.path(params.compress.output_dir) / device.name / "model"}
+    for name, folder in model_dirs.items():
+        if not (folder / models.SPEC_FILE).exists():
+            stage = "train" if name == "baseline" else f"compress --device {device.name}"
+            raise ConfigError(f"validate {device.name}: no {name} model at {folder}; run `python -m components "
+                              f"{stage}` first")
+    windows = load_windows(ingest)
+    fold = make_folds(windows.meta, params.train)[0]
+    rng = np.random.default_rng(cfg.seed)
+    test = fold.test if not cfg.max_test_windows or len(fold.test) <= cfg.max_test_windows else \
+        np.sort(rng.choice(fold.test, cfg.max_test_windows, replace=False))
+    calibration = np.sort(rng.choice(fold.train, min(cfg.calibration_windows, len(fold.train)), replace=False))
+    x_test = np.ascontiguousarray(windows.x[test], dtype=np.float32)
+    y_test = windows.meta["label"].to_numpy()[test].astype(np.int64)
+    latency_model = _latency_model(params, device, latency_dir)
+    loaded = {name: models.load(folder) for name, folder in model_dirs.items()}
+    torch_predictions = {name: training.predict(model, x_test) for name, model in loaded.items()}
+
+    with tracking.stage_run(params, STAGE, pipeline_key, device=device.name) as mlrun:
+        mlrun.log_params({"validate": asdict(cfg), "device": device.to_dict(), "test_windows": len(test)})
+        started = time.perf_counter()
+        exports = {}
+        for name, folder in model_dirs.items():
+            log.info("%s: exporting the %s model to %s", device.name, name, ", ".join(formats))
+            exports[name] = _export(folder, formats, out / name, windows.x[calibration], cfg.convert_timeout_s)
+        results = {name: {} for name in MODELS}
+        with tempfile.TemporaryDirectory(prefix="validate-") as work:  # test windows and outputs, not kept
+            np.save(Path(work) / "test_windows.npy", x_test)
+            for fmt in formats:
+                log.info("%s: running both models as %s on %d test windows", device.name, fmt, len(test))
+                ran = _run_on_device(params, device, fmt, exports, Path(work), out / "logs")
+                for name in MODELS:
+                    results[name][fmt] = _score(ran[name], exports[name]["files"].get(fmt), y_test,
+                                                torch_predictions[name], len(windows.classes))
+        for name in MODELS:
+            _add_predictions(results[name], loaded[name].spec, device, latency_model)
+        gates = check_gates(results["baseline"][formats[0]], results["compressed"][formats[0]], device,
+                            cfg.gates)
+        report = _report(params, device, formats, results, gates, exports, model_dirs, ingest, test, windows,
+                         fold, mlrun.run_id, pipeline_key, time.perf_counter() - started)
+        paths = _write_report(report, reports)
+        mlrun.log_metrics(_flat_metrics(report))
+        mlrun.set_tags({"validation_passed": str(report["passed"]).lower(), "deployed_format": formats[0],
+                        "validation_id": report["validation_id"]})
+        for path in paths:
+            mlrun.log_artifact(path, f"validate/{device.name}")
+        for name in MODELS:
+            for path in sorted((out / name).iterdir()):
+                if path.is_file():
+                    mlrun.log_artifact(path, f"validate/{device.name}/{name}")
+        _say(report)
+        return ValidateResult(device.name, reports / "report.json", report, mlrun.run_id)
+
+
+def _formats(cfg, device) -> tuple[str, ...]:
+    from components.devices.base import get_backend
+    from components.export import FORMATS
+
+    key = device.runtime
+    formats = tuple(cfg.formats.get(key, ()))
+    if not formats:
+        raise ConfigError(f"validate.formats has no entry for runtime {key!r} (device {device.name}); "
+                          f"add one, e.g. `{key}: [onnx]` (known formats: {', '.join(FORMATS)})")
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ConfigError(f"validate.formats.{key}: unknown format(s) {unknown}; known: {', '.join(FORMATS)}")
+    loadable = set(get_backend("tflite").formats if device.mcu is not None else get_backend(key).formats)
+    refused = [f for f in formats if f not in loadable]
+    if refused:
+        raise ConfigError(f"device {device.name}: runtime {key} cannot load {', '.join(refused)} "
+                          f"(it loads: {', '.join(sorted(loadable)) or 'no exported file'}); "
+                          f"change validate.formats.{key}")
+    return formats
+
+
+def _export(model_dir: Path, formats, folder: Path, calibration: np.ndarray, timeout_s: float) -> dict:
+    from components.export import export
+
+    files, failures = export(model_dir, formats, folder, calibration, timeout_s)
+    for fmt, why in failures.items():
+        log.warning("export failed: %s", why)
+    return {"dir": folder, "files": files, "failed": failures}
+
+
+def _run_on_device(params: Params, device, fmt: str, exports: dict, work: Path, logs: Path) -> dict[str, dict]:
+    """Each model's answer from the device worker: {"ok", "error" | outputs, timing, peak memory}."""
+    from components.devices.worker import Worker, WorkerFailed
+
+    answers: dict[str, dict] = {}
+    entries = []
+    for name in MODELS:
+        exported = exports[name]["files"].get(fmt)
+        if exported is None:
+            answers[name] = {"ok": False, "error": f"not exported: {exports[name]['failed'].get(fmt, 'unknown')}"}
+            continue
+        entries.append({"name": name, "path": str(exports[name]["dir"] / exported.file), "format": fmt,
+                        "sha256": exported.sha256, "outputs": str(work / f"{name}.{fmt}.outputs.npy")})
+    if not entries:
+        return answers
+    # the microcontroller's int8 file runs in LiteRT on this host (for accuracy); its latency is computed
+    runtime, threads = ("tflite", 1) if device.mcu is not None else (device.runtime, device.threads)
+    worker = Worker("validate", runtime, threads, device.pinned_cpus(), logs / f"{fmt}.log")
+    request = {"windows": str(work / "test_windows.npy"), "models": entries,
+               "timing": asdict(params.profile.timing)}
+    try:
+        reply = worker.call(request, params.validate.run_timeout_s)
+    except WorkerFailed as exc:
+        reply = {"ok": False, "error": f"the {runtime} runtime crashed: {exc}"}
+    finally:
+        worker.close()
+    for i, entry in enumerate(entries):
+        answer = reply["results"][i] if reply.get("ok") else {"ok": False, "error": reply["error"]}
+        if answer.get("ok"):
+            answer["outputs"] = np.load(entry["outputs"])
+        answers[entry["name"]] = answer
+    return answers
+
+
+def _score(answer: dict, exported, y_test: np.ndarray, torch_predicted: np.ndarray, classes: int) -> dict:
+    from components.training import scores
+
+    record = {"ok": bool(answer.get("ok")), "error": answer.get("error", "")}
+    if exported is not None:
+        record |= {"file": exported.file, "sha256": exported.sha256, "bytes": exported.bytes}
+    if not record["ok"]:
+        return record
+    predicted = answer["outputs"].argmax(axis=1)
+    s = scores(y_test, predicted, np.zeros(len(y_test), dtype=str), classes)
+    timing = answer.get("timing") or {}
+    return record | {
+        "accuracy": s["accuracy"], "macro_f1": s["macro_f1"],
+        "agreement": float(np.mean(predicted == torch_predicted)),
+        "latency_ms": timing.get("latency_ms"), "latency_iqr_ms": timing.get("iqr_ms"),
+        "latency_stable": timing.get("stable"), "latency_method": "timed",
+        "peak_memory_bytes": answer.get("peak_memory_bytes"), "load_s": answer.get("load_s"),
+        **({"graph": answer["graph"]} if "graph" in answer else {}),
+    }
+
+
+def _add_predictions(by_format: dict, spec, device, latency_model) -> None:
+    """The latency model's prediction beside each measurement; a microcontroller's figures are computed."""
+    predicted = latency_model.predict_model(spec) if latency_model is not None else None
+    for record in by_format.values():
+        record["predicted_latency_ms"] = predicted
+        if device.mcu is not None:
+            from components.devices import mcu
+
+            figures = mcu.model_resources(spec, device.mcu)
+            record["host_latency_ms"] = record.get("latency_ms")
+            record |= {"latency_ms": figures["latency_ms"], "latency_method": "computed",
+                       "flash_bytes": record.get("bytes"), "macs": figures["macs"],
+                       "peak_sram_bytes": (record.get("graph") or {}).get("peak_activation_bytes",
+                                                                           figures["peak_sram_bytes"])}
+        measured = record.get("latency_ms")
+        record["latency_error"] = (abs(measured - predicted) / measured
+                                   if measured and predicted is not None and record.get("ok") else None)
+
+
+def check_gates(base: dict, comp: dict, device, g) -> list[Gate]:
+    """Every gate on the compressed model (`comp`) against the baseline (`base`), same device and format."""
+    if not comp.get("ok"):
+        return [Gate("runs", False, None, None, f"the compressed model did not run: {comp.get('error')}")]
+    gates = [Gate("runs", True, None, None, "checksum verified, loaded and ran on every test window")]
+    if not base.get("ok"):
+        gates.append(Gate("baseline_runs", False, None, None,
+                          f"the baseline did not run, so nothing can be compared: {base.get('error')}"))
+        return gates
+    drop = base["accuracy"] - comp["accuracy"]
+    gates.append(Gate("accuracy_drop", drop <= g.max_accuracy_drop + 1e-12, drop, g.max_accuracy_drop,
+                      f"on-device accuracy {comp['accuracy']:.4f} vs the baseline's {base['accuracy']:.4f}"))
+    gates.append(Gate("agreement", comp["agreement"] >= g.min_agreement, comp["agreement"], g.min_agreement,
+                      "share of test windows predicted as the torch model predicts them"))
+    ratio = comp["latency_ms"] / base["latency_ms"]
+    gates.append(Gate("latency", ratio <= g.latency_budget, ratio, g.latency_budget,
+                      f"{comp['latency_method']} {comp['latency_ms']:.4g} ms vs the baseline's "
+                      f"{base['latency_ms']:.4g} ms"))
+    size = comp["bytes"] / base["bytes"]
+    gates.append(Gate("size", size <= g.size_budget, size, g.size_budget,
+                      f"{comp['bytes']} bytes vs the baseline's {base['bytes']}"))
+    if device.mcu is not None:
+        fits = comp["flash_bytes"] <= device.mcu.flash_bytes and comp["peak_sram_bytes"] <= device.mcu.sram_bytes
+        gates.append(Gate("fits_device", fits, None, None,
+                          f"flash {comp['flash_bytes']} of {device.mcu.flash_bytes} bytes, SRAM peak "
+                          f"{comp['peak_sram_bytes']} of {device.mcu.sram_bytes} bytes"))
+    error = comp.get("latency_error")
+    if comp["latency_method"] == "computed":
+        gates.append(Gate("latency_prediction", None, None, g.max_latency_error,
+                          "not applicable: the latency is computed by the same model that predicts it"))
+    elif error is None:
+        gates.append(Gate("latency_prediction", False, None, g.max_latency_error,
+                          "no latency model for this device (run fit_latency)"))
+    else:
+        gates.append(Gate("latency_prediction", error <= g.max_latency_error, error, g.max_latency_error,
+                          f"measured {comp['latency_ms']:.4g} ms, predicted {comp['predicted_latency_ms']:.4g} ms"))
+    return gates
+
+
+def _report(params, device, formats, results, gates, exports, model_dirs, ingest: Path, test, windows, fold,
+            run_id: str, pipeline_key: str | None, wall_s: float) -> dict:
+    deployed = formats[0]
+    failed = [g.name for g in gates if g.passed is False]
+    card = json.loads((ingest / "data_card.json").read_text())
+    comp = results["compressed"][deployed]
+    identity = json.dumps({"device": device.name, "file": comp.get("sha256"), "data": card.get("data_hash")})
+    users = windows.meta["user"].to_numpy().astype(str)
+    return {
+        "device": device.name, "runtime": device.runtime, "threads": device.threads,
+        "deployed_format": deployed, "formats": list(formats),
+        "passed": not failed, "failed_gates": failed, "gates": [g.to_dict() for g in gates],
+        "models": results,
+        "exports": {name: {"dir": str(e["dir"]), "files": {f: x.to_dict() for f, x in e["files"].items()},
+                           "failed": e["failed"]} for name, e in exports.items()},
+        "model_dirs": {name: str(folder) for name, folder in model_dirs.items()},
+        "test_windows": int(len(test)), "test_users": sorted(set(users[fold.test].tolist())),
+        "classes": list(windows.classes), "input_shape": list(windows.x.shape[1:]),
+        "dataset": params.ingest.dataset, "data_hash": card.get("data_hash", ""),
+        "validation_id": hashlib.sha256(identity.encode()).hexdigest()[:16],
+        "validate_run_id": run_id, "pipeline_run": pipeline_key or "", "wall_s": round(wall_s, 1),
+    }
+
+
+def _write_report(report: dict, reports: Path) -> list[Path]:
+    reports.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(reports / "report.json", json.dumps(report, indent=2))
+    write_text_atomic(reports / "report.md", report_markdown(report))
+    write_text_atomic(reports / "report.html", report_html(report))
+    write_text_atomic(reports / "metrics.json", json.dumps(_flat_metrics(report), indent=2))
+    return [reports / n for n in ("report.json", "report.md", "report.html", "metrics.json")]
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _verdict(passed: bool | None) -> str:
+    return "n/a" if passed is None else ("PASS" if passed else "FAIL")
+
+
+COLUMNS = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("agreement", "agreement with torch"),
+           ("latency_ms", "latency ms"), ("predicted_latency_ms", "predicted ms"), ("latency_error", "|meas-pred|/meas"),
+           ("peak_memory_bytes", "peak memory bytes"), ("bytes", "file bytes"))
+
+
+def _table_rows(report: dict) -> list[list[str]]:
+    rows = []
+    for fmt in report["formats"]:
+        for name in MODELS:
+            r = report["models"][name][fmt]
+            cells = [_fmt(r.get(key)) for key, _ in COLUMNS] if r["ok"] else [f"did not run: {r['error']}"] + \
+                [""] * (len(COLUMNS) - 1)
+            rows.append([fmt + (" (deployed)" if fmt == report["deployed_format"] else ""), name, *cells])
+    return rows
+
+
+def report_markdown(report: dict) -> str:
+    verdict = "PASSED" if report["passed"] else f"FAILED ({', '.join(report['failed_gates'])})"
+    lines = [f"# Validation on {report['device']} ({report['runtime']}, {report['threads']} thread(s)): {verdict}",
+             "", f"{report['test_windows']} test windows of held-out users {', '.join(report['test_users'])}; "
+             f"deployed format {report['deployed_format']}; data hash `{report['data_hash'][:16]}`.", "",
+             "| gate | result | value | limit | detail |", "|---|---|---|---|---|"]
+    for g in report["gates"]:
+        lines.append(f"| {g['name']} | {_verdict(g['passed'])} | {_fmt(g['value'])} | {_fmt(g['limit'])} | "
+                     f"{g['detail']} |")
+    header = ["format", "model", *(label for _, label in COLUMNS)]
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in _table_rows(report)]
+    return "\n".join(lines) + "\n"
+
+
+def report_html(report: dict) -> str:
+    esc = html.escape
+    colour = {"PASS": "#1a7f37", "FAIL": "#cf222e", "n/a": "#6e7781"}
+    verdict = "PASSED" if report["passed"] else "FAILED"
+    gate_rows = "".join(
+        f"<tr><td>{esc(g['name'])}</td><td style='color:{colour[_verdict(g['passed'])]};font-weight:bold'>"
+        f"{_verdict(g['passed'])}</td><td>{esc(_fmt(g['value']))}</td><td>{esc(_fmt(g['limit']))}</td>"
+        f"<td>{esc(g['detail'])}</td></tr>" for g in report["gates"])
+    header = "".join(f"<th>{esc(h)}</th>" for h in ["format", "model", *(label for _, label in COLUMNS)])
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in _table_rows(report))
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Validation: {esc(report['device'])}</title>"
+            "<style>body{font-family:sans-serif}table{border-collapse:collapse;margin:1em 0}"
+            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}</style></head><body>"
+            f"<h1>Validation on {esc(report['device'])}: <span style='color:"
+            f"{colour['PASS' if report['passed'] else 'FAIL']}'>{verdict}</span></h1>"
+            f"<p>{report['test_windows']} test windows of held-out users {esc(', '.join(report['test_users']))}; "
+            f"runtime {esc(report['runtime'])}, deployed format {esc(report['deployed_format'])}.</p>"
+            f"<h2>Gates</h2><table><tr><th>gate</th><th>result</th><th>value</th><th>limit</th><th>detail</th></tr>"
+            f"{gate_rows}</table><h2>Every format</h2><table><tr>{header}</tr>{body}</table></body></html>\n")
+
+
+def _flat_metrics(report: dict) -> dict:
+    flat = {"passed": float(report["passed"]), "test_windows": float(report["test_windows"])}
+    for name in MODELS:
+        for fmt, r in report["models"][name].items():
+            for key, _ in COLUMNS:
+                value = r.get(key)
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
+                    flat[f"{name}.{fmt}.{key}"] = float(value)
+    for g in report["gates"]:
+        if g["value"] is not None:
+            flat[f"gate.{g['name']}"] = float(g["value"])
+    return flat
+
+
+def _say(report: dict) -> None:
+    comp = report["models"]["compressed"][report["deployed_format"]]
+    if report["passed"]:
+        log.info("%s: every gate passed (%s: accuracy %.3f, %.4g ms)", report["device"], report["deployed_format"],
+                 comp["accuracy"], comp["latency_ms"])
+    else:
+        reasons = "; ".join(f"{g['name']}: {g['detail']}" + (f" ({_fmt(g['value'])} vs limit {_fmt(g['limit'])})"
+                                                             if g["value"] is not None else "")
+                            for g in report["gates"] if g["passed"] is False)
+        log.warning("%s: VALIDATION FAILED, the model will not be registered: %s", report["device"], reasons)

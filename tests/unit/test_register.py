@@ -1,0 +1,175 @@
+"""The registry gate against a real MLflow registry: tags, aliases, loading by alias, and its faults."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import socket
+
+import numpy as np
+import pytest
+from mlflow.exceptions import MlflowException
+
+from components import register, validate
+from components.config import load_params
+from components.export import ChecksumMismatch
+from tests.conftest import PROJECT_ROOT, synthetic_task
+
+# The microcontroller: its latency is computed (no latency model needed) and its int8 file is what is registered.
+# The gates are opened wide: these tests are about the registry, the gates have their own.
+LOOSE = ("validate.gates.max_accuracy_drop=1.0", "validate.gates.min_agreement=0.0", "validate.gates.latency_budget=1.0",
+         "validate.gates.size_budget=1.0", "validate.calibration_windows=40", "register.backoff_s=0.01")
+
+
+@pytest.fixture(scope="module")
+def validation(tmp_path_factory, data_root):
+    """One validated model (exports, report) for the whole module; each test works on its own copy."""
+    folder = tmp_path_factory.mktemp("validated")
+    ingest, train = synthetic_task(folder)
+    _, small = synthetic_task(folder / "small", widths=(4, 4, 4))
+    params = load_params(PROJECT_ROOT / "params.yaml", [f"ingest.output_dir={ingest}",
+                                                        f"pipeline.state_dir={folder / 'state'}", *LOOSE])
+    result = validate.run(params, "cortex-m4", train / "model", small / "model", ingest, output_dir=folder / "v",
+                          report_dir=folder / "r")
+    assert result.passed, result.report["failed_gates"]
+    return folder
+
+
+@pytest.fixture
+def validated(validation, tmp_path):
+    """(params with a fresh registry, the report, its folder), on a copy of the module's validation."""
+    for name in ("v", "r", "ingest"):
+        shutil.copytree(validation / name, tmp_path / name)
+    report_path = tmp_path / "r" / "report.json"
+    report_path.write_text(report_path.read_text().replace(str(validation), str(tmp_path)))
+    params = load_params(PROJECT_ROOT / "params.yaml", [f"ingest.output_dir={tmp_path / 'ingest'}",
+                                                        f"pipeline.state_dir={tmp_path / 'state'}", *LOOSE])
+    return params, json.loads(report_path.read_text()), tmp_path / "r"
+
+
+def _client(params):
+    from components.tracking import configured_mlflow
+
+    return configured_mlflow(params).MlflowClient()
+
+
+def test_a_passing_model_is_registered_with_its_files_tags_and_aliases_and_loads_by_alias(validated, tmp_path):
+    import mlflow
+
+    params, report, reports = validated
+    outcome = register.run(params, "cortex-m4", reports, pipeline_key="nightly-1")
+    assert outcome.registered and outcome.aliases == ("candidate", "champion")
+    assert outcome.name == "iot-compress-hhar_sa-cortex-m4"
+    client = _client(params)
+    version = client.get_model_version_by_alias(outcome.name, "champion")
+    tags = version.tags
+    assert tags["data_hash"] == "synthetic-0" and tags["pipeline_run"] == "nightly-1"
+    assert tags["validate_run_id"] == report["validate_run_id"] and tags["git_commit"]
+    assert tags["format"] == "tflite_int8" and tags["validation_id"] == report["validation_id"]
+    assert json.loads((reports / "registry.json").read_text())["version"] == str(version.version)
+    loaded = mlflow.pyfunc.load_model(f"models:/{outcome.name}@champion")
+    x = np.load(tmp_path / "ingest" / "x.npy")[:8]
+    logits = loaded.predict(x)
+    assert logits.shape == (8, 3) and np.isfinite(logits).all()
+    files = {a.path for a in mlflow.artifacts.list_artifacts(f"models:/{outcome.name}@champion/artifacts")}
+    assert {"artifacts/model.int8.tflite", "artifacts/report.json", "artifacts/report.html"} <= files
+
+
+def _variant(report: dict, key: str, accuracy: float, latency_ms: float) -> dict:
+    other = copy.deepcopy(report)
+    other["validation_id"] = key
+    comp = other["models"]["compressed"][other["deployed_format"]]
+    comp["accuracy"], comp["latency_ms"] = accuracy, latency_ms
+    return other
+
+
+def test_a_worse_model_never_takes_champion(validated):
+    params, report, reports = validated
+    first = register.register_with_retries(params, _variant(report, "v1", 0.80, 1.0), reports, None)
+    worse = register.register_with_retries(params, _variant(report, "v2", 0.79, 0.5), reports, None)
+    slower = register.register_with_retries(params, _variant(report, "v3", 0.80, 1.5), reports, None)
+    assert first.aliases == ("candidate", "champion")
+    assert worse.aliases == slower.aliases == ("candidate",)
+    assert "does not beat the champion" in worse.reason
+    client = _client(params)
+    assert str(client.get_model_version_by_alias(first.name, "champion").version) == first.version
+    assert str(client.get_model_version_by_alias(first.name, "candidate").version) == slower.version
+    tie_faster = register.register_with_retries(params, _variant(report, "v4", 0.797, 0.9), reports, None)
+    better = register.register_with_retries(params, _variant(report, "v5", 0.85, 2.0), reports, None)
+    assert tie_faster.aliases == better.aliases == ("candidate", "champion")
+    assert str(client.get_model_version_by_alias(first.name, "champion").version) == better.version
+
+
+def test_registering_the_same_validation_twice_makes_no_second_version(validated):
+    params, report, reports = validated
+    one = register.register_with_retries(params, report, reports, None)
+    two = register.register_with_retries(params, report, reports, None)
+    assert one.version == two.version
+    assert len(_client(params).search_model_versions(f"name = '{one.name}'")) == 1
+
+
+def test_a_model_that_failed_a_gate_is_never_registered(validated):
+    params, report, reports = validated
+    failed = copy.deepcopy(report)
+    failed["passed"], failed["failed_gates"] = False, ["accuracy_drop"]
+    failed["gates"][1] |= {"passed": False, "detail": "on-device accuracy 0.5 vs the baseline's 0.9"}
+    (reports / "report.json").write_text(json.dumps(failed))
+    outcome = register.run(params, "cortex-m4", reports)
+    assert not outcome.registered and "accuracy_drop" in outcome.reason and "0.5" in outcome.reason
+    assert _client(params).search_registered_models() == []
+
+
+def test_an_export_changed_after_validation_is_not_registered(validated):
+    params, report, reports = validated
+    exported = report["exports"]["compressed"]
+    path = f"{exported['dir']}/{exported['files']['tflite_int8']['file']}"
+    with open(path, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ChecksumMismatch):
+        register.run(params, "cortex-m4", reports)
+    assert _client(params).search_registered_models() == []
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_tracking_server_that_is_down_is_retried_with_backoff_then_fails_clearly(validated, monkeypatch):
+    params, report, reports = validated
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    waits = []
+    with pytest.raises(register.RegistryUnavailable, match="did not answer after 5 attempts"):
+        register.register_with_retries(params, report, reports, None, sleep=waits.append)
+    assert waits == pytest.approx([0.01, 0.02, 0.04, 0.08])
+
+
+def test_a_version_whose_aliases_cannot_be_set_is_removed_and_the_retry_completes(validated, monkeypatch):
+    from mlflow import MlflowClient
+
+    params, report, reports = validated
+    real = MlflowClient.set_registered_model_alias
+    failures = {"left": 2}
+
+    def flaky(self, name, alias, version):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise MlflowException("the server went away", error_code="TEMPORARILY_UNAVAILABLE")
+        return real(self, name, alias, version)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", flaky)
+    outcome = register.register_with_retries(params, report, reports, None, sleep=lambda s: None)
+    versions = _client(params).search_model_versions(f"name = '{outcome.name}'")
+    assert [str(v.version) for v in versions] == [outcome.version]  # the two half-done versions were deleted
+    assert outcome.aliases == ("candidate", "champion")
+
+    failures["left"] = 100  # down for good: nothing stays registered
+    with pytest.raises(register.RegistryUnavailable):
+        register.register_with_retries(params, _variant(report, "other", 0.9, 1.0), reports, None,
+                                       sleep=lambda s: None)
+    assert [str(v.version) for v in _client(params).search_model_versions(f"name = '{outcome.name}'")] == [
+        outcome.version]

@@ -1,0 +1,200 @@
+"""Export, on-device validation and its gates: real conversions, real runtimes, real crashes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from components import models, validate
+from components.config import ConfigError, GateParams
+from components.devices.base import get_backend
+from components.export import ChecksumMismatch, export, read_manifest, verify
+from tests.conftest import PROJECT_ROOT, synthetic_task
+
+GATES = GateParams(max_accuracy_drop=0.02, min_agreement=0.98, latency_budget=0.75, size_budget=0.5,
+                   max_latency_error=0.25)
+QUICK_TIMING = ("profile.timing.warmup_runs=1", "profile.timing.min_sample_s=0.0005", "profile.timing.min_rounds=3",
+                "profile.timing.max_repeats=5", "profile.timing.max_time_s=0.05")
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    """The synthetic task with a baseline and a narrower 'compressed' DeepSense trained on it."""
+    folder = tmp_path_factory.mktemp("task")
+    ingest, train = synthetic_task(folder)
+    _, small = synthetic_task(folder / "small", widths=(4, 4, 4))
+    return SimpleNamespace(ingest=ingest, baseline=train / "model", compressed=small / "model", folder=folder)
+
+
+def _params(make_params, task, *more):
+    return make_params(f"ingest.output_dir={task.ingest}", "validate.calibration_windows=40", *QUICK_TIMING, *more)
+
+
+def _run(params, task, device, tmp_path, **kwargs):
+    return validate.run(params, device, task.baseline, task.compressed, task.ingest,
+                        latency_dir=tmp_path / "no-latency-model", output_dir=tmp_path / "v",
+                        report_dir=tmp_path / "r", **kwargs)
+
+
+# ---- export ------------------------------------------------------------------------------------------------------
+
+
+def test_every_format_exports_with_its_checksum_and_runs_like_torch(task, tmp_path):
+    x = np.load(task.ingest / "x.npy")[:40]
+    files, failed = export(task.baseline, ("onnx", "tflite", "tflite_int8", "torch"), tmp_path, x, 300)
+    assert not failed
+    assert read_manifest(tmp_path) == files
+    for fmt, exported in files.items():
+        verify(tmp_path / exported.file, exported.sha256)
+        assert exported.bytes == (tmp_path / exported.file).stat().st_size
+    model = models.load(task.baseline)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    runtimes = {"onnx": "onnxruntime", "tflite": "tflite", "tflite_int8": "tflite", "torch": "torch"}
+    for fmt, runtime in runtimes.items():
+        runner = get_backend(runtime).load_file(tmp_path / files[fmt].file, fmt, 1)
+        got = np.concatenate([runner.predict(x[i : i + 1]) for i in range(len(x))])
+        if fmt == "tflite_int8":  # quantised: the same decisions, not the same numbers
+            assert np.mean(got.argmax(1) == expected.argmax(1)) >= 0.9
+        else:
+            np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_a_changed_byte_fails_the_checksum_before_anything_loads_it(task, tmp_path):
+    files, _ = export(task.baseline, ("onnx",), tmp_path, None, 300)
+    path = tmp_path / files["onnx"].file
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ChecksumMismatch, match="changed after export"):
+        verify(path, files["onnx"].sha256)
+
+
+# ---- the stage --------------------------------------------------------------------------------------------------
+
+
+def test_validate_reports_every_gate_with_its_numbers_and_logs_the_run(make_params, task, tmp_path):
+    params = _params(make_params, task)
+    result = _run(params, task, "ort-1t", tmp_path)
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report == json.loads(json.dumps(result.report))
+    comp, base = report["models"]["compressed"]["onnx"], report["models"]["baseline"]["onnx"]
+    assert comp["ok"] and base["ok"]
+    assert comp["agreement"] == 1.0  # ONNX Runtime computes what torch computes
+    assert 0 < comp["latency_ms"] and comp["peak_memory_bytes"] > 0 and comp["bytes"] < base["bytes"]
+    gates = {g["name"]: g for g in report["gates"]}
+    assert set(gates) == {"runs", "accuracy_drop", "agreement", "latency", "size", "latency_prediction"}
+    assert gates["size"]["passed"] and gates["size"]["value"] == pytest.approx(comp["bytes"] / base["bytes"])
+    assert gates["latency_prediction"]["passed"] is False  # no latency model was given: said, and failed
+    assert not report["passed"] and "latency_prediction" in report["failed_gates"]
+    md, page = (tmp_path / "r" / "report.md").read_text(), (tmp_path / "r" / "report.html").read_text()
+    assert "| latency_prediction | FAIL |" in md and "onnx (deployed)" in md
+    assert "<table>" in page and "FAIL" in page
+    import mlflow
+
+    run = mlflow.MlflowClient().get_run(result.run_id)
+    assert run.data.tags["validation_passed"] == "false"
+    assert run.data.metrics["compressed.onnx.accuracy"] == pytest.approx(comp["accuracy"])
+
+
+def test_the_microcontroller_is_gated_on_its_int8_file_flash_and_sram(make_params, task, tmp_path):
+    result = _run(_params(make_params, task), task, "cortex-m4", tmp_path)
+    report = result.report
+    assert report["deployed_format"] == "tflite_int8"
+    comp = report["models"]["compressed"]["tflite_int8"]
+    assert comp["latency_method"] == "computed" and comp["flash_bytes"] == comp["bytes"]
+    assert 0 < comp["peak_sram_bytes"] < 262144
+    gates = {g["name"]: g for g in report["gates"]}
+    assert gates["fits_device"]["passed"] and gates["latency_prediction"]["passed"] is None
+
+
+def test_a_tampered_export_is_refused_on_the_device_and_fails_the_gates(make_params, task, tmp_path, monkeypatch):
+    real = validate._export
+
+    def export_then_tamper(model_dir, formats, folder, calibration, timeout_s):
+        done = real(model_dir, formats, folder, calibration, timeout_s)
+        if folder.name == "compressed":
+            path = folder / done["files"]["onnx"].file
+            path.write_bytes(path.read_bytes()[:-8] + b"tampered")
+        return done
+
+    monkeypatch.setattr(validate, "_export", export_then_tamper)
+    report = _run(_params(make_params, task), task, "ort-1t", tmp_path).report
+    assert report["failed_gates"] == ["runs"]
+    assert "ChecksumMismatch" in report["gates"][0]["detail"] and "was not loaded" in report["gates"][0]["detail"]
+    assert report["models"]["baseline"]["onnx"]["ok"]  # the untouched file still ran
+
+
+def _plugin_pool(tmp_path: Path, runtime: str) -> Path:
+    path = tmp_path / "devices.yaml"
+    path.write_text(f"devices:\n  odd:\n    runtime: {runtime}\n    threads: 1\n    queue: default\n"
+                    f"    pool: local_cpu\n    reach: local\n")
+    return path
+
+
+@pytest.mark.parametrize("backend, expected", [
+    ("CrashingFileBackend", "crashed: validate worker died (signal SIGSEGV)"),
+    ("RefusingFileBackend", "operator GRU is not supported"),
+])
+def test_a_runtime_that_crashes_or_cannot_load_fails_the_device_not_the_stage(make_params, task, tmp_path, backend,
+                                                                              expected):
+    runtime = f"tests.unit.faulty_backends:{backend}"
+    params = _params(make_params, task, f"profile.devices_file={_plugin_pool(tmp_path, runtime)}",
+                     f"validate.formats={{'{runtime}': [onnx]}}")
+    report = _run(params, task, "odd", tmp_path).report
+    assert not report["passed"] and report["failed_gates"] == ["runs"]
+    assert expected in report["gates"][0]["detail"]
+    assert (tmp_path / "r" / "report.md").exists()
+
+
+def test_a_format_the_device_cannot_load_is_refused_up_front(make_params, task, tmp_path):
+    params = _params(make_params, task, "validate.formats={onnxruntime: [tflite]}")
+    with pytest.raises(ConfigError, match="runtime onnxruntime cannot load tflite"):
+        _run(params, task, "ort-1t", tmp_path)
+
+
+# ---- the gates ---------------------------------------------------------------------------------------------------
+
+
+def _record(**kw):
+    return {"ok": True, "accuracy": 0.9, "agreement": 1.0, "latency_ms": 1.0, "latency_method": "timed",
+            "bytes": 1000, "predicted_latency_ms": 1.0, "latency_error": 0.0} | kw
+
+
+DEVICE = SimpleNamespace(mcu=None)
+
+
+def _verdicts(base, comp, device=DEVICE):
+    return {g.name: g.passed for g in validate.check_gates(base, comp, device, GATES)}
+
+
+def test_each_gate_passes_at_its_limit_and_fails_beyond_it():
+    base = _record()
+    at_limits = _record(accuracy=0.88, agreement=0.98, latency_ms=0.75, bytes=500, latency_error=0.25)
+    assert set(_verdicts(base, at_limits).values()) == {True}
+    beyond = {"accuracy_drop": {"accuracy": 0.87}, "agreement": {"agreement": 0.97}, "latency": {"latency_ms": 0.8},
+              "size": {"bytes": 501}, "latency_prediction": {"latency_error": 0.3}}
+    for gate, change in beyond.items():
+        verdicts = _verdicts(base, at_limits | change)
+        assert [name for name, ok in verdicts.items() if not ok] == [gate]
+
+
+def test_a_model_that_did_not_run_fails_and_a_missing_latency_model_is_said():
+    assert _verdicts(_record(), {"ok": False, "error": "boom"}) == {"runs": False}
+    assert _verdicts({"ok": False, "error": "boom"}, _record())["baseline_runs"] is False
+    verdicts = validate.check_gates(_record(), _record(latency_error=None, predicted_latency_ms=None), DEVICE, GATES)
+    gate = next(g for g in verdicts if g.name == "latency_prediction")
+    assert gate.passed is False and "run fit_latency" in gate.detail
+
+
+def test_the_pipeline_files_name_the_validate_and_register_stages():
+    import yaml
+
+    dvc = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())
+    assert {"validate", "register"} <= set(dvc["stages"])
+    assert dvc["stages"]["validate"]["do"]["cmd"] == "python -m components validate --device ${key}"
