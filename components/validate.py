@@ -164,36 +164,49 @@ def _export(model_dir: Path, formats, folder: Path, calibration: np.ndarray, tim
 
 
 def _run_on_device(params: Params, device, fmt: str, exports: dict, work: Path, logs: Path) -> dict[str, dict]:
-    """Each model's answer from the device worker: {"ok", "error" | outputs, timing, peak memory}."""
+    """Each model's answer from the device's worker processes: outputs, peak memory, timing, or what went wrong.
+
+    Each model runs on the test windows in a fresh worker (its peak memory is
+    its own), then the models that ran are timed together in one more, round-robin.
+    """
     from components.devices.worker import Worker, WorkerFailed
 
+    # the microcontroller's int8 file runs in LiteRT on this host (for accuracy); its latency is computed
+    runtime, threads = ("tflite", 1) if device.mcu is not None else (device.runtime, device.threads)
+
+    def call(request: dict, log_name: str) -> dict:
+        worker = Worker("validate", runtime, threads, device.pinned_cpus(), logs / log_name)
+        try:
+            return worker.call(request | {"windows": str(work / "test_windows.npy"),
+                                          "timing": asdict(params.profile.timing)}, params.validate.run_timeout_s)
+        except WorkerFailed as exc:
+            return {"ok": False, "error": f"the {runtime} runtime crashed: {exc}"}
+        finally:
+            worker.close()
+
     answers: dict[str, dict] = {}
-    entries = []
+    ran = []
     for name in MODELS:
         exported = exports[name]["files"].get(fmt)
         if exported is None:
             answers[name] = {"ok": False, "error": f"not exported: {exports[name]['failed'].get(fmt, 'unknown')}"}
             continue
-        entries.append({"name": name, "path": str(exports[name]["dir"] / exported.file), "format": fmt,
-                        "sha256": exported.sha256, "outputs": str(work / f"{name}.{fmt}.outputs.npy")})
-    if not entries:
-        return answers
-    # the microcontroller's int8 file runs in LiteRT on this host (for accuracy); its latency is computed
-    runtime, threads = ("tflite", 1) if device.mcu is not None else (device.runtime, device.threads)
-    worker = Worker("validate", runtime, threads, device.pinned_cpus(), logs / f"{fmt}.log")
-    request = {"windows": str(work / "test_windows.npy"), "models": entries,
-               "timing": asdict(params.profile.timing)}
-    try:
-        reply = worker.call(request, params.validate.run_timeout_s)
-    except WorkerFailed as exc:
-        reply = {"ok": False, "error": f"the {runtime} runtime crashed: {exc}"}
-    finally:
-        worker.close()
-    for i, entry in enumerate(entries):
-        answer = reply["results"][i] if reply.get("ok") else {"ok": False, "error": reply["error"]}
-        if answer.get("ok"):
+        entry = {"path": str(exports[name]["dir"] / exported.file), "format": fmt, "sha256": exported.sha256,
+                 "outputs": str(work / f"{name}.{fmt}.outputs.npy")}
+        reply = call({"models": [entry], "time": False}, f"{fmt}.{name}.log")
+        answer = reply["results"][0] if reply.get("ok") else {"ok": False, "error": reply["error"]}
+        if answer["ok"]:
             answer["outputs"] = np.load(entry["outputs"])
-        answers[entry["name"]] = answer
+            ran.append((name, entry))
+        answers[name] = answer
+    if ran:
+        reply = call({"models": [entry for _, entry in ran], "predict": False}, f"{fmt}.timing.log")
+        for i, (name, _) in enumerate(ran):
+            timed = reply["results"][i] if reply.get("ok") else {"ok": False, "error": reply["error"]}
+            if timed.get("ok"):
+                answers[name]["timing"] = timed["timing"]
+            else:
+                answers[name] = {"ok": False, "error": f"ran, but timing failed: {timed['error']}"}
     return answers
 
 

@@ -150,11 +150,13 @@ def _time_batch(backend, threads: int, request: dict) -> dict:
 
 
 def _validate_files(backend, threads: int, request: dict) -> dict:
-    """Check, load and run each exported model on the test windows, then time those that loaded together.
+    """Check, load and run exported models on the test windows (`predict`), and/or time them together (`time`).
 
-    Per model: its sha256 is checked before loading; the peak memory is the
-    process's resident-set high-water mark while loading and running it,
-    above what was resident before.
+    Per model: its sha256 is checked before loading. With `predict`, the
+    outputs on every window are saved and the peak memory is the process's
+    resident-set high-water mark while loading and running it, above what was
+    resident once the runtime was imported: run one model per fresh worker,
+    so it is that model's footprint with the runtime's working set.
     """
     import numpy as np
 
@@ -162,6 +164,7 @@ def _validate_files(backend, threads: int, request: dict) -> dict:
     from components.devices.timing import measure_many
     from components.export import verify
 
+    backend.version()  # imports the runtime before anything is measured
     x = np.load(request["windows"], mmap_mode="r")
     results: list[dict] = []
     runs, loaded = [], []
@@ -172,25 +175,26 @@ def _validate_files(backend, threads: int, request: dict) -> dict:
             before = _reset_peak_rss()
             start = time.perf_counter()
             runner = backend.load_file(path, entry["format"], threads)
-            load_s = time.perf_counter() - start
-            outputs = np.concatenate([runner.predict(np.ascontiguousarray(x[i : i + 1])) for i in range(len(x))])
-            peak = _peak_rss()
+            result = {"ok": True, "load_s": time.perf_counter() - start}
+            if request.get("predict", True):
+                outputs = np.concatenate([runner.predict(np.ascontiguousarray(x[i : i + 1])) for i in range(len(x))])
+                peak = _peak_rss()
+                np.save(entry["outputs"], outputs.astype(np.float32))
+                result["peak_memory_bytes"] = peak - before if peak is not None and before is not None else None
+                if entry["format"].startswith("tflite"):
+                    from components.devices.tflite import graph_memory
+
+                    result["graph"] = graph_memory(path)
         except Exception as exc:  # this model fails (its gates say why); the others are still run and timed
             traceback.print_exc()
             results.append({"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]})
             continue
-        np.save(entry["outputs"], outputs.astype(np.float32))
-        results.append({"ok": True, "load_s": load_s,
-                        "peak_memory_bytes": peak - before if peak is not None and before is not None else None})
-        if entry["format"].startswith("tflite"):
-            from components.devices.tflite import graph_memory
-
-            results[-1]["graph"] = graph_memory(path)
+        results.append(result)
         runs.append(runner.bind(np.ascontiguousarray(x[:1])))
         loaded.append(len(results) - 1)
-    timings = measure_many(runs, TimingParams(**request["timing"]))
-    for index, timing in zip(loaded, timings):
-        results[index]["timing"] = timing.to_dict()
+    if request.get("time", True):
+        for index, timing in zip(loaded, measure_many(runs, TimingParams(**request["timing"]))):
+            results[index]["timing"] = timing.to_dict()
     return {"ok": True, "results": results}
 
 

@@ -1,0 +1,124 @@
+"""The baseline against the compressed model on every device and format: accuracy, latency, size, prediction error.
+
+Runs the `validate` stage on every device of the pool with the pipeline's
+own baseline and compressed models (run `make run` first), in a work folder
+of its own (exports, reports, MLflow store). Each timed device's latency is
+predicted twice: by the pipeline's latency model (the small default sample
+of `make run`) and by one profiled and fitted here on a larger sample
+(--configs-per-kind, --models; kept in the work folder, so a rerun re-times
+nothing). Prints one row per device, format and model, then the aims:
+
+- int8 TFLite of the compressed model within 1 point of float accuracy;
+- measured latency within 10 % of predicted on every timed device.
+
+    python benchmarks/on_device.py [--devices ort-1t tflite-1t] [--configs-per-kind 60] [--models 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+from components import fit_latency, profile, validate
+from components.config import load_params
+from components.latency.model import load as load_latency_model
+from components.models import load as load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", nargs="*", default=None, help="devices of the pool (default: all)")
+    parser.add_argument("--configs-per-kind", type=int, default=60, help="profile sample for the larger latency model")
+    parser.add_argument("--models", type=int, default=10)
+    parser.add_argument("--work", type=Path, default=ROOT / ".state" / "benchmarks" / "on_device")
+    parser.add_argument("-p", dest="overrides", action="append", default=[], help="section.key=value")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    work = args.work.resolve()
+    pipeline = load_params(ROOT / "params.yaml", args.overrides)
+    params = load_params(ROOT / "params.yaml", [
+        *args.overrides, f"pipeline.state_dir={work / 'state'}",
+        f"profile.output_dir={work / 'profile'}", f"profile.report_dir={work / 'r/profile'}",
+        f"profile.sampler.configs_per_kind={args.configs_per_kind}", f"profile.sampler.models={args.models}",
+        f"fit_latency.output_dir={work / 'fit_latency'}", f"fit_latency.report_dir={work / 'r/fit_latency'}"])
+    rows = []
+    for device in profile.devices(params, args.devices or None):
+        larger = None
+        if device.mcu is None:
+            started = time.perf_counter()
+            profile.run(params, device.name)
+            larger = load_latency_model(fit_latency.run(params, device.name).model_path)
+            print(f"{device.name}: larger latency model profiled and fitted in {time.perf_counter() - started:.0f} s",
+                  flush=True)
+        started = time.perf_counter()
+        result = validate.run(params, device.name,
+                              latency_dir=pipeline.path(pipeline.fit_latency.output_dir) / device.name,
+                              output_dir=work / "validate" / device.name, report_dir=work / "r/validate" / device.name)
+        print(f"{device.name}: validated in {time.perf_counter() - started:.0f} s "
+              f"({'passed' if result.passed else 'FAILED ' + ', '.join(result.report['failed_gates'])})", flush=True)
+        rows += _rows(result.report, larger)
+    (work / "results.json").write_text(json.dumps(rows, indent=2))
+    _print(rows)
+    print(f"\nrows: {work / 'results.json'}")
+
+
+def _rows(report: dict, larger) -> list[dict]:
+    rows = []
+    for name in validate.MODELS:
+        spec = load_model(Path(report["model_dirs"][name])).spec
+        for fmt in report["formats"]:
+            r = report["models"][name][fmt]
+            row = {"device": report["device"], "format": fmt, "model": name, "ok": r["ok"], "error": r["error"],
+                   "deployed": fmt == report["deployed_format"], "passed": report["passed"]}
+            if r["ok"]:
+                row |= {k: r.get(k) for k in ("accuracy", "macro_f1", "agreement", "latency_ms", "latency_method",
+                                              "predicted_latency_ms", "latency_error", "bytes", "peak_memory_bytes")}
+                if larger is not None and r["latency_method"] == "timed":
+                    predicted = larger.predict_model(spec)
+                    row |= {"predicted_larger_ms": predicted,
+                            "latency_error_larger": abs(r["latency_ms"] - predicted) / r["latency_ms"]}
+            rows.append(row)
+    return rows
+
+
+def _cell(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _print(rows: list[dict]) -> None:
+    print("\n| device | format | model | accuracy | macro-F1 | agreement | latency ms | predicted ms (pipeline) | "
+          "error | predicted ms (larger) | error | file KB | peak memory MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if not r["ok"]:
+            print(f"| {r['device']} | {r['format']} | {r['model']} | did not run: {r['error']} |")
+            continue
+        kind = "" if r["latency_method"] == "timed" else " (computed)"
+        print(f"| {r['device']} | {r['format']}{' *' if r['deployed'] else ''} | {r['model']} | "
+              f"{r['accuracy']:.3f} | {r['macro_f1']:.3f} | {r['agreement']:.3f} | {r['latency_ms']:.4g}{kind} | "
+              f"{_cell(r['predicted_latency_ms'], '.4g')} | {_cell(r['latency_error'], '.1%')} | "
+              f"{_cell(r.get('predicted_larger_ms'), '.4g')} | {_cell(r.get('latency_error_larger'), '.1%')} | "
+              f"{r['bytes'] / 1024:.0f} | {_cell(r['peak_memory_bytes'] and r['peak_memory_bytes'] / 2**20, '.1f')} |")
+    print("\n(* the device's deployed format)")
+    by = {(r["device"], r["format"], r["model"]): r for r in rows if r["ok"]}
+    for (device, fmt, model), r in by.items():
+        if fmt == "tflite_int8" and (device, "tflite", model) in by:
+            drop = by[(device, "tflite", model)]["accuracy"] - r["accuracy"]
+            print(f"aim: int8 within 1 point of float, {device} {model}: {drop * 100:+.1f} points "
+                  f"({'met' if abs(drop) <= 0.01 else 'NOT met'})")
+    for key, label in (("latency_error", "pipeline's latency model"), ("latency_error_larger", "larger latency model")):
+        errors = {(r["device"], r["format"], r["model"]): r[key] for r in rows
+                  if r["ok"] and r.get(key) is not None and r["latency_method"] == "timed"}
+        within = sum(1 for e in errors.values() if e <= 0.10)
+        print(f"aim: measured within 10 % of predicted ({label}): {within} of {len(errors)} timed rows; worst "
+              + (", ".join(f"{d} {f} {m} {e:.0%}" for (d, f, m), e in sorted(errors.items(), key=lambda kv: -kv[1])[:3])
+                 or "-"))
+
+
+if __name__ == "__main__":
+    main()
