@@ -75,6 +75,7 @@ benchmark: install
 	$(PY) benchmarks/profile_overhead.py
 	$(PY) benchmarks/latency_model.py
 	$(PY) benchmarks/compression.py
+	$(PY) benchmarks/on_device.py
 
 clean:
 	rm -rf $(STATE) data reports

@@ -56,7 +56,7 @@ def run(params: Params, device_name: str, baseline_dir: Path | None = None, inge
     from components.pruning.groups import check_supported
 
     check_supported(baseline.spec)  # refuse up front what the compressor cannot slice
-    latency_model = _latency_model(params, device, latency_dir)
+    latency_model = device_latency_model(params, device, latency_dir)
     cost = _cost(params, device, baseline.spec, latency_model, latency_dir)
     if cost.name not in cfg.budget:
         raise ConfigError(f"compress.budget has no entry for the {cost.name} cost (has {', '.join(cfg.budget)})")
@@ -86,7 +86,7 @@ def _latency_path(params: Params, device, latency_dir: Path | None) -> Path:
     return folder / "latency_model.json"
 
 
-def _latency_model(params: Params, device, latency_dir: Path | None):
+def device_latency_model(params: Params, device, latency_dir: Path | None):
     """The device's fitted latency model, or None where fit_latency has not run (then only params can steer)."""
     from components.latency.model import load
 

@@ -22,7 +22,6 @@ stage ends normally and `register` leaves the model out, saying why.
 from __future__ import annotations
 
 import hashlib
-import html
 import json
 import logging
 import tempfile
@@ -33,10 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from components.config import ConfigError, Params
-from components.data.outputs import write_text_atomic
+from components.validate_report import MODELS, fmt_value, flat_metrics, write_report
 
 STAGE = "validate"
-MODELS = ("baseline", "compressed")
 log = logging.getLogger(__name__)
 
 
@@ -68,7 +66,7 @@ def run(params: Params, device_name: str, baseline_dir: Path | None = None, comp
         ingest_dir: Path | None = None, latency_dir: Path | None = None, output_dir: Path | None = None,
         report_dir: Path | None = None, pipeline_key: str | None = None) -> ValidateResult:
     from components import models, profile, tracking, training
-    from components.compress import _latency_model
+    from components.compress import device_latency_model
     from components.train import load_windows, make_folds
 
     cfg = params.validate
@@ -93,7 +91,8 @@ def run(params: Params, device_name: str, baseline_dir: Path | None = None, comp
     calibration = np.sort(rng.choice(fold.train, min(cfg.calibration_windows, len(fold.train)), replace=False))
     x_test = np.ascontiguousarray(windows.x[test], dtype=np.float32)
     y_test = windows.meta["label"].to_numpy()[test].astype(np.int64)
-    latency_model = _latency_model(params, device, latency_dir)
+    users_test = windows.meta["user"].to_numpy().astype(str)[test]
+    latency_model = device_latency_model(params, device, latency_dir)
     loaded = {name: models.load(folder) for name, folder in model_dirs.items()}
     torch_predictions = {name: training.predict(model, x_test) for name, model in loaded.items()}
 
@@ -111,7 +110,7 @@ def run(params: Params, device_name: str, baseline_dir: Path | None = None, comp
                 log.info("%s: running both models as %s on %d test windows", device.name, fmt, len(test))
                 ran = _run_on_device(params, device, fmt, exports, Path(work), out / "logs")
                 for name in MODELS:
-                    results[name][fmt] = _score(ran[name], exports[name]["files"].get(fmt), y_test,
+                    results[name][fmt] = _score(ran[name], exports[name]["files"].get(fmt), y_test, users_test,
                                                 torch_predictions[name], len(windows.classes))
         for name in MODELS:
             _add_predictions(results[name], loaded[name].spec, device, latency_model)
@@ -119,10 +118,12 @@ def run(params: Params, device_name: str, baseline_dir: Path | None = None, comp
                             cfg.gates)
         report = _report(params, device, formats, results, gates, exports, model_dirs, ingest, test, windows,
                          fold, mlrun.run_id, pipeline_key, time.perf_counter() - started)
-        paths = _write_report(report, reports)
-        mlrun.log_metrics(_flat_metrics(report))
+        paths = write_report(report, reports)
+        mlrun.log_metrics(flat_metrics(report))
         mlrun.set_tags({"validation_passed": str(report["passed"]).lower(), "deployed_format": formats[0],
-                        "validation_id": report["validation_id"]})
+                        "validation_id": report["validation_id"],
+                        "registration": "eligible" if report["passed"]
+                        else f"refused: failed {', '.join(report['failed_gates'])}"})
         for path in paths:
             mlrun.log_artifact(path, f"validate/{device.name}")
         for name in MODELS:
@@ -210,7 +211,8 @@ def _run_on_device(params: Params, device, fmt: str, exports: dict, work: Path, 
     return answers
 
 
-def _score(answer: dict, exported, y_test: np.ndarray, torch_predicted: np.ndarray, classes: int) -> dict:
+def _score(answer: dict, exported, y_test: np.ndarray, users: np.ndarray, torch_predicted: np.ndarray,
+           classes: int) -> dict:
     from components.training import scores
 
     record = {"ok": bool(answer.get("ok")), "error": answer.get("error", "")}
@@ -219,10 +221,11 @@ def _score(answer: dict, exported, y_test: np.ndarray, torch_predicted: np.ndarr
     if not record["ok"]:
         return record
     predicted = answer["outputs"].argmax(axis=1)
-    s = scores(y_test, predicted, np.zeros(len(y_test), dtype=str), classes)
+    s = scores(y_test, predicted, users, classes)
     timing = answer.get("timing") or {}
     return record | {
         "accuracy": s["accuracy"], "macro_f1": s["macro_f1"],
+        "per_user_accuracy": {u: v["accuracy"] for u, v in s["per_user"].items()},
         "agreement": float(np.mean(predicted == torch_predicted)),
         "latency_ms": timing.get("latency_ms"), "latency_iqr_ms": timing.get("iqr_ms"),
         "latency_stable": timing.get("stable"), "latency_method": "timed",
@@ -313,100 +316,13 @@ def _report(params, device, formats, results, gates, exports, model_dirs, ingest
     }
 
 
-def _write_report(report: dict, reports: Path) -> list[Path]:
-    reports.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(reports / "report.json", json.dumps(report, indent=2))
-    write_text_atomic(reports / "report.md", report_markdown(report))
-    write_text_atomic(reports / "report.html", report_html(report))
-    write_text_atomic(reports / "metrics.json", json.dumps(_flat_metrics(report), indent=2))
-    return [reports / n for n in ("report.json", "report.md", "report.html", "metrics.json")]
-
-
-def _fmt(value, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return str(value)
-
-
-def _verdict(passed: bool | None) -> str:
-    return "n/a" if passed is None else ("PASS" if passed else "FAIL")
-
-
-COLUMNS = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("agreement", "agreement with torch"),
-           ("latency_ms", "latency ms"), ("predicted_latency_ms", "predicted ms"), ("latency_error", "|meas-pred|/meas"),
-           ("peak_memory_bytes", "peak memory bytes"), ("bytes", "file bytes"))
-
-
-def _table_rows(report: dict) -> list[list[str]]:
-    rows = []
-    for fmt in report["formats"]:
-        for name in MODELS:
-            r = report["models"][name][fmt]
-            cells = [_fmt(r.get(key)) for key, _ in COLUMNS] if r["ok"] else [f"did not run: {r['error']}"] + \
-                [""] * (len(COLUMNS) - 1)
-            rows.append([fmt + (" (deployed)" if fmt == report["deployed_format"] else ""), name, *cells])
-    return rows
-
-
-def report_markdown(report: dict) -> str:
-    verdict = "PASSED" if report["passed"] else f"FAILED ({', '.join(report['failed_gates'])})"
-    lines = [f"# Validation on {report['device']} ({report['runtime']}, {report['threads']} thread(s)): {verdict}",
-             "", f"{report['test_windows']} test windows of held-out users {', '.join(report['test_users'])}; "
-             f"deployed format {report['deployed_format']}; data hash `{report['data_hash'][:16]}`.", "",
-             "| gate | result | value | limit | detail |", "|---|---|---|---|---|"]
-    for g in report["gates"]:
-        lines.append(f"| {g['name']} | {_verdict(g['passed'])} | {_fmt(g['value'])} | {_fmt(g['limit'])} | "
-                     f"{g['detail']} |")
-    header = ["format", "model", *(label for _, label in COLUMNS)]
-    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in _table_rows(report)]
-    return "\n".join(lines) + "\n"
-
-
-def report_html(report: dict) -> str:
-    esc = html.escape
-    colour = {"PASS": "#1a7f37", "FAIL": "#cf222e", "n/a": "#6e7781"}
-    verdict = "PASSED" if report["passed"] else "FAILED"
-    gate_rows = "".join(
-        f"<tr><td>{esc(g['name'])}</td><td style='color:{colour[_verdict(g['passed'])]};font-weight:bold'>"
-        f"{_verdict(g['passed'])}</td><td>{esc(_fmt(g['value']))}</td><td>{esc(_fmt(g['limit']))}</td>"
-        f"<td>{esc(g['detail'])}</td></tr>" for g in report["gates"])
-    header = "".join(f"<th>{esc(h)}</th>" for h in ["format", "model", *(label for _, label in COLUMNS)])
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in _table_rows(report))
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Validation: {esc(report['device'])}</title>"
-            "<style>body{font-family:sans-serif}table{border-collapse:collapse;margin:1em 0}"
-            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}</style></head><body>"
-            f"<h1>Validation on {esc(report['device'])}: <span style='color:"
-            f"{colour['PASS' if report['passed'] else 'FAIL']}'>{verdict}</span></h1>"
-            f"<p>{report['test_windows']} test windows of held-out users {esc(', '.join(report['test_users']))}; "
-            f"runtime {esc(report['runtime'])}, deployed format {esc(report['deployed_format'])}.</p>"
-            f"<h2>Gates</h2><table><tr><th>gate</th><th>result</th><th>value</th><th>limit</th><th>detail</th></tr>"
-            f"{gate_rows}</table><h2>Every format</h2><table><tr>{header}</tr>{body}</table></body></html>\n")
-
-
-def _flat_metrics(report: dict) -> dict:
-    flat = {"passed": float(report["passed"]), "test_windows": float(report["test_windows"])}
-    for name in MODELS:
-        for fmt, r in report["models"][name].items():
-            for key, _ in COLUMNS:
-                value = r.get(key)
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
-                    flat[f"{name}.{fmt}.{key}"] = float(value)
-    for g in report["gates"]:
-        if g["value"] is not None:
-            flat[f"gate.{g['name']}"] = float(g["value"])
-    return flat
-
-
 def _say(report: dict) -> None:
     comp = report["models"]["compressed"][report["deployed_format"]]
     if report["passed"]:
         log.info("%s: every gate passed (%s: accuracy %.3f, %.4g ms)", report["device"], report["deployed_format"],
                  comp["accuracy"], comp["latency_ms"])
     else:
-        reasons = "; ".join(f"{g['name']}: {g['detail']}" + (f" ({_fmt(g['value'])} vs limit {_fmt(g['limit'])})"
+        reasons = "; ".join(f"{g['name']}: {g['detail']}" + (f" ({fmt_value(g['value'])} vs limit {fmt_value(g['limit'])})"
                                                              if g["value"] is not None else "")
                             for g in report["gates"] if g["passed"] is False)
         log.warning("%s: VALIDATION FAILED, the model will not be registered: %s", report["device"], reasons)

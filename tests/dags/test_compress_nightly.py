@@ -36,6 +36,9 @@ def test_nightly_schedule_and_safety_settings(dagbag):
     fit = dag.get_task("fit_latency")
     assert fit.upstream_task_ids == {"profile"} and fit.trigger_rule == "all_done"
     assert dag.get_task("compress").upstream_task_ids == {"ingest", "train", "fit_latency"}
+    assert dag.get_task("validate").upstream_task_ids == {"ingest", "train", "compress"}
+    register = dag.get_task("register")
+    assert register.upstream_task_ids == {"validate"} and register.trigger_rule == "all_done"
 
 
 def test_profile_is_mapped_over_the_pool_and_each_instance_is_routed_to_its_device(dagbag):
@@ -48,11 +51,12 @@ def test_profile_is_mapped_over_the_pool_and_each_instance_is_routed_to_its_devi
     pool = load_pool(PROJECT_ROOT / "infra" / "devices.yaml")
     mapped = dagbag.dags["compress_nightly"].get_task("profile")
     assert [entry["device"] for entry in mapped.op_kwargs_expand_input.value] == list(pool)
-    for index, device in enumerate(pool.values()):
-        ti = SimpleNamespace(dag_id="compress_nightly", task_id="profile", map_index=index, queue="default",
-                             pool="default_pool")
-        task_instance_mutation_hook(ti)
-        assert (ti.queue, ti.pool) == (device.queue, device.pool)
+    for task_id in ("profile", "validate"):  # both measure on the device
+        for index, device in enumerate(pool.values()):
+            ti = SimpleNamespace(dag_id="compress_nightly", task_id=task_id, map_index=index, queue="default",
+                                 pool="default_pool")
+            task_instance_mutation_hook(ti)
+            assert (ti.queue, ti.pool) == (device.queue, device.pool)
     other = SimpleNamespace(dag_id="compress_nightly", task_id="train", map_index=-1, queue="q", pool="p")
     task_instance_mutation_hook(other)
     assert (other.queue, other.pool) == ("q", "p")
@@ -99,9 +103,15 @@ def test_airflow_dags_test_runs_ingest_then_train_and_profiles_and_fits_each_dev
     assert models == {"ort-1t": "tree", "cortex-m4": "analytic"}
     compressed = sorted(p.parent.parent.name for p in (tmp_path / ".state" / "runs").glob("*/compress/*/model/model.json"))
     assert compressed == ["cortex-m4", "ort-1t"]
+    reports = {p.parent.parent.name: p for p in (tmp_path / ".state" / "runs").glob("*/validate/*/report/report.json")}
+    assert sorted(reports) == ["cortex-m4", "ort-1t"]
+    assert all((p.parent / "registry.json").exists() for p in reports.values())  # register saw every device
     import sqlite3
 
     with sqlite3.connect(tmp_path / "airflow" / "airflow.db") as db:
         routed = db.execute("select rendered_map_index, queue, pool from task_instance where task_id = 'profile' "
                             "order by map_index").fetchall()
+        validated = db.execute("select rendered_map_index, queue, pool from task_instance where task_id = 'validate' "
+                               "order by map_index").fetchall()
     assert routed == [("ort-1t", "default", "local_cpu"), ("cortex-m4", "default", "analytic")]
+    assert validated == routed  # the exported models ran on the device they were validated for

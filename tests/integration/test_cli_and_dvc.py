@@ -12,9 +12,9 @@ import yaml
 from tests.conftest import PROJECT_ROOT, subprocess_env
 
 
-def components_cli(tmp_path, *args, **env):
+def components_cli(tmp_path, *args, timeout: int = 300, **env):
     return subprocess.run([sys.executable, "-m", "components", *args], cwd=tmp_path, capture_output=True, text=True,
-                          env=subprocess_env(tmp_path, **env), timeout=300)
+                          env=subprocess_env(tmp_path, **env), timeout=timeout)
 
 
 def test_cli_bad_param_is_one_clear_line_not_a_traceback(tmp_path, params_file):
@@ -33,7 +33,10 @@ def test_cli_data_error_names_the_file(tmp_path, params_file):
 
 def test_cli_pipeline_runs_every_stage_under_one_parent_run(tmp_path, params_file):
     params = params_file()
-    out = components_cli(tmp_path, "pipeline", "--params", str(params))
+    raw = yaml.safe_load(params.read_text())
+    raw["profile"]["devices"] = ["ort-1t", "tflite-1t", "cortex-m4"]
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = components_cli(tmp_path, "pipeline", "--params", str(params), timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "ingest: 2426 windows" in out.stdout and "train: accuracy" in out.stdout and "pipeline local-" in out.stdout
     assert (tmp_path / "data" / "ingest" / "x.npy").exists()
@@ -43,6 +46,9 @@ def test_cli_pipeline_runs_every_stage_under_one_parent_run(tmp_path, params_fil
         assert (tmp_path / "data" / "fit_latency" / device / "latency_model.json").exists()
         assert f"compress {device}: " in out.stdout
         assert (tmp_path / "data" / "compress" / device / "model" / "model.json").exists()
+        assert f"validate {device}: " in out.stdout and f"register {device}: " in out.stdout
+        assert (tmp_path / "reports" / "validate" / device / "report.html").exists()
+        assert (tmp_path / "reports" / "validate" / device / "registry.json").exists()
 
 
 def test_cli_fit_latency_without_a_profile_says_which_command_to_run(tmp_path, params_file):
@@ -69,7 +75,7 @@ def test_dvc_repro_runs_the_stages_then_reruns_only_what_changed(tmp_path, param
     dvc = shutil.which("dvc", path=env["PATH"])
 
     def repro() -> str:
-        out = subprocess.run([dvc, "repro"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+        out = subprocess.run([dvc, "repro"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=900)
         assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
         return out.stdout
 
@@ -80,6 +86,8 @@ def test_dvc_repro_runs_the_stages_then_reruns_only_what_changed(tmp_path, param
     assert "Running stage 'profile@ort-1t'" in first and "Running stage 'profile@cortex-m4'" in first
     assert "Running stage 'fit_latency@ort-1t'" in first and "Running stage 'fit_latency@cortex-m4'" in first
     assert "Running stage 'compress@ort-1t'" in first and "Running stage 'compress@cortex-m4'" in first
+    assert "Running stage 'validate@ort-1t'" in first and "Running stage 'register@cortex-m4'" in first
+    assert (tmp_path / "reports" / "validate" / "cortex-m4" / "registry.json").exists()
     assert (tmp_path / "data" / "fit_latency" / "ort-1t" / "latency_model.json").exists()
     assert (tmp_path / "data" / "profile" / "ort-1t" / "profile.parquet").exists()
     assert (tmp_path / "data" / "ingest" / "windows.parquet").exists()

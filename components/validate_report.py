@@ -1,0 +1,100 @@
+"""The validation report: JSON for machines, Markdown and HTML tables for people, flat numbers for MLflow and DVC."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+
+from components.data.outputs import write_text_atomic
+
+MODELS = ("baseline", "compressed")
+
+
+def write_report(report: dict, reports: Path) -> list[Path]:
+    reports.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(reports / "report.json", json.dumps(report, indent=2))
+    write_text_atomic(reports / "report.md", report_markdown(report))
+    write_text_atomic(reports / "report.html", report_html(report))
+    write_text_atomic(reports / "metrics.json", json.dumps(flat_metrics(report), indent=2))
+    return [reports / n for n in ("report.json", "report.md", "report.html", "metrics.json")]
+
+
+def fmt_value(value, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _verdict(passed: bool | None) -> str:
+    return "n/a" if passed is None else ("PASS" if passed else "FAIL")
+
+
+COLUMNS = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("agreement", "agreement with torch"),
+           ("latency_ms", "latency ms"), ("predicted_latency_ms", "predicted ms"), ("latency_error", "|meas-pred|/meas"),
+           ("peak_memory_bytes", "peak memory bytes"), ("bytes", "file bytes"))
+
+
+def _table_rows(report: dict) -> list[list[str]]:
+    rows = []
+    for fmt in report["formats"]:
+        for name in MODELS:
+            r = report["models"][name][fmt]
+            cells = [fmt_value(r.get(key)) for key, _ in COLUMNS] if r["ok"] else [f"did not run: {r['error']}"] + \
+                [""] * (len(COLUMNS) - 1)
+            rows.append([fmt + (" (deployed)" if fmt == report["deployed_format"] else ""), name, *cells])
+    return rows
+
+
+def report_markdown(report: dict) -> str:
+    verdict = "PASSED" if report["passed"] else f"FAILED ({', '.join(report['failed_gates'])})"
+    lines = [f"# Validation on {report['device']} ({report['runtime']}, {report['threads']} thread(s)): {verdict}",
+             "", f"{report['test_windows']} test windows of held-out users {', '.join(report['test_users'])}; "
+             f"deployed format {report['deployed_format']}; data hash `{report['data_hash'][:16]}`.", "",
+             "| gate | result | value | limit | detail |", "|---|---|---|---|---|"]
+    for g in report["gates"]:
+        lines.append(f"| {g['name']} | {_verdict(g['passed'])} | {fmt_value(g['value'])} | {fmt_value(g['limit'])} | "
+                     f"{g['detail']} |")
+    header = ["format", "model", *(label for _, label in COLUMNS)]
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in _table_rows(report)]
+    return "\n".join(lines) + "\n"
+
+
+def report_html(report: dict) -> str:
+    esc = html.escape
+    colour = {"PASS": "#1a7f37", "FAIL": "#cf222e", "n/a": "#6e7781"}
+    verdict = "PASSED" if report["passed"] else "FAILED"
+    gate_rows = "".join(
+        f"<tr><td>{esc(g['name'])}</td><td style='color:{colour[_verdict(g['passed'])]};font-weight:bold'>"
+        f"{_verdict(g['passed'])}</td><td>{esc(fmt_value(g['value']))}</td><td>{esc(fmt_value(g['limit']))}</td>"
+        f"<td>{esc(g['detail'])}</td></tr>" for g in report["gates"])
+    header = "".join(f"<th>{esc(h)}</th>" for h in ["format", "model", *(label for _, label in COLUMNS)])
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in _table_rows(report))
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Validation: {esc(report['device'])}</title>"
+            "<style>body{font-family:sans-serif}table{border-collapse:collapse;margin:1em 0}"
+            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}</style></head><body>"
+            f"<h1>Validation on {esc(report['device'])}: <span style='color:"
+            f"{colour['PASS' if report['passed'] else 'FAIL']}'>{verdict}</span></h1>"
+            f"<p>{report['test_windows']} test windows of held-out users {esc(', '.join(report['test_users']))}; "
+            f"runtime {esc(report['runtime'])}, deployed format {esc(report['deployed_format'])}.</p>"
+            f"<h2>Gates</h2><table><tr><th>gate</th><th>result</th><th>value</th><th>limit</th><th>detail</th></tr>"
+            f"{gate_rows}</table><h2>Every format</h2><table><tr>{header}</tr>{body}</table></body></html>\n")
+
+
+def flat_metrics(report: dict) -> dict:
+    flat = {"passed": float(report["passed"]), "test_windows": float(report["test_windows"])}
+    for name in MODELS:
+        for fmt, r in report["models"][name].items():
+            for key, _ in COLUMNS:
+                value = r.get(key)
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
+                    flat[f"{name}.{fmt}.{key}"] = float(value)
+    for g in report["gates"]:
+        if g["value"] is not None:
+            flat[f"gate.{g['name']}"] = float(g["value"])
+    return flat
