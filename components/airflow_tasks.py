@@ -118,25 +118,27 @@ def run_validate(device: str, run_id: str, ingest_dir: str, train_dir: str) -> s
 
 
 def run_register(run_id: str) -> list[dict]:
-    """Register every device of this run whose validation passed; a device without a report is said, not fatal.
+    """Register every device of this run whose validation passed, then fail if any device could not be settled.
 
-    Raises once every device was tried if the registry could not be reached for any of them.
+    Every device is tried: one without a report (its validate task failed),
+    a registry that did not answer or a changed export fails this task at the
+    end, after the others were registered, so a broken night is never green.
     """
     from components import register
 
     params = load_params(params_path())
     runs_dir = params.path(params.pipeline.runs_dir)
-    outcomes, unreachable = [], []
+    outcomes, problems = [], []
     for route in device_routes():
         folder = run_output_dir(runs_dir, run_id, "validate") / route["device"] / "report"
         if not (folder / "report.json").exists():
-            outcomes.append({"device": route["device"], "registered": False,
-                             "reason": "no validation report (its validate task failed or was skipped)"})
+            problems.append(f"{route['device']}: no validation report (its validate task failed or did not run)")
             continue
         try:
             outcomes.append(register.run(params, route["device"], folder, pipeline_key=run_id).to_dict())
-        except register.RegistryUnavailable as exc:
-            unreachable.append(str(exc))
-    if unreachable:
-        raise register.RegistryUnavailable("; ".join(unreachable))
+        except Exception as exc:  # the next device is still registered; this one is reported below
+            problems.append(f"{route['device']}: {type(exc).__name__}: {exc}")
+    if problems:
+        raise RuntimeError("register: " + "; ".join(problems) + f" (registered or refused: "
+                           f"{', '.join(o['device'] for o in outcomes) or 'none'})")
     return outcomes

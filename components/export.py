@@ -31,6 +31,7 @@ import numpy as np
 
 from components.data.checksums import sha256_of
 from components.data.outputs import write_text_atomic
+from components.devices.onnxrt import OPSET
 from components.devices.worker import describe_exit
 
 FORMATS = ("onnx", "tflite", "tflite_int8", "torch")
@@ -71,6 +72,9 @@ def export(model_dir: Path, formats: list[str] | tuple[str, ...], out_dir: Path,
     if unknown:
         raise ValueError(f"unknown export format(s) {unknown}; known: {', '.join(FORMATS)}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    for fmt, name in FILE_NAMES.items():  # files of formats no longer asked for are not left to be mistaken
+        if fmt not in formats:
+            (out_dir / name).unlink(missing_ok=True)
     calibration_path = None
     files: dict[str, ExportedFile] = {}
     failures: dict[str, str] = {}
@@ -111,8 +115,8 @@ def _convert_in_child(model_dir: Path, fmt: str, target: Path, calibration: Path
             raise ExportFailed(f"{fmt}: the conversion overran {timeout_s:.0f} s and was killed") from None
     if proc.returncode != 0 or not target.exists():
         tail = " | ".join(log_path.read_text(errors="replace").strip().splitlines()[-3:])
-        raise ExportFailed(f"{fmt}: the converter failed ({describe_exit(proc.returncode)})"
-                           + (f": {tail}" if tail else ""))
+        how = describe_exit(proc.returncode) if proc.returncode else "it wrote no file"
+        raise ExportFailed(f"{fmt}: the converter failed ({how})" + (f": {tail}" if tail else ""))
 
 
 def read_manifest(out_dir: Path) -> dict[str, ExportedFile]:
@@ -144,7 +148,7 @@ def _write(model, fmt: str, target: Path, calibration: np.ndarray | None) -> Non
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's notes on RNN export and deprecations
             torch.onnx.export(model, (example,), str(target), dynamo=False, input_names=["x"],
-                              output_names=["logits"], opset_version=17)
+                              output_names=["logits"], opset_version=OPSET)
     elif fmt in ("tflite", "tflite_int8"):
         from components.devices.tflite import tflite_bytes
 

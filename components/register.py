@@ -27,6 +27,7 @@ from pathlib import Path
 
 from components.config import ConfigError, Params
 from components.data.outputs import write_text_atomic
+from components.validate_report import failed_gates_text
 
 STAGE = "register"
 CANDIDATE, CHAMPION = "candidate", "champion"
@@ -71,10 +72,15 @@ def run(params: Params, device_name: str, report_dir: Path | None = None, pipeli
     report = json.loads(path.read_text())
     name = model_name(params, report)
     if report["passed"]:
-        outcome = register_with_retries(params, report, reports, pipeline_key)
+        try:
+            outcome = register_with_retries(params, report, reports, pipeline_key)
+        except Exception as exc:  # recorded beside the report, so no earlier run's outcome is left there
+            failed = RegisterOutcome(device.name, False, name, None, (), f"registration failed: {_short(exc)}")
+            write_text_atomic(reports / "registry.json", json.dumps(failed.to_dict(), indent=2))
+            raise
     else:
-        why = "; ".join(f"{g['name']}: {g['detail']}" for g in report["gates"] if g["passed"] is False)
-        outcome = RegisterOutcome(device.name, False, name, None, (), f"not registered: failed {why}")
+        outcome = RegisterOutcome(device.name, False, name, None, (),
+                                  f"not registered: failed {failed_gates_text(report)}")
         log.warning("%s: %s", device.name, outcome.reason)
     write_text_atomic(reports / "registry.json", json.dumps(outcome.to_dict(), indent=2))
     return outcome
@@ -87,15 +93,15 @@ def register_with_retries(params: Params, report: dict, report_dir: Path, pipeli
     delay = cfg.backoff_s
     for attempt in range(1, cfg.attempts + 1):
         try:
-            return _register(params, report, report_dir, pipeline_key)
+            return _register(params, report, report_dir, pipeline_key, last_attempt=attempt == cfg.attempts)
         except Exception as exc:
             if not _transient(exc):
                 raise
             if attempt == cfg.attempts:
                 raise RegistryUnavailable(
                     f"{report['device']}: the MLflow tracking server did not answer after {cfg.attempts} attempts "
-                    f"({_short(exc)}); nothing was registered, run `python -m components register --device "
-                    f"{report['device']}` again once it is up") from exc
+                    f"({_short(exc)}); no version of this validation holds an alias; run `python -m components "
+                    f"register --device {report['device']}` again once it is up") from exc
             log.warning("%s: the tracking server did not answer (%s); attempt %d of %d, retrying in %.0f s",
                         report["device"], _short(exc), attempt, cfg.attempts, delay)
             sleep(delay)
@@ -128,7 +134,8 @@ def _verify_exports(report: dict) -> None:
         verify(folder / entry["file"], entry["sha256"])
 
 
-def _register(params: Params, report: dict, report_dir: Path, pipeline_key: str | None) -> RegisterOutcome:
+def _register(params: Params, report: dict, report_dir: Path, pipeline_key: str | None,
+              last_attempt: bool = False) -> RegisterOutcome:
     from mlflow.exceptions import MlflowException
 
     from components import tracking
@@ -138,7 +145,8 @@ def _register(params: Params, report: dict, report_dir: Path, pipeline_key: str 
     name = model_name(params, report)
     device = report["device"]
     version = _existing_version(client, name, report["validation_id"])
-    if version is None:
+    created = version is None
+    if created:
         with tracking.stage_run(params, STAGE, pipeline_key, device=device) as mlrun:
             model_uri = _log_model(mlflow, report, report_dir)
             try:
@@ -154,7 +162,8 @@ def _register(params: Params, report: dict, report_dir: Path, pipeline_key: str 
     try:
         aliases, decision = _set_aliases(client, name, version, params.register.champion_tolerance)
     except Exception:
-        _delete_quietly(client, name, version)
+        if created:  # a version found from an earlier attempt or run is kept: the next attempt completes it
+            _delete_quietly(client, name, version, last_attempt)
         raise
     log.info("%s: registered %s version %s with alias(es) %s (%s)", device, name, version, ", ".join(aliases),
              decision)
@@ -197,7 +206,8 @@ def _log_model(mlflow, report: dict, report_dir: Path) -> str:
     folder = Path(exports["dir"])
     deployed = exports["files"][report["deployed_format"]]
     artifacts = {"deployed": str(folder / deployed["file"])}
-    artifacts |= {f"export_{fmt}": str(folder / e["file"]) for fmt, e in exports["files"].items()}
+    artifacts |= {f"export_{fmt}": str(folder / e["file"]) for fmt, e in exports["files"].items()
+                  if fmt != report["deployed_format"]}
     artifacts |= {f"report_{p.suffix[1:]}": str(p) for p in (report_dir / "report.json", report_dir / "report.html")}
     runtime = "tflite" if report["runtime"] == "mcu" else report["runtime"]
     signature = ModelSignature(
@@ -219,7 +229,10 @@ def _requirements(runtime: str) -> list[str]:
     packages += {"onnxruntime": ["onnxruntime"], "tflite": ["ai-edge-litert"]}.get(runtime, [])
     pins = []
     for package in packages:
-        version = metadata.version(package)
+        try:
+            version = metadata.version(package)
+        except metadata.PackageNotFoundError:  # not installed here: the runtime's loader will say so
+            continue
         pins.append(f"{package}=={version.split('+')[0]}" if package != "torch" else f"torch=={version}")
     return pins
 
@@ -237,16 +250,9 @@ def beats(candidate: dict[str, str], champion: dict[str, str], tolerance: float)
 
 
 def _set_aliases(client, name: str, version: str, tolerance: float) -> tuple[tuple[str, ...], str]:
-    from mlflow.exceptions import MlflowException
-
-    client.set_registered_model_alias(name, CANDIDATE, version)
+    """`candidate` to `version`, and `champion` too if it beats the champion; on failure the old targets come back."""
     mine = client.get_model_version(name, version).tags
-    try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException as exc:
-        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            raise
-        champion = None
+    champion = _alias_target(client, name, CHAMPION)
     if champion is None:
         promote, why = True, "no champion yet"
     elif str(champion.version) == str(version):
@@ -254,16 +260,46 @@ def _set_aliases(client, name: str, version: str, tolerance: float) -> tuple[tup
     else:
         promote, why = beats(mine, champion.tags, tolerance)
         why += f" (version {champion.version})"
-    if promote:
-        client.set_registered_model_alias(name, CHAMPION, version)
     client.set_model_version_tag(name, version, "champion_decision", why)
+    previous = {CANDIDATE: _alias_target(client, name, CANDIDATE), CHAMPION: champion}
+    moved = []
+    try:
+        for alias in (CANDIDATE, CHAMPION) if promote else (CANDIDATE,):
+            client.set_registered_model_alias(name, alias, version)
+            moved.append(alias)
+    except Exception:
+        _restore_aliases(client, name, {alias: previous[alias] for alias in moved})
+        raise
     return ((CANDIDATE, CHAMPION) if promote else (CANDIDATE,)), why
 
 
-def _delete_quietly(client, name: str, version: str) -> None:
+def _alias_target(client, name: str, alias: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def _restore_aliases(client, name: str, previous: dict) -> None:
+    for alias, target in previous.items():
+        try:
+            if target is None:
+                client.delete_registered_model_alias(name, alias)
+            else:
+                client.set_registered_model_alias(name, alias, target.version)
+        except Exception as exc:  # the server is down: said, and the next attempt moves the alias again
+            log.warning("%s: alias %s could not be put back (%s)", name, alias, _short(exc))
+
+
+def _delete_quietly(client, name: str, version: str, last_attempt: bool) -> None:
     try:
         client.delete_model_version(name, version)
         log.warning("%s version %s: its aliases could not be set, so it was deleted again", name, version)
-    except Exception as exc:  # the server is down: the next attempt finds the version by its validation_id
-        log.warning("%s version %s: aliases not set and the version could not be deleted (%s); the next attempt "
-                    "completes it", name, version, _short(exc))
+    except Exception as exc:  # the server is down: a later attempt or run finds the version by its validation_id
+        log.warning("%s version %s: aliases not set and the version could not be deleted (%s); it holds no alias, "
+                    "and %s", name, version, _short(exc),
+                    "rerunning register completes it" if last_attempt else "the next attempt completes it")

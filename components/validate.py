@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from components.config import ConfigError, Params
-from components.validate_report import MODELS, fmt_value, flat_metrics, write_report
+from components.validate_report import MODELS, failed_gates_text, flat_metrics, write_report
 
 STAGE = "validate"
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def run(params: Params, device_name: str, baseline_dir: Path | None = None, comp
         gates = check_gates(results["baseline"][formats[0]], results["compressed"][formats[0]], device,
                             cfg.gates)
         report = _report(params, device, formats, results, gates, exports, model_dirs, ingest, test, windows,
-                         fold, mlrun.run_id, pipeline_key, time.perf_counter() - started)
+                         mlrun.run_id, pipeline_key, time.perf_counter() - started)
         paths = write_report(report, reports)
         mlrun.log_metrics(flat_metrics(report))
         mlrun.set_tags({"validation_passed": str(report["passed"]).lower(), "deployed_format": formats[0],
@@ -181,7 +181,7 @@ def _run_on_device(params: Params, device, fmt: str, exports: dict, work: Path, 
             return worker.call(request | {"windows": str(work / "test_windows.npy"),
                                           "timing": asdict(params.profile.timing)}, params.validate.run_timeout_s)
         except WorkerFailed as exc:
-            return {"ok": False, "error": f"the {runtime} runtime crashed: {exc}"}
+            return {"ok": False, "error": f"the {runtime} runtime process failed: {exc}"}
         finally:
             worker.close()
 
@@ -292,7 +292,7 @@ def check_gates(base: dict, comp: dict, device, g) -> list[Gate]:
     return gates
 
 
-def _report(params, device, formats, results, gates, exports, model_dirs, ingest: Path, test, windows, fold,
+def _report(params, device, formats, results, gates, exports, model_dirs, ingest: Path, test, windows,
             run_id: str, pipeline_key: str | None, wall_s: float) -> dict:
     deployed = formats[0]
     failed = [g.name for g in gates if g.passed is False]
@@ -308,7 +308,7 @@ def _report(params, device, formats, results, gates, exports, model_dirs, ingest
         "exports": {name: {"dir": str(e["dir"]), "files": {f: x.to_dict() for f, x in e["files"].items()},
                            "failed": e["failed"]} for name, e in exports.items()},
         "model_dirs": {name: str(folder) for name, folder in model_dirs.items()},
-        "test_windows": int(len(test)), "test_users": sorted(set(users[fold.test].tolist())),
+        "test_windows": int(len(test)), "test_users": sorted(set(users[test].tolist())),
         "classes": list(windows.classes), "input_shape": list(windows.x.shape[1:]),
         "dataset": params.ingest.dataset, "data_hash": card.get("data_hash", ""),
         "validation_id": hashlib.sha256(identity.encode()).hexdigest()[:16],
@@ -322,7 +322,5 @@ def _say(report: dict) -> None:
         log.info("%s: every gate passed (%s: accuracy %.3f, %.4g ms)", report["device"], report["deployed_format"],
                  comp["accuracy"], comp["latency_ms"])
     else:
-        reasons = "; ".join(f"{g['name']}: {g['detail']}" + (f" ({fmt_value(g['value'])} vs limit {fmt_value(g['limit'])})"
-                                                             if g["value"] is not None else "")
-                            for g in report["gates"] if g["passed"] is False)
-        log.warning("%s: VALIDATION FAILED, the model will not be registered: %s", report["device"], reasons)
+        log.warning("%s: VALIDATION FAILED, the model will not be registered: %s", report["device"],
+                    failed_gates_text(report))

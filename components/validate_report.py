@@ -35,7 +35,7 @@ def _verdict(passed: bool | None) -> str:
 
 
 COLUMNS = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("agreement", "agreement with torch"),
-           ("latency_ms", "latency ms"), ("predicted_latency_ms", "predicted ms"), ("latency_error", "|meas-pred|/meas"),
+           ("latency_ms", "latency ms"), ("predicted_latency_ms", "predicted ms"), ("latency_error", "prediction error"),
            ("peak_memory_bytes", "peak memory bytes"), ("bytes", "file bytes"))
 
 
@@ -58,10 +58,10 @@ def report_markdown(report: dict) -> str:
              "| gate | result | value | limit | detail |", "|---|---|---|---|---|"]
     for g in report["gates"]:
         lines.append(f"| {g['name']} | {_verdict(g['passed'])} | {fmt_value(g['value'])} | {fmt_value(g['limit'])} | "
-                     f"{g['detail']} |")
+                     f"{_md(g['detail'])} |")
     header = ["format", "model", *(label for _, label in COLUMNS)]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in _table_rows(report)]
+    lines += ["| " + " | ".join(_md(cell) for cell in row) + " |" for row in _table_rows(report)]
     return "\n".join(lines) + "\n"
 
 
@@ -98,3 +98,14 @@ def flat_metrics(report: dict) -> dict:
         if g["value"] is not None:
             flat[f"gate.{g['name']}"] = float(g["value"])
     return flat
+
+
+def failed_gates_text(report: dict) -> str:
+    """'name: detail (value vs limit); ...' for every failed gate."""
+    return "; ".join(f"{g['name']}: {g['detail']}"
+                     + (f" ({fmt_value(g['value'])} vs limit {fmt_value(g['limit'])})" if g["value"] is not None else "")
+                     for g in report["gates"] if g["passed"] is False)
+
+
+def _md(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")

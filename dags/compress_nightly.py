@@ -12,8 +12,12 @@ each device's fit reads its own profile, whatever happened to the others.
 (it reads this run's ingest and train folders through XCom and its device's
 run-keyed latency model); it trains, so it runs on the default queue.
 `validate` is mapped over the list after `compress` and routed like `profile`
-(the exported models run and are timed on the device); the final `register`
-(trigger rule `all_done`) registers every device whose gates passed.
+(the exported models run and are timed on the device); with trigger rule
+`all_done` one device's failed compression does not hold back the others
+(its own validate fails, saying which model is missing). The final
+`register` (trigger rule `all_done`) registers every device whose gates
+passed and then fails if any device had no report, so a broken night is
+never green.
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ def compress_nightly():
 
         return run_compress(device, context["run_id"], ingest_dir, train_dir)
 
-    @task(task_id="validate", map_index_template="{{ task.op_kwargs['device'] }}")
+    @task(task_id="validate", map_index_template="{{ task.op_kwargs['device'] }}", trigger_rule="all_done")
     def validate(device: str, queue: str, pool: str, ingest_dir: str, train_dir: str, **context) -> str:
         from components.airflow_tasks import run_validate
 

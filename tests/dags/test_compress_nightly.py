@@ -36,7 +36,8 @@ def test_nightly_schedule_and_safety_settings(dagbag):
     fit = dag.get_task("fit_latency")
     assert fit.upstream_task_ids == {"profile"} and fit.trigger_rule == "all_done"
     assert dag.get_task("compress").upstream_task_ids == {"ingest", "train", "fit_latency"}
-    assert dag.get_task("validate").upstream_task_ids == {"ingest", "train", "compress"}
+    validate = dag.get_task("validate")
+    assert validate.upstream_task_ids == {"ingest", "train", "compress"} and validate.trigger_rule == "all_done"
     register = dag.get_task("register")
     assert register.upstream_task_ids == {"validate"} and register.trigger_rule == "all_done"
 

@@ -173,3 +173,33 @@ def test_a_version_whose_aliases_cannot_be_set_is_removed_and_the_retry_complete
                                        sleep=lambda s: None)
     assert [str(v.version) for v in _client(params).search_model_versions(f"name = '{outcome.name}'")] == [
         outcome.version]
+
+
+def test_a_failed_alias_move_puts_the_old_aliases_back_and_keeps_an_earlier_version(validated, monkeypatch):
+    from mlflow import MlflowClient
+
+    params, report, reports = validated
+    champion = register.register_with_retries(params, _variant(report, "v1", 0.80, 1.0), reports, None)
+    real = MlflowClient.set_registered_model_alias
+
+    def champion_move_fails(self, name, alias, version):
+        if alias == "champion" and str(version) != champion.version:
+            raise MlflowException("the server went away", error_code="TEMPORARILY_UNAVAILABLE")
+        return real(self, name, alias, version)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", champion_move_fails)
+    params = load_params(PROJECT_ROOT / "params.yaml", [f"pipeline.state_dir={params.pipeline.state_dir}", *LOOSE,
+                                                        "register.attempts=2"])
+    with pytest.raises(register.RegistryUnavailable):
+        register.register_with_retries(params, _variant(report, "v2", 0.95, 1.0), reports, None, sleep=lambda s: None)
+    client = _client(params)
+    assert str(client.get_model_version_by_alias(champion.name, "champion").version) == champion.version
+    assert str(client.get_model_version_by_alias(champion.name, "candidate").version) == champion.version
+    assert [str(v.version) for v in client.search_model_versions(f"name = '{champion.name}'")] == [champion.version]
+
+    # a version found again (a rerun of the same validation) is never deleted when its aliases fail
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias",
+                        lambda *a: (_ for _ in ()).throw(MlflowException("down", error_code="TEMPORARILY_UNAVAILABLE")))
+    with pytest.raises(register.RegistryUnavailable):
+        register.register_with_retries(params, _variant(report, "v1", 0.80, 1.0), reports, None, sleep=lambda s: None)
+    assert [str(v.version) for v in client.search_model_versions(f"name = '{champion.name}'")] == [champion.version]
