@@ -2,7 +2,7 @@
 
 Formats (`FORMATS`):
 
-    onnx         ONNX (PyTorch's TorchScript exporter, opset 17), float32
+    onnx         ONNX (PyTorch's TorchScript exporter, as `profile` converts), float32
     tflite       TensorFlow Lite, float32 (rebuilt in Keras, recurrent layers unrolled)
     tflite_int8  TensorFlow Lite full-integer int8: weights, activations, input and output quantised,
                  calibrated on training windows (post-training quantization); what a microcontroller runs
@@ -23,7 +23,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import numpy as np
 
 from components.data.checksums import sha256_of
 from components.data.outputs import write_text_atomic
-from components.devices.onnxrt import OPSET
+from components.devices.onnxrt import write_onnx
 from components.devices.worker import describe_exit
 
 FORMATS = ("onnx", "tflite", "tflite_int8", "torch")
@@ -145,10 +144,7 @@ def _write(model, fmt: str, target: Path, calibration: np.ndarray | None) -> Non
     spec = model.spec
     example = torch.zeros((1, *spec.input_shape), dtype=torch.float32)
     if fmt == "onnx":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the exporter's notes on RNN export and deprecations
-            torch.onnx.export(model, (example,), str(target), dynamo=False, input_names=["x"],
-                              output_names=["logits"], opset_version=OPSET)
+        write_onnx(model, example, target, output_name="logits")
     elif fmt in ("tflite", "tflite_int8"):
         from components.devices.tflite import tflite_bytes
 

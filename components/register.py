@@ -209,7 +209,7 @@ def _log_model(mlflow, report: dict, report_dir: Path) -> str:
     artifacts |= {f"export_{fmt}": str(folder / e["file"]) for fmt, e in exports["files"].items()
                   if fmt != report["deployed_format"]}
     artifacts |= {f"report_{p.suffix[1:]}": str(p) for p in (report_dir / "report.json", report_dir / "report.html")}
-    runtime = "tflite" if report["runtime"] == "mcu" else report["runtime"]
+    runtime = report["load_runtime"]
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *report["input_shape"]))]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(report["classes"])))]))

@@ -134,6 +134,12 @@ def run(params: Params, device_name: str, baseline_dir: Path | None = None, comp
         return ValidateResult(device.name, reports / "report.json", report, mlrun.run_id)
 
 
+def host_runtime(device) -> tuple[str, int]:
+    """The runtime and threads that run the device's exported files: its own, except for a microcontroller,
+    whose int8 file runs in LiteRT on this host (for accuracy; its latency is computed)."""
+    return ("tflite", 1) if device.mcu is not None else (device.runtime, device.threads)
+
+
 def _formats(cfg, device) -> tuple[str, ...]:
     from components.devices.base import get_backend
     from components.export import FORMATS
@@ -146,7 +152,7 @@ def _formats(cfg, device) -> tuple[str, ...]:
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ConfigError(f"validate.formats.{key}: unknown format(s) {unknown}; known: {', '.join(FORMATS)}")
-    loadable = set(get_backend("tflite").formats if device.mcu is not None else get_backend(key).formats)
+    loadable = set(get_backend(host_runtime(device)[0]).formats)
     refused = [f for f in formats if f not in loadable]
     if refused:
         raise ConfigError(f"device {device.name}: runtime {key} cannot load {', '.join(refused)} "
@@ -172,8 +178,7 @@ def _run_on_device(params: Params, device, fmt: str, exports: dict, work: Path, 
     """
     from components.devices.worker import Worker, WorkerFailed
 
-    # the microcontroller's int8 file runs in LiteRT on this host (for accuracy); its latency is computed
-    runtime, threads = ("tflite", 1) if device.mcu is not None else (device.runtime, device.threads)
+    runtime, threads = host_runtime(device)
 
     def call(request: dict, log_name: str) -> dict:
         worker = Worker("validate", runtime, threads, device.pinned_cpus(), logs / log_name)
@@ -302,6 +307,7 @@ def _report(params, device, formats, results, gates, exports, model_dirs, ingest
     users = windows.meta["user"].to_numpy().astype(str)
     return {
         "device": device.name, "runtime": device.runtime, "threads": device.threads,
+        "load_runtime": host_runtime(device)[0],
         "deployed_format": deployed, "formats": list(formats),
         "passed": not failed, "failed_gates": failed, "gates": [g.to_dict() for g in gates],
         "models": results,

@@ -18,6 +18,16 @@ from components.profiling.items import Item
 OPSET = 17
 
 
+def write_onnx(module, example, path: Path, output_name: str = "y") -> None:
+    """`module` (eval mode) as an ONNX file for inputs shaped like `example` (a torch tensor)."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes on RNN export and deprecations
+        torch.onnx.export(module, (example,), str(path), dynamo=False, input_names=["x"],
+                          output_names=[output_name], opset_version=OPSET)
+
+
 class _OrtRunner:
     def __init__(self, session):
         self.session = session
@@ -42,12 +52,7 @@ class OnnxRuntimeBackend(Backend):
         from components.devices.reference import reference_module
         from components.profiling.items import example_input
 
-        module = reference_module(item)
-        x = torch.from_numpy(example_input(item))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the exporter's notes on RNN export and deprecations
-            torch.onnx.export(module, (x,), str(artifact_path), dynamo=False, input_names=["x"],
-                              output_names=["y"], opset_version=OPSET)
+        write_onnx(reference_module(item), torch.from_numpy(example_input(item)), artifact_path)
 
     def load(self, item: Item, artifact_path: Path | None, threads: int) -> _OrtRunner:
         return self.load_file(Path(artifact_path), "onnx", threads)
