@@ -30,7 +30,8 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # The cluster policy that routes each device's mapped tasks to its queue and pool.
 export PYTHONPATH := $(CURDIR)/infra/airflow$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: install run test test-fast lock dvc-repro airflow-test mlflow-ui benchmark clean
+.PHONY: install browser run test test-fast test-deployment test-static lock dvc-repro airflow-test airflow-up airflow-down \
+        mlflow-ui benchmark images clean
 
 install: $(VENV)/.installed
 
@@ -40,6 +41,12 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(UV) pip install --python $(PY) --compile-bytecode $(UV_FLAGS) -r requirements.lock
 	$(UV) pip install --python $(PY) --compile-bytecode --no-deps -e .
 	touch $@
+
+# Debian's Chromium for the MLflow UI browser test (Playwright drives it; it never downloads a browser).
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { echo "installing Debian's chromium for the browser test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 
 # Resolve requirements.in into the lock file (needs the package registry).
 lock:
@@ -51,8 +58,18 @@ lock:
 run: install
 	$(PY) -m components pipeline
 
-test: install
-	$(PY) -m pytest tests
+# Everything but the deployment-mode tests (they start servers; `make test-deployment`).
+test: install browser
+	$(PY) -m pytest -m "not deployment" tests
+
+# Deployment mode on loopback: the Airflow Celery stack on PostgreSQL + Redis, the MLflow server on
+# PostgreSQL + S3 (moto_server), DVC's S3 remote (~20 min).
+test-deployment: install
+	$(PY) -m pytest -m deployment tests
+
+# Dockerfiles, compose, Kubernetes manifests and the KFP spec, checked without an engine (seconds).
+test-static: install
+	$(PY) -m pytest -q tests/static
 
 # Skip the tests that drive the Airflow and DVC command lines (~1 min).
 test-fast: install
@@ -66,6 +83,13 @@ airflow-test: install
 	$(PY) infra/airflow/create_pools.py >/dev/null
 	$(VENV)/bin/airflow dags test compress_nightly
 
+# The deployment mode on this machine: CeleryExecutor, the machine's PostgreSQL and Redis, a worker per queue.
+airflow-up: install
+	$(PY) infra/airflow/celery_stack.py start
+
+airflow-down:
+	$(PY) infra/airflow/celery_stack.py stop
+
 mlflow-ui: install
 	$(PY) -m components mlflow-ui
 
@@ -76,6 +100,13 @@ benchmark: install
 	$(PY) benchmarks/latency_model.py
 	$(PY) benchmarks/compression.py
 	$(PY) benchmarks/on_device.py
+	$(PY) benchmarks/deployment.py
+
+# Needs a Docker engine (none on the development machines; `make test-static` checks the files).
+images:
+	docker build -f docker/pipeline.Dockerfile -t iot-compress/pipeline:0.1.0 .
+	docker build -f docker/airflow-worker.Dockerfile -t iot-compress/airflow:0.1.0 .
+	docker build -f docker/mlflow.Dockerfile -t iot-compress/mlflow:0.1.0 .
 
 clean:
 	rm -rf $(STATE) data reports

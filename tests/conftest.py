@@ -98,32 +98,38 @@ QUICK_FINE_TUNE = {"epochs": 1, "patience": 1}
 QUICK_FIT_MIN_ROWS = 2
 
 
+def quick_params(folder: Path, data_root: Path, train: dict | None = None, **ingest_overrides) -> Path:
+    """Write folder/params.yaml: the project's params with the quick settings, outputs and stores in `folder`."""
+    import yaml
+
+    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    raw["ingest"]["data_root"] = str(data_root)
+    raw["ingest"].update(ingest_overrides)
+    raw["train"].update(QUICK_TRAIN if train is None else train)
+    for item in QUICK_PROFILE:
+        key, value = item.split("=")
+        *parents, leaf = key.split(".")[1:]
+        node = raw["profile"]
+        for part in parents:
+            node = node[part]
+        node[leaf] = yaml.safe_load(value)
+    raw["profile"]["devices_file"] = str(PROJECT_ROOT / "infra" / "devices.yaml")
+    raw["fit_latency"]["min_rows"] = QUICK_FIT_MIN_ROWS
+    raw["compress"]["search"].update(QUICK_SEARCH)
+    raw["compress"]["fine_tune"].update(QUICK_FINE_TUNE)
+    raw["pipeline"]["state_dir"] = str(folder / ".state")
+    raw["pipeline"]["runs_dir"] = str(folder / ".state" / "runs")
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
 @pytest.fixture
 def params_file(tmp_path: Path, data_root: Path):
     """A params.yaml in tmp_path whose outputs and stores stay in tmp_path (for CLI, DVC and Airflow runs)."""
-    import yaml
 
     def write(folder: Path = tmp_path, train: dict | None = None, **ingest_overrides) -> Path:
-        raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-        raw["ingest"]["data_root"] = str(data_root)
-        raw["ingest"].update(ingest_overrides)
-        raw["train"].update(QUICK_TRAIN if train is None else train)
-        for item in QUICK_PROFILE:
-            key, value = item.split("=")
-            *parents, leaf = key.split(".")[1:]
-            node = raw["profile"]
-            for part in parents:
-                node = node[part]
-            node[leaf] = yaml.safe_load(value)
-        raw["profile"]["devices_file"] = str(PROJECT_ROOT / "infra" / "devices.yaml")
-        raw["fit_latency"]["min_rows"] = QUICK_FIT_MIN_ROWS
-        raw["compress"]["search"].update(QUICK_SEARCH)
-        raw["compress"]["fine_tune"].update(QUICK_FINE_TUNE)
-        raw["pipeline"]["state_dir"] = str(folder / ".state")
-        raw["pipeline"]["runs_dir"] = str(folder / ".state" / "runs")
-        path = folder / "params.yaml"
-        path.write_text(yaml.safe_dump(raw, sort_keys=False))
-        return path
+        return quick_params(folder, data_root, train, **ingest_overrides)
 
     return write
 

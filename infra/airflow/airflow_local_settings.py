@@ -23,3 +23,18 @@ def task_instance_mutation_hook(task_instance, dag_run=None):
     if task_instance.map_index < len(routes):
         route = routes[task_instance.map_index]
         task_instance.queue, task_instance.pool = route["queue"], route["pool"]
+
+
+def worker_hostname() -> str:
+    """The name a task instance records as its host: the worker's own name where it has one.
+
+    Airflow records `hostname_callable()` on every task instance. Several
+    workers on one machine (the local deployment) share the host's name, so
+    each is started with IOT_COMPRESS_WORKER_NAME (`<queue>@<host>`) and the
+    UI and REST API show which worker, hence which device, ran a task. On a
+    machine per device, the host's own name already says it.
+    """
+    import os
+    import socket
+
+    return os.environ.get("IOT_COMPRESS_WORKER_NAME") or socket.getfqdn()

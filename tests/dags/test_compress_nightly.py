@@ -22,20 +22,32 @@ def dagbag():
 
 def test_dags_import_without_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert "compress_nightly" in dagbag.dags
+    assert {"compress_nightly", "watch_sensing_data"} <= set(dagbag.dags)
 
 
 def test_nightly_schedule_and_safety_settings(dagbag):
+    from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable
+
     dag = dagbag.dags["compress_nightly"]
     assert dag.catchup is False and dag.max_active_runs == 1
-    assert dag.schedule == "0 2 * * *"
+    schedule = dag.schedule
+    assert isinstance(schedule, AssetOrTimeSchedule)
+    assert isinstance(schedule.timetable, CronTriggerTimetable) and schedule.timetable.expression == "0 2 * * *"
+    assert schedule.timetable.run_immediately is False and dag.start_date is None  # unpausing runs nothing at once
+    assert [a.name for a in schedule.asset_condition.objects] == ["iot-compress-sensing-data"]
+    [announce] = dagbag.dags["watch_sensing_data"].tasks
+    assert [o.name for o in announce.outlets] == ["iot-compress-sensing-data"]  # the watcher feeds that asset
+    assert dag.params["devices"] == [] and dag.params["overrides"] == []
+    assert [d.interval.total_seconds() for d in dag.deadline] == [6 * 3600]
+    assert all(t.on_failure_callback and t.on_retry_callback for t in dag.tasks)
     assert {"iot-compress", "nightly"} <= set(dag.tags)
     assert all(t.retries >= 1 for t in dag.tasks)
     assert sorted(t.task_id for t in dag.tasks if not t.upstream_task_ids) == ["ingest", "profile"]
     assert dag.get_task("train").upstream_task_ids == {"ingest"}
     fit = dag.get_task("fit_latency")
     assert fit.upstream_task_ids == {"profile"} and fit.trigger_rule == "all_done"
-    assert dag.get_task("compress").upstream_task_ids == {"ingest", "train", "fit_latency"}
+    compress = dag.get_task("compress")
+    assert compress.upstream_task_ids == {"ingest", "train", "fit_latency"} and compress.trigger_rule == "all_done"
     validate = dag.get_task("validate")
     assert validate.upstream_task_ids == {"ingest", "train", "compress"} and validate.trigger_rule == "all_done"
     register = dag.get_task("register")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -94,11 +95,30 @@ def test_dvc_repro_runs_the_stages_then_reruns_only_what_changed(tmp_path, param
     assert (tmp_path / "reports" / "train" / "metrics.json").exists()
     second = repro()
     assert "Stage 'ingest' didn't change, skipping" in second and "Running stage" not in second
+    # the reviewer's baseline: the results committed with dvc.lock
+    subprocess.run(["git", "add", "-A"], cwd=tmp_path, check=True, env=env, timeout=120)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid", "commit", "-q", "-m", "baseline"],
+                   cwd=tmp_path, check=True, env=env, timeout=120)
     # a train.* param change retrains without re-ingesting
     (tmp_path / "params.yaml").write_text((tmp_path / "params.yaml").read_text().replace("epochs: 3", "epochs: 2"))
     third = repro()
     assert "Running stage 'train'" in third and "Running stage 'ingest'" not in third
     assert "Running stage 'fit_latency" not in third
+
+    def dvc_json(*args: str) -> dict:
+        out = subprocess.run([dvc, *args, "--json"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout)
+
+    # what the README's walkthrough shows a reviewer: the param change and its effect on the results
+    params_diff = dvc_json("params", "diff")
+    assert params_diff["params.yaml"]["train.epochs"] == {"old": 3, "new": 2}
+    metrics_diff = dvc_json("metrics", "diff")
+    changed = {key for file, rows in metrics_diff.items() if "train" in file for key in rows}
+    assert any("accuracy" in key for key in changed), metrics_diff
+    plots = subprocess.run([dvc, "plots", "diff", "HEAD", "-o", str(tmp_path / "plots")], cwd=tmp_path,
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert plots.returncode == 0 and (tmp_path / "plots" / "index.html").exists(), plots.stderr[-2000:]
     # a fit_latency.* change refits every device without profiling again
     (tmp_path / "params.yaml").write_text((tmp_path / "params.yaml").read_text().replace("min_gain: 0.02",
                                                                                         "min_gain: 0.03"))

@@ -1,0 +1,141 @@
+"""What the DAG's tasks and callbacks call, and the deployment script's process handling, without Airflow running."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from components import airflow_tasks
+
+
+@pytest.fixture
+def params_env(params_file, monkeypatch):
+    path = params_file()
+    monkeypatch.setenv("IOT_COMPRESS_PARAMS", str(path))
+    return path
+
+
+def test_a_run_covers_every_device_unless_it_names_a_subset(params_env):
+    assert airflow_tasks.selected("ort-1t", []) and airflow_tasks.selected("ort-1t", None)
+    assert airflow_tasks.selected("cortex-m4", ["cortex-m4"]) and not airflow_tasks.selected("ort-1t", ["cortex-m4"])
+    airflow_tasks.check_devices(["cortex-m4"])
+    with pytest.raises(ValueError, match=r"\['pixel9'\] are not in the pool"):
+        airflow_tasks.check_devices(["cortex-m4", "pixel9"])
+
+
+def test_run_overrides_reach_the_params_a_task_loads(params_env):
+    params = airflow_tasks.run_params(["compress.budget.latency=0.33"])
+    assert params.compress.budget["latency"] == 0.33
+    assert airflow_tasks.run_params().compress.budget["latency"] != 0.33
+
+
+def test_data_fingerprint_changes_when_a_file_lands(tmp_path, params_file, monkeypatch):
+    data = tmp_path / "data"
+    (data / "hhar").mkdir(parents=True)
+    (data / "hhar" / "a.csv").write_text("1\n")
+    monkeypatch.setenv("IOT_COMPRESS_PARAMS", str(params_file()))
+    monkeypatch.setenv("IOT_COMPRESS_DATA_ROOT", str(data))
+    before = airflow_tasks.data_fingerprint()
+    assert before["files"] == 1 and airflow_tasks.data_fingerprint() == before
+    (data / "hhar" / "b.csv").write_text("2\n")
+    after = airflow_tasks.data_fingerprint()
+    assert after["files"] == 2 and after["fingerprint"] != before["fingerprint"]
+
+
+def test_failure_alert_names_stage_device_run_and_error_and_reaches_the_webhook(tmp_path, params_env, monkeypatch,
+                                                                                caplog):
+    received = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv(airflow_tasks.ALERT_WEBHOOK_ENV, f"http://127.0.0.1:{server.server_port}/alerts")
+    ti = SimpleNamespace(dag_id="compress_nightly", task_id="validate", rendered_map_index="ort-1t",
+                         run_id="manual__1", try_number=3, max_tries=2, hostname="device.cpu@host")
+    try:
+        alert = airflow_tasks.failure_alert({"ti": ti, "run_id": "manual__1",
+                                             "exception": RuntimeError("model file missing")})
+    finally:
+        server.shutdown()
+    assert (alert["stage"], alert["device"], alert["run_id"]) == ("validate", "ort-1t", "manual__1")
+    assert alert["error"] == "RuntimeError: model file missing" and alert["hostname"] == "device.cpu@host"
+    assert received == [alert]
+    assert "stage validate failed for device ort-1t in run manual__1 (try 3)" in caplog.text
+    lines = (tmp_path / ".state" / "runs" / "manual__1" / "alerts.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [alert]
+
+
+def test_an_alert_that_cannot_be_delivered_never_raises(params_env, monkeypatch, caplog):
+    monkeypatch.setenv(airflow_tasks.ALERT_WEBHOOK_ENV, "http://127.0.0.1:9/closed")
+    ti = SimpleNamespace(dag_id="compress_nightly", task_id="ingest", rendered_map_index=None, run_id="r",
+                         try_number=1, max_tries=2, hostname="h", task=SimpleNamespace(op_kwargs={}))
+    alert = airflow_tasks.failure_alert({"ti": ti, "run_id": "r"}, "up for retry")
+    assert alert["device"] is None and alert["error"] is None
+    assert "could not POST the alert" in caplog.text
+
+
+def test_stack_stop_signals_only_its_own_process_groups(tmp_path):
+    from celery_stack import Stack
+
+    stack = Stack(home=tmp_path / "home", port=1)
+    stack.pid_dir.mkdir(parents=True)
+    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    child_code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
+    with_child = subprocess.Popen([sys.executable, "-c", child_code], start_new_session=True)
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        (stack.pid_dir / "scheduler.pid").write_text(str(ours.pid))
+        (stack.pid_dir / "worker-default.pid").write_text(str(with_child.pid))
+        time.sleep(0.5)
+        group = [int(p) for p in subprocess.run(["pgrep", "-g", str(with_child.pid)], capture_output=True,
+                                                 text=True).stdout.split()]
+        assert len(group) == 2  # the worker and the task process it started
+        assert sorted(stack.running()) == ["scheduler", "worker-default"]
+        assert sorted(stack.stop(timeout=10)) == ["scheduler", "worker-default"]
+        assert ours.wait(timeout=10) is not None and with_child.wait(timeout=10) is not None
+        assert not any(Path(f"/proc/{pid}").exists() and _state(pid) != "Z" for pid in group)
+        assert stranger.poll() is None  # a process of the same program, not recorded by the stack, lives on
+        assert stack.running() == [] and not list(stack.pid_dir.glob("*.pid"))
+    finally:
+        for proc in (ours, with_child, stranger):
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+def test_stack_env_shares_one_secret_and_points_workers_at_the_execution_api(tmp_path):
+    from celery_stack import Stack
+
+    stack = Stack(home=tmp_path / "home", port=18123, database="postgresql+psycopg2://u@127.0.0.1:5432/db",
+                  broker="redis://127.0.0.1:6379/7")
+    env = stack.env()
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:18123/execution/"
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == "db+postgresql://u@127.0.0.1:5432/db"
+    assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == Stack(home=tmp_path / "home").env()["AIRFLOW__API_AUTH__JWT_SECRET"]
+    assert (tmp_path / "home" / "jwt_secret").stat().st_mode & 0o777 == 0o600
+    assert Stack(home=tmp_path / "other").env()["AIRFLOW__API_AUTH__JWT_SECRET"] != env["AIRFLOW__API_AUTH__JWT_SECRET"]
