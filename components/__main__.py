@@ -214,7 +214,9 @@ def _mlflow_ui(params, port: int) -> int:
     uri = tracking.tracking_uri(params)
     print(f"MLflow UI for {uri} on http://127.0.0.1:{port}")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
-    return subprocess.call(cmd, env=os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true"})
+    # no job-consumer processes: the pipeline submits no server-side jobs, and they slow the start
+    return subprocess.call(cmd, env=os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true",
+                                                  "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
 
 
 if __name__ == "__main__":

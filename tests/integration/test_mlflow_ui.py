@@ -1,4 +1,7 @@
-"""After `make run`'s pipeline, `mlflow ui` (as `python -m components mlflow-ui`) shows the run and its artifacts."""
+"""After `make run`'s pipeline, `mlflow ui` (as `python -m components mlflow-ui`) shows the runs, artifacts and models.
+
+The quick pipeline takes minutes, so it runs once for the module and one UI server answers every test.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +13,37 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import subprocess_env
+from components.config import load_params
+from components.register import model_name
+from tests.conftest import quick_params, subprocess_env
+from tests.integration.browser import artifacts_dir, chromium_page, png_size, require_chromium
+
+DEVICES = ["ort-1t", "cortex-m4"]  # one timed device, one computed: the UI is the point
+DEVICE = "ort-1t"
+
+# The quick pipeline compresses next to nothing, so the real gates refuse its models and the registry would stay
+# empty; these pass anything that runs, so both devices get a registered version to look at.
+LOOSE_GATES = {"max_accuracy_drop": 1.0, "min_agreement": 0.0, "latency_budget": 100.0, "size_budget": 100.0,
+               "max_latency_error": 100.0}
+
+# The compress run's figures a user looks for first, all logged by components/compress.py.
+COMPRESS_METRICS = ("params_kept", "accuracy_change", "budget", "accuracy_floor")
+DEEPIOT_METRICS = ("methods.deepiot.test_accuracy", "methods.deepiot.relative_cost",
+                   "methods.deepiot.predicted_latency_ms")
+
+# The first test's set-up runs the pipeline (its own limit: 900 s) and starts the UI; a loaded 2-core machine needs it.
+TIMEOUT_S = 1200
+
+# Playwright is imported inside the browser steps: without it the module still collects, and the `chromium` fixture
+# fails the browser test with what to install instead.
+SCREENSHOTS = ("runs", "compress-run", "compress-metrics", "compress-pareto", "validate-report", "registered-model")
 
 
 def free_port() -> int:
@@ -31,42 +60,217 @@ def api(port: int, path: str, body: dict | None = None) -> dict:
         return json.loads(resp.read())
 
 
-@pytest.mark.slow
-def test_mlflow_ui_lists_the_ingest_run_and_its_artifacts(tmp_path, params_file):
-    params = params_file()
+@dataclass(frozen=True)
+class Tracked:
+    """A finished pipeline and the UI serving its tracking store."""
+
+    params_path: Path
+    port: int
+    experiment_id: str
+    runs: dict[str, dict]  # run name -> the run as the REST API returns it
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def run_id(self, name: str) -> str:
+        return self.runs[name]["info"]["run_id"]
+
+    def metrics(self, name: str) -> dict[str, float]:
+        return {m["key"]: m["value"] for m in self.runs[name]["data"]["metrics"]}
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory, data_root: Path) -> Iterator[Tracked]:
+    """Module-scoped: the quick pipeline takes minutes, and one UI server can answer every test."""
+    folder = tmp_path_factory.mktemp("pipeline")
+    params = quick_params(folder, data_root)
     raw = yaml.safe_load(params.read_text())
-    raw["profile"]["devices"] = ["ort-1t", "cortex-m4"]  # one timed device, one computed: the UI is the point
+    raw["profile"]["devices"] = DEVICES
+    raw["validate"]["gates"].update(LOOSE_GATES)
     params.write_text(yaml.safe_dump(raw, sort_keys=False))
-    env = subprocess_env(tmp_path)
-    run = subprocess.run([sys.executable, "-m", "components", "pipeline", "--params", str(params)], cwd=tmp_path,
+    env = subprocess_env(folder)
+    run = subprocess.run([sys.executable, "-m", "components", "pipeline", "--params", str(params)], cwd=folder,
                          env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     port = free_port()
     ui = subprocess.Popen([sys.executable, "-m", "components", "mlflow-ui", "--params", str(params), "--port", str(port)],
-                          cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                           start_new_session=True)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                experiments = api(port, "/api/2.0/mlflow/experiments/search", {"max_results": 10})["experiments"]
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "mlflow ui did not answer within 90 s"
-                assert ui.poll() is None, "mlflow ui exited"
-                time.sleep(1)
-        [exp] = [e for e in experiments if e["name"] == "compress_nightly"]
-        runs = api(port, "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]]})["runs"]
-        by_name = {r["info"]["run_name"]: r for r in runs}
-        assert {"ingest", "pipeline", "validate/ort-1t", "validate/cortex-m4"} <= set(by_name)
-        metrics = {m["key"]: m["value"] for m in by_name["ingest"]["data"]["metrics"]}
-        assert metrics["windows"] == 2426
-        run_id = by_name["ingest"]["info"]["run_id"]
-        files = api(port, f"/api/2.0/mlflow/artifacts/list?run_id={run_id}&path=ingest")["files"]
-        assert {"ingest/data_card.json", "ingest/validation.json"} <= {f["path"] for f in files}
-        validated = by_name["validate/ort-1t"]["info"]["run_id"]
-        files = api(port, f"/api/2.0/mlflow/artifacts/list?run_id={validated}&path=validate/ort-1t")["files"]
-        assert {"validate/ort-1t/report.html", "validate/ort-1t/report.json"} <= {f["path"] for f in files}
+        experiment_id = _wait_for_experiment(ui, port, "compress_nightly")
+        runs = api(port, "/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment_id]})["runs"]
+        yield Tracked(params, port, experiment_id, {r["info"]["run_name"]: r for r in runs})
     finally:
-        os.killpg(ui.pid, signal.SIGTERM)
-        ui.wait(timeout=30)
+        _stop_group(ui)
+
+
+def _stop_group(process: subprocess.Popen, grace_s: float = 30) -> None:
+    """`mlflow ui` leaves uvicorn workers and huey job consumers in its process group, which outlive the top process."""
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=grace_s)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGKILL)
+
+
+def _wait_for_experiment(ui: subprocess.Popen, port: int, name: str) -> str:
+    deadline = time.monotonic() + 180  # minutes on a loaded machine: it starts job consumers too
+    while True:
+        try:
+            experiments = api(port, "/api/2.0/mlflow/experiments/search", {"max_results": 10})["experiments"]
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "mlflow ui did not answer within 180 s"
+            assert ui.poll() is None, "mlflow ui exited"
+            time.sleep(1)
+    [experiment] = [e for e in experiments if e["name"] == name]
+    return experiment["experiment_id"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(TIMEOUT_S)
+def test_mlflow_ui_lists_the_ingest_run_and_its_artifacts(tracked: Tracked):
+    assert {"ingest", "pipeline", "validate/ort-1t", "validate/cortex-m4"} <= set(tracked.runs)
+    assert tracked.metrics("ingest")["windows"] == 2426
+    files = api(tracked.port, f"/api/2.0/mlflow/artifacts/list?run_id={tracked.run_id('ingest')}&path=ingest")
+    assert {"ingest/data_card.json", "ingest/validation.json"} <= {f["path"] for f in files["files"]}
+    validated = tracked.run_id("validate/ort-1t")
+    files = api(tracked.port, f"/api/2.0/mlflow/artifacts/list?run_id={validated}&path=validate/ort-1t")
+    assert {"validate/ort-1t/report.html", "validate/ort-1t/report.json"} <= {f["path"] for f in files["files"]}
+
+
+def shown(value: float) -> str:
+    """A metric as the UI prints it (JavaScript's shortest round-trip form: Python's repr, but integers bare)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Session-scoped so that it is checked before the module's pipeline: a missing browser fails in seconds."""
+    return require_chromium()
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.timeout(TIMEOUT_S)
+def test_mlflow_ui_in_a_browser_shows_runs_metrics_plots_report_and_model(chromium: str, tracked: Tracked):
+    folder = artifacts_dir("mlflow-ui")
+    for name in (*SCREENSHOTS, "failure"):
+        (folder / f"{name}.png").unlink(missing_ok=True)  # an earlier run's picture must not pass for this one's
+    params = load_params(tracked.params_path)
+    report = json.loads((params.path(params.validate.report_dir) / DEVICE / "report.json").read_text())
+    with chromium_page(chromium, folder) as shots:
+        _runs_table(shots, tracked)
+        _compress_run(shots, tracked)
+        _validate_report(shots, tracked, report)
+        _registered_model(shots, tracked, model_name(params, report))
+    assert [path.stem for path in shots.paths] == list(SCREENSHOTS)
+    for path in shots.paths:
+        width, height = png_size(path)
+        # A blank or half-loaded page compresses to a few kB; these pages hold tables and plots.
+        assert width >= 1000 and height >= 600 and path.stat().st_size > 30_000, f"{path} looks empty"
+
+
+def _runs_table(shots, tracked: Tracked) -> None:
+    """Stage runs are nested under the pipeline's parent run, which the table shows collapsed: open it, as a user must.
+
+    `/#/experiments/<id>` alone lands on MLflow 3's GenAI overview, behind a pop-over; `/runs` is the runs table.
+    """
+    from playwright.sync_api import expect
+
+    page = shots.page
+    page.goto(f"{tracked.url}/#/experiments/{tracked.experiment_id}/runs")
+    parent = page.get_by_role("link", name="pipeline", exact=True)
+    expect(parent).to_be_visible()
+    _close_assistant(page)
+    page.get_by_role("row").filter(has=parent).locator("[col-id*='Run Name'] button").click()  # the [+] expander
+    for name in ("ingest", "train", *(f"{stage}/{d}" for stage in ("compress", "validate", "register")
+                                      for d in DEVICES)):
+        expect(page.get_by_role("link", name=name, exact=True)).to_be_visible()
+    shots.take("runs")
+
+
+def _close_assistant(page) -> None:
+    """MLflow 3 opens an assistant panel over a third of the page; closed, the screenshots show the runs."""
+    close = page.get_by_role("button", name="Close")
+    if close.count():
+        close.first.click()
+
+
+def _metric_row(page, key: str):
+    return page.get_by_role("row").filter(has=page.get_by_text(key, exact=True))
+
+
+def _compress_run(shots, tracked: Tracked) -> None:
+    """Reached from the table, as a user would; the metrics must be the logged numbers, the plot a decoded image.
+
+    The metrics table scrolls inside a fixed box, so the per-method figures are found through its search field.
+    """
+    from playwright.sync_api import expect
+
+    page = shots.page
+    name = f"compress/{DEVICE}"
+    page.get_by_role("link", name=name, exact=True).click()
+    expect(page.get_by_role("heading", name=name)).to_be_visible()
+    expect(page.get_by_role("link", name="pipeline", exact=True)).to_be_visible()  # its parent run, last to load
+    metrics = tracked.metrics(name)
+    for key in COMPRESS_METRICS:
+        expect(_metric_row(page, key)).to_contain_text(shown(metrics[key]))
+    shots.take("compress-run")
+    page.get_by_placeholder("Search metrics").fill("methods.deepiot.")
+    for key in DEEPIOT_METRICS:
+        expect(_metric_row(page, key)).to_contain_text(shown(metrics[key]))
+    shots.take("compress-metrics")
+    _open_artifact(page, "compress", DEVICE, "pareto.png")
+    plot = page.get_by_alt_text(f"compress/{DEVICE}/pareto.png")
+    expect(plot).to_be_visible()
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=plot.element_handle())
+    expect(page.get_by_text("trajectory.png", exact=True)).to_be_visible()
+    shots.take("compress-pareto")
+
+
+def _open_artifact(page, *path: str) -> None:
+    """The Artifacts tab's tree starts folded: open each folder of the path, then the file to preview it."""
+    page.get_by_role("tab", name="Artifacts").click()
+    for part in path:
+        page.get_by_text(part, exact=True).first.click()
+
+
+def _validate_report(shots, tracked: Tracked, report: dict) -> None:
+    """report.html as MLflow previews it, checked gate by gate against report.json: the page a reviewer reads."""
+    from playwright.sync_api import expect
+
+    page = shots.page
+    name = f"validate/{DEVICE}"
+    page.goto(f"{tracked.url}/#/experiments/{tracked.experiment_id}/runs/{tracked.run_id(name)}")
+    expect(page.get_by_role("heading", name=name)).to_be_visible()
+    _open_artifact(page, "validate", DEVICE, "report.html")
+    for other in ("report.json", "report.md"):
+        expect(page.get_by_text(other, exact=True)).to_be_visible()
+    html = page.frame_locator("iframe")  # MLflow shows HTML artifacts in a sandboxed frame
+    verdict = "PASSED" if report["passed"] else "FAILED"
+    expect(html.get_by_role("heading", level=1)).to_have_text(f"Validation on {DEVICE}: {verdict}")
+    for gate in report["gates"]:
+        cells = html.get_by_role("row").filter(has=html.get_by_role("cell", name=gate["name"], exact=True))
+        expected = "n/a" if gate["passed"] is None else ("PASS" if gate["passed"] else "FAIL")
+        expect(cells.get_by_role("cell").nth(1)).to_have_text(expected)
+    shots.take("validate-report")
+
+
+def _registered_model(shots, tracked: Tracked, name: str) -> None:
+    """The first registration of a device's model finds no champion, so its version carries both aliases."""
+    from playwright.sync_api import expect
+
+    page = shots.page
+    page.goto(f"{tracked.url}/#/models/{name}")
+    expect(page.get_by_role("heading", name=name)).to_be_visible()
+    version = page.get_by_role("row").filter(has=page.get_by_role("link", name="Version 1", exact=True))
+    for alias in ("candidate", "champion"):
+        expect(version).to_contain_text(f"@ {alias}")
+    shots.take("registered-model")
