@@ -31,7 +31,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONPATH := $(CURDIR)/infra/airflow$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 .PHONY: install browser run test test-fast test-deployment test-static lock dvc-repro airflow-test airflow-up airflow-down \
-        mlflow-ui benchmark images clean
+        mlflow-server mlflow-server-stop mlflow-ui benchmark images clean
 
 install: $(VENV)/.installed
 
@@ -89,6 +89,13 @@ airflow-up: install
 
 airflow-down:
 	$(PY) infra/airflow/celery_stack.py stop
+
+# The MLflow server mode on this machine: PostgreSQL backend, S3 artifacts (an in-memory moto S3 for a demo).
+mlflow-server: install
+	$(PY) infra/mlflow/server.py start --with-moto
+
+mlflow-server-stop:
+	$(PY) infra/mlflow/server.py stop
 
 mlflow-ui: install
 	$(PY) -m components mlflow-ui

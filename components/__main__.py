@@ -11,6 +11,7 @@ import uuid
 from datetime import datetime, timezone
 
 from components.config import ConfigError, default_params_path, load_params
+from components.tracking import TrackingUnavailable
 from components.data.errors import DataError
 from components.devices.base import BackendError
 from components.models.spec import ModelConfigError
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "pipeline":
             return _pipeline(params)
         return _run_stage(args.command, params, args.output_dir, args.pipeline_key, args.input_dir, args.device)
-    except (ConfigError, DataError, ValidationFailed, ModelConfigError, BackendError) as exc:
+    except (ConfigError, DataError, ValidationFailed, ModelConfigError, BackendError, TrackingUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

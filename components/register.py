@@ -148,14 +148,16 @@ def _register(params: Params, report: dict, report_dir: Path, pipeline_key: str 
     created = version is None
     if created:
         with tracking.stage_run(params, STAGE, pipeline_key, device=device) as mlrun:
-            model_uri = _log_model(mlflow, report, report_dir)
+            model = _log_model(mlflow, report, report_dir)
             try:
                 client.create_registered_model(name, tags={"device": device, "dataset": report["dataset"]},
                                                description=f"{report['dataset']} classifier compressed for {device}")
             except MlflowException as exc:
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
-            version = client.create_model_version(name, model_uri, run_id=mlrun.run_id,
+            # model_id too: a tracking server accepts a `models:/m-...` source only with its logged model's id
+            version = client.create_model_version(name, model.model_uri, run_id=mlrun.run_id,
+                                                  model_id=model.model_id,
                                                   tags=_version_tags(params, report, pipeline_key)).version
             version = str(version)
             mlrun.set_tags({"registered_model": name, "registered_version": str(version)})
@@ -194,8 +196,8 @@ def _version_tags(params: Params, report: dict, pipeline_key: str | None) -> dic
             "sha256": comp["sha256"]}
 
 
-def _log_model(mlflow, report: dict, report_dir: Path) -> str:
-    """The pyfunc model of the deployed file, with every exported format and the report beside it."""
+def _log_model(mlflow, report: dict, report_dir: Path):
+    """Log the pyfunc model of the deployed file, with every exported format and the report beside it (ModelInfo)."""
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
@@ -219,7 +221,7 @@ def _log_model(mlflow, report: dict, report_dir: Path) -> str:
         model_config={"runtime": runtime, "format": report["deployed_format"], "sha256": deployed["sha256"],
                       "input_shape": report["input_shape"], "classes": report["classes"]},
         pip_requirements=_requirements(runtime))
-    return info.model_uri
+    return info
 
 
 def _requirements(runtime: str) -> list[str]:

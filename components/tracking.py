@@ -6,6 +6,15 @@ environment switches to a server. One run per stage execution, named after the
 stage; when a pipeline key is given (the Airflow run id, or the one
 `python -m components pipeline` makes), the stage run is nested under one
 parent run per key.
+
+Server mode (an http(s) tracking URI, see infra/mlflow/server.py): the server
+proxies every artifact to its store (S3), so this process needs no S3
+credentials, and every call can meet an unreachable server or a server whose
+S3 is down (it answers 5xx). MLflow's own HTTP client retries both with
+exponential backoff; its defaults (7 retries, ~4 min) are lowered here to
+SERVER_RETRY_DEFAULTS unless the environment sets them, and when the retries
+run out the call fails with one `TrackingUnavailable` that names the
+endpoint, the attempts, the time spent and what to check.
 """
 
 from __future__ import annotations
@@ -14,6 +23,9 @@ import json
 import logging
 import os
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +36,22 @@ from components.config import Params
 log = logging.getLogger(__name__)
 PIPELINE_KEY_TAG = "pipeline_run_key"  # on every run of one pipeline execution
 PARENT_TAG = "pipeline_parent"  # only on its parent run
+# MLflow's HTTP retry knobs (read on every request) in server mode: 4 retries waiting 0, 4, 8, 16 s (+ up to 1 s
+# jitter each; urllib3's first retry does not wait) ride out a ~30 s outage and fail within about a minute.
+SERVER_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+                         "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+_MLFLOW_DEFAULT_RETRIES = 7
+
+
+class TrackingUnavailable(ConnectionError):
+    """The tracking server, or the artifact store behind it, failed through every retry.
+
+    A ConnectionError, so callers that retry connection trouble (register) retry this too.
+    """
+
+    def __init__(self, message: str, server_answers: bool):
+        super().__init__(message)
+        self.server_answers = server_answers
 
 
 def tracking_uri(params: Params) -> str:
@@ -33,6 +61,10 @@ def tracking_uri(params: Params) -> str:
     return f"sqlite:///{db}"
 
 
+def _is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
 def _mlflow(params: Params):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
@@ -40,6 +72,9 @@ def _mlflow(params: Params):
     uri = tracking_uri(params)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    if _is_server(uri):
+        for key, value in SERVER_RETRY_DEFAULTS.items():
+            os.environ.setdefault(key, value)  # in the environment, so child processes retry alike
     before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     # mlflow also exports the URI to the environment; undo that, so that the
@@ -102,18 +137,23 @@ class StageRun:
     def log_params(self, params: Mapping[str, Any]) -> None:
         flat = {k: (json.dumps(v) if isinstance(v, (list, tuple)) else v) for k, v in flatten(params).items()}
         items = list(flat.items())
-        for i in range(0, len(items), 100):
-            self._mlflow.log_params(dict(items[i : i + 100]))
+        with reachable(self._mlflow, f"log the params of run {self.run_id}"):
+            for i in range(0, len(items), 100):
+                self._mlflow.log_params(dict(items[i : i + 100]))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         clean = {_metric_key(k): float(v) for k, v in metrics.items()}
-        self._mlflow.log_metrics(clean, step=step)
+        with reachable(self._mlflow, f"log the metrics of run {self.run_id}"):
+            self._mlflow.log_metrics(clean, step=step)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        self._mlflow.set_tags(dict(tags))
+        with reachable(self._mlflow, f"set the tags of run {self.run_id}"):
+            self._mlflow.set_tags(dict(tags))
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        target = "/".join(filter(None, [self.run.info.artifact_uri, artifact_path, Path(path).name]))
+        with reachable(self._mlflow, f"log artifact {target}", target):
+            self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
     def log_torch_model(self, model, input_example, name: str = "model") -> str:
         """Log a torch model as an MLflow model (ready to register) with its signature; return its URI.
@@ -126,10 +166,11 @@ class StageRun:
 
         with torch.no_grad():
             output = model(torch.from_numpy(input_example)).numpy()
-        info = self._mlflow.pytorch.log_model(
-            model, name=name, input_example=input_example, signature=infer_signature(input_example, output),
-            pip_requirements=[f"torch=={torch.__version__}", f"numpy=={numpy.__version__}"],
-        )
+        with reachable(self._mlflow, f"log model {name!r} of run {self.run_id}"):
+            info = self._mlflow.pytorch.log_model(
+                model, name=name, input_example=input_example, signature=infer_signature(input_example, output),
+                pip_requirements=[f"torch=={torch.__version__}", f"numpy=={numpy.__version__}"],
+            )
         return info.model_uri
 
 
@@ -149,28 +190,182 @@ def _pipeline_run_id(mlflow, experiment_id: str, key: str, commit: str) -> str:
     return run.info.run_id
 
 
+def _retire_earlier_attempts(mlflow, experiment_id: str, key: str, run_name: str) -> None:
+    """Delete (recoverably) earlier attempts of this stage in this pipeline run.
+
+    A retried or re-run task (its worker killed mid-task, a failure, a cleared
+    task) starts its stage run again, and its output replaces the earlier
+    attempt's in the run-keyed folder; without this the experiment would show
+    the dead or replaced attempt beside the one that counts. The task's log
+    and the failure alert keep what happened to it; a deleted run can be
+    restored (`mlflow runs restore`) until the store is garbage-collected.
+    """
+    found = mlflow.search_runs(
+        [experiment_id], output_format="list",
+        filter_string=f"tags.{PIPELINE_KEY_TAG} = '{key}' and attributes.run_name = '{run_name}'",
+    )
+    client = mlflow.MlflowClient()
+    for run in found:
+        log.warning("MLflow run %s (%s) is an earlier attempt of %s in this pipeline run: deleting it",
+                    run.info.run_id, run.info.status, run_name)
+        client.set_tag(run.info.run_id, "superseded", "a later attempt of the same stage replaced this one")
+        client.delete_run(run.info.run_id)
+
+
 @contextmanager
 def stage_run(params: Params, stage: str, pipeline_key: str | None = None, device: str | None = None
               ) -> Iterator[StageRun]:
     """Open the MLflow run of one stage execution (`stage/device` for per-device stages); FAILED if it raises."""
     mlflow = _mlflow(params)
-    experiment_id = _experiment_id(mlflow, params)
     commit = git_commit(params.root)
-    parent = _pipeline_run_id(mlflow, experiment_id, pipeline_key, commit) if pipeline_key else None
     tags = {"stage": stage, "git_commit": commit}
     if pipeline_key:
         tags[PIPELINE_KEY_TAG] = pipeline_key
     if device:
         tags["device"] = device
-    with mlflow.start_run(run_name=f"{stage}/{device}" if device else stage, experiment_id=experiment_id, parent_run_id=parent,
-                          nested=parent is not None, tags=tags) as run:
-        log.info("MLflow run %s (%s) in %s", run.info.run_id, stage, tracking_uri(params))
+    name = f"{stage}/{device}" if device else stage
+    with reachable(mlflow, f"start the MLflow run {name}"):
+        experiment_id = _experiment_id(mlflow, params)
+        parent = _pipeline_run_id(mlflow, experiment_id, pipeline_key, commit) if pipeline_key else None
+        if pipeline_key:
+            _retire_earlier_attempts(mlflow, experiment_id, pipeline_key, name)
+        run = mlflow.start_run(run_name=name, experiment_id=experiment_id, parent_run_id=parent,
+                               nested=parent is not None, tags=tags)
+    log.info("MLflow run %s (%s) in %s", run.info.run_id, stage, tracking_uri(params))
+    try:
         yield StageRun(mlflow, run)
+    except BaseException:
+        with _best_effort(f"mark run {run.info.run_id} FAILED"):
+            mlflow.end_run("FAILED")  # pops the active run even when the server does not answer
+        raise
+    with reachable(mlflow, f"end the MLflow run {name}"):
+        mlflow.end_run("FINISHED")
 
 
 def end_pipeline_run(params: Params, pipeline_key: str, status: str = "FINISHED") -> None:
-    """Mark the parent run of `pipeline_key` as ended."""
+    """Mark the parent run of `pipeline_key` as ended; a failed pipeline's is marked on a best-effort basis."""
     mlflow = _mlflow(params)
-    experiment_id = _experiment_id(mlflow, params)
-    run_id = _pipeline_run_id(mlflow, experiment_id, pipeline_key, git_commit(params.root))
-    mlflow.MlflowClient().set_terminated(run_id, status=status)
+
+    def end() -> None:
+        experiment_id = _experiment_id(mlflow, params)
+        run_id = _pipeline_run_id(mlflow, experiment_id, pipeline_key, git_commit(params.root))
+        mlflow.MlflowClient().set_terminated(run_id, status=status)
+
+    if status == "FINISHED":
+        with reachable(mlflow, f"end the pipeline run {pipeline_key}"):
+            end()
+    else:  # the pipeline is failing already: its own error is the one to show
+        with _best_effort(f"mark the pipeline run {pipeline_key} {status}"):
+            end()
+
+
+def download_artifacts(params: Params, artifact_uri: str, dst_dir: Path) -> Path:
+    """Download an artifact (file or folder) by URI (`runs:/...`, `models:/...`, `mlflow-artifacts:/...`)."""
+    mlflow = _mlflow(params)
+    Path(dst_dir).mkdir(parents=True, exist_ok=True)
+    with reachable(mlflow, f"download {artifact_uri}", artifact_uri):
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(dst_dir)))
+
+
+# ---- server mode: one clear error once MLflow's retries are spent ----------------------------------
+
+
+@contextmanager
+def reachable(mlflow, what: str, artifact_uri: str | None = None) -> Iterator[None]:
+    """Turn MLflow's "retries exhausted" into one TrackingUnavailable that says where and what to check."""
+    start = time.monotonic()
+    try:
+        yield
+    except Exception as exc:
+        uri = mlflow.get_tracking_uri()
+        if isinstance(exc, TrackingUnavailable) or not _is_server(uri) or not _unreachable(exc):
+            raise
+        raise unavailable(what, uri, time.monotonic() - start, exc, artifact_uri) from exc
+
+
+def unavailable(what: str, tracking_uri: str, elapsed_s: float, exc: BaseException,
+                artifact_uri: str | None = None) -> TrackingUnavailable:
+    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(_MLFLOW_DEFAULT_RETRIES))
+    attempts = int(retries) + 1 if retries.isdigit() else "several"
+    answers = _server_answers(tracking_uri)
+    where = _s3_location(artifact_uri)
+    if answers:
+        check = ("the tracking server answers /health, so the artifact store behind it failed: check the server's "
+                 "MLFLOW_ARTIFACTS_DESTINATION, MLFLOW_S3_ENDPOINT_URL, bucket and AWS credentials, and its log")
+    else:
+        check = ("the tracking server does not answer /health: check that it runs (python infra/mlflow/server.py "
+                 "status) and MLFLOW_TRACKING_URI")
+    backoff = os.environ.get("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "2")
+    message = (f"could not {what}{f' ({where})' if where else ''} via {tracking_uri} after {attempts} attempts over "
+               f"{elapsed_s:.0f} s ({_reason(exc)}); {check} (retries: MLFLOW_HTTP_REQUEST_MAX_RETRIES={retries}, "
+               f"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR={backoff})")
+    return TrackingUnavailable(message, server_answers=answers)
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Connection trouble, timeouts, or 5xx answers that outlived the retries; not a refused request."""
+    import requests
+
+    for link in _chain(exc):
+        if isinstance(link, requests.exceptions.HTTPError):
+            return link.response is not None and link.response.status_code >= 500
+        if isinstance(link, (requests.exceptions.ConnectionError, requests.exceptions.RetryError,
+                             requests.exceptions.Timeout)):
+            return True
+    return False
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause in a few words: `too many 500 error responses`, `connection refused`, a timeout."""
+    from urllib3.exceptions import MaxRetryError
+
+    for link in _chain(exc):
+        inner = link.args[0] if link.args and isinstance(link.args[0], MaxRetryError) else link
+        if isinstance(inner, MaxRetryError) and inner.reason is not None:
+            if "Connection refused" in str(inner.reason):
+                return "connection refused"
+            args = getattr(inner.reason, "args", ())
+            return str(args[0] if args else inner.reason)[:200]
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _server_answers(tracking_uri: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=5) as resp:
+            return resp.status == 200
+    except (OSError, ValueError):
+        return False
+
+
+def _s3_location(artifact_uri: str | None) -> str | None:
+    """Where a proxied artifact lives in the server's store, when this environment knows the destination."""
+    destination = os.environ.get("MLFLOW_ARTIFACTS_DESTINATION")
+    if not artifact_uri or not destination or not artifact_uri.startswith("mlflow-artifacts:"):
+        return None
+    return f"{destination.rstrip('/')}/{artifact_uri.removeprefix('mlflow-artifacts:').lstrip('/')}"
+
+
+@contextmanager
+def _best_effort(what: str) -> Iterator[None]:
+    """One quick try (no retries), a warning if it fails: for clean-up while an earlier error is on its way."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"})
+    try:
+        yield
+    except Exception as exc:
+        log.warning("could not %s (%s)", what, _reason(exc))
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

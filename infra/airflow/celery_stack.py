@@ -210,8 +210,21 @@ class Stack:
                          f"(logs in {self.log_dir})")
 
     def stop(self, timeout: float = 40) -> list[str]:
-        """SIGTERM each recorded process group, SIGKILL what is left after `timeout`; return the names stopped."""
+        """SIGTERM each recorded process group, SIGKILL what is left after `timeout`; return the names stopped.
+
+        Descendants in sessions of their own (a worker's running tasks) are
+        collected first and get the same treatment, so nothing the stack
+        started outlives it.
+        """
+        import psutil
+
         names = self._pid_names()
+        descendants = []
+        for name in names:
+            try:
+                descendants += psutil.Process(self._pid(name)).children(recursive=True) if _alive(self._pid(name)) else []
+            except psutil.Error:
+                pass
         for name in names:
             _signal_group(self._pid(name), signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -220,11 +233,31 @@ class Stack:
         for name in names:
             _signal_group(self._pid(name), signal.SIGKILL)
             (self.pid_dir / f"{name}.pid").unlink(missing_ok=True)
+        for proc in descendants:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
         return names
 
     def kill(self, name: str) -> None:
-        """SIGKILL one process group of the stack (the worker-killed-mid-task fault)."""
-        _signal_group(self._pid(name), signal.SIGKILL)
+        """SIGKILL one process of the stack and everything it started, as if its machine died (a fault drill).
+
+        Airflow's task supervisor starts each task in a session of its own, so
+        the worker's process group alone would leave the task running.
+        """
+        import psutil
+
+        try:
+            tree = psutil.Process(self._pid(name))
+            victims = [tree, *tree.children(recursive=True)]
+        except psutil.Error:
+            return
+        for proc in victims:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
 
     def running(self) -> list[str]:
         return [n for n in self._pid_names() if _alive(self._pid(n))]
