@@ -59,6 +59,7 @@ def test_cli_fit_latency_without_a_profile_says_which_command_to_run(tmp_path, p
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # four repros of the quick pipeline: ~8 min on a quiet machine, twice that when shared
 def test_dvc_repro_runs_the_stages_then_reruns_only_what_changed(tmp_path, params_file):
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(PROJECT_ROOT / name, tmp_path / name)
