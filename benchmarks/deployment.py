@@ -142,8 +142,10 @@ def deployment(folder: Path, params: Path) -> dict:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    # a Redis database of its own: a stack already running on this machine (db 5) must not take its tasks
     stack = Stack(home=folder / "airflow", port=port, params=params,
-                  database=f"postgresql+psycopg2://postgres@127.0.0.1:5432/{database}")
+                  database=f"postgresql+psycopg2://postgres@127.0.0.1:5432/{database}",
+                  broker="redis://127.0.0.1:6379/4")
     started = time.monotonic()
     try:
         stack.start(timeout=300)

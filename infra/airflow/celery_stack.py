@@ -2,6 +2,7 @@
 
     python infra/airflow/celery_stack.py start [--port 8080] [--params FILE]
     python infra/airflow/celery_stack.py status
+    python infra/airflow/celery_stack.py revive         # start again whatever has died (what a supervisor does)
     python infra/airflow/celery_stack.py stop
     eval "$(python infra/airflow/celery_stack.py env)"   # point a shell's `airflow` CLI at the stack
 
@@ -153,10 +154,23 @@ class Stack:
         (self.pid_dir / f"{name}.pid").write_text(str(proc.pid))
         return proc.pid
 
+    @classmethod
+    def from_home(cls, home: Path, **fallback) -> Stack:
+        """The stack as `start` left it in `home` (port, params, stores), so later commands need no flags."""
+        saved = home / "stack.json"
+        if not saved.exists():
+            return cls(home=home, **fallback)
+        raw = json.loads(saved.read_text())
+        return cls(home=home, port=raw["port"], params=Path(raw["params"]) if raw["params"] else None,
+                   database=raw["database"], broker=raw["broker"])
+
     def start(self, timeout: float = 240) -> None:
         if self.running():
             raise StackError(f"already running: {', '.join(self.running())} (stop it first: celery_stack.py stop)")
         env = self.env()
+        (self.home / "stack.json").write_text(json.dumps({
+            "port": self.port, "params": str(Path(self.params).resolve()) if self.params else None,
+            "database": self.database, "broker": self.broker}, indent=1))
         _ensure_database(self.database)
         self._run_cli(["db", "migrate"], env, "migrating the metadata database")
         pools = subprocess.run([sys.executable, str(ROOT / "infra" / "airflow" / "create_pools.py")], env=env,
@@ -239,6 +253,18 @@ class Stack:
             except psutil.Error:
                 pass
         return names
+
+    def revive(self) -> list[str]:
+        """Start again every process of the stack that has died; return their names.
+
+        What a supervisor (systemd, Kubernetes' restartPolicy) does for a cluster: Airflow's scheduler,
+        DAG processor and triggerer exit when their database connection breaks (a PostgreSQL restart).
+        """
+        dead = [name for name in self.processes() if not _alive(self._pid(name))]
+        env = self.env()
+        for name in dead:
+            self.start_process(name, self.processes()[name], env)
+        return dead
 
     def kill(self, name: str) -> None:
         """SIGKILL one process of the stack and everything it started, as if its machine died (a fault drill).
@@ -406,12 +432,15 @@ def _free_port() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=("start", "stop", "status", "env"))
+    p.add_argument("command", choices=("start", "stop", "status", "revive", "env"))
     p.add_argument("--home", type=Path, default=DEFAULT_HOME, help="AIRFLOW_HOME of the stack (default: %(default)s)")
     p.add_argument("--port", type=int, default=8080, help="API server port on 127.0.0.1")
     p.add_argument("--params", type=Path, default=None, help="params file for every task (default: params.yaml)")
     args = p.parse_args(argv)
-    stack = Stack(home=args.home.resolve(), port=args.port, params=args.params)
+    if args.command == "start":
+        stack = Stack(home=args.home.resolve(), port=args.port, params=args.params)
+    else:
+        stack = Stack.from_home(args.home.resolve(), port=args.port, params=args.params)
     try:
         if args.command == "start":
             print(f"starting Airflow (CeleryExecutor) in {stack.home} ...", flush=True)
@@ -421,6 +450,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "stop":
             stopped = stack.stop()
             print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+        elif args.command == "revive":
+            revived = stack.revive()
+            print(f"started again: {', '.join(revived)}" if revived else "every process is running")
         elif args.command == "status":
             running = stack.running()
             print(f"running: {', '.join(running)}" if running else "not running")

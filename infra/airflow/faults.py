@@ -7,9 +7,10 @@
 Triggers `compress_nightly` for one device through the REST API, waits until
 a task is running, stops the service (Redis: SHUTDOWN NOSAVE; PostgreSQL:
 `pg_ctlcluster ... stop -m fast`), keeps it down for --down seconds, starts it
-again with the machine's own start command (STACK.md), then waits for the run
+again with the machine's own start command (STACK.md), starts again any of the
+stack's processes that died (as a supervisor would), then waits for the run
 to end. Prints the run's state, every task that needed more than one try, and
-which of the stack's processes survived. Exit status 0 when the run
+which processes had to be restarted. Exit status 0 when the run
 succeeded and every process is still up.
 
 These are the machine's shared services: run it on your own machine, never
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--down", type=float, default=10, help="seconds the service stays down")
     p.add_argument("--timeout", type=float, default=3600)
     args = p.parse_args(argv)
-    stack = Stack(home=args.home.resolve(), port=args.port)
+    stack = Stack.from_home(args.home.resolve(), port=args.port)
     before = stack.running()
     if not before:
         print("error: the stack is not running (python infra/airflow/celery_stack.py start)", file=sys.stderr)
@@ -81,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     time.sleep(args.down)
     start_service(args.service)
     print(f"{args.service}: started again after {args.down:.0f} s", flush=True)
+    time.sleep(15)  # let the stack's processes notice
+    revived = stack.revive()  # a supervisor's restart (systemd, Kubernetes): Airflow's jobs exit without their database
+    print(f"processes that had died and were started again: {revived or 'none'}", flush=True)
     deadline = time.monotonic() + args.timeout
     while True:
         try:
@@ -96,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
                for t in tis if (t["try_number"] or 0) > 1}
     after = stack.running()
     report = {"service": args.service, "down_s": args.down, "run": run_id, "state": run["state"],
-              "retried_tasks": retried, "processes_lost": sorted(set(before) - set(after))}
+              "retried_tasks": retried, "processes_restarted": revived,
+              "processes_lost": sorted(set(before) - set(after))}
     print(json.dumps(report, indent=1))
     return 0 if run["state"] == "success" and not report["processes_lost"] else 1
 

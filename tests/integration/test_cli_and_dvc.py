@@ -113,7 +113,7 @@ def test_dvc_repro_runs_the_stages_then_reruns_only_what_changed(tmp_path, param
 
     # what the README's walkthrough shows a reviewer: the param change and its effect on the results
     params_diff = dvc_json("params", "diff")
-    assert params_diff["params.yaml"]["train.epochs"] == {"old": 3, "new": 2}
+    assert params_diff["params.yaml"]["train.epochs"] == {"old": 3, "new": 2, "diff": -1}
     metrics_diff = dvc_json("metrics", "diff")
     changed = {key for file, rows in metrics_diff.items() if "train" in file for key in rows}
     assert any("accuracy" in key for key in changed), metrics_diff
