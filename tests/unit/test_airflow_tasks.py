@@ -139,3 +139,17 @@ def test_stack_env_shares_one_secret_and_points_workers_at_the_execution_api(tmp
     assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == Stack(home=tmp_path / "home").env()["AIRFLOW__API_AUTH__JWT_SECRET"]
     assert (tmp_path / "home" / "jwt_secret").stat().st_mode & 0o777 == 0o600
     assert Stack(home=tmp_path / "other").env()["AIRFLOW__API_AUTH__JWT_SECRET"] != env["AIRFLOW__API_AUTH__JWT_SECRET"]
+
+
+def test_stack_remembers_its_settings_for_later_commands(tmp_path):
+    from celery_stack import Stack
+
+    home = tmp_path / "home"
+    home.mkdir()
+    assert Stack.from_home(home, port=9999).port == 9999  # never started: the flags given
+    (home / "stack.json").write_text(json.dumps({"port": 18555, "params": str(tmp_path / "p.yaml"),
+                                                 "database": "postgresql+psycopg2://u@127.0.0.1:5432/x",
+                                                 "broker": "redis://127.0.0.1:6379/9"}))
+    stack = Stack.from_home(home, port=8080)
+    assert (stack.port, stack.params, stack.broker) == (18555, tmp_path / "p.yaml", "redis://127.0.0.1:6379/9")
+    assert stack.env()["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == "postgresql+psycopg2://u@127.0.0.1:5432/x"
