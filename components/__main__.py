@@ -65,9 +65,11 @@ def _run_stage(stage: str, params, output_dir=None, pipeline_key=None, input_dir
     elif stage == "train":
         from components import train
 
+        from components.evaluation import interval_text
+
         result = train.run(params, output_dir, input_dir, pipeline_key)
-        print(f"train: accuracy {result.accuracy:.3f}, macro-F1 {result.macro_f1:.3f} on held-out users "
-              f"-> {result.output_dir} (MLflow run {result.run_id})")
+        print(f"train: accuracy {interval_text(result.accuracy_ci)} over held-out users, macro-F1 "
+              f"{result.macro_f1:.3f} -> {result.output_dir} (MLflow run {result.run_id})")
     elif stage == "profile":
         return _profile(params, output_dir, pipeline_key, device_names)
     elif stage == "fit_latency":

@@ -26,6 +26,7 @@ import numpy as np
 
 from components.config import ConfigError, Params
 from components.data.outputs import atomic_directory, write_text_atomic
+from components.evaluation import interval_text
 
 STAGE = "compress"
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ class _Data:
     y_val: object
     x_test: object
     y_test: object
+    users_test: np.ndarray  # the held-out user of each test window
 
 
 def _data(windows, fold, cfg) -> _Data:
@@ -131,7 +133,8 @@ def _data(windows, fold, cfg) -> _Data:
         return (torch.from_numpy(np.ascontiguousarray(windows.x[idx], dtype=np.float32)),
                 torch.from_numpy(labels[idx]))
 
-    return _Data(*tensors(fit_idx), *tensors(val_idx), *tensors(fold.test))
+    users = windows.meta["user"].to_numpy().astype(str)
+    return _Data(*tensors(fit_idx), *tensors(val_idx), *tensors(fold.test), users[fold.test])
 
 
 def _compress(baseline, cost, latency_model, data: _Data, cfg, augmentation, out: Path, mlrun
@@ -239,13 +242,17 @@ def _l1_order(model) -> dict:
 
 
 def _describe(model, cost, latency_model, data: _Data) -> dict:
-    from components.pruning.finetune import accuracy
+    from components.evaluation import mean_ci
+    from components.pruning.finetune import accuracy, predictions
 
     predicted = {} if latency_model is None else {"predicted_latency_ms": latency_model.predict_model(model.spec)}
+    right = (predictions(model, data.x_test) == data.y_test).numpy()
+    per_user = {u: float(right[data.users_test == u].mean()) for u in sorted(set(data.users_test.tolist()))}
+    test = mean_ci(per_user)
     return {"params": model.spec.params, "macs": model.spec.macs, "relative_cost": cost.relative(model.spec),
             **predicted,
             **cost.describe(model.spec), "fits": cost.fits(model.spec),
-            "test_accuracy": accuracy(model, data.x_test, data.y_test),
+            "test_accuracy": test["mean"], "test_accuracy_ci": test, "test_accuracy_per_user": per_user,
             "val_accuracy": accuracy(model, data.x_val, data.y_val),
             "widths": {layer.name: layer.out_features for layer in model.spec.layers}}
 
@@ -268,9 +275,17 @@ def _metrics(results: dict, search, cost, cfg, device: str, wall_s: float) -> di
         "accuracy_floor": floor, "cost_floor": search.cost_floor,
         "search_steps": search.step_index, "wall_s": round(wall_s, 1),
         "accuracy_change": deepiot["test_accuracy"] - base["test_accuracy"],
+        "accuracy_change_ci": _paired(deepiot, base),
         "params_kept": deepiot["params"] / base["params"],
         "methods": {name: {k: v for k, v in r.items() if k != "model"} for name, r in results.items()},
     }
+
+
+def _paired(model: dict, base: dict) -> dict:
+    """The model's test accuracy minus the baseline's, user by user over the held-out users, with its interval."""
+    from components.evaluation import paired_ci
+
+    return paired_ci(model["test_accuracy_per_user"], base["test_accuracy_per_user"])
 
 
 def _write_report(results: dict, search, metrics: dict, device: str, reports: Path) -> list[Path]:
@@ -289,16 +304,25 @@ def comparison_markdown(device: str, metrics: dict) -> str:
     latency = all("predicted_latency_ms" in r for r in methods.values())
     lines = [f"# {device}: compression at budget {metrics['budget']} of the baseline's {metrics['cost']} "
              f"({'met' if metrics['budget_met'] else 'NOT MET'})", "",
+             f"Test accuracy is the mean over {methods['baseline']['test_accuracy_ci']['users']} held-out users; "
+             f"DeepIoT's change against the baseline, user by user: "
+             f"{interval_text(metrics['accuracy_change_ci'], 4)}.", "",
              f"Accuracy floor (validation): {metrics['accuracy_floor']:.3f}; the lowest {metrics['cost']} width "
              f"pruning can reach: {metrics['cost_floor']:.3f} of the baseline's.", "",
              "| method | params | relative cost |" + (" predicted ms |" if latency else "")
-             + " test accuracy | validation accuracy | fits |",
+             + " test accuracy (95 % CI over users) | validation accuracy | fits |",
              "|---|---|---|" + ("---|" if latency else "") + "---|---|---|"]
     for name, r in methods.items():
         lines.append(f"| {name} | {r['params']} | {r['relative_cost']:.3f} | "
                      + (f"{r['predicted_latency_ms']:.3f} | " if latency else "")
-                     + f"{r['test_accuracy']:.3f} | {r['val_accuracy']:.3f} | {r['fits']} |")
+                     + f"{_with_ci(r['test_accuracy_ci'])} | {r['val_accuracy']:.3f} | {r['fits']} |")
     return "\n".join(lines) + "\n"
+
+
+def _with_ci(ci: dict) -> str:
+    if ci["users"] < 2:
+        return f"{ci['mean']:.3f}"
+    return f"{ci['mean']:.3f} ({ci['low']:.3f} to {ci['high']:.3f})"
 
 
 def _flat_numbers(metrics: dict) -> dict:
@@ -310,7 +334,7 @@ def _flat_numbers(metrics: dict) -> dict:
 
 def _say(device: str, metrics: dict) -> None:
     d = metrics["methods"]["deepiot"]
-    log.info("%s: %s; %d parameters (%.1f %% of the baseline), %s %.3f of the baseline's, test accuracy %.3f (%+.3f)",
-             device, "budget met" if metrics["budget_met"] else "BUDGET NOT MET", d["params"],
-             100 * metrics["params_kept"], metrics["cost"], d["relative_cost"], d["test_accuracy"],
-             metrics["accuracy_change"])
+    log.info("%s: %s; %d parameters (%.1f %% of the baseline), %s %.3f of the baseline's, test accuracy %.3f "
+             "(change per held-out user %s)", device, "budget met" if metrics["budget_met"] else "BUDGET NOT MET",
+             d["params"], 100 * metrics["params_kept"], metrics["cost"], d["relative_cost"], d["test_accuracy"],
+             interval_text(metrics["accuracy_change_ci"], 4))

@@ -54,6 +54,53 @@ class WindowSetParams:
 
 
 @dataclass(frozen=True)
+class UciHarParams:
+    dir: str  # relative to the data root
+    intervals: int
+    sensors: tuple[str, ...]  # which of body_acc, body_gyro, total_acc the model sees, each as a DeepSense sensor
+
+
+@dataclass(frozen=True)
+class UciHaptParams:
+    dir: str  # UCI's RawData/ folder, relative to the data root
+    users: tuple[str, ...]  # e.g. [user01, user02]; empty: every user with files
+    activities: Literal["basic", "all"]  # basic: the six activities; all: also the six postural transitions
+    interval_s: float  # tau: one interval (a whole number of samples at 50 Hz)
+    intervals: int  # T: intervals per sample
+    window_stride_intervals: int  # hop between consecutive samples of a run, in intervals
+
+
+@dataclass(frozen=True)
+class CustomColumns:
+    user: str  # who was recorded (required)
+    label: str  # the activity; empty cells: rows outside any activity (required)
+    session: str  # optional: a recording's id (samples never cross two)
+    time: str  # optional: timestamps in time_unit_s units (a gap ends a run; going back is an error)
+    device: str  # optional: the recording device
+
+
+@dataclass(frozen=True)
+class CustomSensor:
+    columns: tuple[str, ...]  # one column per axis, e.g. [acc_x, acc_y, acc_z]
+    unit: Literal["m/s^2", "g", "rad/s", "deg/s", "standardised", "unknown"]
+
+
+@dataclass(frozen=True)
+class CustomParams:
+    path: str  # a CSV or Parquet file of raw rows, relative to the data root or absolute; empty: not configured
+    format: Literal["auto", "csv", "parquet"]  # auto: by the file's suffix
+    sample_rate_hz: float  # rows are evenly spaced at this rate
+    columns: CustomColumns
+    time_unit_s: float  # seconds per unit of the time column (1: s, 0.001: ms, 1e-9: ns)
+    sensors: dict[str, CustomSensor]  # sensor name -> its axis columns and unit
+    labels: tuple[str, ...]  # the classes, in order; rows of other labels are not used; empty: every label found
+    interval_s: float
+    intervals: int
+    window_stride_intervals: int
+    chunk_rows: int  # rows per streamed block: bounds memory
+
+
+@dataclass(frozen=True)
 class BasicMotionsParams:
     package: str  # the PyPI package whose data files hold the UEA BasicMotions set
     intervals: int
@@ -61,8 +108,9 @@ class BasicMotionsParams:
 
 @dataclass(frozen=True)
 class SplitParams:
-    test_users: tuple[str, ...]  # explicit held-out users; empty: chosen by test_fraction + seed
-    test_fraction: float
+    folds: int  # users dealt into this many folds (seeded); each user is held out in exactly one
+    test_fold: int  # the fold the nightly run holds out (its users decide validate's gates and the champion)
+    test_users: tuple[str, ...]  # explicit held-out users instead of test_fold's
     seed: int
 
 
@@ -80,7 +128,7 @@ class ExpectationParams:
 @dataclass(frozen=True)
 class IngestParams:
     data_root: str
-    dataset: Literal["hhar_raw", "hhar_sa", "uci_har", "basic_motions"]
+    dataset: Literal["hhar_raw", "hhar_sa", "uci_har", "uci_hapt", "wisdm", "custom", "basic_motions"]
     output_dir: str
     report_dir: str
     download_url: str  # empty: use the files under data_root
@@ -88,7 +136,10 @@ class IngestParams:
     download_dir: str
     hhar_raw: HharRawParams
     hhar_sa: WindowSetParams
-    uci_har: WindowSetParams
+    uci_har: UciHarParams
+    uci_hapt: UciHaptParams
+    wisdm: WindowSetParams
+    custom: CustomParams
     basic_motions: BasicMotionsParams
     split: SplitParams
     expectations: ExpectationParams
@@ -131,8 +182,9 @@ class TrainParams:
     output_dir: str
     report_dir: str
     arch: Literal["deepsense", "cnn", "mlp"]
-    evaluation: Literal["split", "leave_one_user_out"]  # the nightly run uses ingest's user split
+    evaluation: Literal["split", "kfold"]  # split: ingest's held-out users; kfold: every fold of users held out once
     test_users: tuple[str, ...]  # override ingest's held-out users; empty: keep them
+    bootstrap: int  # resamples of the held-out users for the 95 % intervals
     seed: int
     threads: int
     epochs: int
@@ -147,6 +199,8 @@ class TrainParams:
     noise_std: float  # Gaussian noise added while training, in feature standard deviations; 0: off
     rotation_deg: float  # random rotation of each sensor's axes while training, up to this angle; 0: off
     scale_std: float  # random amplitude scaling while training, 1 + N(0, scale_std); 0: off
+    axis_scale_std: float  # random gain per sensor axis, 1 + N(0, axis_scale_std); 0: off
+    offset_std: float  # random shift of each axis' interval means, in feature standard deviations; 0: off
     deepsense: DeepSenseParams
     cnn: CnnParams
     mlp: MlpParams
@@ -197,7 +251,7 @@ class SamplerParams:
     kinds: tuple[str, ...]  # layer kinds to profile
     width_range: tuple[int, ...]  # [min, max] output filters / units
     multiples: tuple[int, ...]  # sweeps run through widths k*m-2 .. k*m+2 for the largest of these
-    model_input_shape: tuple[int, ...]  # one window (T, sensors, axes, 2, F) for the whole models
+    model_input_shape: tuple[int, ...]  # one window (T, sensors, axes, 2, F) for the whole models; empty: ingest's
     conv1d: ConvRanges
     recurrent: SequenceRanges
     linear: SequenceRanges
@@ -312,6 +366,7 @@ class CompressParams:
 @dataclass(frozen=True)
 class GateParams:
     max_accuracy_drop: float  # on-device test accuracy: baseline minus compressed, same device and format
+    accuracy_drop_bound: Literal["mean", "upper"]  # judge the mean drop over held-out users, or its 95 % upper end
     min_agreement: float  # share of test windows where the device predicts what the torch model predicts
     latency_budget: float  # measured latency of the compressed model / the baseline's, same device
     size_budget: float  # exported file size of the compressed model / the baseline's (mcu: and fit flash, SRAM)

@@ -1,13 +1,16 @@
 """The `ingest` stage: a published sensing data set -> validated, user-split DeepSense windows.
 
-Reads one data set in its original format (params `ingest.dataset`), checks
-the raw rows and the windows with Great Expectations, splits by user
-(leave-users-out), and writes into `ingest.output_dir`, all or nothing:
+Reads one data set in its original format (params `ingest.dataset`): raw
+rows (UCI HAPT, HHAR, a user's own CSV or Parquet) streamed and cut into
+DeepSense samples, or published windows (UCI HAR, WISDM, HHAR_SA, UEA). It
+checks the raw rows and the windows with Great Expectations, deals the users
+into folds (leave-users-out), and writes into `ingest.output_dir`, all or
+nothing:
 
     signal.npy       float32 [N, sensors, axes, time]      resampled time domain
     x.npy            float32 [N, T, sensors, axes, 2, F]   DeepSense interval spectra
-    windows.parquet  one row per window: label, label_name, user, model, device, split, ...
-    split.json       which users are held out, and why
+    windows.parquet  one row per window: label, label_name, user, model, device, split, fold, ...
+    split.json       the folds of users, which users are held out, and why
     data_card.json   counts per user/device/label, sampling rates, sources, notes (+ data_card.md)
     validation.json  every expectation checked and its outcome
 
@@ -29,7 +32,7 @@ import pandas as pd
 
 from components import tracking
 from components.config import IngestParams, Params
-from components.data import hhar_ingest, window_sets
+from components.data import custom, hhar_ingest, uci_hapt, window_sets
 from components.data.card import build_card, card_markdown, split_by_user
 from components.data.deepsense import FEATURE_LAYOUT, SIGNAL_LAYOUT
 from components.data.errors import DataError
@@ -86,15 +89,15 @@ def run(params: Params, output_dir: Path | None = None, pipeline_key: str | None
 def _ingest_into(params: Params, staging: Path, validator: Validator) -> tuple[dict, dict]:
     """Write every output into `staging`; return the data card and the timings of the work."""
     cfg = params.ingest
-    if cfg.dataset == "hhar_raw":
-        sensors, intervals = hhar_ingest.SENSORS, cfg.hhar_raw.intervals
+    if cfg.dataset in RAW_LOADERS:
+        sensors, units, rate, intervals = raw_layout(params)
         writer = WindowWriter(staging, intervals, sensors)
         try:
-            raw = hhar_ingest.ingest_hhar_raw(params, writer, validator)
+            raw = RAW_LOADERS[cfg.dataset](params, writer, validator)
         finally:
             meta = writer.close()
         label_names, sources, notes, stats = raw.label_names, raw.sources, raw.notes, raw.card_stats
-        units, rate, timings = ("m/s^2", "rad/s"), None, {"stream_s": raw.stream_s}
+        timings = {"stream_s": raw.stream_s}
     else:
         ws = _load_window_set(params)
         sensors, intervals = ws.sensors, _window_intervals(cfg)
@@ -112,8 +115,8 @@ def _ingest_into(params: Params, staging: Path, validator: Validator) -> tuple[d
         raise DataError(params.data_root(), f"{cfg.dataset}: no complete window could be cut from the input")
     meta["label_name"] = np.asarray(label_names)[meta["label"].to_numpy()]
     _validate_windows(meta, label_names, sensors, units, cfg, validator)
-    split, split_info = split_by_user(meta, cfg.split)
-    meta["split"] = split
+    split, fold, split_info = split_by_user(meta, cfg.split)
+    meta["split"], meta["fold"] = split, fold
     data_hash = hashlib.sha256("".join(sorted(sources.values())).encode()).hexdigest()
     card = build_card(
         dataset=cfg.dataset, meta=meta, label_names=label_names, sensors=sensors, units=units,
@@ -128,8 +131,24 @@ def _ingest_into(params: Params, staging: Path, validator: Validator) -> tuple[d
     return card, timings
 
 
+RAW_LOADERS = {"hhar_raw": hhar_ingest.ingest_hhar_raw, "uci_hapt": uci_hapt.ingest_uci_hapt,
+               "custom": custom.ingest_custom}
+
+
+def raw_layout(params: Params) -> tuple[tuple[str, ...], tuple[str, ...], float | None, int]:
+    """(sensors, units, nominal sample rate, intervals per window) of a raw-row data set, from params alone."""
+    cfg = params.ingest
+    if cfg.dataset == "hhar_raw":
+        return hhar_ingest.SENSORS, ("m/s^2", "rad/s"), None, cfg.hhar_raw.intervals
+    if cfg.dataset == "uci_hapt":
+        return uci_hapt.SENSORS, uci_hapt.UNITS, uci_hapt.SAMPLE_RATE_HZ, cfg.uci_hapt.intervals
+    c = cfg.custom
+    return tuple(c.sensors), tuple(s.unit for s in c.sensors.values()), c.sample_rate_hz, c.intervals
+
+
 def _window_intervals(cfg: IngestParams) -> int:
-    return {"hhar_sa": cfg.hhar_sa, "uci_har": cfg.uci_har, "basic_motions": cfg.basic_motions}[cfg.dataset].intervals
+    return {"hhar_sa": cfg.hhar_sa, "uci_har": cfg.uci_har, "wisdm": cfg.wisdm,
+            "basic_motions": cfg.basic_motions}[cfg.dataset].intervals
 
 
 def _load_window_set(params: Params) -> WindowSet:
@@ -137,7 +156,9 @@ def _load_window_set(params: Params) -> WindowSet:
     if cfg.dataset == "hhar_sa":
         return window_sets.load_hhar_sa(root / cfg.hhar_sa.dir)
     if cfg.dataset == "uci_har":
-        return window_sets.load_uci_har(root / cfg.uci_har.dir)
+        return window_sets.load_uci_har(root / cfg.uci_har.dir, cfg.uci_har.sensors)
+    if cfg.dataset == "wisdm":
+        return window_sets.load_wisdm(root / cfg.wisdm.dir)
     return window_sets.load_basic_motions(cfg.basic_motions.package)
 
 
@@ -179,6 +200,8 @@ def _physical_limit(sensor: str, unit: str, cfg: IngestParams) -> float:
         return ex.accel_abs_max / 9.80665
     if unit == "rad/s":
         return ex.gyro_abs_max
+    if unit == "deg/s":
+        return ex.gyro_abs_max * 180 / np.pi
     return 1e6  # standardised or unknown units: only finiteness can be checked
 
 

@@ -58,8 +58,20 @@ def run(params: Params, device_name: str, output_dir: Path | None = None, report
     backend = get_backend(device.runtime)
     if not backend.timed and device.mcu is None:
         raise ConfigError(f"device {device.name}: runtime {device.runtime} is computed and needs an `mcu` section")
-    items = sample_items(params.profile.sampler, params.train)
+    items = sample_items(sampler_params(params), params.train)
     return _profile(params, device, backend, items, out, reports, pipeline_key)
+
+
+def sampler_params(params: Params):
+    """profile.sampler, its whole models shaped like the configured data set's input when it names no shape."""
+    from dataclasses import replace
+
+    from components.data.shape import input_shape
+
+    sampler = params.profile.sampler
+    if sampler.model_input_shape:
+        return sampler
+    return replace(sampler, model_input_shape=input_shape(params))
 
 
 def _fingerprint(params: Params, device: Device, version: str) -> dict:

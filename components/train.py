@@ -3,12 +3,16 @@
 Reads `x.npy`, `signal.npy` and `windows.parquet` from the ingest output,
 trains the configured architecture (DeepSense by default) on the training
 users and scores it on the held-out users, next to a classical reference (per
-axis statistics + random forest) on the same users. With
-`train.evaluation: leave_one_user_out` it also trains one fold per user and
-reports the cross-user mean. Writes, all or nothing, into `train.output_dir`:
+axis statistics + random forest) on the same users. Accuracy and macro-F1 are
+means over the held-out users, each with its 95 % bootstrap interval over
+those users (components/evaluation.py), and the deep model's paired
+difference to the forest. With `train.evaluation: kfold` every fold of users
+that ingest dealt is held out once (k models; the nightly one is the held-out
+fold's), so every user is scored exactly once. Writes, all or nothing, into
+`train.output_dir`:
 
     model/model.json, model/model.safetensors   description + weights (no pickle)
-    metrics.json        test accuracy / macro-F1, per user, confusion matrix, classical reference, folds
+    metrics.json        means and intervals over held-out users, per user, confusion matrix, forest, k folds
     history.json        per-epoch losses and accuracies
     confusion_matrix.png, learning_curve.png
 
@@ -26,10 +30,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components import classical, models, plots, tracking, training
+from components import classical, evaluation, models, plots, tracking, training
 from components.config import Params, TrainParams
 from components.data.errors import DataError
 from components.data.outputs import atomic_directory, write_text_atomic
+from components.evaluation import interval_text
 
 log = logging.getLogger(__name__)
 STAGE = "train"
@@ -48,14 +53,16 @@ class Fold:
     name: str
     train: np.ndarray  # window indices
     test: np.ndarray
+    kfold_id: int | None = None  # which of ingest's folds of users this holds out, when it is one
 
 
 @dataclass(frozen=True)
 class TrainResult:
     output_dir: Path
-    accuracy: float
+    accuracy: float  # mean over the held-out users
     macro_f1: float
     run_id: str
+    accuracy_ci: dict  # evaluation.mean_ci of the per-user accuracies
 
 
 def load_windows(directory: Path) -> Windows:
@@ -84,7 +91,8 @@ def load_windows(directory: Path) -> Windows:
 
 
 def make_folds(meta: pd.DataFrame, cfg: TrainParams) -> list[Fold]:
-    """The nightly split (ingest's held-out users, or train.test_users) first, then one fold per user if asked."""
+    """The nightly split first (ingest's held-out users, or train.test_users), then, for `kfold`, every other
+    fold of users ingest dealt, so that each user is held out exactly once across the folds."""
     users = meta["user"].to_numpy().astype(str)
     known = sorted(set(users.tolist()))
     if cfg.test_users:
@@ -95,9 +103,17 @@ def make_folds(meta: pd.DataFrame, cfg: TrainParams) -> list[Fold]:
         test_mask = np.isin(users, cfg.test_users)
     else:
         test_mask = meta["split"].to_numpy() == "test"
-    folds = [Fold("split", np.flatnonzero(~test_mask), np.flatnonzero(test_mask))]
-    if cfg.evaluation == "leave_one_user_out":
-        folds += [Fold(f"user_{u}", np.flatnonzero(users != u), np.flatnonzero(users == u)) for u in known]
+    kfolds: dict[int, np.ndarray] = {}
+    if cfg.evaluation == "kfold":
+        if "fold" not in meta or (meta["fold"].to_numpy() < 0).all():
+            raise DataError("windows.parquet", "no folds of users (ingest deals them: rerun ingest; a data set "
+                            "without user ids has none)", "fold")
+        fold_ids = meta["fold"].to_numpy()
+        kfolds = {int(f): fold_ids == f for f in sorted(set(fold_ids.tolist())) if f >= 0}
+    same = [f for f, mask in kfolds.items() if np.array_equal(mask, test_mask)]
+    folds = [Fold("split", np.flatnonzero(~test_mask), np.flatnonzero(test_mask), same[0] if same else None)]
+    folds += [Fold(f"fold{f}", np.flatnonzero(~mask), np.flatnonzero(mask), f) for f, mask in kfolds.items()
+              if f not in same]
     for fold in folds:
         if len(fold.test) == 0:
             raise DataError("windows.parquet", f"fold {fold.name}: no held-out windows (ingest held out no user; "
@@ -122,17 +138,24 @@ def run(params: Params, output_dir: Path | None = None, input_dir: Path | None =
         results = {fold.name: _run_fold(fold, spec, windows, cfg, mlrun if fold.name == "split" else None)
                    for fold in folds}
         split = results["split"]
-        report = _report(spec, results, windows.classes)
+        report = _report(spec, results, windows.classes, cfg)
         timings = {"wall_time_s": round(time.perf_counter() - started, 3), "fit_s.split": round(split["seconds"], 3)}
+        timings |= {f"fit_s.{name}": round(r["seconds"], 3) for name, r in results.items() if name != "split"}
         with atomic_directory(output_dir) as staging:
             _write_outputs(staging, split, report, windows.classes)
         write_text_atomic(params.path(cfg.report_dir) / "metrics.json", json.dumps(_dvc_metrics(report), indent=2))
         write_text_atomic(params.path(cfg.report_dir) / "timings.json", json.dumps(timings, indent=2))
         _log_run(mlrun, output_dir, report, timings, split["model"], windows)
-        log.info("train: %s accuracy %.3f, macro-F1 %.3f on users %s (classical %.3f)", spec.arch,
-                 report["test"]["accuracy"], report["test"]["macro_f1"], report["test_users"],
-                 report["classical"]["accuracy"])
-        return TrainResult(output_dir, report["test"]["accuracy"], report["test"]["macro_f1"], mlrun.run_id)
+        users = report["test"]["users"]
+        log.info("train: %s accuracy %s, macro-F1 %s over held-out users %s; random forest %s", spec.arch,
+                 interval_text(users["accuracy"]), interval_text(users["macro_f1"]), ", ".join(report["test_users"]),
+                 interval_text(report["classical"]["users"]["accuracy"]))
+        if "kfold" in report:
+            log.info("train: %d folds, every user held out once: accuracy %s, random forest %s", len(folds),
+                     interval_text(report["kfold"]["deep"]["accuracy"]),
+                     interval_text(report["kfold"]["classical"]["accuracy"]))
+        return TrainResult(output_dir, users["accuracy"]["mean"], users["macro_f1"]["mean"], mlrun.run_id,
+                           users["accuracy"])
 
 
 def _run_fold(fold: Fold, spec, windows: Windows, cfg: TrainParams, mlrun) -> dict:
@@ -151,56 +174,121 @@ def _run_fold(fold: Fold, spec, windows: Windows, cfg: TrainParams, mlrun) -> di
                                    cfg.classical, cfg.seed, cfg.threads)
     reference = training.scores(y[fold.test], forest, users[fold.test], len(windows.classes))
     return {"model": model, "history": history, "deep": deep, "classical": reference, "seconds": history.seconds,
-            "test_users": sorted(set(users[fold.test].tolist()))}
+            "test_users": sorted(set(users[fold.test].tolist())), "kfold_id": fold.kfold_id}
 
 
-def _report(spec, results: dict, classes) -> dict:
+def _report(spec, results: dict, classes, cfg: TrainParams) -> dict:
     split = results["split"]
     report = {
         "arch": spec.arch, "params": spec.params, "macs_per_window": spec.macs, "classes": list(classes),
-        "test_users": split["test_users"], "test": split["deep"], "classical": split["classical"],
+        "input_shape": list(spec.input_shape), "evaluation": cfg.evaluation, "test_users": split["test_users"],
+        "test": split["deep"] | {"users": _users(split["deep"]["per_user"], cfg)},
+        "classical": split["classical"] | {"users": _users(split["classical"]["per_user"], cfg)},
+        "deep_minus_classical": _paired(split["deep"]["per_user"], split["classical"]["per_user"], cfg),
         "best_epoch": split["history"].best_epoch, "epochs_run": len(split["history"].epochs),
     }
-    folds = {k: v for k, v in results.items() if k != "split"}
-    if folds:
-        report["leave_one_user_out"] = {
-            "folds": {k: {"deep": {m: v["deep"][m] for m in ("accuracy", "macro_f1")},
-                          "classical": {m: v["classical"][m] for m in ("accuracy", "macro_f1")},
-                          "fit_s": round(v["seconds"], 2)} for k, v in folds.items()},
-            **{f"mean_{kind}_{m}": float(np.mean([v[kind][m] for v in folds.values()]))
-               for kind in ("deep", "classical") for m in ("accuracy", "macro_f1")},
+    kfolds = {name: r for name, r in results.items() if r["kfold_id"] is not None}
+    if cfg.evaluation == "kfold":
+        deep = {u: s for r in kfolds.values() for u, s in r["deep"]["per_user"].items()}
+        forest = {u: s for r in kfolds.values() for u, s in r["classical"]["per_user"].items()}
+        fold_of = {u: r["kfold_id"] for r in kfolds.values() for u in r["test_users"]}
+        report["kfold"] = {
+            "folds": {f"fold{r['kfold_id']}": {
+                "users": r["test_users"], "fit_s": round(r["seconds"], 2), "epochs_run": len(r["history"].epochs),
+                "deep": {m: r["deep"][m] for m in ("accuracy", "macro_f1")},
+                "classical": {m: r["classical"][m] for m in ("accuracy", "macro_f1")}}
+                for r in sorted(kfolds.values(), key=lambda r: r["kfold_id"])},
+            "per_user": {u: {"fold": fold_of[u], "windows": deep[u]["windows"],
+                             "deep_accuracy": deep[u]["accuracy"], "deep_macro_f1": deep[u]["macro_f1"],
+                             "classical_accuracy": forest[u]["accuracy"], "classical_macro_f1": forest[u]["macro_f1"]}
+                         for u in sorted(deep)},
+            "deep": _users(deep, cfg), "classical": _users(forest, cfg),
+            "deep_minus_classical": _paired(deep, forest, cfg),
         }
     return report
+
+
+def _users(per_user_scores: dict, cfg: TrainParams) -> dict:
+    return evaluation.summary(per_user_scores, cfg.bootstrap, cfg.seed)
+
+
+def _paired(deep: dict, forest: dict, cfg: TrainParams) -> dict:
+    return {m: evaluation.paired_ci(evaluation.per_user(deep, m), evaluation.per_user(forest, m), cfg.bootstrap,
+                                    cfg.seed) for m in ("accuracy", "macro_f1")}
 
 
 def _write_outputs(staging: Path, split: dict, report: dict, classes) -> None:
     models.save(split["model"], staging / "model")
     (staging / "metrics.json").write_text(json.dumps(report, indent=2))
+    (staging / "users.md").write_text(users_markdown(report))
     history = split["history"]
     (staging / "history.json").write_text(json.dumps({"best_epoch": history.best_epoch, "epochs": history.epochs},
                                                      indent=2))
     title = f"{report['arch']} on held-out users {', '.join(report['test_users'])}"
     plots.confusion_matrix_png(report["test"]["confusion_matrix"], tuple(classes), staging / "confusion_matrix.png",
-                               f"{title}: accuracy {report['test']['accuracy']:.3f}")
+                               f"{title}: accuracy {report['test']['users']['accuracy']['mean']:.3f} "
+                               "(mean over users)")
     plots.learning_curve_png(history.epochs, history.best_epoch, staging / "learning_curve.png", title)
 
 
+def users_markdown(report: dict) -> str:
+    """The per-user table: each held-out user's accuracy and macro-F1, deep model and forest, with the means."""
+    def table(rows: dict, deep: dict, forest: dict, diff: dict, what: str) -> list[str]:
+        lines = [f"| {what} | windows | {report['arch']} accuracy | {report['arch']} macro-F1 | forest accuracy | "
+                 "forest macro-F1 |", "|---|---|---|---|---|---|"]
+        lines += [f"| {u} | {r['windows']} | {r['deep_accuracy']:.4f} | {r['deep_macro_f1']:.4f} | "
+                  f"{r['classical_accuracy']:.4f} | {r['classical_macro_f1']:.4f} |" for u, r in rows.items()]
+        lines += ["", f"- {report['arch']}: accuracy {interval_text(deep['accuracy'])}, macro-F1 "
+                  f"{interval_text(deep['macro_f1'])}",
+                  f"- forest: accuracy {interval_text(forest['accuracy'])}, macro-F1 {interval_text(forest['macro_f1'])}",
+                  f"- {report['arch']} minus forest, user by user: accuracy {interval_text(diff['accuracy'])}", ""]
+        return lines
+
+    test, forest = report["test"]["per_user"], report["classical"]["per_user"]
+    rows = {u: {"windows": s["windows"], "deep_accuracy": s["accuracy"], "deep_macro_f1": s["macro_f1"],
+                "classical_accuracy": forest[u]["accuracy"], "classical_macro_f1": forest[u]["macro_f1"]}
+            for u, s in test.items()}
+    lines = ["# Held-out users", "", "Means over users (each user counts once) with 95 % percentile-bootstrap "
+             "intervals over the users.", "", "## Tonight's held-out users (the deployed model)", ""]
+    lines += table(rows, report["test"]["users"], report["classical"]["users"], report["deep_minus_classical"], "user")
+    if "kfold" in report:
+        k = report["kfold"]
+        lines += [f"## Every user, held out once ({len(k['folds'])} folds of users)", ""]
+        lines += table(k["per_user"], k["deep"], k["classical"], k["deep_minus_classical"], "user")
+    return "\n".join(lines)
+
+
 def _dvc_metrics(report: dict) -> dict:
-    m = {"accuracy": report["test"]["accuracy"], "macro_f1": report["test"]["macro_f1"],
-         "classical_accuracy": report["classical"]["accuracy"], "params": report["params"]}
-    if "leave_one_user_out" in report:
-        m.update({k: v for k, v in report["leave_one_user_out"].items() if k.startswith("mean_")})
+    """Means over held-out users with their interval, the pooled figures, the forest, and k-fold means."""
+    m = {"params": report["params"], "held_out_users": len(report["test_users"])}
+    for prefix, block in (("", report["test"]), ("classical_", report["classical"])):
+        for metric in ("accuracy", "macro_f1"):
+            ci = block["users"][metric]
+            m |= {f"{prefix}{metric}": ci["mean"], f"{prefix}{metric}_ci_low": ci["low"],
+                  f"{prefix}{metric}_ci_high": ci["high"], f"{prefix}{metric}_pooled": block[metric]}
+    if "kfold" in report:
+        for kind in ("deep", "classical"):
+            for metric in ("accuracy", "macro_f1"):
+                ci = report["kfold"][kind][metric]
+                m |= {f"kfold_{kind}_{metric}": ci["mean"], f"kfold_{kind}_{metric}_ci_low": ci["low"],
+                      f"kfold_{kind}_{metric}_ci_high": ci["high"]}
     return m
 
 
 def _log_run(mlrun, output_dir: Path, report: dict, timings: dict, model, windows: Windows) -> None:
-    metrics = {f"test.{k}": report["test"][k] for k in ("accuracy", "macro_f1")}
-    metrics |= {f"classical.{k}": report["classical"][k] for k in ("accuracy", "macro_f1")}
+    flat = _dvc_metrics(report)
+    metrics = {"held_out_users": flat.pop("held_out_users")}
+    flat.pop("params")  # logged below with the MACs
+    for key, value in flat.items():  # test.accuracy, classical.accuracy_ci_low, kfold.deep_accuracy, ...
+        group = "kfold" if key.startswith("kfold_") else "classical" if key.startswith("classical_") else "test"
+        metrics[f"{group}.{key.removeprefix(group + '_')}"] = value
     for user, s in report["test"]["per_user"].items():
         metrics |= {f"test.user.{user}.accuracy": s["accuracy"], f"test.user.{user}.macro_f1": s["macro_f1"]}
-    metrics |= {k: v for k, v in report.get("leave_one_user_out", {}).items() if k.startswith("mean_")}
+    diff = report["deep_minus_classical"]["accuracy"]
+    metrics |= {"deep_minus_classical.accuracy": diff["mean"], "deep_minus_classical.accuracy_ci_low": diff["low"],
+                "deep_minus_classical.accuracy_ci_high": diff["high"]}
     mlrun.log_metrics(metrics | timings | {"params": report["params"], "macs_per_window": report["macs_per_window"]})
-    for name in ("metrics.json", "history.json", "confusion_matrix.png", "learning_curve.png"):
+    for name in ("metrics.json", "users.md", "history.json", "confusion_matrix.png", "learning_curve.png"):
         mlrun.log_artifact(output_dir / name, "train")
     mlrun.log_artifact(output_dir / "model" / models.SPEC_FILE, "train/model")
     mlrun.log_artifact(output_dir / "model" / models.WEIGHTS_FILE, "train/model")

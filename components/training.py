@@ -153,6 +153,9 @@ def augment(x: torch.Tensor, cfg: TrainParams, feature_std: torch.Tensor, genera
       `rotation_deg` (the FFT is linear, so rotating spectra = rotating signals);
       sensors are held differently by different users;
     - scale: amplitude times 1 + N(0, scale_std) per window and sensor;
+    - axis gain and offset: each axis of each sensor times 1 + N(0, axis_scale_std), and its
+      interval means (the DC bin) moved by N(0, offset_std) feature standard deviations: what a
+      per-user, per-channel standardisation (WISDM, HHAR_SA) or a sensor's own gain and bias do;
     - noise: Gaussian noise of `noise_std` feature standard deviations (the
       DeepSense authors' augmentation).
     """
@@ -163,6 +166,13 @@ def augment(x: torch.Tensor, cfg: TrainParams, feature_std: torch.Tensor, genera
     if cfg.scale_std > 0:
         scale = 1 + cfg.scale_std * torch.randn((b, 1, sensors, 1, 1, 1), generator=generator)
         x = x * scale
+    if cfg.axis_scale_std > 0:
+        x = x * (1 + cfg.axis_scale_std * torch.randn((b, 1, sensors, axes, 1, 1), generator=generator))
+    if cfg.offset_std > 0:
+        shift = torch.zeros_like(x)
+        shift[..., 0, 0] = cfg.offset_std * feature_std[..., 0, 0] * torch.randn((b, 1, sensors, axes),
+                                                                                 generator=generator)
+        x = x + shift
     if cfg.noise_std > 0:
         x = x + cfg.noise_std * feature_std * torch.randn(x.shape, generator=generator)
     return x

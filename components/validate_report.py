@@ -34,7 +34,8 @@ def _verdict(passed: bool | None) -> str:
     return "n/a" if passed is None else ("PASS" if passed else "FAIL")
 
 
-COLUMNS = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("agreement", "agreement with torch"),
+COLUMNS = (("accuracy", "accuracy (mean over users)"), ("accuracy_interval", "95 % CI over users"),
+           ("macro_f1", "macro-F1"), ("agreement", "agreement with torch"),
            ("latency_ms", "latency ms"), ("predicted_latency_ms", "predicted ms"), ("latency_error", "prediction error"),
            ("peak_memory_bytes", "peak memory bytes"), ("bytes", "file bytes"))
 
@@ -44,17 +45,34 @@ def _table_rows(report: dict) -> list[list[str]]:
     for fmt in report["formats"]:
         for name in MODELS:
             r = report["models"][name][fmt]
-            cells = [fmt_value(r.get(key)) for key, _ in COLUMNS] if r["ok"] else [f"did not run: {r['error']}"] + \
+            cells = [_cell(r, key) for key, _ in COLUMNS] if r["ok"] else [f"did not run: {r['error']}"] + \
                 [""] * (len(COLUMNS) - 1)
             rows.append([fmt + (" (deployed)" if fmt == report["deployed_format"] else ""), name, *cells])
     return rows
 
 
+def _cell(record: dict, key: str) -> str:
+    if key == "accuracy_interval":
+        ci = record.get("accuracy_ci") or {}
+        if ci.get("users", 0) < 2:
+            return "-"
+        return f"{ci['low']:.4f} to {ci['high']:.4f} ({ci['users']} users)"
+    return fmt_value(record.get(key))
+
+
+def users_sentence(report: dict) -> str:
+    users = report["test_users"]
+    few = " (one user: no interval)" if len(users) < 2 else ""
+    return (f"{report['test_windows']} test windows of {len(users)} held-out users ({', '.join(users)}){few}; "
+            "accuracy and macro-F1 are means over those users, each with a 95 % bootstrap interval over them, and "
+            "the accuracy gate judges the per-user drop")
+
+
 def report_markdown(report: dict) -> str:
     verdict = "PASSED" if report["passed"] else f"FAILED ({', '.join(report['failed_gates'])})"
     lines = [f"# Validation on {report['device']} ({report['runtime']}, {report['threads']} thread(s)): {verdict}",
-             "", f"{report['test_windows']} test windows of held-out users {', '.join(report['test_users'])}; "
-             f"deployed format {report['deployed_format']}; data hash `{report['data_hash'][:16]}`.", "",
+             "", f"{users_sentence(report)}; deployed format {report['deployed_format']}; data hash "
+             f"`{report['data_hash'][:16]}`.", "",
              "| gate | result | value | limit | detail |", "|---|---|---|---|---|"]
     for g in report["gates"]:
         lines.append(f"| {g['name']} | {_verdict(g['passed'])} | {fmt_value(g['value'])} | {fmt_value(g['limit'])} | "
@@ -80,8 +98,8 @@ def report_html(report: dict) -> str:
             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}</style></head><body>"
             f"<h1>Validation on {esc(report['device'])}: <span style='color:"
             f"{colour['PASS' if report['passed'] else 'FAIL']}'>{verdict}</span></h1>"
-            f"<p>{report['test_windows']} test windows of held-out users {esc(', '.join(report['test_users']))}; "
-            f"runtime {esc(report['runtime'])}, deployed format {esc(report['deployed_format'])}.</p>"
+            f"<p>{esc(users_sentence(report))}; runtime {esc(report['runtime'])}, deployed format "
+            f"{esc(report['deployed_format'])}.</p>"
             f"<h2>Gates</h2><table><tr><th>gate</th><th>result</th><th>value</th><th>limit</th><th>detail</th></tr>"
             f"{gate_rows}</table><h2>Every format</h2><table><tr>{header}</tr>{body}</table></body></html>\n")
 
@@ -94,6 +112,10 @@ def flat_metrics(report: dict) -> dict:
                 value = r.get(key)
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
                     flat[f"{name}.{fmt}.{key}"] = float(value)
+            for key in ("accuracy_ci", "accuracy_drop"):
+                ci = r.get(key) or {}
+                if ci.get("users", 0) >= 2:
+                    flat |= {f"{name}.{fmt}.{key}_low": ci["low"], f"{name}.{fmt}.{key}_high": ci["high"]}
     for g in report["gates"]:
         if g["value"] is not None:
             flat[f"gate.{g['name']}"] = float(g["value"])

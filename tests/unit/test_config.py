@@ -13,7 +13,7 @@ PARAMS = PROJECT_ROOT / "params.yaml"
 
 def test_project_params_load_into_frozen_dataclasses():
     params = load_params(PARAMS)
-    assert params.ingest.dataset == "hhar_sa"
+    assert params.ingest.dataset == "uci_hapt"  # the nightly default: 24 users, two sensors
     assert isinstance(params.ingest.hhar_raw.accelerometer_files, tuple)
     with pytest.raises(dataclasses.FrozenInstanceError):
         params.ingest.dataset = "uci_har"

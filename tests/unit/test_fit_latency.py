@@ -126,7 +126,9 @@ def _latency(layer: LayerSpec) -> float:
 
 
 def synthetic_rows(params, per_kind=40, models=10) -> list[dict]:
-    sampler = dataclasses.replace(params.profile.sampler, configs_per_kind=per_kind, models=models)
+    from components.profile import sampler_params
+
+    sampler = dataclasses.replace(sampler_params(params), configs_per_kind=per_kind, models=models)
     rows = []
     for item in sample_items(sampler, params.train):
         row = {"device": "ort-1t", "runtime": "onnxruntime", "method": "timed", "kind": item.kind,

@@ -29,8 +29,11 @@ def test_hhar_sa_windows_are_split_by_user_with_metadata(make_params):
     assert result.windows == len(meta) == sum(HHAR_SA_PER_USER.values())
     assert card["counts"]["user"] == HHAR_SA_PER_USER
     assert card["counts"]["label"] == {"bike": 467, "sit": 352, "stairsdown": 389, "stairsup": 400, "stand": 354, "walk": 464}
-    # leave-users-out: no user on both sides, one of five held out (test_fraction 0.2)
-    assert len(split["test_users"]) == 1 and set(split["train_users"]) | set(split["test_users"]) == set(HHAR_SA_PER_USER)
+    # leave-users-out: no user on both sides; five users in five folds, fold 0 held out
+    assert split["test_users"] == ["c"] and set(split["train_users"]) | set(split["test_users"]) == set(HHAR_SA_PER_USER)
+    assert sorted(u for users in split["folds"].values() for u in users) == sorted(HHAR_SA_PER_USER)
+    assert meta.groupby("user")["fold"].nunique().eq(1).all() and set(meta.fold) == {0, 1, 2, 3, 4}
+    assert "fewer than the 4" in split["warning"]  # 5 users cannot give the held-out users a decision needs
     assert set(meta.loc[meta.split == "test", "user"]) == set(split["test_users"])
     assert not set(meta.loc[meta.split == "train", "user"]) & set(split["test_users"])
     x = np.load(out / "x.npy", mmap_mode="r")
@@ -47,6 +50,7 @@ def test_explicit_test_users_are_honoured_and_unknown_ones_refused(make_params):
     ingest.run(params)
     _, meta, _, split = outputs(params)
     assert split["test_users"] == ["b", "d"] and (meta.split == "test").sum() == 536 + 457
+    assert split["test_fold"] is None
     from components.data.errors import DataError
     with pytest.raises(DataError, match=r"test_users names users not in the data: \['z'\]"):
         ingest.run(make_params("ingest.split.test_users=[z]"))
@@ -55,10 +59,47 @@ def test_explicit_test_users_are_honoured_and_unknown_ones_refused(make_params):
 def test_uci_har_subjects_merge_train_and_test_files(make_params):
     params = make_params("ingest.dataset=uci_har")
     ingest.run(params)
-    _, meta, card, split = outputs(params)
-    assert card["counts"]["user"] == {"subject01": 347, "subject02": 302, "subject03": 341}
-    assert card["sensors"] == {"body_acc": "g", "body_gyro": "rad/s", "total_acc": "g"}
-    assert split["strategy"] == "leave-users-out" and len(split["test_users"]) == 1
+    out, meta, card, split = outputs(params)
+    assert len(card["counts"]["user"]) == 24 and card["windows"] == 8013
+    assert card["counts"]["user"]["subject01"] == 347 and card["counts"]["user"]["subject24"] == 381
+    # DeepSense's two sensors: the accelerometer with gravity and the gyroscope
+    assert card["sensors"] == {"total_acc": "g", "body_gyro": "rad/s"}
+    assert np.load(out / "x.npy", mmap_mode="r").shape == (8013, 8, 2, 3, 2, 16)
+    signal = np.load(out / "signal.npy", mmap_mode="r")
+    at_rest = meta.index[meta.label_name == "laying"][:50]
+    assert np.linalg.norm(signal[at_rest, 0], axis=1).mean() == pytest.approx(1.0, abs=0.1)  # |gravity| = 1 g
+    # 24 users in 5 folds; the nightly fold holds out 5 of them (at least 4, or 20 %)
+    assert split["strategy"] == "leave-users-out" and len(split["test_users"]) == 5 and "warning" not in split
+    assert sorted(len(users) for users in split["folds"].values()) == [4, 5, 5, 5, 5]
+    assert any("overlap by 50 %" in note for note in card["notes"])
+
+
+def test_wisdm_users_merge_their_files_and_the_card_says_what_is_missing(make_params):
+    params = make_params("ingest.dataset=wisdm")
+    ingest.run(params)
+    out, meta, card, split = outputs(params)
+    assert len(card["counts"]["user"]) == 30 and card["windows"] == len(meta) == 5965
+    assert card["labels"] == ["downstairs", "jogging", "sitting", "standing", "upstairs", "walking"]
+    assert card["sensors"] == {"accelerometer": "standardised"}
+    assert card["users_missing_classes"]["user08"] == ["downstairs", "jogging", "sitting", "standing", "upstairs"]
+    markdown = (out / "data_card.md").read_text()
+    assert "## Users lacking classes" in markdown and "Standardised values are not physical units" in markdown
+    assert len(split["test_users"]) == 6 and np.load(out / "x.npy", mmap_mode="r").shape[1:] == (8, 1, 3, 2, 16)
+
+
+def test_folds_are_seeded_and_a_user_is_never_on_both_sides(make_params):
+    from components.data.card import user_folds
+
+    users = [f"u{i:02d}" for i in range(24)]
+    assert user_folds(users, 5, 0) == user_folds(list(reversed(users)), 5, 0)  # the order read does not matter
+    assert user_folds(users, 5, 0) != user_folds(users, 5, 1)
+    assert sorted(user_folds(users, 5, 0).values()) == sorted([i % 5 for i in range(24)])
+    params = make_params("ingest.split.test_fold=3")
+    ingest.run(params)
+    _, meta, _, split = outputs(params)
+    assert split["test_users"] == split["folds"]["3"] == ["a"] and split["test_fold"] == 3
+    with pytest.raises(Exception, match=r"test_fold 7 is not one of the 5 folds"):
+        ingest.run(make_params("ingest.split.test_fold=7"))
 
 
 def test_basic_motions_from_a_pypi_package_keeps_the_published_split(make_params):

@@ -44,6 +44,26 @@ def test_deepsense_follows_the_papers_structure():
     assert spec.layer("sensor0.conv1").instances == 8  # runs once per interval
 
 
+def test_deepsense_on_the_nightly_data_set_has_a_stack_per_sensor():
+    from components.data.shape import input_shape
+
+    params = load_params(PROJECT_ROOT / "params.yaml")
+    shape = input_shape(params)
+    assert shape == (8, 2, 3, 2, 16)  # UCI HAPT: accelerometer + gyroscope, 8 intervals of 16 bins
+    spec = models.spec_from_params("deepsense", params.train, shape, CLASSES)
+    assert [layer.name for layer in spec.layers][:6] == [
+        "sensor0.conv1", "sensor0.conv2", "sensor0.conv3", "sensor1.conv1", "sensor1.conv2", "sensor1.conv3"]
+    assert spec.layer("merge.conv1").in_features == 2 * 64 and spec.layer("rnn1").in_features == 64 * 4
+    model = models.build(spec).eval()
+    x = torch.randn(2, *shape)
+    moved = x.clone()
+    moved[:, :, 1] += 1.0  # the gyroscope only
+    with torch.no_grad():
+        acc_stack = model.sensor_convs[0]
+        assert torch.equal(acc_stack(x[:, :, 0].reshape(16, 6, 16)), acc_stack(moved[:, :, 0].reshape(16, 6, 16)))
+        assert not torch.allclose(model(x), model(moved))  # ... yet the output sees it
+
+
 def test_two_sensor_variant_with_lstm_for_raw_hhar():
     spec = spec_for("deepsense", SHAPE_RAW, "train.deepsense.sensor_kernels=[2, 2, 2]",
                     "train.deepsense.merge_kernels=[2, 2, 2]", "train.deepsense.rnn=lstm")

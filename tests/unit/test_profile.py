@@ -89,7 +89,7 @@ def test_unknown_device_and_runtime_are_refused(pool_file):
 
 
 def test_sampler_is_seeded_and_covers_widths_around_multiples_and_model_layers(project_params):
-    p = project_params.profile.sampler
+    p = profile.sampler_params(project_params)
     items = sample_items(p, project_params.train)
     again = sample_items(p, project_params.train)
     assert [i.key for i in items] == [i.key for i in again]
@@ -104,6 +104,19 @@ def test_sampler_is_seeded_and_covers_widths_around_multiples_and_model_layers(p
         assert len(in_models) == p.configs_per_kind // 3
         assert all(layer.name.startswith(("sensor", "merge", "rnn", "output")) for layer in in_models)
     assert sum(i.kind == "model" for i in items) == p.models
+
+
+@pytest.mark.parametrize("dataset, shape", [("uci_hapt", (8, 2, 3, 2, 16)), ("uci_har", (8, 2, 3, 2, 16)),
+                                            ("wisdm", (8, 1, 3, 2, 16)), ("hhar_sa", (8, 1, 3, 2, 16))])
+def test_profiled_whole_models_take_the_configured_data_sets_input_shape(dataset, shape):
+    from components.config import load_params
+
+    params = load_params(PROJECT_ROOT / "params.yaml", [f"ingest.dataset={dataset}"])
+    assert profile.sampler_params(params).model_input_shape == shape
+    models = [i for i in sample_items(profile.sampler_params(params), params.train) if i.model]
+    assert models and all(i.model.input_shape == shape for i in models)
+    fixed = load_params(PROJECT_ROOT / "params.yaml", ["profile.sampler.model_input_shape=[4, 1, 3, 2, 8]"])
+    assert profile.sampler_params(fixed).model_input_shape == (4, 1, 3, 2, 8)  # a shape in params wins
 
 
 def test_mcu_model_counts_flash_sram_and_macs(project_params):
@@ -203,7 +216,7 @@ def test_profile_times_a_device_and_writes_table_plots_and_noise(quick):
     params = quick()
     result = profile.run(params, "torch-1t")
     rows = _table(result)
-    items = sample_items(params.profile.sampler, params.train)
+    items = sample_items(profile.sampler_params(params), params.train)
     assert [r["config_id"] for r in rows] == [i.key for i in items]
     assert all(r["status"] == "ok" and r["method"] == "timed" and r["latency_ms"] > 0 for r in rows)
     assert all(r["q1_ms"] <= r["latency_ms"] <= r["q3_ms"] and r["repeats"] >= 3 for r in rows)
@@ -268,6 +281,7 @@ def test_an_interrupted_run_resumes_without_duplicates_or_rewrites(quick, tmp_pa
     params_path = tmp_path / "p.yaml"
     raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     raw["profile"] = json.loads(json.dumps(params.to_dict()["profile"]))
+    raw["ingest"]["dataset"] = params.ingest.dataset  # whole-model configurations take the data set's input shape
     raw["pipeline"]["state_dir"] = str(tmp_path / "state")
     params_path.write_text(yaml.safe_dump(raw))
     parts = Path(params.profile.output_dir) / "slow" / "parts"
@@ -285,7 +299,7 @@ def test_an_interrupted_run_resumes_without_duplicates_or_rewrites(quick, tmp_pa
     result = profile.run(params, "slow")
     rows = _table(result)
     keys = [r["config_id"] for r in rows]
-    assert len(keys) == len(set(keys)) == len(sample_items(params.profile.sampler, params.train))
+    assert len(keys) == len(set(keys)) == len(sample_items(profile.sampler_params(params), params.train))
     assert result.metrics["profiled_this_run"] == len(keys) - len(before)
     assert all((parts / name).read_bytes() == data for name, data in before.items())  # append-only
 

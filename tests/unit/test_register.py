@@ -60,7 +60,7 @@ def test_a_passing_model_is_registered_with_its_files_tags_and_aliases_and_loads
     params, report, reports = validated
     outcome = register.run(params, "cortex-m4", reports, pipeline_key="nightly-1")
     assert outcome.registered and outcome.aliases == ("candidate", "champion")
-    assert outcome.name == "iot-compress-hhar_sa-cortex-m4"
+    assert outcome.name == f"iot-compress-{params.ingest.dataset}-cortex-m4"
     client = _client(params)
     version = client.get_model_version_by_alias(outcome.name, "champion")
     tags = version.tags
@@ -203,3 +203,31 @@ def test_a_failed_alias_move_puts_the_old_aliases_back_and_keeps_an_earlier_vers
     with pytest.raises(register.RegistryUnavailable):
         register.register_with_retries(params, _variant(report, "v1", 0.80, 1.0), reports, None, sleep=lambda s: None)
     assert [str(v.version) for v in client.search_model_versions(f"name = '{champion.name}'")] == [champion.version]
+
+
+def _tags(accuracy: float, latency_ms: float, per_user: dict | None = None) -> dict[str, str]:
+    import json as _json
+
+    return {"accuracy": str(accuracy), "latency_ms": str(latency_ms),
+            "per_user_accuracy": _json.dumps(per_user or {}), "accuracy_ci95": ""}
+
+
+def test_the_champion_decision_is_paired_over_the_same_held_out_users():
+    users = {"u1": 0.80, "u2": 0.95, "u3": 0.70, "u4": 0.90, "u5": 0.85}
+    champion = _tags(0.84, 1.0, users)
+    # a point better on every held-out user: a real gain, whatever the spread between users
+    better = _tags(0.85, 2.0, {u: v + 0.01 for u, v in users.items()})
+    promote, why = register.beats(better, champion, 0.005)
+    assert promote and "more accurate than the champion on the same held-out users" in why and "5 users" in why
+    # the same mean gain from one lucky user: the interval reaches below zero, so it is only "as accurate"
+    lucky = _tags(0.85, 2.0, users | {"u3": 0.75})
+    promote, why = register.beats(lucky, champion, 0.005)
+    assert not promote and "does not beat the champion" in why and "95 % CI" in why
+    promote, why = register.beats(_tags(0.85, 0.5, users | {"u3": 0.75}), champion, 0.005)
+    assert promote and "as accurate as the champion" in why and "faster" in why
+
+
+def test_without_shared_users_the_means_are_compared_and_their_intervals_said():
+    champion = _tags(0.80, 1.0, {"a": 0.8}) | {"accuracy_ci95": "0.750000,0.850000"}
+    promote, why = register.beats(_tags(0.90, 1.0, {"b": 0.9}), champion, 0.005)
+    assert promote and "not on the same users" in why and "95 % CI 0.7500 to 0.8500" in why

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,8 +17,8 @@ from components.devices.base import get_backend
 from components.export import ChecksumMismatch, export, read_manifest, verify
 from tests.conftest import synthetic_task
 
-GATES = GateParams(max_accuracy_drop=0.02, min_agreement=0.98, latency_budget=0.75, size_budget=0.5,
-                   max_latency_error=0.25)
+GATES = GateParams(max_accuracy_drop=0.02, accuracy_drop_bound="mean", min_agreement=0.98, latency_budget=0.75,
+                   size_budget=0.5, max_latency_error=0.25)
 QUICK_TIMING = ("profile.timing.warmup_runs=1", "profile.timing.min_sample_s=0.0005", "profile.timing.min_rounds=3",
                 "profile.timing.max_repeats=5", "profile.timing.max_time_s=0.05")
 
@@ -100,6 +101,9 @@ def test_validate_reports_every_gate_with_its_numbers_and_logs_the_run(make_para
     run = mlflow.MlflowClient().get_run(result.run_id)
     assert run.data.tags["validation_passed"] == "false"
     assert run.data.metrics["compressed.onnx.accuracy"] == pytest.approx(comp["accuracy"])
+    # the accuracy is the held-out user's (synthetic task: one user, c): per user, and said to have no interval
+    assert comp["per_user_accuracy"] == {"c": pytest.approx(comp["accuracy"])} and comp["accuracy_ci"]["users"] == 1
+    assert "1 held-out users (c) (one user: no interval)" in md
 
 
 def test_the_microcontroller_is_gated_on_its_int8_file_flash_and_sram(make_params, task, tmp_path):
@@ -184,6 +188,20 @@ def test_each_gate_passes_at_its_limit_and_fails_beyond_it():
         assert [name for name, ok in verdicts.items() if not ok] == [gate]
 
 
+def test_the_accuracy_gate_judges_the_drop_user_by_user_with_its_interval():
+    users = {"u1": 0.80, "u2": 0.95, "u3": 0.70, "u4": 0.90, "u5": 0.85}
+    base = _record(accuracy=np.mean(list(users.values())), per_user_accuracy=users)
+    # one point worse on every user but one, which lost four: mean drop 1.6 points
+    worse = {u: v - (0.04 if u == "u3" else 0.01) for u, v in users.items()}
+    comp = _record(accuracy=np.mean(list(worse.values())), per_user_accuracy=worse)
+    gate = next(g for g in validate.check_gates(base, comp, DEVICE, GATES) if g.name == "accuracy_drop")
+    assert gate.passed and gate.value == pytest.approx(0.016)
+    assert "drop per user 0.0160 (95 % CI 0.0100 to 0.0280, 5 users); judged on the mean" in gate.detail
+    strict = dataclasses.replace(GATES, accuracy_drop_bound="upper")
+    gate = next(g for g in validate.check_gates(base, comp, DEVICE, strict) if g.name == "accuracy_drop")
+    assert not gate.passed and gate.value == pytest.approx(0.028)  # the interval's top is past the 2 points
+
+
 def test_a_model_that_did_not_run_fails_and_a_missing_latency_model_is_said():
     assert _verdicts(_record(), {"ok": False, "error": "boom"}) == {"runs": False}
     assert _verdicts({"ok": False, "error": "boom"}, _record())["baseline_runs"] is False
@@ -212,4 +230,4 @@ def test_a_report_cell_with_a_pipe_does_not_break_the_markdown_table():
               "formats": ["onnx"], "models": {m: {"onnx": {"ok": False, "error": "x | y"}} for m in validate.MODELS}}
     for line in report_markdown(report).splitlines():
         if line.startswith("|"):
-            assert line.replace("\\|", "").count("|") in (6, 11)
+            assert line.replace("\\|", "").count("|") in (6, 12)
