@@ -83,7 +83,9 @@ def _accuracy_table(results: dict) -> None:
 
 
 def _speed_table(params, results: dict) -> None:
-    spec = spec_from_params("deepsense", params.train, tuple(params.profile.sampler.model_input_shape),
+    from components.profile import sampler_params
+
+    spec = spec_from_params("deepsense", params.train, tuple(sampler_params(params).model_input_shape),
                             tuple(f"c{i}" for i in range(6)))
     layers = list(spec.layers)
     print("| device | predict(layer) µs/call | predict_layers µs/layer | predict_model µs/model "
