@@ -25,7 +25,8 @@ def _params(make_params, ingest, train, *more):
 
 def test_compress_writes_a_smaller_model_the_comparison_and_figures(make_params, inputs, tmp_path):
     ingest, train = inputs
-    params = _params(make_params, ingest, train, "compress.budget.params=0.5", "compress.max_accuracy_drop=1.0")
+    params = _params(make_params, ingest, train, "compress.budget.params=0.5", "compress.max_accuracy_drop=1.0",
+                     "compress.baselines=[l1, uniform]")
     result = compress.run(params, "ort-1t", output_dir=tmp_path / "c", report_dir=tmp_path / "r")
     m = result.metrics
     assert m["budget_met"] and m["methods"]["deepiot"]["relative_cost"] <= 0.5
