@@ -1,28 +1,36 @@
-"""DeepIoT, FastDeepIoT, L1 pruning and uniform scaling on HHAR_SA, leave one user out, timed on ONNX Runtime.
+"""DeepIoT, FastDeepIoT, L1 pruning and uniform scaling, k-fold over users, timed on the devices as ratios.
 
-For every shared HHAR_SA user (or --users): train the DeepSense baseline on
-the other users (the `train` stage with that user held out), then run the
-`compress` stage twice on it:
+For each data set (default: uci_har and uci_hapt): ingest it, profile and fit
+every device's latency model (--devices, default ort-1t and tflite-1t), deal
+the users into `ingest.split.folds` folds and, for each fold (--folds, default
+all), train the DeepSense baseline with that fold's users held out, then run
+the `compress` stage:
 
 - DeepIoT: parameter cost at --params-budget, with L1-norm pruning and
   uniform width scaling at the same budget and the same fine-tuning;
-- FastDeepIoT: the device's fitted latency model as the cost, at
-  --latency-budget (predicted time relative to the baseline's).
+- FastDeepIoT: each device's latency model as the cost, at --latency-budget
+  (with the stage's refit rounds and measured selection on that device).
 
-The five models of the fold (baseline and four compressed) are then timed
-together, round-robin, on the device (one-thread ONNX Runtime by default)
-with `profile`'s protocol, in one run so their ratios are comparable. The
-timed graphs are built from each model's description with the profiler's
-seeded weights: dense float latency depends on the shapes, not the values.
+Every model of the fold is then timed on every device *together with the
+baseline, in the same rounds* (`profile`'s protocol and workers, the
+baseline as the reference): each figure is a ratio to the baseline measured
+in the same phase of the machine, so a slow phase cancels. The timed graphs
+are built from each model's description with seeded weights: dense float
+latency depends on the shapes, not on the values.
 
-Prints, per fold and method, and the mean over folds: parameters kept, test
-accuracy on the held-out user and its change against the baseline (points),
-predicted and measured latency relative to the baseline, and the wall time
-of each compression run. The latency model is profiled and fitted first, in
-the work folder (kept: a rerun re-times nothing it already has, and reuses
-each fold's trained baseline).
+Accuracy is the mean over held-out users (every user of the set is held out
+exactly once over the folds) with its 95 % percentile-bootstrap interval
+over users; the change against the baseline is paired, user by user. The
+latency model's accuracy on compressed candidates comes from the stage's own
+measurements: structures profiled in a refit round were predicted *before*
+the refit (out of sample), and the candidates of the measured selection.
 
-    python benchmarks/compression.py [--users a b] [--params-budget 0.05] [--latency-budget 0.2] [--steps 600]
+Prints per fold and a summary per data set; writes every row to
+<work>/results.json. Work folders are kept: a rerun reuses ingested data,
+profiles, trained baselines and finished compress runs.
+
+    python benchmarks/compression.py [--datasets uci_har uci_hapt] [--folds 0 1] [--devices ort-1t tflite-1t]
+        [--params-budget 0.05] [--latency-budget 0.2] [--steps 600] [-p section.key=value]
 """
 
 from __future__ import annotations
@@ -30,167 +38,230 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import time
 from pathlib import Path
+
+import numpy as np
 
 from components import compress, fit_latency, ingest, models, profile, train
 from components.config import load_params
 from components.devices.base import get_backend
-from components.latency.model import load as load_latency_model
+from components.evaluation import mean_ci, paired_ci
 from components.profiling.items import Item
 from components.profiling.runner import TimedProfiler
-from components.pruning.costs import LatencyCost, resized_spec
+from components.pruning.costs import resized_spec
 from components.train import load_windows
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("deepiot", "fastdeepiot", "l1", "uniform")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--users", nargs="*", default=None, help="held-out users (default: every user)")
-    parser.add_argument("--device", default="ort-1t", help="timed device of the pool (default: ort-1t)")
+    parser.add_argument("--datasets", nargs="*", default=["uci_har", "uci_hapt"])
+    parser.add_argument("--folds", nargs="*", type=int, default=None, help="default: every fold of users")
+    parser.add_argument("--devices", nargs="*", default=["ort-1t", "tflite-1t"])
     parser.add_argument("--params-budget", type=float, default=0.05)
     parser.add_argument("--latency-budget", type=float, default=0.2)
     parser.add_argument("--steps", type=int, default=600, help="compress.search.max_steps")
-    parser.add_argument("--configs-per-kind", type=int, default=60, help="profile sample for the latency model")
-    parser.add_argument("--models", type=int, default=10)
+    parser.add_argument("--configs-per-kind", type=int, default=60, help="profile sample for each latency model")
+    parser.add_argument("--models", type=int, default=16, help="whole models in the profile sample")
     parser.add_argument("--work", type=Path, default=ROOT / ".state" / "benchmarks" / "compression")
     parser.add_argument("-p", dest="overrides", action="append", default=[], help="section.key=value")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    work = args.work.resolve()
+    rows: list[dict] = []
+    for dataset in args.datasets:
+        rows += run_dataset(dataset, args)
+        summarise([r for r in rows if r["dataset"] == dataset], args)
+    out = args.work.resolve() / "results.json"
+    out.write_text(json.dumps(rows, indent=2))
+    print(f"\nevery row: {out}")
+
+
+def run_dataset(dataset: str, args) -> list[dict]:
+    work = args.work.resolve() / dataset
     overrides = [
-        "ingest.dataset=hhar_sa", f"ingest.output_dir={work / 'ingest'}", f"ingest.report_dir={work / 'r/ingest'}",
+        f"ingest.dataset={dataset}", f"ingest.output_dir={work / 'ingest'}", f"ingest.report_dir={work / 'r/ingest'}",
         f"profile.output_dir={work / 'profile'}", f"profile.report_dir={work / 'r/profile'}",
         f"profile.sampler.configs_per_kind={args.configs_per_kind}", f"profile.sampler.models={args.models}",
         f"fit_latency.output_dir={work / 'fit_latency'}", f"fit_latency.report_dir={work / 'r/fit_latency'}",
         f"pipeline.state_dir={work / 'state'}", f"compress.search.max_steps={args.steps}",
         f"compress.budget.params={args.params_budget}", f"compress.budget.latency={args.latency_budget}",
-        *args.overrides]
+        "train.evaluation=split", *args.overrides]
     params = load_params(ROOT / "params.yaml", overrides)
-    (device,) = profile.devices(params, [args.device])
-    ingest.run(params)
-    started = time.perf_counter()
-    profile.run(params, device.name)
-    fitted = fit_latency.run(params, device.name)
-    print(f"{device.name}: latency model profiled and fitted in {time.perf_counter() - started:.0f} s "
-          f"({fitted.model_path})", flush=True)
-    users = args.users or sorted(set(load_windows(work / "ingest").meta["user"].astype(str)))
-    rows = []
-    for user in users:
-        rows += _fold(overrides, device, user, work, fitted.model_path.parent)
-        _print_rows([r for r in rows if r["user"] == user], header=user == users[0])
-    print()
-    _print_summary(rows, args)
-    (work / "results.json").write_text(json.dumps(rows, indent=2))
-    print(f"\nper-fold rows: {work / 'results.json'}")
-
-
-def _fold(overrides: list[str], device, user: str, work: Path, latency_dir: Path) -> list[dict]:
-    fold = work / "folds" / user
-
-    def fold_params(*extra: str):
-        return load_params(ROOT / "params.yaml", [
-            *overrides, f"train.test_users=[{user}]", f"train.output_dir={fold / 'train'}",
-            f"train.report_dir={fold / 'r/train'}", "train.evaluation=split", *extra])
-
-    params = fold_params()
-    trained = fold / "train" / "train_s.json"
-    if trained.exists():  # kept from an earlier run of the benchmark: the same seeded training
-        train_s = json.loads(trained.read_text())["train_s"]
-    else:
+    if not (work / "ingest" / "windows.parquet").exists():
+        ingest.run(params)
+    meta = load_windows(work / "ingest").meta
+    fold_users = {int(f): sorted(set(meta.loc[meta["fold"] == f, "user"].astype(str))) for f in set(meta["fold"])
+                  if f >= 0}
+    devices = profile.devices(params, args.devices)
+    for device in devices:
         started = time.perf_counter()
-        train.run(params)
-        train_s = time.perf_counter() - started
-        trained.write_text(json.dumps({"train_s": train_s}))
-    baseline = models.load(fold / "train" / "model")
-    runs = {
-        "deepiot": fold_params("compress.cost=params", "compress.baselines=[l1, uniform]"),
-        "fastdeepiot": fold_params("compress.cost=latency", "compress.baselines=[]"),
-    }
-    metrics = {}
-    for name, q in runs.items():
-        result = compress.run(q, device.name, baseline_dir=fold / "train" / "model", ingest_dir=work / "ingest",
-                              latency_dir=latency_dir, output_dir=fold / name, report_dir=fold / f"r/{name}")
-        metrics[name] = result.metrics
-    methods = {"baseline": metrics["deepiot"]["methods"]["baseline"],
-               "deepiot": metrics["deepiot"]["methods"]["deepiot"],
-               "fastdeepiot": metrics["fastdeepiot"]["methods"]["deepiot"],
-               "l1": metrics["deepiot"]["methods"]["l1"], "uniform": metrics["deepiot"]["methods"]["uniform"]}
-    specs = {name: resized_spec(baseline.spec, m["widths"]) for name, m in methods.items()}
-    measured = _time(params, device, specs, fold / "timing")
-    cost = LatencyCost(baseline.spec, load_latency_model(latency_dir / "latency_model.json"), device.name)
-    base = methods["baseline"]
+        profile.run(params, device.name)
+        fitted = fit_latency.run(params, device.name)
+        whole = fitted.metrics.get("whole_models", {}).get("model", {}).get("tree", {})
+        print(f"{dataset} {device.name}: latency model profiled and fitted in {time.perf_counter() - started:.0f} s; "
+              f"whole models held out: {whole.get('within_pct', float('nan')):.0f} % within +-10 %, "
+              f"MAPE {whole.get('mape_pct', float('nan')):.1f} %", flush=True)
     rows = []
-    for name, m in methods.items():
-        run = "fastdeepiot" if name == "fastdeepiot" else "deepiot"
-        rows.append({
-            "user": user, "method": name, "params": m["params"], "params_kept": m["params"] / base["params"],
-            "test_accuracy": m["test_accuracy"], "accuracy_change": m["test_accuracy"] - base["test_accuracy"],
-            "predicted_ms": cost.value(specs[name]), "predicted_rel": cost.relative(specs[name]),
-            "measured_ms": measured[name], "measured_rel": measured[name] / measured["baseline"],
-            "budget_met": None if name == "baseline" else metrics[run]["budget_met"],
-            "wall_s": train_s if name == "baseline" else metrics[run]["wall_s"],
-            "widths": m["widths"]})
+    for fold in args.folds if args.folds is not None else sorted(fold_users):
+        fold_rows = run_fold(dataset, fold, fold_users[fold], overrides, devices, work)
+        print_rows(fold_rows, header=not rows)
+        rows += fold_rows
     return rows
 
 
-def _time(params, device, specs: dict, work: Path) -> dict[str, float]:
-    """Median latency (ms) of each description on the device, timed round-robin in one worker."""
+def run_fold(dataset: str, fold: int, users: list[str], overrides: list[str], devices, work: Path) -> list[dict]:
+    here = work / "folds" / f"fold{fold}"
+    done = here / "rows.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    held_out = "[" + ", ".join(users) + "]"
+
+    def params_with(*extra: str):
+        return load_params(ROOT / "params.yaml", [
+            *overrides, f"train.test_users={held_out}", f"train.output_dir={here / 'train'}",
+            f"train.report_dir={here / 'r/train'}", *extra])
+
+    started = time.perf_counter()
+    if not (here / "train" / "model").exists():
+        train.run(params_with())
+    train_s = time.perf_counter() - started
+    baseline = models.load(here / "train" / "model")
+    runs = {"deepiot": ("params", None)} | {f"fastdeepiot@{d.name}": ("latency", d) for d in devices}
+    metrics = {}
+    for name, (cost, device) in runs.items():
+        extra = ["compress.baselines=[l1, uniform]"] if cost == "params" else ["compress.baselines=[]"]
+        device_name = device.name if device is not None else devices[0].name
+        result = compress.run(params_with(f"compress.cost={cost}", *extra), device_name,
+                              baseline_dir=here / "train" / "model", ingest_dir=work / "ingest",
+                              latency_dir=work / "fit_latency" / device_name, output_dir=here / name,
+                              report_dir=here / f"r/{name}", profile_dir=work / "profile" / device_name)
+        metrics[name] = result.metrics
+    methods = {"baseline": metrics["deepiot"]["methods"]["baseline"],
+               "deepiot": metrics["deepiot"]["methods"]["deepiot"],
+               "l1": metrics["deepiot"]["methods"]["l1"], "uniform": metrics["deepiot"]["methods"]["uniform"]}
+    methods |= {name: metrics[name]["methods"]["deepiot"] for name in runs if name.startswith("fastdeepiot")}
+    specs = {name: resized_spec(baseline.spec, m["widths"]) for name, m in methods.items()}
+    measured = {d.name: time_together(params_with(), d, specs, baseline.spec, here / "timing" / d.name)
+                for d in devices}
+    rows = []
+    base = methods["baseline"]
+    for name, m in methods.items():
+        run = name if name.startswith("fastdeepiot") else "deepiot"
+        row = {"dataset": dataset, "fold": fold, "users": users, "method": name, "params": m["params"],
+               "params_kept": m["params"] / base["params"], "test_accuracy": m["test_accuracy"],
+               "per_user": m["test_accuracy_per_user"], "base_per_user": base["test_accuracy_per_user"],
+               "budget_met": None if name == "baseline" else metrics[run]["budget_met"],
+               "wall_s": train_s if name == "baseline" else metrics[run]["wall_s"], "widths": m["widths"]}
+        for d in devices:
+            row[f"ratio@{d.name}"] = measured[d.name][name]
+        if name.startswith("fastdeepiot"):
+            row["refit"] = metrics[run].get("refit", [])
+            row["selection"] = metrics[run].get("selection", {})
+            row["floor"] = metrics[run].get("floor", {})
+        rows.append(row)
+    done.write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+def time_together(params, device, specs: dict, reference, work: Path) -> dict[str, float]:
+    """Each description's latency on the device relative to the baseline's, all timed in the same rounds.
+
+    The baseline is also the reference every sample is paired with; its own
+    item's ratio (ideally 1, off by the protocol's noise) divides the others,
+    as the stage's measured selection does.
+    """
     backend = get_backend(device.runtime)
     items = {name: Item(model=spec) for name, spec in specs.items()}
-    profiler = TimedProfiler(device, backend, params.profile, work, backend.version())
-    rows = {row["config_id"]: row for row in profiler.rows(list(items.values()))}
-    out = {}
+    profiler = TimedProfiler(device, backend, params.profile, work, backend.version(),
+                             reference=Item(model=reference))
+    rows = {row["config_id"]: row for row in profiler.rows(list({i.key: i for i in items.values()}.values()))}
+    ratios = {}
     for name, item in items.items():
         row = rows[item.key]
-        if row["status"] != "ok":
-            raise RuntimeError(f"timing {name} on {device.name} failed at {row['failed_step']}: {row['error']}")
-        out[name] = row["latency_ms"]
-    return out
+        if row["status"] != "ok" or not row.get("ratio"):
+            raise RuntimeError(f"timing {name} on {device.name} failed at {row.get('failed_step')}: "
+                               f"{row.get('error') or 'no ratio to the reference'}")
+        ratios[name] = row["ratio"]
+    return {name: r / ratios["baseline"] for name, r in ratios.items()}
 
 
-def _print_rows(rows: list[dict], header: bool) -> None:
+def print_rows(rows: list[dict], header: bool) -> None:
+    devices = [k.split("@", 1)[1] for k in rows[0] if k.startswith("ratio@")]
     if header:
-        print(f"{'user':>4} {'method':>12} {'params':>7} {'kept %':>7} {'test acc':>8} {'change':>7} "
-              f"{'pred rel':>8} {'meas ms':>8} {'meas rel':>8} {'met':>5} {'wall s':>7}")
+        print(f"{'set':>8} {'fold':>4} {'method':>22} {'params':>7} {'kept %':>7} {'test acc':>8} {'change':>7} "
+              + " ".join(f"{d:>10}" for d in devices) + f" {'met':>5} {'wall s':>7}")
+    base = next(r for r in rows if r["method"] == "baseline")
     for r in rows:
         met = "" if r["budget_met"] is None else ("yes" if r["budget_met"] else "NO")
-        print(f"{r['user']:>4} {r['method']:>12} {r['params']:>7} {100 * r['params_kept']:>7.1f} "
-              f"{r['test_accuracy']:>8.3f} {100 * r['accuracy_change']:>+7.1f} {r['predicted_rel']:>8.3f} "
-              f"{r['measured_ms']:>8.3f} {r['measured_rel']:>8.3f} {met:>5} {r['wall_s']:>7.1f}", flush=True)
+        print(f"{r['dataset']:>8} {r['fold']:>4} {r['method']:>22} {r['params']:>7} {100 * r['params_kept']:>7.1f} "
+              f"{r['test_accuracy']:>8.3f} {100 * (r['test_accuracy'] - base['test_accuracy']):>+7.1f} "
+              + " ".join(f"{r[f'ratio@{d}']:>10.3f}" for d in devices) + f" {met:>5} {r['wall_s']:>7.0f}",
+              flush=True)
 
 
-def _print_summary(rows: list[dict], args) -> None:
-    mean = {}
-    print(f"mean over {len({r['user'] for r in rows})} held-out users (params budget {args.params_budget}, "
-          f"latency budget {args.latency_budget}, {args.steps} search steps):")
-    print("| method | params kept % | test accuracy | change (points) | predicted latency (rel) "
-          "| measured latency ms | measured (rel) | budget met | wall s |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name in ("baseline", *METHODS):
-        chosen = [r for r in rows if r["method"] == name]
-        m = {k: statistics.mean(r[k] for r in chosen) for k in
-             ("params_kept", "test_accuracy", "accuracy_change", "predicted_rel", "measured_ms", "measured_rel",
-              "wall_s")}
-        met = "" if name == "baseline" else f"{sum(bool(r['budget_met']) for r in chosen)}/{len(chosen)}"
-        mean[name] = m
-        print(f"| {name} | {100 * m['params_kept']:.1f} | {m['test_accuracy']:.3f} | "
-              f"{100 * m['accuracy_change']:+.1f} | {m['predicted_rel']:.3f} | {m['measured_ms']:.3f} | "
-              f"{m['measured_rel']:.3f} | {met} | {m['wall_s']:.0f} |")
-    d, f = mean["deepiot"], mean["fastdeepiot"]
-    print("\naims (issue 6):")
-    print(f"- DeepIoT keeps <= 5 % of parameters within 1 point: {100 * d['params_kept']:.1f} %, "
-          f"{100 * d['accuracy_change']:+.1f} points")
-    print(f"- measured latency <= 0.2x the baseline's: DeepIoT {d['measured_rel']:.3f}x, "
-          f"FastDeepIoT {f['measured_rel']:.3f}x")
-    print(f"- L1 clearly worse at the same budget: L1 {100 * mean['l1']['accuracy_change']:+.1f} points, uniform "
-          f"{100 * mean['uniform']['accuracy_change']:+.1f}, DeepIoT {100 * d['accuracy_change']:+.1f}")
-    print(f"- FastDeepIoT >= 30 % faster than DeepIoT at equal accuracy: measured time "
-          f"{100 * (1 - f['measured_ms'] / d['measured_ms']):+.0f} % less, accuracy "
-          f"{100 * (f['test_accuracy'] - d['test_accuracy']):+.1f} points against DeepIoT")
+def summarise(rows: list[dict], args) -> None:
+    """Per method: accuracy over every held-out user (95 % CI), paired change, parameters and measured ratios."""
+    dataset = rows[0]["dataset"]
+    devices = [k.split("@", 1)[1] for k in rows[0] if k.startswith("ratio@")]
+    folds = sorted({r["fold"] for r in rows})
+    print(f"\n{dataset}: {len(folds)} folds, {sum(len(r['users']) for r in rows if r['method'] == 'baseline')} "
+          f"held-out users; params budget {args.params_budget}, latency budget {args.latency_budget}, "
+          f"{args.steps} search steps. Intervals: 95 % bootstrap over held-out users; ratios: mean over folds "
+          "(min-max) of the model's time / the baseline's, timed in the same rounds.")
+    print("| method | params kept % | test accuracy (95 % CI) | change, points (paired 95 % CI) | "
+          + " | ".join(f"{d} ratio" for d in devices) + " | budget met | wall s |")
+    print("|---|---|---|---|" + "---|" * len(devices) + "---|---|")
+    summary = {}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        chosen = [r for r in rows if r["method"] == method]
+        per_user = {u: a for r in chosen for u, a in r["per_user"].items()}
+        base = {u: a for r in chosen for u, a in r["base_per_user"].items()}
+        acc = mean_ci(per_user)
+        change = paired_ci(per_user, base)
+        ratios = {d: [r[f"ratio@{d}"] for r in chosen] for d in devices}
+        kept = [r["params_kept"] for r in chosen]
+        met = "" if method == "baseline" else f"{sum(bool(r['budget_met']) for r in chosen)}/{len(chosen)}"
+        summary[method] = {"accuracy": acc, "change": change, "ratios": ratios, "kept": kept}
+        print(f"| {method} | {100 * np.mean(kept):.1f} ({100 * min(kept):.1f}-{100 * max(kept):.1f}) | "
+              f"{acc['mean']:.3f} ({acc['low']:.3f}-{acc['high']:.3f}) | "
+              f"{100 * change['mean']:+.1f} ({100 * change['low']:+.1f} to {100 * change['high']:+.1f}) | "
+              + " | ".join(f"{np.mean(v):.3f} ({min(v):.3f}-{max(v):.3f})" for v in ratios.values())
+              + f" | {met} | {np.mean([r['wall_s'] for r in chosen]):.0f} |")
+    candidates_line(rows)
+    for d in devices:
+        fast, size = summary.get(f"fastdeepiot@{d}"), summary["deepiot"]
+        if fast is None:
+            continue
+        less = 1 - np.mean(fast["ratios"][d]) / np.mean(size["ratios"][d])
+        gap = 100 * (fast["accuracy"]["mean"] - size["accuracy"]["mean"])
+        print(f"- {d}: FastDeepIoT takes {100 * less:+.0f} % less measured time than DeepIoT "
+              f"({np.mean(fast['ratios'][d]):.3f}x vs {np.mean(size['ratios'][d]):.3f}x), accuracy {gap:+.1f} points "
+              "against it (the aim counts only within +-0.5 point)")
+
+
+def candidates_line(rows: list[dict]) -> None:
+    """The latency model on compressed candidates: refit rounds (before refitting) and the measured selection."""
+    by_device: dict[str, dict] = {}
+    for r in rows:
+        if not r["method"].startswith("fastdeepiot"):
+            continue
+        d = by_device.setdefault(r["method"].split("@", 1)[1], {"before": [], "selection": []})
+        for rnd in r.get("refit", []):
+            b = rnd.get("before_refit", {})
+            if b.get("candidates"):
+                d["before"].append((b["candidates"], b["within_5_pct"], b["within_10_pct"]))
+        errors = [abs(t["error"]) for t in r.get("selection", {}).get("timed", [])]
+        d["selection"] += errors
+    for device, d in by_device.items():
+        n = sum(c for c, _, _ in d["before"])
+        w10 = sum(c * w / 100 for c, _, w in d["before"]) / n if n else float("nan")
+        w5 = sum(c * w / 100 for c, w, _ in d["before"]) / n if n else float("nan")
+        sel = np.array(d["selection"])
+        print(f"- {device}: compressed structures predicted before the refit (out of sample): "
+              f"{100 * w5:.0f} % within +-5 %, {100 * w10:.0f} % within +-10 % ({n}); selection candidates after "
+              f"it: {100 * np.mean(sel <= 0.05):.0f} % / {100 * np.mean(sel <= 0.10):.0f} % ({len(sel)})")
 
 
 if __name__ == "__main__":

@@ -112,7 +112,8 @@ def run_compress(device: str, run_id: str, ingest_dir: str, train_dir: str, over
     output_dir = run_output_dir(runs_dir, run_id, "compress") / device
     result = compress.run(params, device, Path(train_dir) / "model", Path(ingest_dir),
                           run_output_dir(runs_dir, run_id, "fit_latency") / device, output_dir,
-                          output_dir / "report", pipeline_key=run_id)
+                          output_dir / "report", pipeline_key=run_id,
+                          profile_dir=run_output_dir(runs_dir, run_id, "profile") / device)
     return str(result.model_dir)
 
 

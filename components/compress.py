@@ -2,16 +2,24 @@
 
 For a device: pick the cost (its fitted latency model by default, FastDeepIoT;
 parameter count, DeepIoT; a microcontroller's MACs with its flash and SRAM
-as hard limits), run the compressor-critic search on the training windows
-(checkpointed: an interrupted run resumes), nudge widths up to ones predicted
-no slower (latency cost), slice the kept elements into a smaller dense model,
-fine-tune it (distilling the baseline if asked), and compare with L1-norm
-pruning and uniform scaling at the same budget, fine-tuned the same way. The
-budget is met when the fine-tuned model is within it and its validation
-accuracy is at or above the floor (the baseline's minus
-`max_accuracy_drop`); otherwise the run ends with the best structure found
-and `budget_met: false`, said plainly, and a budget below what width pruning
-can reach on the device (fixed per-layer costs) is warned about up front.
+as hard limits) and say up front what the device can reach at all (one
+element per layer, predicted and, on a timed device, measured: a budget
+below it is not met, and the search aims at the best reachable instead).
+Then run the compressor-critic search on the training windows, distilling
+the baseline into the masked network (checkpointed: an interrupted run
+resumes). With a latency cost on a timed device, the latency model is made
+right where the search went: the structures it visited are profiled once
+each, the model is refitted on the profile table plus them, and the search
+goes on under it (`compress.refit`); the cheapest front candidates at the
+accuracy floor, each with FastDeepIoT's nudge, are then timed against the
+baseline in the same rounds and the fastest *measured* one is taken
+(`compress.select`). The chosen structure is sliced into a smaller dense
+model and fine-tuned (distilling the baseline), and compared with L1-norm
+pruning and uniform scaling at the same budget, fine-tuned the same way
+(`compress.baselines`). The budget is met when the fine-tuned model is
+within it (measured where it was timed) and its validation accuracy is at
+or above the floor (the baseline's minus `max_accuracy_drop`); otherwise the
+run ends with the best structure found and `budget_met: false`, said plainly.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +37,7 @@ from components.data.outputs import atomic_directory, write_text_atomic
 from components.evaluation import interval_text
 
 STAGE = "compress"
+LATENCY_DIR = "latency"  # <output_dir>/<device>/latency/latency_model.json: the model refitted while compressing
 log = logging.getLogger(__name__)
 
 
@@ -42,7 +51,8 @@ class CompressResult:
 
 def run(params: Params, device_name: str, baseline_dir: Path | None = None, ingest_dir: Path | None = None,
         latency_dir: Path | None = None, output_dir: Path | None = None, report_dir: Path | None = None,
-        pipeline_key: str | None = None) -> CompressResult:
+        pipeline_key: str | None = None, profile_dir: Path | None = None) -> CompressResult:
+    """Compress the baseline for one device; `profile_dir`: the device's profile table (refit rounds)."""
     import torch
 
     from components import models, profile, tracking
@@ -64,15 +74,21 @@ def run(params: Params, device_name: str, baseline_dir: Path | None = None, inge
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     data = _data(windows, make_folds(windows.meta, params.train)[0], cfg)
+    bench = _bench(params, device, cost, out, profile_dir)
     with tracking.stage_run(params, STAGE, pipeline_key, device=device.name) as mlrun:
         mlrun.log_params({"compress": asdict(cfg), "device": device.name, "cost": cost.name,
                           "baseline.params": baseline.spec.params})
         started = time.perf_counter()
         augmentation = params.train if cfg.augment else None  # train's rotation, scale and noise
-        results, search = _compress(baseline, cost, latency_model, data, cfg, augmentation, out, mlrun)
-        metrics = _metrics(results, search, cost, cfg, device.name, time.perf_counter() - started)
+        results, search, extra = _compress(baseline, cost, latency_model, data, cfg, augmentation, out, mlrun,
+                                           bench, params, device)
+        metrics = _metrics(results, search, cost, cfg, device.name, time.perf_counter() - started, extra)
         with atomic_directory(out / "model") as staging:
             models.save(results["deepiot"]["model"], staging)
+        if extra["latency_model"] is not None:  # the model it steered by last (refitted on what it visited)
+            with atomic_directory(out / LATENCY_DIR) as staging:
+                extra["latency_model"].save(staging / "latency_model.json")
+                (staging / "rules.txt").write_text(extra["latency_model"].rules())
         artifacts = _write_report(results, search, metrics, device.name, reports)
         mlrun.log_metrics({k: v for k, v in _flat_numbers(metrics).items()})
         mlrun.set_tags({"cost": cost.name, "budget_met": str(metrics["budget_met"]).lower()})
@@ -93,6 +109,31 @@ def device_latency_model(params: Params, device, latency_dir: Path | None):
 
     path = _latency_path(params, device, latency_dir)
     return load(path) if path.exists() else None
+
+
+def refitted_latency_model(compressed_dir: Path):
+    """The latency model compress refitted beside a compressed model (`<out>/model` -> `<out>/latency`), or None."""
+    from components.latency.model import load
+
+    path = Path(compressed_dir).parent / LATENCY_DIR / "latency_model.json"
+    return load(path) if path.exists() else None
+
+
+def _bench(params: Params, device, cost, out: Path, profile_dir: Path | None):
+    """The device's timing setup for the refit rounds and the measured selection: latency cost, timed device."""
+    from components.devices.base import get_backend
+
+    if cost.name != "latency" or device.mcu is not None or not get_backend(device.runtime).timed:
+        return None
+    cfg = params.compress
+    if cfg.refit.rounds <= 0 and cfg.select.candidates <= 0:
+        return None
+    from components.profiling.sampler import reference_item
+    from components.profiling.table import TABLE_FILE
+    from components.pruning.on_device import LOG_DIR, DeviceBench
+
+    table = (Path(profile_dir) if profile_dir else params.path(params.profile.output_dir) / device.name) / TABLE_FILE
+    return DeviceBench(params, device, reference_item(params), out / LOG_DIR, table)
 
 
 def _cost(params: Params, device, spec, latency_model, latency_dir: Path | None = None):
@@ -137,8 +178,14 @@ def _data(windows, fold, cfg) -> _Data:
     return _Data(*tensors(fit_idx), *tensors(val_idx), *tensors(fold.test), users[fold.test])
 
 
-def _compress(baseline, cost, latency_model, data: _Data, cfg, augmentation, out: Path, mlrun
-              ) -> tuple[dict, object]:
+def _compress(baseline, cost, latency_model, data: _Data, cfg, augmentation, out: Path, mlrun, bench=None,
+              params: Params | None = None, device=None) -> tuple[dict, object, dict]:
+    """Search (refitting the latency model on what it visits), pick by measurement, fine-tune, compare.
+
+    `bench` (a DeviceBench; latency cost on a timed device only) is what makes
+    the refit rounds and the measured selection possible; without it the
+    search's last kept structure is taken, nudged on the model's word.
+    """
     import copy
 
     import torch
@@ -153,13 +200,13 @@ def _compress(baseline, cost, latency_model, data: _Data, cfg, augmentation, out
     budget = cfg.budget[cost.name]
     settings = SearchSettings(budget, floor, s.lambda_cost, s.critic_decay, Schedule(**asdict(s.threshold)),
                               s.max_steps, s.batch_size, s.learning_rate, s.compressor_learning_rate,
-                              s.compressor_hidden, s.init_keep, s.eval_every, cfg.seed)
+                              s.compressor_hidden, s.init_keep, s.eval_every, cfg.seed, s.distill,
+                              cfg.fine_tune.temperature)
     search = DeepIoTSearch(copy.deepcopy(baseline), cost, data.x_fit, data.y_fit, data.x_val, data.y_val, settings,
-                           augmentation)
-    if budget < search.cost_floor:
-        log.warning("budget %.3f of the baseline's %s is below what width pruning can reach on this device (%.3f "
-                    "with one element per layer: fixed per-layer costs); the search will end with BUDGET NOT MET",
-                    budget, cost.name, search.cost_floor)
+                           augmentation, teacher=baseline if s.distill > 0 else None)
+    extra = {"floor": _floor_check(search, bench, baseline, budget, cost)}
+    if extra["floor"]["aim"] != budget:  # said up front: the search aims at the best the device can reach
+        search.s = replace(search.s, budget=extra["floor"]["aim"])
     checkpoint = out / "checkpoint.pt"
     fingerprint = json.dumps({"compress": asdict(cfg), "cost": cost.name, "baseline": baseline.spec.to_json(),
                               "latency_model": latency_model.to_dict() if cost.name == "latency" else None},
@@ -178,40 +225,175 @@ def _compress(baseline, cost, latency_model, data: _Data, cfg, augmentation, out
         torch.save(state | {"fingerprint": fingerprint}, tmp)
         tmp.replace(checkpoint)
 
+    steering = {"model": latency_model}
+
     def progress(record):
         if record.accuracy is not None:
-            log.info("search step %d/%d: threshold %.2f, kept cost %.3f (budget %.3f), validation accuracy %.3f "
-                     "(floor %.3f)", record.step, s.max_steps, record.threshold, record.kept_cost, budget,
+            log.info("search step %d: threshold %.2f, kept cost %.3f (aim %.3f), validation accuracy %.3f "
+                     "(floor %.3f)", record.step, record.threshold, record.kept_cost, search.s.budget,
                      record.accuracy, floor)
             figures = {"search.kept_cost": record.kept_cost, "search.accuracy": record.accuracy,
-                       "search.kept_params": record.kept_params, "search.budget": budget}
-            if latency_model is not None:
-                figures["search.predicted_latency_ms"] = latency_model.predict_model(search.kept_spec())
+                       "search.kept_params": record.kept_params, "search.budget": search.s.budget}
+            if steering["model"] is not None:
+                figures["search.predicted_latency_ms"] = steering["model"].predict_model(search.kept_spec())
             mlrun.log_metrics(figures, step=record.step)
 
     search.run(progress, save, s.checkpoint_every)
-    keep = search.kept()
-    if cost.name == "latency" and cfg.nudge_radius > 0:
-        keep = _nudged(search, keep, cost, cfg.nudge_radius)
+    if bench is not None and cost.name == "latency":
+        extra["refit"], steering["model"] = _refit_rounds(search, bench, baseline, steering["model"], cfg, params,
+                                                          device, lambda: search.run(
+                                                              progress, save, s.checkpoint_every,
+                                                              until=search.step_index + cfg.refit.steps))
+        cost = search.cost
+    keep, extra["selection"] = _select(search, cost, bench, baseline, cfg, floor)
     tune = FineTuneSettings(cfg.fine_tune.epochs, cfg.fine_tune.patience, cfg.fine_tune.batch_size,
                             cfg.fine_tune.learning_rate, cfg.fine_tune.distill, cfg.fine_tune.temperature, cfg.seed)
     candidates = {"deepiot": slice_model(search.model, keep)}
     # the baselines get the cost the search reached (the budget, or more where it was not met): same footing
-    target = max(budget, cost.relative(candidates["deepiot"].spec))
+    target = max(search.s.budget, cost.relative(candidates["deepiot"].spec))
     if "l1" in cfg.baselines:
         candidates["l1"] = slice_model(baseline, l1_keep(baseline, cost, target))
     if "uniform" in cfg.baselines:
         widths = uniform_widths(baseline.spec, cost, target)
         scores = _l1_order(baseline)
         candidates["uniform"] = slice_model(baseline, {k: scores[k][:w] for k, w in widths.items()})
-    results = {"baseline": _describe(baseline, cost, latency_model, data)}
+    results = {"baseline": _describe(baseline, cost, steering["model"], data)}
     for name, model in candidates.items():
         log.info("fine-tuning %s (%d parameters)", name, model.spec.params)
         model, epochs = fine_tune(model, data.x_fit, data.y_fit, data.x_val, data.y_val, tune,
                                   teacher=baseline if tune.distill > 0 else None, label=f"[{name}] ",
                                   augmentation=augmentation)
-        results[name] = _describe(model, cost, latency_model, data) | {"model": model, "fine_tune_epochs": epochs}
-    return results, search
+        results[name] = _describe(model, cost, steering["model"], data) | {"model": model, "fine_tune_epochs": epochs}
+    chosen = next((c for c in extra["selection"].get("timed", []) if c["chosen"]), None)
+    if chosen is not None:
+        results["deepiot"]["measured_ratio"] = chosen["measured_ratio"]
+    extra["latency_model"] = steering["model"]
+    return results, search, extra
+
+
+def _floor_check(search, bench, baseline, budget: float, cost) -> dict:
+    """What the device can reach at all, said before the search: one element per layer, predicted and measured.
+
+    A budget under the predicted floor cannot be met by width pruning (fixed
+    per-layer costs: eager torch pays ~0.1 ms per module call); the search
+    then aims at the floor plus a tenth of what lies above it, the best it
+    can reach while keeping some capacity, and says so now.
+    """
+    from components.pruning.costs import resized_spec
+    from components.pruning.groups import groups
+
+    floor = search.cost_floor
+    out = {"predicted": floor, "aim": budget, "above_budget": floor >= budget}
+    if bench is not None and cost.name == "latency":
+        tiny = resized_spec(baseline.spec, {g.layer: 1 for g in groups(baseline.spec)})
+        measured = bench.time({"floor": tiny}, baseline.spec)["floor"]
+        out["measured"] = measured["ratio"]
+        log.info("%s: the smallest structure width pruning can make (one element per layer) is predicted at %.3f "
+                 "and measured at %.3f of the baseline's latency", bench.device.name, floor, measured["ratio"])
+        if measured["ratio"] >= budget > floor:
+            log.warning("%s: the device measures its floor at %.3f, above the budget %.3f, though the latency model "
+                        "predicts %.3f; the refit rounds will tell", bench.device.name, measured["ratio"], budget,
+                        floor)
+    if floor >= budget:
+        out["aim"] = min(1.0, floor + 0.1 * (1 - floor))
+        log.warning("budget %.3f of the baseline's %s is below what width pruning can reach on this device (%.3f "
+                    "with one element per layer: fixed per-layer costs); BUDGET CANNOT BE MET: aiming at %.3f "
+                    "instead, the best this device can reach", budget, cost.name, floor, out["aim"])
+    return out
+
+
+def _refit_rounds(search, bench, baseline, latency_model, cfg, params, device, search_on) -> tuple[list, object]:
+    """Profile what the search visited, score the model on it, refit, swap the cost, search on; bounded rounds."""
+    from components.pruning.costs import LatencyCost
+    from components.pruning.on_device import (neighbours, prediction_errors, refit, visited_items,
+                                              within_shares)
+
+    rounds = []
+    for r in range(1, cfg.refit.rounds + 1):
+        structures: list[dict] = []
+        for c in reversed(search.candidates):
+            if c.widths not in structures:
+                structures.append(c.widths)
+            if len(structures) >= cfg.refit.structures:
+                break
+        last = {name: len(idx) for name, idx in search.kept().items()}
+        structures = [last, *[w for w in structures if w != last],
+                      *neighbours(baseline.spec, last, tuple(cfg.refit.neighbours))]
+        new_rows = bench.profile(visited_items(baseline.spec, structures, cfg.refit.max_items))
+        reference = bench.reference.model
+        errors = prediction_errors(latency_model, reference, new_rows)
+        record = {"round": r, "profiled": len(new_rows), "before_refit": within_shares(errors)}
+        if not new_rows and (r > 1 or not bench.own_rows()):
+            log.info("refit round %d: every visited structure was already profiled; the model stays", r)
+            rounds.append(record)
+            break
+        # (a resumed run whose structures were all profiled before refits on the same rows: the same model)
+        latency_model = refit(bench, params, device)
+        search.set_cost(LatencyCost(baseline.spec, latency_model, device.name))
+        record["after_refit"] = within_shares(prediction_errors(latency_model, reference, new_rows))
+        record["kept_cost_after_refit"] = search.kept_cost()
+        shares = record["before_refit"]
+        log.info("refit round %d: %d configurations profiled; the latency model had %s of %d new compressed "
+                 "structures within +-10 %% (MAPE %s); refitted, the kept structure is now at %.3f of the "
+                 "baseline's predicted latency", r, len(new_rows),
+                 f"{shares.get('within_10_pct', float('nan')):.0f} %", shares.get("candidates", 0),
+                 f"{shares.get('mape_pct', float('nan')):.1f} %", record["kept_cost_after_refit"])
+        search_on()
+        rounds.append(record)
+    return rounds, latency_model
+
+
+def _select(search, cost, bench, baseline, cfg, floor: float) -> tuple[dict, dict]:
+    """The structure to fine-tune: the fastest *measured* candidate at the floor, or the search's last one.
+
+    Candidates: the cheapest front structures whose validation accuracy (with
+    the task network as it is now) is at the floor, the last kept structure,
+    and each one's FastDeepIoT nudge (widths up to ones predicted no slower).
+    Timed together against the baseline's shape, a nudge is kept only where
+    the device confirms it; with no device to time on (parameter cost,
+    microcontroller) the last kept structure is taken, nudged on the model's
+    word for a latency cost.
+    """
+    import torch
+
+    from components.pruning.costs import resized_spec
+
+    keep = search.kept()
+    if bench is None or cost.name != "latency":
+        if cost.name == "latency" and cfg.nudge_radius > 0:
+            keep = _nudged(search, keep, cost, cfg.nudge_radius)
+        return keep, {"method": "last kept structure" + (" (nudged)" if cost.name == "latency" else "")}
+    pool: dict[str, dict] = {"last": {n: idx for n, idx in keep.items()}}
+    above = [c for c in search.front() if search.accuracy({n: torch.tensor(i) for n, i in c.kept.items()}) >= floor]
+    for c in above[:cfg.select.candidates]:
+        pool.setdefault(f"step{c.step}", {n: torch.tensor(i) for n, i in c.kept.items()})
+    if cfg.nudge_radius > 0:
+        for name in list(pool):
+            nudged = _nudged(search, pool[name], cost, cfg.nudge_radius)
+            if any(len(nudged[k]) != len(pool[name][k]) for k in nudged):
+                pool[f"{name}+nudge"] = nudged
+    specs = {name: resized_spec(baseline.spec, {k: len(v) for k, v in kept.items()}) for name, kept in pool.items()}
+    timed = bench.time(specs, baseline.spec)
+    rows = []
+    for name, kept in pool.items():
+        rows.append({"name": name, "accuracy": search.accuracy(kept), "predicted_ratio": cost.relative(specs[name]),
+                     "measured_ratio": timed[name]["ratio"], "measured_ms": timed[name]["latency_ms"],
+                     "params": specs[name].params, "widths": {k: len(v) for k, v in kept.items()}})
+    # at the floor; if none is (the search ran out of steps below it), as accurate as the last kept structure
+    last = next(r for r in rows if r["name"] == "last")
+    eligible = ([r for r in rows if r["accuracy"] >= floor]
+                or [r for r in rows if r["accuracy"] >= last["accuracy"] - 0.005])
+    best = min(eligible, key=lambda r: (r["measured_ratio"], -r["accuracy"]))
+    for r in rows:
+        r["chosen"] = r is best
+        r["error"] = (r["predicted_ratio"] - r["measured_ratio"]) / r["measured_ratio"]
+    from components.pruning.on_device import within_shares
+
+    log.info("%s: %d candidates timed against the baseline; chose %s (measured %.3f, predicted %.3f of the "
+             "baseline's latency, validation accuracy %.3f)", bench.device.name, len(rows), best["name"],
+             best["measured_ratio"], best["predicted_ratio"], best["accuracy"])
+    return pool[best["name"]], {"method": "fastest measured candidate at the floor", "timed": rows,
+                                "prediction": within_shares(rows)}
 
 
 def _nudged(search, keep: dict, cost, radius: int) -> dict:
@@ -257,22 +439,34 @@ def _describe(model, cost, latency_model, data: _Data) -> dict:
             "widths": {layer.name: layer.out_features for layer in model.spec.layers}}
 
 
-def _metrics(results: dict, search, cost, cfg, device: str, wall_s: float) -> dict:
-    """The run's figures; the budget is met when the fine-tuned model is within it *and* above the floor."""
+def _metrics(results: dict, search, cost, cfg, device: str, wall_s: float, extra: dict | None = None) -> dict:
+    """The run's figures; the budget is met when the fine-tuned model is within it *and* above the floor.
+
+    Where the chosen structure was timed on the device, "within" is judged on
+    its measured ratio to the baseline, not on the prediction.
+    """
+    extra = extra or {}
     budget = cfg.budget[cost.name]
     deepiot, base = results["deepiot"], results["baseline"]
     floor = search.s.accuracy_floor
-    within = deepiot["relative_cost"] <= budget + 1e-9 and deepiot["fits"]
+    reached = deepiot.get("measured_ratio", deepiot["relative_cost"])
+    within = reached <= budget + 1e-9 and deepiot["fits"]
     met = within and deepiot["val_accuracy"] >= floor
     if not met:
+        what = "measured" if "measured_ratio" in deepiot else "predicted"
         why = (f"validation accuracy {deepiot['val_accuracy']:.3f} is below the floor {floor:.3f}" if within else
-               f"the compressed model is at {deepiot['relative_cost']:.3f} of the baseline's {cost.name}"
+               f"the compressed model is at {reached:.3f} of the baseline's {cost.name} ({what})"
                + ("" if deepiot["fits"] else " and does not fit the part's flash or SRAM"))
+        if extra.get("floor", {}).get("above_budget"):
+            why += f"; the device cannot reach the budget (floor {extra['floor']['predicted']:.3f}, said up front)"
         log.warning("%s: BUDGET NOT MET (budget %.3f of the baseline's %s): %s; the best structure found is kept",
                     device, budget, cost.name, why)
     return {
         "device": device, "cost": cost.name, "budget": budget, "budget_met": met,
         "accuracy_floor": floor, "cost_floor": search.cost_floor,
+        "floor": extra.get("floor", {}), "refit": extra.get("refit", []),
+        "selection": extra.get("selection", {}),
+        "measured_ratio": deepiot.get("measured_ratio"),
         "search_steps": search.step_index, "wall_s": round(wall_s, 1),
         "accuracy_change": deepiot["test_accuracy"] - base["test_accuracy"],
         "accuracy_change_ci": _paired(deepiot, base),
@@ -304,6 +498,7 @@ def comparison_markdown(device: str, metrics: dict) -> str:
     latency = all("predicted_latency_ms" in r for r in methods.values())
     lines = [f"# {device}: compression at budget {metrics['budget']} of the baseline's {metrics['cost']} "
              f"({'met' if metrics['budget_met'] else 'NOT MET'})", "",
+             *_floor_lines(metrics.get("floor", {}), metrics["cost"]),
              f"Test accuracy is the mean over {methods['baseline']['test_accuracy_ci']['users']} held-out users; "
              f"DeepIoT's change against the baseline, user by user: "
              f"{interval_text(metrics['accuracy_change_ci'], 4)}.", "",
@@ -316,7 +511,53 @@ def comparison_markdown(device: str, metrics: dict) -> str:
         lines.append(f"| {name} | {r['params']} | {r['relative_cost']:.3f} | "
                      + (f"{r['predicted_latency_ms']:.3f} | " if latency else "")
                      + f"{_with_ci(r['test_accuracy_ci'])} | {r['val_accuracy']:.3f} | {r['fits']} |")
+    lines += _refit_lines(metrics.get("refit", [])) + _selection_lines(metrics.get("selection", {}))
     return "\n".join(lines) + "\n"
+
+
+def _floor_lines(floor: dict, cost: str) -> list[str]:
+    if not floor:
+        return []
+    measured = f", measured {floor['measured']:.3f}" if floor.get("measured") is not None else ""
+    line = (f"One element per layer (the lowest width pruning reaches): predicted {floor['predicted']:.3f}"
+            f"{measured} of the baseline's {cost}.")
+    if floor.get("above_budget"):
+        line += f" **The budget is below it: the search aimed at {floor['aim']:.3f}, the best this device can reach.**"
+    return [line, ""]
+
+
+def _refit_lines(rounds: list[dict]) -> list[str]:
+    if not rounds:
+        return []
+    lines = ["", "## The latency model, refitted where the search went", "",
+             "Newly profiled compressed structures, predicted (ratio to the baseline) before and after each refit:",
+             "", "| round | configurations profiled | structures | within +-5 % before | within +-10 % before "
+             "| MAPE before | MAPE after |", "|---|---|---|---|---|---|---|"]
+    for r in rounds:
+        b, a = r.get("before_refit", {}), r.get("after_refit", {})
+        lines.append(f"| {r['round']} | {r['profiled']} | {b.get('candidates', 0)} | {_pct(b, 'within_5_pct')} | "
+                     f"{_pct(b, 'within_10_pct')} | {_pct(b, 'mape_pct', 1)} | {_pct(a, 'mape_pct', 1)} |")
+    return lines
+
+
+def _selection_lines(selection: dict) -> list[str]:
+    timed = selection.get("timed")
+    if not timed:
+        return ["", f"Structure taken: {selection['method']}."] if selection else []
+    p = selection["prediction"]
+    lines = ["", "## Candidates timed on the device against the baseline (same rounds)", "",
+             f"Predicted ratio within +-5 % of the measured one: {_pct(p, 'within_5_pct')}, within +-10 %: "
+             f"{_pct(p, 'within_10_pct')} ({p['candidates']} candidates).", "",
+             "| candidate | params | validation accuracy | predicted ratio | measured ratio | chosen |",
+             "|---|---|---|---|---|---|"]
+    for r in timed:
+        lines.append(f"| {r['name']} | {r['params']} | {r['accuracy']:.3f} | {r['predicted_ratio']:.3f} | "
+                     f"{r['measured_ratio']:.3f} | {'**yes**' if r['chosen'] else ''} |")
+    return lines
+
+
+def _pct(d: dict, key: str, digits: int = 0) -> str:
+    return f"{d[key]:.{digits}f} %" if key in d else "-"
 
 
 def _with_ci(ci: dict) -> str:

@@ -216,6 +216,7 @@ class TimingParams:
     max_repeats: int  # cap on samples per configuration
     max_time_s: float  # cap on timed seconds per configuration
     rel_tolerance: float  # stable: the median moved less than this share in the last round
+    reference_every: int  # with a reference model: one reference sample per this many configuration samples
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,10 @@ class SweepBase:
 class SamplerParams:
     seed: int
     configs_per_kind: int  # per layer kind: about half a width sweep around multiples, half random draws
-    models: int  # whole DeepSense models at random widths (end-to-end rows)
+    models: int  # whole DeepSense models (end-to-end rows)
+    scaled_share: float  # of those, this share is the baseline shrunk as compression shrinks it; the rest random
+    scaled_keep_range: tuple[float, ...]  # [min, max] keep fraction of a scaled baseline's widths (log-uniform)
+    scaled_jitter: float  # each layer's width of a scaled baseline also times exp(U(-jitter, jitter))
     kinds: tuple[str, ...]  # layer kinds to profile
     width_range: tuple[int, ...]  # [min, max] output filters / units
     multiples: tuple[int, ...]  # sweeps run through widths k*m-2 .. k*m+2 for the largest of these
@@ -299,6 +303,7 @@ class ForestParams:
 class FitLatencyParams:
     output_dir: str  # one folder per device: latency_model.json, rules.txt
     report_dir: str  # one folder per device: metrics.json, the evaluation table, figures
+    target: Literal["ratio", "ms"]  # fit each row's ratio to the reference model (times its median ms) or its ms
     seed: int
     folds: int  # evaluation: each kind's configurations in this many parts, each held out once
     prune_share: float  # share of the fitting rows kept aside to prune each tree
@@ -334,6 +339,21 @@ class SearchParams:
     init_keep: float  # keep-probability every element starts near
     eval_every: int  # steps between validation checks of the kept structure
     checkpoint_every: int  # steps between checkpoints (an interrupted run resumes from the last)
+    distill: float  # weight of distillation from the baseline in the task network's loss while searching
+
+
+@dataclass(frozen=True)
+class RefitParams:
+    rounds: int  # latency cost, timed device: profile what the search visited, refit, search on; 0: never
+    structures: int  # the search's most recent distinct candidate structures profiled per round
+    neighbours: tuple[float, ...]  # and the last kept structure scaled by these factors (its width neighbours)
+    max_items: int  # whole models + their distinct layers timed per round, at most
+    steps: int  # search steps after each refit (more pruning if the refitted model says over budget)
+
+
+@dataclass(frozen=True)
+class SelectParams:
+    candidates: int  # latency cost, timed device: the cheapest front candidates above the floor timed, with nudges
 
 
 @dataclass(frozen=True)
@@ -360,6 +380,8 @@ class CompressParams:
     seed: int
     threads: int
     search: SearchParams
+    refit: RefitParams
+    select: SelectParams
     fine_tune: FineTuneParams
 
 
@@ -370,7 +392,7 @@ class GateParams:
     min_agreement: float  # share of test windows where the device predicts what the torch model predicts
     latency_budget: float  # measured latency of the compressed model / the baseline's, same device
     size_budget: float  # exported file size of the compressed model / the baseline's (mcu: and fit flash, SRAM)
-    max_latency_error: float  # |measured - predicted| / measured latency of the compressed model
+    max_latency_error: float  # |measured - predicted| / measured ratio of the compressed model to the baseline
 
 
 @dataclass(frozen=True)

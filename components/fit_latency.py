@@ -8,6 +8,11 @@ evaluation table, metrics and figures (the report). For the microcontroller
 target the analytic model is passed through unchanged, and its agreement
 with the computed table is reported as a check. Everything goes to MLflow
 run `fit_latency/<device>`.
+
+`fit_latency.target` says what is fitted: each row's ratio to the reference
+model timed beside it, in milliseconds of one normalised phase (`ratio`), or
+the raw milliseconds (`ms`); see latency/fit.py. The metrics also give the
+tree's held-out whole-model scores under both targets, side by side.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from components.latency.fit import LatencyDataError, Rows
 from components.latency.model import AnalyticLatencyModel, LatencyModel
 from components.models.spec import LayerSpec
 from components.profiling.items import LAYER_KINDS
-from components.profiling.table import SCHEMA, TABLE_FILE
+from components.profiling.table import OPTIONAL_COLUMNS, SCHEMA, TABLE_FILE, with_optional_columns
 
 STAGE = "fit_latency"
 MODEL_FILE, RULES_FILE = "latency_model.json", "rules.txt"
@@ -79,7 +84,7 @@ def run(params: Params, device_name: str, profile_dir: Path | None = None, outpu
     out = Path(output_dir) if output_dir else params.path(cfg.output_dir) / device.name
     reports = Path(report_dir) if report_dir else params.path(cfg.report_dir) / device.name
     raw = _read_table(table, device.name)
-    rows = fitting.usable_rows(raw, device.name, str(table), params.profile.max_failed_share)
+    rows = fitting.usable_rows(raw, device.name, str(table), params.profile.max_failed_share, cfg.target)
     with tracking.stage_run(params, STAGE, pipeline_key, device=device.name) as mlrun:
         mlrun.log_params({"fit_latency": asdict(cfg), "device": device.to_dict(), "profile_table": str(table)})
         started = time.perf_counter()
@@ -92,7 +97,7 @@ def run(params: Params, device_name: str, profile_dir: Path | None = None, outpu
             evaluation = fitting.evaluate(rows, cfg)
             log.info("%s: fitting the model on every row", device.name)
             model = fitting.fit(rows, cfg, device.name, device.runtime, _info(table, rows))
-            metrics = _metrics(model, evaluation, rows)
+            metrics = _metrics(model, evaluation, rows) | _target_metrics(rows, cfg, device.name)
         metrics |= {"device": device.name, "runtime": device.runtime, "method": model.method,
                     "rows_invalid": len(rows.invalid), "rows_failed": rows.failed,
                     "fit_s": round(time.perf_counter() - started, 3)}
@@ -117,11 +122,11 @@ def _read_table(path: Path, device: str) -> list[dict]:
     except (pa.ArrowException, OSError) as exc:
         raise LatencyDataError(f"device {device}: {path} is not a readable profile table ({exc}); profile the "
                                "device again") from None
-    missing = [name for name in SCHEMA.names if name not in table.column_names]
+    missing = [name for name in SCHEMA.names if name not in table.column_names and name not in OPTIONAL_COLUMNS]
     if missing:
         raise LatencyDataError(f"device {device}: {path} lacks columns {', '.join(missing)} (written by another "
                                "version?); profile the device again")
-    return table.to_pylist()
+    return with_optional_columns(table).to_pylist()  # an older table: no ratios, its rows are fitted on ms
 
 
 def _info(table: Path, rows: Rows) -> dict:
@@ -143,6 +148,25 @@ def _metrics(model: LatencyModel, evaluation, rows: Rows) -> dict:
     for kind in model.kinds:
         metrics[f"fallback_{kind}"] = int(bool(model.kinds[kind].fallback))
         metrics[f"tree_leaves_{kind}"] = model.kinds[kind].tree.leaves
+    return metrics
+
+
+def _target_metrics(rows: Rows, cfg: FitLatencyParams, device: str) -> dict:
+    """The target fitted, R, and the tree's held-out whole-model scores under each target (ratio: if rows have one)."""
+    metrics: dict = {"target": rows.target_info()["target"], "rows_with_ratio": rows.with_ratio}
+    if rows.reference_ms is not None:
+        metrics["reference_ms"] = rows.reference_ms
+    by_target: dict = {}
+    for target in fitting.TARGETS:
+        target_rows = rows if target == rows.target else fitting.retargeted(rows, target, device)
+        if target == "ratio" and not target_rows.with_ratio:
+            continue  # no ratios: the same numbers as ms
+        scored = fitting.whole_model_scores(target_rows, cfg)
+        if scored is not None:
+            by_target[target] = {"whole_model_within_pct": scored["within_pct"],
+                                 "whole_model_mape_pct": scored["mape_pct"]}
+    if by_target:
+        metrics["targets"] = by_target
     return metrics
 
 
@@ -227,5 +251,8 @@ def _say(model, metrics: dict) -> None:
     if whole:
         log.info("%s whole models: MAPE %.1f %%, %.0f %% within the band", model.device, whole["tree"]["mape_pct"],
                  whole["tree"]["within_pct"])
+    for target, scored in metrics.get("targets", {}).items():
+        log.info("%s whole models fitted on %s (tree, leave one out): %.0f %% within the band, MAPE %.1f %%",
+                 model.device, target, scored["whole_model_within_pct"], scored["whole_model_mape_pct"])
     if model.fallback_kinds:
         log.warning("%s: FALLBACK (conservative, not fitted) for %s", model.device, ", ".join(model.fallback_kinds))

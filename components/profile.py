@@ -7,6 +7,11 @@ the device's append-only log, convert and time the rest in worker processes
 MLflow. A device that fails more than `max_failed_share` of its
 configurations fails with a clear message after its table is written; other
 devices are separate calls (separate Airflow tasks), so they still finish.
+
+A timed device times every configuration beside the reference model (the
+baseline DeepSense, `sampler.reference_item`), whose own row is in the table
+too: each row's `ratio` to it holds across the machine's speed phases
+(devices/timing.py), and fit_latency fits on it.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from components.devices.base import Backend, get_backend
 from components.devices.pool import Device, load_pool, select
 from components.profiling.items import Item
 from components.profiling.runner import TimedProfiler, computed_rows
-from components.profiling.sampler import sample_items
+from components.profiling.sampler import model_input_shape, reference_item, sample_items
 from components.profiling.table import ProfileLog
 
 STAGE = "profile"
@@ -59,31 +64,31 @@ def run(params: Params, device_name: str, output_dir: Path | None = None, report
     if not backend.timed and device.mcu is None:
         raise ConfigError(f"device {device.name}: runtime {device.runtime} is computed and needs an `mcu` section")
     items = sample_items(sampler_params(params), params.train)
-    return _profile(params, device, backend, items, out, reports, pipeline_key)
+    reference = reference_item(params) if backend.timed else None  # a computed device has no speed phases
+    if reference is not None:  # its own row too: it is a whole model
+        items = [reference, *(item for item in items if item.key != reference.key)]
+    return _profile(params, device, backend, items, out, reports, pipeline_key, reference)
 
 
 def sampler_params(params: Params):
     """profile.sampler, its whole models shaped like the configured data set's input when it names no shape."""
     from dataclasses import replace
 
-    from components.data.shape import input_shape
-
-    sampler = params.profile.sampler
-    if sampler.model_input_shape:
-        return sampler
-    return replace(sampler, model_input_shape=input_shape(params))
+    return replace(params.profile.sampler, model_input_shape=model_input_shape(params))
 
 
-def _fingerprint(params: Params, device: Device, version: str) -> dict:
-    return {"device": device.to_dict(), "timing": asdict(params.profile.timing), "runtime_version": version}
+def fingerprint(params: Params, device: Device, version: str, reference: Item | None) -> dict:
+    """What the rows depend on; the reference too, since every ratio in the log is relative to it."""
+    return {"device": device.to_dict(), "timing": asdict(params.profile.timing), "runtime_version": version,
+            "reference_id": reference.key if reference is not None else None}
 
 
 def _profile(params: Params, device: Device, backend: Backend, items: list[Item], out: Path, reports: Path,
-             pipeline_key: str | None) -> ProfileResult:
+             pipeline_key: str | None, reference: Item | None) -> ProfileResult:
     from components import tracking
 
     version = _version(backend)
-    profile_log = ProfileLog(out, _fingerprint(params, device, version))
+    profile_log = ProfileLog(out, fingerprint(params, device, version, reference))
     done = profile_log.open()
     todo = [item for item in items if item.key not in done]
     log.info("%s (%s, %s): %d configurations, %d already in the log, %d to profile", device.name,
@@ -92,7 +97,7 @@ def _profile(params: Params, device: Device, backend: Backend, items: list[Item]
     with tracking.stage_run(params, STAGE, pipeline_key, device=device.name) as mlrun:
         mlrun.log_params({"profile": asdict(params.profile), "device": device.to_dict()})
         start = time.perf_counter()
-        _profile_items(params, device, backend, version, todo, out, profile_log)
+        _profile_items(params, device, backend, version, todo, out, profile_log, reference)
         wall_s = time.perf_counter() - start
         table_path = profile_log.write_table([item.key for item in items])
         rows = _read_rows(table_path)
@@ -119,9 +124,9 @@ def _version(backend: Backend) -> str:
 
 
 def _profile_items(params: Params, device: Device, backend: Backend, version: str, todo: list[Item], out: Path,
-                   profile_log: ProfileLog) -> None:
+                   profile_log: ProfileLog, reference: Item | None) -> None:
     if backend.timed:
-        rows = TimedProfiler(device, backend, params.profile, out / "work", version).rows(todo)
+        rows = TimedProfiler(device, backend, params.profile, out / "work", version, reference).rows(todo)
     else:
         rows = computed_rows(todo, device, backend)
     pending: list[dict] = []
@@ -175,7 +180,18 @@ def noise_metrics(rows: list[dict], measured_now: set[str], wall_s: float) -> di
                     "median_repeats": statistics.median(r["repeats"] for r in ok)}
     for kind in sorted({r["kind"] for r in rows}):
         metrics[f"configs_{kind}"] = sum(1 for r in ok if r["kind"] == kind)
-    return metrics
+    return metrics | ratio_metrics(ok)
+
+
+def ratio_metrics(ok: list[dict]) -> dict:
+    """How many rows carry a ratio to the reference, its noise (IQR / median) and the reference's time."""
+    with_ratio = [r for r in ok if r.get("ratio")]
+    if not with_ratio:
+        return {"rows_with_ratio": 0}
+    return {"rows_with_ratio": len(with_ratio),
+            "median_relative_ratio_iqr": statistics.median((r["ratio_q3"] - r["ratio_q1"]) / r["ratio"]
+                                                           for r in with_ratio),
+            "reference_ms": statistics.median(r["reference_ms"] for r in with_ratio)}
 
 
 def _check_failures(device: Device, metrics: dict, max_share: float, rows: list[dict]) -> None:

@@ -16,14 +16,26 @@ seconds. The garbage collector is off while timing.
 `busy_s` asks for at least that many timed seconds in all: when the next
 configurations convert on other cores meanwhile, extra rounds cost no wall
 time and tighten the medians.
+
+With a `reference` (one inference of a fixed model, e.g. the baseline), the
+machine's speed is measured alongside: one reference sample before the
+first configuration sample, then one after every `reference_every`
+configuration samples, and one after the last. Each configuration sample is
+divided by the reference time at its moment, interpolated between the
+reference samples taken just before and just after it, so a phase in which
+the machine runs 50 % slower slows both and leaves the ratio alone
+(milliseconds measured in different phases differ; ratios do not). The stop
+rule then watches the median ratio instead of the median milliseconds; the
+milliseconds are still reported beside the ratio.
 """
 
 from __future__ import annotations
 
+import bisect
 import gc
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 from components.config import TimingParams
@@ -41,6 +53,11 @@ class Timing:
     inner_loops: int  # inferences per sample
     timed_s: float  # total duration of the samples (the runs themselves)
     stable: bool  # the median met the tolerance before a cap
+    # with a reference model (None without): median over the samples of time / the reference time around it
+    ratio: float | None = None
+    ratio_q1: float | None = None
+    ratio_q3: float | None = None
+    reference_ms: float | None = None  # median time of one reference inference over the whole batch
 
     @property
     def relative_iqr(self) -> float:
@@ -77,58 +94,141 @@ def moved_less_than(samples: list[float], before: int, rel_tolerance: float) -> 
     return abs(now - then) <= rel_tolerance * now
 
 
+def _quartiles(values: list[float]) -> tuple[float, float, float]:
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, median, q3
+
+
 class _Series:
-    """The samples of one configuration."""
+    """The samples of one run (a configuration, or the reference), each with the moment it was taken."""
 
     def __init__(self, run: Callable[[], object], loops: int):
         self.run, self.loops = run, loops
-        self.samples: list[float] = []
+        self.samples: list[float] = []  # seconds per inference
+        self.stamps: list[float] = []  # perf_counter at the middle of each sample
         self.timed_s = 0.0
         self.rounds = 0
         self.stable = False
 
-    def take(self, count: int) -> int:
+    def take_one(self) -> None:
+        start = time.perf_counter()
+        elapsed = _sample(self.run, self.loops)
+        self.timed_s += elapsed
+        self.samples.append(elapsed / self.loops)
+        self.stamps.append(start + elapsed / 2)
+
+    def take(self, count: int, reference: _Reference | None = None) -> int:
+        """One round: `count` samples (the reference paced in between); returns the count before it."""
         before = len(self.samples)
         for _ in range(count):
-            elapsed = _sample(self.run, self.loops)
-            self.timed_s += elapsed
-            self.samples.append(elapsed / self.loops)
+            self.take_one()
+            if reference is not None:
+                reference.tick()
         self.rounds += 1
         return before
 
     def capped(self, p: TimingParams) -> bool:
         return len(self.samples) >= p.max_repeats or self.timed_s >= p.max_time_s
 
-    def result(self) -> Timing:
-        s = self.samples
-        q1, median, q3 = statistics.quantiles(s, n=4, method="inclusive") if len(s) > 1 else s * 3
-        return Timing(latency_ms=median * 1e3, q1_ms=q1 * 1e3, q3_ms=q3 * 1e3, iqr_ms=(q3 - q1) * 1e3,
-                      repeats=len(s), inner_loops=self.loops, timed_s=self.timed_s, stable=self.stable)
+    def ratios(self, reference: _Reference) -> list[float]:
+        return [value / reference.around(stamp) for value, stamp in zip(self.samples, self.stamps)]
+
+    def result(self, reference: _Reference | None = None) -> Timing:
+        q1, median, q3 = _quartiles(self.samples)
+        timing = Timing(latency_ms=median * 1e3, q1_ms=q1 * 1e3, q3_ms=q3 * 1e3, iqr_ms=(q3 - q1) * 1e3,
+                        repeats=len(self.samples), inner_loops=self.loops, timed_s=self.timed_s,
+                        stable=self.stable)
+        if reference is None:
+            return timing
+        r1, ratio, r3 = _quartiles(self.ratios(reference))
+        return replace(timing, ratio=ratio, ratio_q1=r1, ratio_q3=r3,
+                       reference_ms=statistics.median(reference.samples) * 1e3)
 
 
-def measure_many(runs: list[Callable[[], object]], p: TimingParams, busy_s: float = 0.0) -> list[Timing]:
-    """Time each of `runs` (one inference each), round-robin, with the protocol above."""
-    series = []
-    for run in runs:
-        for _ in range(p.warmup_runs):
-            run()
-        series.append(_Series(run, calibrate(run, p.min_sample_s)))
+class _Reference(_Series):
+    """The reference model's samples: one after every `every` configuration samples (see the module docstring)."""
+
+    def __init__(self, run: Callable[[], object], loops: int, every: int):
+        super().__init__(run, loops)
+        self.every, self.pending = every, 0
+
+    def tick(self) -> None:
+        self.pending += 1
+        if self.pending >= self.every:
+            self.take_one()
+            self.pending = 0
+
+    def close(self) -> None:
+        """A last sample, so the configuration samples since the previous one have one after them too."""
+        if self.pending or not self.samples:
+            self.take_one()
+            self.pending = 0
+
+    def around(self, stamp: float) -> float:
+        """Seconds per reference inference at `stamp`: interpolated between the samples just before and after it.
+
+        Linear in time, so a machine that slows down steadily gives every
+        configuration sample the reference time of its own moment; at either
+        end (no sample after it yet, while the stop rule looks) the nearest one.
+        """
+        i = bisect.bisect_left(self.stamps, stamp)
+        if i == 0 or i == len(self.stamps):
+            return self.samples[min(i, len(self.samples) - 1)]
+        t0, t1 = self.stamps[i - 1], self.stamps[i]
+        weight = (stamp - t0) / (t1 - t0) if t1 > t0 else 0.5
+        return self.samples[i - 1] + weight * (self.samples[i] - self.samples[i - 1])
+
+
+def _prepare(run: Callable[[], object], p: TimingParams) -> int:
+    """Warm `run` up and return its loop count."""
+    for _ in range(p.warmup_runs):
+        run()
+    return calibrate(run, p.min_sample_s)
+
+
+def measure_many(runs: list[Callable[[], object]], p: TimingParams, busy_s: float = 0.0,
+                 reference: Callable[[], object] | None = None) -> list[Timing]:
+    """Time each of `runs` (one inference each), round-robin, with the protocol above.
+
+    With `reference`, every Timing also carries the ratio to it and the
+    reference's own median (`reference_ms`).
+    """
+    if reference is not None and p.reference_every < 1:
+        raise ValueError(f"timing.reference_every must be at least 1 (got {p.reference_every})")
+    series = [_Series(run, _prepare(run, p)) for run in runs]
+    ref = None
+    if reference is not None and series:
+        ref = _Reference(reference, _prepare(reference, p), p.reference_every)
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        while True:
-            busy = sum(s.timed_s for s in series) < busy_s
-            active = [s for s in series if not s.capped(p) and (not s.stable or busy)]
-            if not active:
-                break
-            for s in active:
-                before = s.take(p.samples_per_round)
-                s.stable = s.rounds >= p.min_rounds and moved_less_than(s.samples, before, p.rel_tolerance)
+        if ref is not None:
+            ref.take_one()  # the first configuration sample has one before it
+        _rounds(series, p, busy_s, ref)
+        if ref is not None:
+            ref.close()
     finally:
         if was_enabled:
             gc.enable()
-    return [s.result() for s in series]
+    return [s.result(ref) for s in series]
 
 
-def measure(run: Callable[[], object], p: TimingParams, busy_s: float = 0.0) -> Timing:
-    return measure_many([run], p, busy_s)[0]
+def _rounds(series: list[_Series], p: TimingParams, busy_s: float, ref: _Reference | None) -> None:
+    """Round-robin until every series is stable (or busy time is used up) or capped."""
+    while True:
+        timed_s = sum(s.timed_s for s in series) + (ref.timed_s if ref is not None else 0.0)
+        busy = timed_s < busy_s
+        active = [s for s in series if not s.capped(p) and (not s.stable or busy)]
+        if not active:
+            return
+        for s in active:
+            before = s.take(p.samples_per_round, ref)
+            watched = s.ratios(ref) if ref is not None else s.samples
+            s.stable = s.rounds >= p.min_rounds and moved_less_than(watched, before, p.rel_tolerance)
+
+
+def measure(run: Callable[[], object], p: TimingParams, busy_s: float = 0.0,
+            reference: Callable[[], object] | None = None) -> Timing:
+    return measure_many([run], p, busy_s, reference)[0]

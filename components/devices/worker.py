@@ -123,19 +123,22 @@ def _handle(role: str, backend, threads: int, request: dict) -> dict:
 
 
 def _time_batch(backend, threads: int, request: dict) -> dict:
-    """Load every item of the batch, then time those that loaded together (round-robin)."""
+    """Load every item of the batch, then time those that loaded together (round-robin).
+
+    With a `reference` entry ({"item": ..., "artifact": ...}), that model is
+    timed in the same rounds and every timing carries its ratio to it; if the
+    reference cannot be loaded, the items are timed without it and the answer
+    says why (`reference_error`).
+    """
     from components.config import TimingParams
     from components.devices.timing import measure_many
-    from components.profiling.items import Item, example_input
 
     results: list[dict] = []
     runs, loaded = [], []
     for entry in request["items"]:
-        item = Item.from_json(entry["item"])
-        artifact = Path(entry["artifact"]) if entry.get("artifact") else None
         start = time.perf_counter()
         try:
-            run = backend.load(item, artifact, threads).bind(example_input(item))
+            run = _bound_run(backend, threads, entry)
         except Exception as exc:  # this configuration fails; the others are still timed
             traceback.print_exc()
             results.append({"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]})
@@ -143,16 +146,48 @@ def _time_batch(backend, threads: int, request: dict) -> dict:
         results.append({"ok": True, "load_s": time.perf_counter() - start})
         runs.append(run)
         loaded.append(len(results) - 1)
-    timings = measure_many(runs, TimingParams(**request["timing"]), busy_s=request.get("busy_s", 0.0))
+    answer: dict = {"ok": True, "results": results}
+    reference = None
+    if request.get("reference") and runs:
+        try:
+            reference = _reference_run(backend, threads, request["reference"])
+        except Exception as exc:  # milliseconds are still worth having; the ratios are missing
+            traceback.print_exc()
+            answer["reference_error"] = f"{type(exc).__name__}: {exc}"[:500]
+    timings = measure_many(runs, TimingParams(**request["timing"]), busy_s=request.get("busy_s", 0.0),
+                           reference=reference)
     for index, timing in zip(loaded, timings):
         results[index]["timing"] = timing.to_dict()
-    return {"ok": True, "results": results}
+    return answer
+
+
+def _bound_run(backend, threads: int, entry: dict):
+    """One inference of the entry's item on its example input, as a no-argument callable."""
+    from components.profiling.items import Item, example_input
+
+    item = Item.from_json(entry["item"])
+    artifact = Path(entry["artifact"]) if entry.get("artifact") else None
+    return backend.load(item, artifact, threads).bind(example_input(item))
+
+
+_REFERENCE: dict[tuple[str, str], object] = {}  # the reference loaded by this worker: the same one every batch
+
+
+def _reference_run(backend, threads: int, entry: dict):
+    """The reference's bound run, loaded on its first batch and kept while this worker lives."""
+    key = (entry["item"], entry.get("artifact") or "")
+    if key not in _REFERENCE:
+        _REFERENCE.clear()
+        _REFERENCE[key] = _bound_run(backend, threads, entry)
+    return _REFERENCE[key]
 
 
 def _validate_files(backend, threads: int, request: dict) -> dict:
     """Check, load and run exported models on the test windows (`predict`), and/or time them together (`time`).
 
-    Per model: its sha256 is checked before loading. With `predict`, the
+    Per model: its sha256 is checked before loading. With `reference_index`,
+    that model (e.g. the baseline) is also the timing reference: every timing
+    then carries its ratio to it (devices/timing.py). With `predict`, the
     outputs on every window are saved and the peak memory is the process's
     resident-set high-water mark while loading and running it, above what was
     resident once the runtime was imported: run one model per fresh worker,
@@ -192,9 +227,17 @@ def _validate_files(backend, threads: int, request: dict) -> dict:
         runs.append(run)
         loaded.append(len(results) - 1)
     if request.get("time", True):
-        for index, timing in zip(loaded, measure_many(runs, TimingParams(**request["timing"]))):
+        reference = _reference_of(runs, loaded, request.get("reference_index"))
+        for index, timing in zip(loaded, measure_many(runs, TimingParams(**request["timing"]), reference=reference)):
             results[index]["timing"] = timing.to_dict()
     return {"ok": True, "results": results}
+
+
+def _reference_of(runs: list, loaded: list[int], index: int | None):
+    """The run of model `index` (e.g. the baseline) as the timing reference, or None if absent or not loaded."""
+    if index is None or index not in loaded:
+        return None
+    return runs[loaded.index(index)]
 
 
 def _graph_memory(path: Path) -> dict | None:

@@ -14,6 +14,16 @@ Evaluation follows the issue's two splits:
   (which never see whole-model rows) with the whole-model correction fitted
   on the *other* models (leave one model out).
 The model that is saved is then fitted the same way on every row.
+
+What is fitted (`target`): `ms`, each row's measured milliseconds; or
+`ratio`, each row's time relative to the reference model timed in the same
+rounds (the baseline, see devices/timing.py) times R, the median of the
+reference's own milliseconds over the table. Milliseconds measured in a
+fast phase of the machine and in a slow one disagree by up to half; their
+ratios do not, and one R per device turns them back into milliseconds of one
+normalised phase, so the model still predicts milliseconds. Rows without a
+ratio (a table from before, a failed reference) are fitted on their
+milliseconds. Every usable row carries what is fitted as `fit_ms`.
 """
 
 from __future__ import annotations
@@ -28,13 +38,14 @@ from scipy.optimize import lsq_linear
 from components.config import FitLatencyParams
 from components.latency.baselines import Boosted, Forest, LinearFlops
 from components.latency.features import layer_values, matrix
-from components.latency.model import KindModel, LatencyModel, Overhead
+from components.latency.model import KindModel, LatencyModel, Overhead, Residuals, correction, log_widths
 from components.latency.tree import LinearTree, nnls_fit
 from components.models.spec import ModelSpec
 from components.profiling.items import LAYER_KINDS, Item
 
 log = logging.getLogger(__name__)
 PREDICTORS = ("tree", "linear_flops", "boosted", "forest")
+TARGETS = ("ratio", "ms")
 _MAJOR_SHARE = 0.05  # a layer kind below this share of a model's time shares the common whole-model scale
 FALLBACK_DOC = ("conservative fallback: latency = s * (w * FLOPs + b), where w, b >= 0 are fitted to every usable "
                 "layer row of the device (all kinds) and s >= 1 lifts the line above the slowest of them")
@@ -52,14 +63,27 @@ class Rows:
     models: list[tuple[ModelSpec, dict]]  # whole-model rows and their descriptions
     invalid: list[dict] = field(default_factory=list)  # ok rows whose latency is NaN, infinite or <= 0
     failed: int = 0
+    target: str = "ms"  # what `fit_ms` holds: ratio (ratio * reference_ms where a row has one) or ms
+    reference_ms: float | None = None  # R: median reference milliseconds over the rows with a ratio
+    reference_id: str | None = None  # the reference model's key
+    with_ratio: int = 0  # usable rows fitted on their ratio
+
+    def target_info(self) -> dict:
+        """What the saved model's `info` says about its target (`target` is ms when no row had a ratio)."""
+        return {"target": self.target if self.with_ratio else "ms", "reference_ms": self.reference_ms,
+                "reference_id": self.reference_id, "rows_with_ratio": self.with_ratio}
 
 
-def usable_rows(rows: list[dict], device: str, source: str, max_failed_share: float = 1.0) -> Rows:
+def usable_rows(rows: list[dict], device: str, source: str, max_failed_share: float = 1.0,
+                target: str = "ms") -> Rows:
     """Check a profile table's rows and keep the usable ones; raise LatencyDataError if none can be fitted.
 
     A table with more failed rows than `max_failed_share` (the share that
     fails the device's profile) is refused too: its profile did not succeed.
+    `target` (ms | ratio) decides what each row's `fit_ms` holds (module docstring).
     """
+    if target not in TARGETS:
+        raise ValueError(f"fit_latency.target must be one of {', '.join(TARGETS)} (got {target!r})")
     if not rows:
         raise LatencyDataError(f"device {device}: the profile table {source} has no rows; run "
                                f"`python -m components profile --device {device}` first")
@@ -80,9 +104,47 @@ def usable_rows(rows: list[dict], device: str, source: str, max_failed_share: fl
         log.warning("device %s: %d rows of %s have a latency that is not a positive number and are left out: %s",
                     device, len(invalid), source,
                     ", ".join(f"{r['kind']} {r['config_id']} ({r['latency_ms']})" for r in invalid[:5]))
+    valid, reference = with_target(valid, target, device)
     layers = {kind: [r for r in valid if r["kind"] == kind] for kind in LAYER_KINDS}
     models = [(Item.from_json(r["config"]).model, r) for r in valid if r["kind"] == "model"]
-    return Rows(layers, models, invalid, len(rows) - len(ok))
+    return Rows(layers, models, invalid, len(rows) - len(ok), target, **reference)
+
+
+def with_target(rows: list[dict], target: str, device: str) -> tuple[list[dict], dict]:
+    """Copies of `rows` with `fit_ms`, and what the ratios are relative to (reference_ms, reference_id, with_ratio).
+
+    Ratios relative to different references do not mix: only the rows of the
+    reference most rows share keep theirs.
+    """
+    if target == "ms":
+        return [r | {"fit_ms": r["latency_ms"]} for r in rows], {}
+    timed = [r for r in rows if _positive(r.get("ratio")) and _positive(r.get("reference_ms"))]
+    ids = [r.get("reference_id") for r in timed]
+    reference_id = max(set(ids), key=ids.count) if ids else None
+    paired = [r for r in timed if r.get("reference_id") == reference_id]
+    if len(paired) < len(timed):
+        log.warning("device %s: %d rows have ratios to another reference than %s; they are fitted on ms", device,
+                    len(timed) - len(paired), reference_id)
+    if not paired:
+        return [r | {"fit_ms": r["latency_ms"]} for r in rows], {}
+    reference_ms = float(np.median([r["reference_ms"] for r in paired]))
+    paired_ids = {id(r) for r in paired}
+    fitted = [r | {"fit_ms": r["ratio"] * reference_ms if id(r) in paired_ids else r["latency_ms"]} for r in rows]
+    return fitted, {"reference_ms": reference_ms, "reference_id": reference_id, "with_ratio": len(paired)}
+
+
+def retargeted(rows: Rows, target: str, device: str) -> Rows:
+    """The same usable rows with `fit_ms` for another target (to compare targets on one table)."""
+    layer_rows = [r for rs in rows.layers.values() for r in rs]
+    fitted, reference = with_target(layer_rows + [r for _, r in rows.models], target, device)
+    layers = {kind: [r for r in fitted[: len(layer_rows)] if r["kind"] == kind] for kind in rows.layers}
+    models = [(spec, r) for (spec, _), r in zip(rows.models, fitted[len(layer_rows):])]
+    return Rows(layers, models, rows.invalid, rows.failed, target, **reference)
+
+
+def _y(rows: list[dict]) -> np.ndarray:
+    """What is fitted (`fit_ms`; rows built by hand without it: their milliseconds)."""
+    return np.array([r.get("fit_ms", r["latency_ms"]) for r in rows])
 
 
 def _positive(value) -> bool:
@@ -103,7 +165,7 @@ def check_fittable(rows: Rows, device: str, cfg: FitLatencyParams) -> None:
 
 
 def fit_tree(rows: list[dict], kind: str, cfg: FitLatencyParams, rng: np.random.Generator) -> LinearTree:
-    y = np.array([r["latency_ms"] for r in rows])
+    y = _y(rows)
     split_vars, leaf_vars = list(cfg.split_variables), list(cfg.leaf_variables[kind])
     prune = rng.random(len(rows)) < cfg.prune_share
     return LinearTree.fit(matrix(rows, split_vars), matrix(rows, leaf_vars), y, split_vars, leaf_vars, cfg.tree,
@@ -112,7 +174,7 @@ def fit_tree(rows: list[dict], kind: str, cfg: FitLatencyParams, rng: np.random.
 
 def fallback_tree(pool: list[dict]) -> LinearTree:
     """One leaf over FLOPs that lies above every usable layer row of the device (see FALLBACK_DOC)."""
-    y = np.array([r["latency_ms"] for r in pool])
+    y = _y(pool)
     flops = matrix(pool, ["flops"])
     w, b, _ = nnls_fit(flops, y)
     fitted = flops[:, 0] * w[0] + b
@@ -174,11 +236,45 @@ def fit(rows: Rows, cfg: FitLatencyParams, device: str, runtime: str, info: dict
     """The model that is saved: every usable row."""
     check_fittable(rows, device, cfg)
     kinds = fit_kinds(rows, cfg, cfg.seed)
-    model = LatencyModel(device, runtime, kinds, Overhead("none"), info)
+    model = LatencyModel(device, runtime, kinds, Overhead("none"), (info or {}) | rows.target_info())
     sums = [_sums_by_kind(spec, lambda kind, layers: float(model.predict_layers(layers).sum()))
             for spec, _ in rows.models]
-    model.overhead = fit_overhead(sums, np.array([r["latency_ms"] for _, r in rows.models]), cfg)
+    y = _y([r for _, r in rows.models])
+    model.overhead = fit_overhead(sums, y, cfg)
+    formula = np.array([model.overhead.apply(s) for s in sums])
+    model.residuals = fit_residuals([spec for spec, _ in rows.models], y, formula)
     return model
+
+
+BANDWIDTHS = (0.05, 0.1, 0.2, 0.4, 0.8)  # root mean square difference of log widths (0.1: ~10 % wider or narrower)
+SHRINKS = (0.1, 0.3, 1.0, 3.0)
+
+
+def fit_residuals(specs: list[ModelSpec], y: np.ndarray, formula: np.ndarray) -> Residuals:
+    """The local correction (`Residuals`) from whole-model rows, bandwidth and shrink by leave-one-out.
+
+    Only the models of the most common architecture (layer names) count; no
+    correction at all wins if it predicts the left-out models better.
+    """
+    names = [tuple(layer.name for layer in spec.layers) for spec in specs]
+    if not names:
+        return Residuals()
+    common = max(set(names), key=names.count)
+    index = [i for i, n in enumerate(names) if n == common]
+    if len(index) < 3:
+        return Residuals()
+    points = np.array([log_widths(specs[i]) for i in index])
+    values = np.log(y[index] / np.maximum(formula[index], 1e-12))
+    best, best_error = None, float(np.mean(np.abs(np.expm1(values))))  # no correction
+    for h in BANDWIDTHS:
+        for shrink in SHRINKS:
+            errors = [abs(np.expm1(values[i] - correction(np.delete(points, i, 0), np.delete(values, i), points[i], h,
+                                                          shrink))) for i in range(len(index))]
+            if np.mean(errors) < best_error - 1e-9:
+                best, best_error = (h, shrink), float(np.mean(errors))
+    if best is None:
+        return Residuals()
+    return Residuals(common, tuple(tuple(map(float, p)) for p in points), tuple(map(float, values)), *best)
 
 
 def _sums_by_kind(spec: ModelSpec, predict_sum) -> dict[str, float]:
@@ -220,14 +316,14 @@ def evaluate(rows: Rows, cfg: FitLatencyParams) -> Evaluation:
         for test in folds:
             train = [r for r, t in zip(kind_rows, test) if not t]
             held = [r for r, t in zip(kind_rows, test) if t]
-            measured = np.array([r["latency_ms"] for r in held])
+            measured = _y(held)
             for name, predictor in _fit_predictors(train, kind, cfg).items():
                 points += _points("configurations", kind, name, measured, predictor.predict(held))
     points += _whole_model_points(rows.models, layer_predictors(rows, cfg), cfg)
     return Evaluation(_summarise(points, cfg.within), points, not_evaluated)
 
 
-def layer_predictors(rows: Rows, cfg: FitLatencyParams) -> dict[str, dict]:
+def layer_predictors(rows: Rows, cfg: FitLatencyParams, names: tuple[str, ...] = PREDICTORS) -> dict[str, dict]:
     """kind -> predictor name -> fitted on every row of the kind, or the fallback by the rule `fit_kinds` uses.
 
     Whole-model rows never reach layer fits, so these predict held-out models
@@ -238,9 +334,9 @@ def layer_predictors(rows: Rows, cfg: FitLatencyParams) -> dict[str, dict]:
     for kind in cfg.leaf_variables:
         kind_rows = rows.layers.get(kind, [])
         if len(kind_rows) < cfg.min_rows:
-            predictors[kind] = {name: _Fallback(pool) for name in PREDICTORS}
+            predictors[kind] = {name: _Fallback(pool) for name in names}
         else:
-            predictors[kind] = _fit_predictors(kind_rows, kind, cfg)
+            predictors[kind] = _fit_predictors(kind_rows, kind, cfg, names)
     return predictors
 
 
@@ -270,22 +366,25 @@ class _Fallback(_TreePredictor):
         super().__init__(fallback_tree(pool))
 
 
-def _fit_predictors(train: list[dict], kind: str, cfg: FitLatencyParams) -> dict:
-    y = np.array([r["latency_ms"] for r in train])
-    return {
-        "tree": _TreePredictor(fit_tree(train, kind, cfg, np.random.default_rng(cfg.seed))),
-        "linear_flops": LinearFlops().fit(train, y),
-        "boosted": Boosted(cfg.boosted, cfg.seed).fit(train, y),
-        "forest": Forest(cfg.forest, cfg.seed).fit(train, y),
+def _fit_predictors(train: list[dict], kind: str, cfg: FitLatencyParams,
+                    names: tuple[str, ...] = PREDICTORS) -> dict:
+    y = _y(train)
+    makers = {
+        "tree": lambda: _TreePredictor(fit_tree(train, kind, cfg, np.random.default_rng(cfg.seed))),
+        "linear_flops": lambda: LinearFlops().fit(train, y),
+        "boosted": lambda: Boosted(cfg.boosted, cfg.seed).fit(train, y),
+        "forest": lambda: Forest(cfg.forest, cfg.seed).fit(train, y),
     }
+    return {name: makers[name]() for name in names}
 
 
-def _whole_model_points(models: list[tuple[ModelSpec, dict]], fitted: dict, cfg: FitLatencyParams) -> list[dict]:
+def _whole_model_points(models: list[tuple[ModelSpec, dict]], fitted: dict, cfg: FitLatencyParams,
+                        predictors: tuple[str, ...] = PREDICTORS) -> list[dict]:
     if not models:
         return []
-    y = np.array([r["latency_ms"] for _, r in models])
+    y = _y([r for _, r in models])
     points = []
-    for name in PREDICTORS:
+    for name in predictors:
         def predict_sum(kind: str, layers: list, name=name) -> float:
             return float(fitted[kind][name].predict([layer_values(layer) for layer in layers]).sum())
 
@@ -295,8 +394,21 @@ def _whole_model_points(models: list[tuple[ModelSpec, dict]], fitted: dict, cfg:
             others = [j for j in range(len(y)) if j != i]
             overhead = fit_overhead([sums[j] for j in others], y[others], cfg, form_models=len(y))
             predicted[i] = overhead.apply(sums[i])
+            if name == "tree":  # the saved model's local correction, fitted on the other models too
+                formula = np.array([overhead.apply(sums[j]) for j in others])
+                residuals = fit_residuals([models[j][0] for j in others], y[others], formula)
+                predicted[i] *= residuals.factor(models[i][0])
         points += _points("whole models", "model", name, y, predicted)
     return points
+
+
+def whole_model_scores(rows: Rows, cfg: FitLatencyParams) -> dict | None:
+    """The tree's held-out whole-model scores alone (leave one model out): a cheap comparison of targets."""
+    if not rows.models:
+        return None
+    points = _whole_model_points(rows.models, layer_predictors(rows, cfg, ("tree",)), cfg, ("tree",))
+    measured = np.array([p["measured_ms"] for p in points])
+    return scores(measured, np.array([p["predicted_ms"] for p in points]), cfg.within)
 
 
 def _points(split: str, kind: str, predictor: str, measured: np.ndarray, predicted: np.ndarray) -> list[dict]:

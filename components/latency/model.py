@@ -10,7 +10,12 @@ fitted whole-model correction
 `scale_k` is how much slower (or faster) layers of kind k run inside a model
 than alone (colder caches, fused or extra glue operators), `offset` the fixed
 cost of one inference (negative when each layer timed alone paid a call
-overhead that the model pays once). The microcontroller target has its
+overhead that the model pays once). Where whole models of the same
+architecture were timed, a local correction follows (`Residuals`): what the
+formula got wrong on the timed models near the one asked about, in widths,
+multiplies the prediction; far from every timed model it fades to nothing.
+That is what makes the model right where compression ends once the
+structures the search visited have been timed (compress's refit rounds). The microcontroller target has its
 analytic model instead (`AnalyticLatencyModel`), passed through unchanged.
 
 Saved as JSON (never pickled) with a format version; `load` refuses a file
@@ -61,6 +66,51 @@ class Overhead:
                 f"{abs(self.offset):.4g}   [{self.models} whole models]")
 
 
+@dataclass(frozen=True)
+class Residuals:
+    """A local multiplicative correction from timed whole models (Nadaraya-Watson on log widths, shrunk to 1).
+
+    For a model with the layer names of the timed ones, each timed model i
+    weighs k_i = exp(-d_i^2 / (2 h^2)), d_i the root mean square difference
+    of their log widths; the prediction is multiplied by
+    exp(sum k_i r_i / (sum k_i + shrink)), r_i = log(measured_i / formula_i).
+    With no timed model near (all k_i ~ 0) the factor is 1. `bandwidth` (h)
+    and `shrink` are chosen by leave-one-out on the timed models.
+    """
+
+    names: tuple[str, ...] = ()  # the layer names (architecture) the timed models share
+    points: tuple[tuple[float, ...], ...] = ()  # their log widths, layer by layer
+    values: tuple[float, ...] = ()  # log(measured / formula) of each
+    bandwidth: float = 0.3
+    shrink: float = 1.0
+
+    def factor(self, spec: ModelSpec) -> float:
+        if not self.points or tuple(layer.name for layer in spec.layers) != self.names:
+            return 1.0
+        return float(np.exp(correction(np.array(self.points), np.array(self.values), log_widths(spec),
+                                       self.bandwidth, self.shrink)))
+
+    def to_dict(self) -> dict:
+        return {"names": list(self.names), "points": [list(p) for p in self.points], "values": list(self.values),
+                "bandwidth": self.bandwidth, "shrink": self.shrink}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Residuals:
+        return cls(tuple(d["names"]), tuple(tuple(p) for p in d["points"]), tuple(d["values"]),
+                   float(d["bandwidth"]), float(d["shrink"]))
+
+
+def log_widths(spec: ModelSpec) -> np.ndarray:
+    return np.log([max(1, layer.out_features) for layer in spec.layers])
+
+
+def correction(points: np.ndarray, values: np.ndarray, x: np.ndarray, bandwidth: float, shrink: float) -> float:
+    """The log correction at `x` (see `Residuals`)."""
+    d2 = ((points - x) ** 2).mean(axis=1)
+    k = np.exp(-d2 / (2 * bandwidth * bandwidth))
+    return float(k @ values / (k.sum() + shrink))
+
+
 @dataclass
 class KindModel:
     tree: LinearTree
@@ -74,11 +124,12 @@ class LatencyModel:
     method = "tree"
 
     def __init__(self, device: str, runtime: str, kinds: dict[str, KindModel], overhead: Overhead,
-                 info: dict | None = None):
+                 info: dict | None = None, residuals: Residuals | None = None):
         self.device, self.runtime = device, runtime
         self.kinds = kinds
         self.overhead = overhead
         self.info = info or {}
+        self.residuals = residuals or Residuals()
 
     # ---- prediction ----------------------------------------------------------------------------
 
@@ -108,6 +159,10 @@ class LatencyModel:
 
     def predict_model(self, spec: ModelSpec) -> float:
         """Milliseconds for one window through the whole model."""
+        return self.formula(spec) * self.residuals.factor(spec)
+
+    def formula(self, spec: ModelSpec) -> float:
+        """The whole-model formula alone (layers, per-kind scales, offset), before the local correction."""
         sums: dict[str, float] = {}
         for layer in spec.layers:
             sums[layer.kind] = sums.get(layer.kind, 0.0) + self.predict(layer)
@@ -129,12 +184,15 @@ class LatencyModel:
                 title += f"  (FALLBACK, not fitted: {model.fallback})"
             lines += [title, *model.tree.rules(), ""]
         lines += ["## whole model", f"ms = {self.overhead.formula()}", ""]
+        if self.residuals.points:
+            lines += [f"then x exp(local correction) from {len(self.residuals.points)} timed whole models "
+                      f"(bandwidth {self.residuals.bandwidth:g} in log width, shrink {self.residuals.shrink:g})", ""]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "method": self.method, "device": self.device, "runtime": self.runtime,
                 "kinds": {k: m.to_dict() for k, m in sorted(self.kinds.items())},
-                "overhead": asdict(self.overhead), "info": self.info}
+                "overhead": asdict(self.overhead), "residuals": self.residuals.to_dict(), "info": self.info}
 
     def save(self, path: Path) -> None:
         from components.data.outputs import write_text_atomic
@@ -189,7 +247,8 @@ def from_dict(d: dict) -> LatencyModel | AnalyticLatencyModel:
     if d["method"] == "analytic":
         return AnalyticLatencyModel(d["device"], d["runtime"], McuSpec(**d["mcu"]))
     kinds = {k: KindModel(LinearTree.from_dict(m["tree"]), m.get("fallback", "")) for k, m in d["kinds"].items()}
-    return LatencyModel(d["device"], d["runtime"], kinds, Overhead(**d["overhead"]), d.get("info", {}))
+    residuals = Residuals.from_dict(d["residuals"]) if d.get("residuals") else None
+    return LatencyModel(d["device"], d["runtime"], kinds, Overhead(**d["overhead"]), d.get("info", {}), residuals)
 
 
 def load(path: Path) -> LatencyModel | AnalyticLatencyModel:

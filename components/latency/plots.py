@@ -116,8 +116,9 @@ def sweeps_png(model, rows_by_kind: dict[str, list[dict]], path: Path) -> Path:
         layers = [LayerSpec("sweep", kind, first["in_features"], int(w), first["kernel"], first["stride"],
                             first["length"], first["instances"]) for w in widths]
         ax.plot(widths, model.predict_layers(layers), color="tab:blue", lw=1, label="model")
-        ax.scatter([r["out_features"] for r in sweep], [r["latency_ms"] for r in sweep], s=10, color="k",
-                   label="measured", zorder=3)
+        # what the model was fitted on (fit_latency.target: ratio-normalised or raw milliseconds)
+        ax.scatter([r["out_features"] for r in sweep], [r.get("fit_ms", r["latency_ms"]) for r in sweep], s=10,
+                   color="k", label="measured", zorder=3)
         ax.set_title(f"{kind} (in={first['in_features']}, len={first['length']})", fontsize=8)
         ax.set_xlabel("width (filters / units)")
         ax.set_ylabel("ms per window")

@@ -14,6 +14,8 @@ description (fewer filters or units per layer) builds a smaller dense model.
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import torch
 from torch import nn
 
@@ -24,25 +26,35 @@ from components.models.spec import LayerSpec, ModelConfigError, ModelSpec, check
 def deepsense_spec(input_shape: tuple[int, ...], classes: tuple[str, ...], *, sensor_filters: int,
                    sensor_kernels: tuple[int, ...], first_stride: int, merge_filters: int,
                    merge_kernels: tuple[int, ...], rnn: str, rnn_units: int, rnn_layers: int,
-                   dropout: float) -> ModelSpec:
+                   dropout: float, widths: Mapping[str, int] | None = None) -> ModelSpec:
+    """The description; `widths` gives single layers (by name) their own output width, as a compressed
+    model has them, and the layers that read them take the matching input width."""
+    widths = dict(widths or {})
     intervals, sensors, axes, _, freq = input_shape
     layers: list[LayerSpec] = []
+    merge_in = 0
     for s in range(sensors):
         channels, length = axes * 2, freq
         for j, kernel in enumerate(sensor_kernels, start=1):
-            layer = LayerSpec(f"sensor{s}.conv{j}", "conv1d", channels, sensor_filters, kernel,
+            name = f"sensor{s}.conv{j}"
+            layer = LayerSpec(name, "conv1d", channels, widths.pop(name, sensor_filters), kernel,
                               first_stride if j == 1 else 1, length, intervals)
             layers.append(layer)
-            channels, length = sensor_filters, layer.out_length
-    channels = sensors * sensor_filters
+            channels, length = layer.out_features, layer.out_length
+        merge_in += channels if sensor_kernels else sensor_filters
+    channels = merge_in
     for j, kernel in enumerate(merge_kernels, start=1):
-        layer = LayerSpec(f"merge.conv{j}", "conv1d", channels, merge_filters, kernel, 1, length, intervals)
+        name = f"merge.conv{j}"
+        layer = LayerSpec(name, "conv1d", channels, widths.pop(name, merge_filters), kernel, 1, length, intervals)
         layers.append(layer)
-        channels, length = merge_filters, layer.out_length
+        channels, length = layer.out_features, layer.out_length
     features = channels * length
     for j in range(1, rnn_layers + 1):
-        layers.append(LayerSpec(f"rnn{j}", rnn, features, rnn_units, length=intervals))
-        features = rnn_units
+        layer = LayerSpec(f"rnn{j}", rnn, features, widths.pop(f"rnn{j}", rnn_units), length=intervals)
+        layers.append(layer)
+        features = layer.out_features
+    if widths:
+        raise ModelConfigError(f"deepsense: widths for layers it does not have: {', '.join(sorted(widths))}")
     layers.append(LayerSpec("output", "linear", features, len(classes)))
     spec = ModelSpec("deepsense", tuple(input_shape), tuple(classes), tuple(layers), {"dropout": dropout})
     check_layers(spec)

@@ -25,7 +25,9 @@ FLOAT_BYTES = 4
 class Item:
     layer: LayerSpec | None = None
     model: ModelSpec | None = None
-    sweep: str = ""  # "width" for the configurations of a width sweep; "" for random draws and models
+    # "width": a width sweep's configuration; "model": a layer of a random DeepSense; "scaled": a shrunk
+    # baseline; "reference": the baseline every timing is related to; "": random draws and models
+    sweep: str = ""
 
     def __post_init__(self):
         if (self.layer is None) == (self.model is None):

@@ -9,6 +9,15 @@ nothing else runs on the timed cores. A worker that crashes or overruns fails
 only the item it was on: a batch whose timing worker died is timed again one
 item at a time to find the culprit. Computed devices (the microcontroller
 model) need no workers.
+
+With a `reference` item (the baseline model), the reference is converted
+once, kept for the profiler's lifetime and timed in every batch alongside
+the items (devices/timing.py): each row then carries `reference_id` (its
+key), `reference_ms` and `ratio` (with `ratio_q1`, `ratio_q3`), the item's
+time relative to the reference's in the same rounds, which survives the
+machine's speed phases that milliseconds do not. A reference that fails to
+convert or load leaves those columns empty (with a warning); the
+milliseconds are measured all the same.
 """
 
 from __future__ import annotations
@@ -58,8 +67,11 @@ def computed_rows(items: list[Item], device: Device, backend: Backend) -> Iterat
 class TimedProfiler:
     """The two workers of one timed device and the loop that feeds them, a batch at a time."""
 
-    def __init__(self, device: Device, backend: Backend, p: ProfileParams, work_dir: Path, version: str):
+    def __init__(self, device: Device, backend: Backend, p: ProfileParams, work_dir: Path, version: str,
+                 reference: Item | None = None):
         self.device, self.backend, self.p, self.work_dir, self.version = device, backend, p, work_dir, version
+        self.reference = reference
+        self._reference_entry: dict | None = None  # what each timing request carries, once converted
         timing_cpus = device.pinned_cpus()
         spare = tuple(sorted(set(os.sched_getaffinity(0)) - set(timing_cpus)))
         self.needs_convert = bool(backend.artifact_suffix)
@@ -74,6 +86,7 @@ class TimedProfiler:
         batches = [items[i : i + self.p.batch_size] for i in range(0, len(items), self.p.batch_size)]
         try:
             self.timer.start()  # its imports overlap the first batch's conversion
+            self._prepare_reference()
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="convert") as pool:
                 converted = self._convert(batches[0]) if batches else []
                 for k, batch in enumerate(batches):
@@ -91,6 +104,31 @@ class TimedProfiler:
 
     def _artifact(self, item: Item) -> Path | None:
         return self.work_dir / f"{item.key}{self.backend.artifact_suffix}" if self.needs_convert else None
+
+    def _reference_artifact(self) -> Path | None:
+        # its own name: the item's artifact is deleted once the item is timed, the reference's is kept
+        suffix = self.backend.artifact_suffix
+        return self.work_dir / f"reference-{self.reference.key}{suffix}" if self.needs_convert else None
+
+    def _prepare_reference(self) -> None:
+        """Convert the reference once (a later `rows` call reuses the file while it is there)."""
+        if self.reference is None:
+            return
+        artifact = self._reference_artifact()
+        if self._reference_entry is not None and (artifact is None or artifact.exists()):
+            return
+        self._reference_entry = None
+        if artifact is not None:
+            try:
+                answer = self.converter.call({"item": self.reference.to_json(), "artifact": str(artifact)},
+                                             self.p.item_timeout_s)
+            except WorkerFailed as exc:
+                answer = {"ok": False, "error": str(exc)[:500]}
+            if not answer["ok"]:
+                log.warning("%s: the reference model %s did not convert (%s); timing without ratios",
+                            self.device.name, self.reference.key, answer["error"])
+                return
+        self._reference_entry = {"item": self.reference.to_json(), "artifact": str(artifact or "")}
 
     def _convert(self, batch: list[Item]) -> list[dict]:
         """One answer per item: {"ok": True, "convert_s": ...} or {"ok": False, "error": ...}."""
@@ -121,7 +159,12 @@ class TimedProfiler:
             if not answer["ok"]:
                 yield row | {"status": "failed", "failed_step": "time", "error": answer["error"]}
                 continue
-            yield row | {"status": "ok", "load_s": answer["load_s"]} | answer["timing"]
+            yield row | {"status": "ok", "load_s": answer["load_s"]} | self._with_reference(answer["timing"])
+
+    def _with_reference(self, timing: dict) -> dict:
+        """The timing's columns, with the reference's key where it carries a ratio."""
+        has_ratio = timing.get("ratio") is not None
+        return timing | {"reference_id": self.reference.key if has_ratio and self.reference else None}
 
     def _time_together(self, items: list[Item], busy_s: float) -> list[dict]:
         """Time `items` in one worker call; if the worker dies, time them one by one to find the culprit."""
@@ -132,6 +175,9 @@ class TimedProfiler:
         except WorkerFailed as exc:
             answer = {"ok": False, "error": str(exc)[:500]}
         if answer["ok"]:
+            if answer.get("reference_error"):
+                log.warning("%s: the reference model did not load (%s); this batch has no ratios",
+                            self.device.name, answer["reference_error"])
             return answer["results"]
         if len(items) == 1:
             return [answer]
@@ -139,4 +185,7 @@ class TimedProfiler:
 
     def _timing_request(self, items: list[Item], busy_s: float) -> dict:
         entries = [{"item": item.to_json(), "artifact": str(self._artifact(item) or "")} for item in items]
-        return {"items": entries, "timing": asdict(self.p.timing), "busy_s": busy_s}
+        request = {"items": entries, "timing": asdict(self.p.timing), "busy_s": busy_s}
+        if self._reference_entry is not None:
+            request["reference"] = self._reference_entry
+        return request

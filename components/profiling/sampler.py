@@ -10,17 +10,26 @@ shrinking one layer changes the next one's input too. The rest are random
 draws over the ranges the models use, half of their widths log-uniform (as
 many narrow layers, which compression produces, as wide ones) and half at or
 next to a multiple of 2, 4, 8 or 16. Whole models are DeepSense descriptions
-at random widths drawn the same way (end-to-end rows for the latency model's
-sum-of-layers check, small compressed models included).
+(end-to-end rows for the latency model's whole-model correction): some at
+random widths drawn the same way, the others (`scaled_share`) the baseline
+shrunk the way compression shrinks it, so the correction is fitted where
+compression ends, down to a few percent of the baseline's parameters: every
+layer's width times one keep fraction per model (log-uniform over
+`scaled_keep_range`, stratified so the smallest stratum is always drawn)
+times a per-layer jitter, at least 1 and at most the baseline's width.
+
+`reference_item` is the baseline itself (train.deepsense on the data set's
+input, dropout 0): the model every timing is related to (devices/timing.py),
+shared by `profile` and `compress` so their ratios mean the same.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from components.config import SamplerParams, TrainParams
+from components.config import ConfigError, Params, SamplerParams, TrainParams
 from components.models.deepsense import deepsense_spec
-from components.models.spec import LayerSpec
+from components.models.spec import LayerSpec, ModelSpec
 from components.profiling.items import Item
 
 _CLASSES = ("c0", "c1", "c2", "c3", "c4", "c5")
@@ -28,12 +37,21 @@ _CLASSES = ("c0", "c1", "c2", "c3", "c4", "c5")
 
 def sample_items(p: SamplerParams, train: TrainParams) -> list[Item]:
     """Every item to profile, in a fixed order (the same params give the same list)."""
+    _check(p)
     rng = np.random.default_rng(p.seed)
     items: list[Item] = []
     for kind in p.kinds:
         items.extend(_unique(_layers(kind, p, train, rng), p.configs_per_kind))
     items.extend(_models(p, train, rng))
     return items
+
+
+def _check(p: SamplerParams) -> None:
+    keep = p.scaled_keep_range
+    if len(keep) != 2 or not 0 < keep[0] <= keep[1] or not 0 <= p.scaled_share <= 1 or p.scaled_jitter < 0:
+        raise ConfigError(f"profile.sampler: scaled_keep_range must be [min, max] with 0 < min <= max (got "
+                          f"{list(keep)}), scaled_share in [0, 1] (got {p.scaled_share}) and scaled_jitter >= 0 "
+                          f"(got {p.scaled_jitter})")
 
 
 def _unique(items: list[Item], limit: int) -> list[Item]:
@@ -99,16 +117,64 @@ def _random_layer(kind: str, p: SamplerParams, rng: np.random.Generator) -> Laye
 
 
 def _models(p: SamplerParams, train: TrainParams, rng: np.random.Generator) -> list[Item]:
-    """DeepSense with the baseline's structure (kernels, layers, cell) and random widths."""
-    return [Item(model=_random_deepsense(p, train, rng, train.deepsense.rnn)) for _ in range(p.models)]
+    """DeepSense with the baseline's structure (kernels, layers, cell): random widths, then scaled baselines."""
+    n_scaled = int(p.models * p.scaled_share)
+    random = [Item(model=_random_deepsense(p, train, rng, train.deepsense.rnn)) for _ in range(p.models - n_scaled)]
+    return _unique(random + _scaled_baselines(p, train, rng, n_scaled), p.models)
 
 
-def _random_deepsense(p: SamplerParams, train: TrainParams, rng: np.random.Generator, rnn: str):
+def _random_deepsense(p: SamplerParams, train: TrainParams, rng: np.random.Generator, rnn: str) -> ModelSpec:
+    return _deepsense(tuple(p.model_input_shape), train, rnn, sensor_filters=_width(p, rng),
+                      merge_filters=_width(p, rng), rnn_units=_width(p, rng))
+
+
+def _deepsense(shape: tuple[int, ...], train: TrainParams, rnn: str, **widths) -> ModelSpec:
+    """DeepSense with the baseline's kernels and layers; `widths`: deepsense_spec's width arguments."""
     d = train.deepsense
-    return deepsense_spec(tuple(p.model_input_shape), _CLASSES, sensor_filters=_width(p, rng),
-                          sensor_kernels=d.sensor_kernels, first_stride=d.first_stride,
-                          merge_filters=_width(p, rng), merge_kernels=d.merge_kernels, rnn=rnn,
-                          rnn_units=_width(p, rng), rnn_layers=d.rnn_layers, dropout=0.0)
+    return deepsense_spec(shape, _CLASSES, sensor_kernels=d.sensor_kernels, first_stride=d.first_stride,
+                          merge_kernels=d.merge_kernels, rnn=rnn, rnn_layers=d.rnn_layers, dropout=0.0, **widths)
+
+
+def baseline_deepsense(shape: tuple[int, ...], train: TrainParams, layer_widths: dict[str, int] | None = None
+                       ) -> ModelSpec:
+    """The baseline's description (train.deepsense, dropout 0), optionally with some layers' widths changed."""
+    d = train.deepsense
+    return _deepsense(shape, train, d.rnn, sensor_filters=d.sensor_filters, merge_filters=d.merge_filters,
+                      rnn_units=d.rnn_units, widths=layer_widths)
+
+
+def _scaled_baselines(p: SamplerParams, train: TrainParams, rng: np.random.Generator, n: int) -> list[Item]:
+    """`n` baselines shrunk as compression shrinks them (see the module docstring), one per keep stratum."""
+    shape = tuple(p.model_input_shape)
+    base = baseline_deepsense(shape, train)
+    edges = np.linspace(np.log(p.scaled_keep_range[0]), np.log(p.scaled_keep_range[1]), n + 1)
+    items = []
+    for low, high in zip(edges[:-1], edges[1:]):
+        keep = float(np.exp(rng.uniform(low, high)))
+        widths = {layer.name: _shrunk(layer.out_features, keep, p.scaled_jitter, rng)
+                  for layer in base.layers if layer.name != "output"}
+        items.append(Item(model=baseline_deepsense(shape, train, widths), sweep="scaled"))
+    return items
+
+
+def _shrunk(width: int, keep: float, jitter: float, rng: np.random.Generator) -> int:
+    scaled = width * keep * float(np.exp(rng.uniform(-jitter, jitter)))
+    return int(min(width, max(1, round(scaled))))
+
+
+def model_input_shape(params: Params) -> tuple[int, ...]:
+    """One window of the whole models: profile.sampler.model_input_shape, else the configured data set's."""
+    shape = params.profile.sampler.model_input_shape
+    if shape:
+        return tuple(shape)
+    from components.data.shape import input_shape
+
+    return input_shape(params)
+
+
+def reference_item(params: Params) -> Item:
+    """The model every timing is related to: the baseline DeepSense (see the module docstring)."""
+    return Item(model=baseline_deepsense(model_input_shape(params), params.train), sweep="reference")
 
 
 def _model_layers(kind: str, p: SamplerParams, train: TrainParams, rng: np.random.Generator, n: int) -> list[LayerSpec]:

@@ -40,10 +40,24 @@ SCHEMA = pa.schema([
     ("latency_ms", pa.float64()), ("q1_ms", pa.float64()), ("q3_ms", pa.float64()), ("iqr_ms", pa.float64()),
     ("repeats", pa.int64()), ("inner_loops", pa.int64()), ("timed_s", pa.float64()), ("stable", pa.bool_()),
     ("convert_s", pa.float64()), ("load_s", pa.float64()),
+    # timed beside a reference model (devices/timing.py); empty without one
+    ("reference_id", pa.string()), ("reference_ms", pa.float64()),
+    ("ratio", pa.float64()), ("ratio_q1", pa.float64()), ("ratio_q3", pa.float64()),
     ("flash_bytes", pa.int64()), ("peak_sram_bytes", pa.int64()), ("fits_flash", pa.bool_()),
     ("fits_sram", pa.bool_()),
     ("measured_at", pa.string()),
 ])
+
+# Columns added after tables were first written: a table without them reads them as empty (None).
+OPTIONAL_COLUMNS = ("reference_id", "reference_ms", "ratio", "ratio_q1", "ratio_q3")
+
+
+def with_optional_columns(table: pa.Table) -> pa.Table:
+    """`table` with every missing OPTIONAL_COLUMNS column added, all null."""
+    for name in OPTIONAL_COLUMNS:
+        if name not in table.column_names:
+            table = table.append_column(SCHEMA.field(name), pa.nulls(len(table), SCHEMA.field(name).type))
+    return table
 
 
 class ProfileLog:

@@ -22,6 +22,17 @@
   kept structure meets the budget. From then on the task network trains on
   the kept structure alone until its validation accuracy is back at the
   floor. The kept structure (everything not removed) is what gets sliced.
+- With a teacher (the baseline), the task network learns under the masks
+  from `(1 - distill) * cross-entropy + distill * T^2 * KL(teacher || it)`
+  (Hinton et al.'s soft targets): a heavily masked network keeps more of the
+  baseline's behaviour than labels alone give it. The compressor's reward
+  stays the task loss on the labels.
+- Every validation check records the kept structure and its accuracy as a
+  *candidate*; `front()` is the set no other candidate beats on both cost and
+  accuracy, what the stage times on the device before it picks one.
+- `set_cost` swaps the cost (a latency model refitted on the structures the
+  search visited) and `run(until=...)` continues from where it stopped: a
+  structure that is over the budget under the new model is pruned further.
 
 Scoring (the compressor), schedule (the threshold) and slicing
 (`slicing.py`) are separate pieces, as Torch-Pruning keeps them.
@@ -161,6 +172,8 @@ class SearchSettings:
     init_keep: float
     eval_every: int
     seed: int
+    distill: float = 0.0  # weight of distillation from the teacher in the task network's loss; 0: labels only
+    temperature: float = 2.0
 
 
 @dataclass
@@ -174,12 +187,51 @@ class StepRecord:
     accuracy: float | None = None  # of the kept structure on the validation windows (every eval_every)
 
 
+@dataclass
+class Candidate:
+    """A kept structure met at a validation check: what could be sliced, its cost then, its accuracy."""
+
+    step: int
+    kept: dict[str, list[int]]  # indices of the elements kept, per group
+    cost: float  # relative cost under the cost model of the time
+    accuracy: float  # validation accuracy of the structure with the task network of the time
+    params: int
+
+    @property
+    def widths(self) -> dict[str, int]:
+        return {name: len(idx) for name, idx in self.kept.items()}
+
+    def key(self) -> tuple:
+        return tuple(sorted((name, tuple(idx)) for name, idx in self.kept.items()))
+
+
+def front(candidates: list[Candidate]) -> list[Candidate]:
+    """The candidates no other one beats on both cost (lower) and accuracy (higher), cheapest first.
+
+    For a structure met twice, the later check counts (the task network had trained longer).
+    """
+    latest: dict[tuple, Candidate] = {}
+    for c in candidates:
+        latest[c.key()] = c
+    unique = sorted(latest.values(), key=lambda c: (c.cost, -c.accuracy))
+    out: list[Candidate] = []
+    for c in unique:
+        if all(c.accuracy > o.accuracy for o in out):
+            out.append(c)
+    return out
+
+
 class DeepIoTSearch:
     """One compressor-critic run over a task model; `run()` steps until the budget is met or max_steps."""
 
-    def __init__(self, model, cost, x_train, y_train, x_val, y_val, settings: SearchSettings, augmentation=None):
-        """`augmentation`: train's settings (rotation, scale, noise) to augment batches as the baseline was."""
+    def __init__(self, model, cost, x_train, y_train, x_val, y_val, settings: SearchSettings, augmentation=None,
+                 teacher=None):
+        """`augmentation`: train's settings (rotation, scale, noise) to augment batches as the baseline was;
+        `teacher`: the baseline, distilled into the task network when `settings.distill > 0`."""
+        if settings.distill > 0 and teacher is None:
+            raise ValueError("distillation during the search needs the baseline as teacher")
         self.model, self.cost, self.s, self.augmentation = model, cost, settings, augmentation
+        self.teacher = teacher.eval() if teacher is not None and settings.distill > 0 else None
         self.spec = model.spec
         self.groups = groups(self.spec)
         self.names = [g.layer for g in self.groups]
@@ -194,6 +246,12 @@ class DeepIoTSearch:
         self.compressor_optimizer = torch.optim.Adam(self.compressor.parameters(), lr=settings.compressor_learning_rate)
         self.step_index = 0
         self.history: list[StepRecord] = []
+        self.candidates: list[Candidate] = []
+
+    def set_cost(self, cost) -> None:
+        """Steer by another cost from now on (a refitted latency model); the kept structure stays."""
+        self.cost = cost
+        self.cost_floor = cost_floor(cost, self.spec)
 
     def kept(self) -> dict[str, torch.Tensor]:
         """Indices of the elements not removed, per group: what slicing keeps."""
@@ -217,9 +275,18 @@ class DeepIoTSearch:
         x = self.x_train[batch]
         if self.augmentation is not None:
             x = augment(x, self.augmentation, self.model.input_std, self.generator)
-        loss = nn.functional.cross_entropy(self.model(x), self.y_train[batch])
+        logits = self.model(x)
+        loss = nn.functional.cross_entropy(logits, self.y_train[batch])
+        trained_on = loss
+        if self.teacher is not None:
+            t = s.temperature
+            with torch.no_grad():
+                soft = nn.functional.log_softmax(self.teacher(x) / t, dim=1)
+            kd = nn.functional.kl_div(nn.functional.log_softmax(logits / t, dim=1), soft, log_target=True,
+                                      reduction="batchmean")
+            trained_on = (1 - s.distill) * loss + s.distill * t * t * kd
         self.task_optimizer.zero_grad()
-        loss.backward()
+        trained_on.backward()
         self.task_optimizer.step()
         set_masks(self.model, None)
         sampled_cost = relative_cost(self.cost, self.spec, self.names, masks)
@@ -233,6 +300,8 @@ class DeepIoTSearch:
                             sampled_cost, self.cost.relative(kept), kept.params)
         if self.step_index % s.eval_every == 0:
             record.accuracy = self.accuracy()
+            self.candidates.append(Candidate(self.step_index, {n: idx.tolist() for n, idx in self.kept().items()},
+                                             record.kept_cost, record.accuracy, kept.params))
         self.history.append(record)
         return record
 
@@ -263,24 +332,47 @@ class DeepIoTSearch:
             if self.kept_cost() <= self.s.budget:
                 break
 
-    def accuracy(self) -> float:
-        """Validation accuracy of the kept structure (every alive element on)."""
+    def accuracy(self, kept: dict[str, torch.Tensor] | None = None) -> float:
+        """Validation accuracy of the kept structure (every alive element on), or of `kept`'s elements."""
         self.model.eval()
-        set_masks(self.model, dict(zip(self.names, self.alive)))
+        if kept is None:
+            masks = dict(zip(self.names, self.alive))
+        else:
+            masks = {}
+            for name, live in zip(self.names, self.alive):
+                m = torch.zeros_like(live)
+                m[torch.as_tensor(kept[name], dtype=torch.long)] = 1.0
+                masks[name] = m
+        set_masks(self.model, masks)
         with torch.no_grad():
-            predicted = self.model(self.x_val).argmax(dim=1)
+            predicted = torch.cat([self.model(self.x_val[i:i + 1024]).argmax(dim=1)
+                                   for i in range(0, len(self.x_val), 1024)])
         set_masks(self.model, None)
         return float((predicted == self.y_val).float().mean())
 
     def done(self, record: StepRecord) -> bool:
-        return (record.accuracy is not None and record.kept_cost <= self.s.budget
+        """The budget is met (under the cost steering now) and the record's accuracy is at the floor."""
+        return (record.accuracy is not None and record.kept_cost <= self.s.budget + 1e-12
                 and record.accuracy >= self.s.accuracy_floor)
 
-    def run(self, progress=None, checkpoint=None, checkpoint_every: int = 0) -> list[StepRecord]:
-        """Step until the budget is met above the floor or `max_steps`; `checkpoint(state)` every so often."""
-        if self.history and self.done(self.history[-1]):
+    def front(self) -> list[Candidate]:
+        """The non-dominated candidates, their costs re-read with the cost steering now."""
+        for c in self.candidates:
+            c.cost = self.cost.relative(resized_spec(self.spec, c.widths))
+        return front(self.candidates)
+
+    def run(self, progress=None, checkpoint=None, checkpoint_every: int = 0, until: int | None = None
+            ) -> list[StepRecord]:
+        """Step until the budget is met above the floor or step `until` (default `max_steps`).
+
+        `checkpoint(state)` every `checkpoint_every` steps and at the end. A
+        search that had finished continues only if the kept structure is now
+        over the budget (the cost was swapped) or below the floor.
+        """
+        until = self.s.max_steps if until is None else until
+        if self.history and self._finished():
             return self.history  # a resumed run that had already finished
-        while self.step_index < self.s.max_steps:
+        while self.step_index < until:
             record = self.step()
             if progress is not None:
                 progress(record)
@@ -291,6 +383,11 @@ class DeepIoTSearch:
                 break
         return self.history
 
+    def _finished(self) -> bool:
+        last = next((r for r in reversed(self.history) if r.accuracy is not None), None)
+        return (last is not None and last.step == self.history[-1].step and self.kept_cost() <= self.s.budget + 1e-12
+                and last.accuracy >= self.s.accuracy_floor)
+
     # ---- checkpoints: plain tensors and numbers, read back with torch.load(weights_only=True) ----------
 
     def state(self) -> dict:
@@ -299,7 +396,8 @@ class DeepIoTSearch:
                 "compressor_optimizer": self.compressor_optimizer.state_dict(),
                 "alive": [a.clone() for a in self.alive], "step": self.step_index, "critic": self.critic.value,
                 "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
-                "history": [asdict(r) for r in self.history], "names": self.names}
+                "history": [asdict(r) for r in self.history], "names": self.names,
+                "candidates": [asdict(c) for c in self.candidates]}
 
     def restore(self, state: dict) -> None:
         if state["names"] != self.names:
@@ -313,3 +411,4 @@ class DeepIoTSearch:
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.history = [StepRecord(**r) for r in state["history"]]
+        self.candidates = [Candidate(**c) for c in state.get("candidates", [])]

@@ -111,13 +111,17 @@ def make_components(image: str = IMAGE, overrides: Sequence[str] = ()) -> dict[s
 
     @dsl.container_component
     def compress(device: str, pipeline_key: str, ingest_dir: dsl.Input[dsl.Artifact],
-                 train_dir: dsl.Input[dsl.Artifact], fit_latency_dir: dsl.Input[dsl.Artifact],
-                 output_dir: dsl.Output[dsl.Artifact], report_dir: dsl.Output[dsl.Artifact]):
-        """Compress the baseline for the device under its latency model (components/compress.py)."""
+                 train_dir: dsl.Input[dsl.Artifact], profile_dir: dsl.Input[dsl.Artifact],
+                 fit_latency_dir: dsl.Input[dsl.Artifact], output_dir: dsl.Output[dsl.Artifact],
+                 report_dir: dsl.Output[dsl.Artifact]):
+        """Compress the baseline for the device under its latency model (components/compress.py).
+
+        The profile table is read too: the refit rounds add to it what the search visited.
+        """
         return _spec("compress", ["--device", device, "--pipeline-key", pipeline_key, *_flags(overrides, {
             "ingest.output_dir": ingest_dir.path, "train.output_dir": train_dir.path,
-            "fit_latency.output_dir": fit_latency_dir.path, "compress.output_dir": output_dir.path,
-            "compress.report_dir": report_dir.path})], image)
+            "profile.output_dir": profile_dir.path, "fit_latency.output_dir": fit_latency_dir.path,
+            "compress.output_dir": output_dir.path, "compress.report_dir": report_dir.path})], image)
 
     @dsl.container_component
     def validate(device: str, pipeline_key: str, ingest_dir: dsl.Input[dsl.Artifact],
@@ -172,7 +176,7 @@ def build_pipeline(default_devices: Sequence[str], tracking_uri: str = DEFAULT_T
             fit = step("fit_latency", device=device, profile_dir=profile.outputs["output_dir"])
             common = dict(device=device, ingest_dir=ingest.outputs["output_dir"],
                           train_dir=train.outputs["output_dir"], fit_latency_dir=fit.outputs["output_dir"])
-            compressed = step("compress", **common)
+            compressed = step("compress", profile_dir=profile.outputs["output_dir"], **common)
             validated = step("validate", compress_dir=compressed.outputs["output_dir"], **common)
             step("register", device=device, validate_dir=validated.outputs["output_dir"],
                  validate_report_dir=validated.outputs["report_dir"])

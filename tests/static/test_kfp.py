@@ -182,7 +182,7 @@ def test_data_dependencies_are_those_of_dvc_yaml(spec):
     assert actual == expected
     assert expected == {  # the graph itself, so a dvc.yaml that lost a dep cannot pass for both
         "ingest": set(), "train": {"ingest"}, "profile": set(), "fit_latency": {"profile"},
-        "compress": {"ingest", "train", "fit_latency"}, "validate": {"ingest", "train", "fit_latency", "compress"},
+        "compress": {"ingest", "train", "profile", "fit_latency"}, "validate": {"ingest", "train", "fit_latency", "compress"},
         "register": {"validate"}}
     for stage, (_, task) in tasks.items():  # no ordering beyond the data: every dependent task feeds this one
         producers = {t for a in task["inputs"].get("artifacts", {}).values()

@@ -23,7 +23,7 @@ from components.devices.timing import measure, measure_many, moved_less_than
 from components.models.deepsense import deepsense_spec
 from components.models.spec import LayerSpec
 from components.profiling.items import Item, example_input
-from components.profiling.sampler import sample_items
+from components.profiling.sampler import reference_item, sample_items
 from tests.conftest import PROJECT_ROOT, QUICK_PROFILE, subprocess_env
 
 POOL = {
@@ -139,7 +139,7 @@ def test_mcu_model_counts_flash_sram_and_macs(project_params):
 
 def test_timing_samples_round_robin_until_each_median_is_stable():
     p = TimingParams(warmup_runs=1, min_sample_s=0.001, samples_per_round=2, min_rounds=3, max_repeats=60,
-                     max_time_s=2.0, rel_tolerance=0.05)
+                     max_time_s=2.0, rel_tolerance=0.05, reference_every=4)
     a = np.random.default_rng(0).random((48, 48))
     b = np.random.default_rng(1).random((96, 96))
     small, large = measure_many([lambda: a @ a, lambda: b @ b], p)
@@ -153,7 +153,7 @@ def test_timing_samples_round_robin_until_each_median_is_stable():
 
 def test_busy_time_buys_extra_rounds_and_caps_hold():
     p = TimingParams(warmup_runs=0, min_sample_s=0.001, samples_per_round=1, min_rounds=2, max_repeats=400,
-                     max_time_s=0.2, rel_tolerance=1.0)
+                     max_time_s=0.2, rel_tolerance=1.0, reference_every=4)
     quick = measure(lambda: sum(range(200)), p)
     busy = measure(lambda: sum(range(200)), p, busy_s=0.1)
     assert quick.repeats == 2  # stable after min_rounds with this tolerance
@@ -216,9 +216,11 @@ def test_profile_times_a_device_and_writes_table_plots_and_noise(quick):
     params = quick()
     result = profile.run(params, "torch-1t")
     rows = _table(result)
-    items = sample_items(profile.sampler_params(params), params.train)
+    reference = reference_item(params)
+    items = [reference, *sample_items(profile.sampler_params(params), params.train)]  # the reference's row first
     assert [r["config_id"] for r in rows] == [i.key for i in items]
     assert all(r["status"] == "ok" and r["method"] == "timed" and r["latency_ms"] > 0 for r in rows)
+    assert all(r["reference_id"] == reference.key and r["ratio"] > 0 and r["reference_ms"] > 0 for r in rows)
     assert all(r["q1_ms"] <= r["latency_ms"] <= r["q3_ms"] and r["repeats"] >= 3 for r in rows)
     assert sum(r["layers"] for r in rows if r["kind"] == "model") == sum(len(i.layers) for i in items if i.model)
     conv = next(r for r in rows if r["kind"] == "conv1d")
@@ -299,7 +301,8 @@ def test_an_interrupted_run_resumes_without_duplicates_or_rewrites(quick, tmp_pa
     result = profile.run(params, "slow")
     rows = _table(result)
     keys = [r["config_id"] for r in rows]
-    assert len(keys) == len(set(keys)) == len(sample_items(profile.sampler_params(params), params.train))
+    sampled = sample_items(profile.sampler_params(params), params.train)
+    assert len(keys) == len(set(keys)) == len(sampled) + 1  # and the reference model's row
     assert result.metrics["profiled_this_run"] == len(keys) - len(before)
     assert all((parts / name).read_bytes() == data for name, data in before.items())  # append-only
 

@@ -1,0 +1,269 @@
+"""Compression that measures what it picks: the front, distillation while searching, swapping the cost,
+the floor said up front, the measured selection and the candidate refit loop."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from components import compress
+from components.models import build
+from components.models.plain import mlp_spec
+from components.pruning.costs import ParamsCost, resized_spec
+from components.pruning.deepiot import Candidate, DeepIoTSearch, Schedule, SearchSettings, front
+from tests.unit.test_deepiot import _spec, _task
+
+
+def _settings(**kw):
+    base = dict(budget=0.3, accuracy_floor=0.0, lambda_cost=2.0, critic_decay=0.9,
+                schedule=Schedule(0.0, 0.1, 10, 0.6), max_steps=120, batch_size=64, learning_rate=0.003,
+                compressor_learning_rate=0.02, compressor_hidden=16, init_keep=0.9, eval_every=10, seed=0)
+    return SearchSettings(**(base | kw))
+
+
+def _search(cost_of=ParamsCost, **kw):
+    torch.manual_seed(0)
+    model = build(_spec())
+    x, y = _task(1600)
+    teacher = build(_spec()) if kw.get("distill") else None
+    return DeepIoTSearch(model, cost_of(model.spec), x[:1200], y[:1200], x[1200:], y[1200:], _settings(**kw),
+                         teacher=teacher)
+
+
+def _candidate(step, cost, accuracy, width):
+    return Candidate(step, {"dense1": list(range(width))}, cost, accuracy, width)
+
+
+def test_the_front_keeps_only_candidates_no_other_beats_on_cost_and_accuracy():
+    cands = [_candidate(10, 0.8, 0.90, 40), _candidate(20, 0.5, 0.92, 30), _candidate(30, 0.3, 0.85, 20),
+             _candidate(40, 0.3, 0.80, 19), _candidate(50, 0.2, 0.70, 10)]
+    assert [c.step for c in front(cands)] == [50, 30, 20]  # cheapest first; 10 and 40 are beaten
+    # a structure met twice counts once, with its later accuracy
+    again = _candidate(60, 0.3, 0.95, 20)
+    assert [c.step for c in front([*cands, again])] == [50, 60]
+
+
+def test_the_search_distills_the_teacher_and_records_its_candidates():
+    with pytest.raises(ValueError, match="needs the baseline as teacher"):
+        DeepIoTSearch(build(_spec()), ParamsCost(_spec()), *_task()[:2], *_task()[:2], _settings(distill=0.5))
+    search = _search(distill=0.5)
+    search.run()
+    assert search.candidates and all(c.step % 10 == 0 for c in search.candidates)
+    assert search.candidates[-1].widths == {k: len(v) for k, v in search.kept().items()}
+    assert search.front()[0].cost == min(c.cost for c in search.candidates)
+    state = search.state()  # candidates survive a checkpoint
+    again = _search(distill=0.5)
+    again.restore(state)
+    assert [c.kept for c in again.candidates] == [c.kept for c in search.candidates]
+
+
+class _DoubleParams(ParamsCost):
+    """A cost that says the first layer is much dearer than the parameter count does (a refitted model)."""
+
+    def value(self, spec):
+        return float(spec.params + 20 * spec.layer("dense1").out_features * spec.layer("dense1").in_features)
+
+
+def test_a_swapped_cost_that_puts_the_kept_structure_over_budget_prunes_on():
+    search = _search(budget=0.5, schedule=Schedule(0.0, 0.1, 10, 0.9))
+    search.run()
+    assert search.kept_cost() <= 0.5
+    steps = search.step_index
+    search.run(until=steps + 50)
+    assert search.step_index == steps  # finished under its cost: nothing more to do
+    harder = _DoubleParams(search.spec)
+    search.s = SearchSettings(**{**search.s.__dict__, "budget": 0.2})
+    search.set_cost(harder)
+    before = search.kept_cost()
+    assert before > 0.2
+    search.run(until=steps + 200)
+    assert search.step_index > steps and search.kept_cost() < before
+
+
+class _FakeBench:
+    """Times specs by a rule of its own: the 'device' the latency model does not know."""
+
+    def __init__(self, ratio_of):
+        self.device = SimpleNamespace(name="fake-1t")
+        self.ratio_of, self.timed = ratio_of, []
+
+    def time(self, specs, baseline):
+        self.timed.append(dict(specs))
+        return {name: {"ratio": self.ratio_of(name, spec), "latency_ms": self.ratio_of(name, spec),
+                       "reference_ms": 1.0} for name, spec in specs.items()}
+
+
+def _latency_search():
+    from components.pruning.costs import Cost
+
+    class Predicted(Cost):
+        name, unit = "latency", "ms"
+
+        def value(self, spec):
+            return float(spec.macs)
+
+    return _search(cost_of=Predicted, budget=0.3)
+
+
+def _cfg(candidates=3, nudge=0):
+    return SimpleNamespace(select=SimpleNamespace(candidates=candidates), nudge_radius=nudge)
+
+
+def test_the_fastest_measured_candidate_at_the_floor_is_taken_not_the_cheapest_predicted():
+    search = _latency_search()
+    search.run()
+    # the device disagrees with the model: the last kept structure is measured slow, every other one fast
+    bench = _FakeBench(lambda name, spec: 0.9 if name == "last" else 0.2 + spec.params * 1e-6)
+    keep, selection = compress._select(search, search.cost, bench, search.model, _cfg(), floor=0.0)
+    rows = {r["name"]: r for r in selection["timed"]}
+    chosen = [r for r in rows.values() if r["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["name"] != "last"
+    assert chosen[0]["measured_ratio"] == min(r["measured_ratio"] for r in rows.values())
+    assert {k: len(v) for k, v in keep.items()} == chosen[0]["widths"]
+    assert "within_10_pct" in selection["prediction"]
+    # above the floor only: with a floor nothing but the last structure reaches, the last is taken
+    floor = rows["last"]["accuracy"]
+    others = [r for r in rows.values() if r["name"] != "last"]
+    if all(r["accuracy"] < floor for r in others):
+        _, again = compress._select(search, search.cost, bench, search.model, _cfg(), floor=floor)
+        assert next(r for r in again["timed"] if r["chosen"])["name"] == "last"
+
+
+def test_a_nudge_is_kept_only_where_the_device_confirms_it():
+    search = _latency_search()
+    search.run()
+    kept_width = {k: len(v) for k, v in search.kept().items()}
+
+    class Stepped(type(search.cost)):
+        """Predicts widths of a multiple of 8 no slower than one less: the nudge moves up to them."""
+
+        def value(self, spec):
+            return float(sum(-(-layer.out_features // 8) * 8 for layer in spec.layers))
+
+    search.set_cost(Stepped(search.spec))
+    nudged_is_slow = _FakeBench(lambda name, spec: 0.5 if name.endswith("+nudge") else 0.3)
+    _, selection = compress._select(search, search.cost, nudged_is_slow, search.model, _cfg(candidates=0, nudge=8),
+                                    floor=0.0)
+    names = [r["name"] for r in selection["timed"]]
+    if "last+nudge" in names:  # the model proposed a nudge; the device said it is slower: not taken
+        assert next(r for r in selection["timed"] if r["chosen"])["name"] == "last"
+        nudged_is_fast = _FakeBench(lambda name, spec: 0.2 if name.endswith("+nudge") else 0.3)
+        keep, selection = compress._select(search, search.cost, nudged_is_fast, search.model,
+                                           _cfg(candidates=0, nudge=8), floor=0.0)
+        assert next(r for r in selection["timed"] if r["chosen"])["name"] == "last+nudge"
+        assert {k: len(v) for k, v in keep.items()} != kept_width
+    else:
+        pytest.fail(f"the stepped cost proposed no nudge for widths {kept_width}")
+
+
+def test_a_budget_below_the_device_floor_is_said_up_front_and_the_search_aims_at_the_reachable(caplog):
+    search = _latency_search()
+    caplog.set_level(logging.WARNING)
+    out = compress._floor_check(search, None, search.model, 1e-4, search.cost)
+    assert out["above_budget"] and out["predicted"] > 1e-4
+    assert out["aim"] == pytest.approx(out["predicted"] + 0.1 * (1 - out["predicted"]))
+    assert "BUDGET CANNOT BE MET" in caplog.text and "best this device can reach" in caplog.text
+    reachable = compress._floor_check(search, None, search.model, 0.5, search.cost)
+    assert not reachable["above_budget"] and reachable["aim"] == 0.5
+    # on a timed device the floor is measured too, and a device slower than its model says is warned about
+    caplog.clear()
+    slow = _FakeBench(lambda name, spec: 0.6)
+    measured = compress._floor_check(search, slow, search.model, 0.5, search.cost)
+    assert measured["measured"] == 0.6 and "the device measures its floor at 0.600" in caplog.text
+    assert resized_spec(search.model.spec, {"dense1": 1, "dense2": 1}).params == slow.timed[0]["floor"].params
+
+
+def test_validate_judges_the_prediction_on_ratios_to_the_baseline_timed_together():
+    from components.validate import _add_ratios
+
+    # a slow phase doubled both measurements: the milliseconds are 100 % off, the ratio is right
+    results = {"baseline": {"onnx": {"ok": True, "latency_ms": 2.0, "predicted_latency_ms": 1.0}},
+               "compressed": {"onnx": {"ok": True, "latency_ms": 0.5, "predicted_latency_ms": 0.25,
+                                       "latency_method": "timed"}}}
+    _add_ratios(results)
+    comp = results["compressed"]["onnx"]
+    assert comp["measured_ratio"] == pytest.approx(0.25) and comp["predicted_ratio"] == pytest.approx(0.25)
+    assert comp["latency_error"] == pytest.approx(0.0)
+
+
+# ---- on a real timed device: the refit loop and the measured selection inside the stage ---------------------
+
+
+def test_compress_refits_on_visited_structures_once_and_picks_by_measurement(make_params, tmp_path):
+    """torch-1t (timed, no conversion): profile + fit a tiny latency model, then compress with two refit rounds.
+
+    Every visited structure is profiled at most once: the stage's log never holds a key twice, never one the
+    profile table has, and a second run over the same outputs profiles nothing new.
+    """
+    import pyarrow.parquet as pq
+
+    from components import fit_latency, profile
+    from components.profiling.table import ProfileLog
+    from tests.conftest import QUICK_FIT_MIN_ROWS, QUICK_PROFILE, synthetic_task
+
+    ingest, train = synthetic_task(tmp_path, widths=(16, 12, 16))
+    params = make_params(
+        *QUICK_PROFILE, f"ingest.output_dir={ingest}", f"train.output_dir={train}",
+        f"fit_latency.min_rows={QUICK_FIT_MIN_ROWS}", "compress.cost=latency", "compress.budget.latency=0.5",
+        "compress.max_accuracy_drop=1.0", "compress.baselines=[]", "compress.search.max_steps=40",
+        "compress.search.eval_every=10", "compress.search.checkpoint_every=10", "compress.search.lambda_cost=10.0",
+        "compress.search.threshold={start: 0.0, step: 0.1, every: 5, limit: 0.6}", "compress.fine_tune.epochs=1",
+        "compress.refit.rounds=2", "compress.refit.steps=10", "compress.refit.max_items=12",
+        "compress.select.candidates=2")
+    profile.run(params, "torch-1t")
+    fit_latency.run(params, "torch-1t")
+    out = tmp_path / "c"
+    result = compress.run(params, "torch-1t", output_dir=out, report_dir=tmp_path / "r")
+    m = result.metrics
+    assert m["floor"]["measured"] > 0 and "predicted" in m["floor"]
+    assert 1 <= len(m["refit"]) <= 2 and m["refit"][0]["profiled"] > 0
+    assert m["refit"][0]["before_refit"]["candidates"] >= 1
+    timed = m["selection"]["timed"]
+    assert sum(r["chosen"] for r in timed) == 1 and all(r["measured_ratio"] > 0 for r in timed)
+    assert m["measured_ratio"] == next(r["measured_ratio"] for r in timed if r["chosen"])
+    logged = [r["config_id"] for r in ProfileLog(out / "profile", {}).read().to_pylist()]
+    assert len(logged) == len(set(logged))  # never twice
+    table = params.path(params.profile.output_dir) / "torch-1t" / "profile.parquet"
+    assert not set(logged) & set(pq.read_table(table).column("config_id").to_pylist())
+    assert (out / "latency" / "latency_model.json").exists()
+    assert m["refit"][0]["profiled"] <= 12
+    text = (tmp_path / "r" / "comparison.md").read_text()
+    assert "refitted where the search went" in text and "timed on the device against the baseline" in text
+    # the same run again resumes the finished search: every visited structure is known, nothing is re-profiled
+    again = compress.run(params, "torch-1t", output_dir=out, report_dir=tmp_path / "r")
+    assert again.metrics["refit"][0]["profiled"] == 0
+    relogged = [r["config_id"] for r in ProfileLog(out / "profile", {}).read().to_pylist()]
+    assert len(relogged) == len(set(relogged))
+
+
+def test_the_local_correction_fixes_what_the_formula_gets_wrong_near_timed_models_and_fades_far_away():
+    from components.latency.fit import fit_residuals
+    from components.latency.model import LatencyModel, Overhead, Residuals, from_dict
+
+    base = _spec()
+
+    def at(w1, w2):
+        return resized_spec(base, {"dense1": w1, "dense2": w2})
+
+    # timed models around (8, 6) run 30 % slower than the formula says; wide ones are right
+    near = [at(w1, w2) for w1 in (6, 7, 8, 9, 10) for w2 in (5, 6, 7)]
+    wide = [at(w1, w2) for w1 in (40, 44, 48) for w2 in (28, 32)]
+    specs = near + wide
+    formula = np.array([float(s.params) for s in specs])
+    measured = formula * np.array([1.3] * len(near) + [1.0] * len(wide))
+    residuals = fit_residuals(specs, measured, formula)
+    assert residuals.points and residuals.names == tuple(layer.name for layer in base.layers)
+    assert residuals.factor(at(8, 6)) == pytest.approx(1.3, rel=0.05)
+    assert residuals.factor(at(46, 30)) == pytest.approx(1.0, abs=0.05)
+    other_arch = mlp_spec((4, 1, 2, 2, 4), ("a", "b", "c"), units=(8,), dropout=0.0)
+    assert residuals.factor(other_arch) == 1.0  # another architecture: no correction
+    # no structure in the residuals: no correction is chosen
+    assert fit_residuals(specs, formula * 1.0, formula) == Residuals()
+    # saved and read back as JSON
+    model = LatencyModel("d", "onnxruntime", {}, Overhead("none"), {}, residuals)
+    again = from_dict(model.to_dict())
+    assert again.residuals == residuals
