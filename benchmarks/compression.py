@@ -31,6 +31,7 @@ profiles, trained baselines and finished compress runs.
 
     python benchmarks/compression.py [--datasets uci_har uci_hapt] [--folds 0 1] [--devices ort-1t tflite-1t]
         [--params-budget 0.05] [--latency-budget 0.2] [--steps 600] [-p section.key=value]
+    python benchmarks/compression.py --rows results.json --latency-budget 0.15   # summary of saved rows
 """
 
 from __future__ import annotations
@@ -67,8 +68,15 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=16, help="whole models in the profile sample")
     parser.add_argument("--work", type=Path, default=ROOT / ".state" / "benchmarks" / "compression")
     parser.add_argument("-p", dest="overrides", action="append", default=[], help="section.key=value")
+    parser.add_argument("--rows", type=Path, default=None,
+                        help="print the summary of rows saved by an earlier run (results.json) and stop")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.rows is not None:
+        saved = json.loads(args.rows.read_text())
+        for dataset in dict.fromkeys(r["dataset"] for r in saved):
+            summarise([r for r in saved if r["dataset"] == dataset], args)
+        return
     rows: list[dict] = []
     for dataset in args.datasets:
         rows += run_dataset(dataset, args)

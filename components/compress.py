@@ -276,8 +276,10 @@ def _floor_check(search, bench, baseline, budget: float, cost) -> dict:
 
     A budget under the predicted floor cannot be met by width pruning (fixed
     per-layer costs: eager torch pays ~0.1 ms per module call); the search
-    then aims at the floor plus a tenth of what lies above it, the best it
-    can reach while keeping some capacity, and says so now.
+    then applies the budget to what width pruning can remove, aiming at
+    `floor + budget * (1 - floor)` (the same share of the removable time),
+    and says so now: pruning to the floor itself would cost the accuracy for
+    the last few per cent of time.
     """
     from components.pruning.costs import resized_spec
     from components.pruning.groups import groups
@@ -295,10 +297,11 @@ def _floor_check(search, bench, baseline, budget: float, cost) -> dict:
                         "predicts %.3f; the refit rounds will tell", bench.device.name, measured["ratio"], budget,
                         floor)
     if floor >= budget:
-        out["aim"] = min(1.0, floor + 0.1 * (1 - floor))
+        out["aim"] = min(1.0, floor + budget * (1 - floor))
         log.warning("budget %.3f of the baseline's %s is below what width pruning can reach on this device (%.3f "
                     "with one element per layer: fixed per-layer costs); BUDGET CANNOT BE MET: aiming at %.3f "
-                    "instead, the best this device can reach", budget, cost.name, floor, out["aim"])
+                    "instead (the budget's share of what width pruning can remove), the best this device can "
+                    "reach", budget, cost.name, floor, out["aim"])
     return out
 
 
