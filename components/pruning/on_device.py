@@ -4,18 +4,20 @@ A latency model fitted on a generic sample is least sure where compression
 ends: small, unevenly pruned models. Two things here close that gap, both on
 the device the model is compressed for:
 
-- `refit_round`: the structures the search visited (its recent candidates
-  and their width neighbours), whole and layer by layer, are profiled once
-  each (a key already in the profile table or in this stage's own log is
-  never timed again) and appended to the stage's profile log, in the profile
-  table's format; the latency model is refitted on the profile table plus
-  those rows. Before refitting, the old model's predictions for the new
-  whole models are scored against what was measured: out of sample, on
-  exactly the kind of model compression produces.
-- `time_candidates`: the structures the stage might pick are timed together
-  with the fixed reference model (the baseline's shape) in the same rounds;
-  each one's *ratio* to the reference is its measured relative latency, and a
-  slow phase of the machine slows both sides of it.
+- Refit (`DeviceBench.profile`, then `refit`): the structures the search
+  visited (its recent candidates and their width neighbours), whole and
+  layer by layer, are profiled once each (a key already in the profile table
+  or in this stage's own log is never timed again) and appended to the
+  stage's profile log, in the profile table's format; the latency model is
+  refitted on the profile table plus those rows. Before refitting, the old
+  model's predictions for the new whole models are scored against what was
+  measured (`prediction_errors`): out of sample, on exactly the kind of model
+  compression produces.
+- Measurement (`DeviceBench.time`): the structures the stage might pick are
+  timed together with the baseline and the fixed reference model in the
+  same rounds; each one's ratio to the reference divided by the baseline's
+  is its measured relative latency, and a slow phase of the machine slows
+  every side of it.
 
 Everything is timed by the profile stage's machinery (`TimedProfiler`, its
 worker processes, its protocol), so a row from here reads like any other.
@@ -45,7 +47,7 @@ class DeviceBench:
     reference: Item  # the baseline's shape: every timing is also a ratio to it
     directory: Path  # the stage's profile log
     profile_table: Path | None = None  # the profile stage's table (its keys count as profiled)
-    known: set[str] = field(default_factory=set)
+    known: set[str] = field(init=False)  # keys profiled on this device: the table's and the log's
 
     def __post_init__(self):
         from components.devices.base import get_backend
@@ -58,12 +60,14 @@ class DeviceBench:
         self.known = set(self.log.open()) | {r["config_id"] for r in self.table_rows()}
 
     def table_rows(self) -> list[dict]:
-        """The profile stage's rows for this device (none if it has no table)."""
-        if self.profile_table is None or not self.profile_table.exists():
-            return []
-        import pyarrow.parquet as pq
+        """The profile stage's rows for this device (none if it has no table), read once per run."""
+        if not hasattr(self, "_table_rows"):
+            self._table_rows: list[dict] = []
+            if self.profile_table is not None and self.profile_table.exists():
+                import pyarrow.parquet as pq
 
-        return pq.read_table(self.profile_table).to_pylist()
+                self._table_rows = pq.read_table(self.profile_table).to_pylist()
+        return self._table_rows
 
     def own_rows(self) -> list[dict]:
         return self.log.read().to_pylist()
