@@ -9,8 +9,8 @@ users' test windows one window at a time, and time the two models together
 with `profile`'s protocol. From the outputs: accuracy, macro-F1, agreement
 with the torch model's own predictions, latency, peak memory and file size,
 and the latency model's prediction for comparison. A microcontroller is
-computed, not timed: its int8 file runs in LiteRT on this host for accuracy,
-its flash is the int8 file's size, its SRAM peak comes from the file's graph
+computed, not timed: its integer file (16x8) runs in LiteRT on this host for
+accuracy, its flash is that file's size, its SRAM peak comes from the file's graph
 (activations alive at once), and its latency from the analytic model.
 
 The gates (`validate.gates`) decide on the compressed model in the deployed
@@ -143,7 +143,7 @@ def run(params: Params, device_name: str, baseline_dir: Path | None = None, comp
 
 def host_runtime(device) -> tuple[str, int]:
     """The runtime and threads that run the device's exported files: its own, except for a microcontroller,
-    whose int8 file runs in LiteRT on this host (for accuracy; its latency is computed)."""
+    whose integer file runs in LiteRT on this host (for accuracy; its latency is computed)."""
     return ("tflite", 1) if device.mcu is not None else (device.runtime, device.threads)
 
 

@@ -1,7 +1,9 @@
 """An analytic microcontroller target: flash, peak SRAM, MACs and a latency estimate, computed not timed.
 
-The figures are those of an int8 deployment in the style of TensorFlow Lite
-Micro with CMSIS-NN kernels (Liberis & Lane's resource model): weights and
+The figures are those of an integer deployment in the style of TensorFlow
+Lite Micro with CMSIS-NN kernels (Liberis & Lane's resource model), bytes per
+weight, bias and activation from the pool file (the default part runs the
+16x8 file: int8 weights, int16 activations): weights and
 biases live in flash (batch-norm folded into the convolution), activations
 live in SRAM, and the SRAM peak is the largest set of tensors alive at once
 while the layers run in order. Latency is MACs x cycles per MAC plus a fixed
@@ -112,4 +114,4 @@ class McuBackend(Backend):
         return _figures(flash_bytes(layer, mcu), layer_sram(layer, mcu), layer.macs, 1, mcu)
 
     def version(self) -> str:
-        return "analytic int8 model (computed, not timed)"
+        return "analytic integer model (computed, not timed)"

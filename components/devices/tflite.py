@@ -50,14 +50,17 @@ def _quiet_tensorflow():
             os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
 
 
-def tflite_bytes(item: Item, module, calibration: np.ndarray | None = None) -> bytes:
+def tflite_bytes(item: Item, module, calibration: np.ndarray | None = None, activations: str = "int8") -> bytes:
     """The TFLite flatbuffer of `module`, the item's eval-mode torch module.
 
     float32 as trained, or with `calibration` (windows in the torch layout,
-    one per representative sample) full-integer int8: weights, activations,
-    input and output, post-training quantization calibrated on those windows
-    (what a microcontroller runs).
+    one per representative sample) full-integer post-training quantization
+    calibrated on those windows: int8 weights, and `activations` (with the
+    input and output) int8, or int16 ("16x8", what the microcontroller runs:
+    it keeps the GRU's decisions where int8 does not).
     """
+    if activations not in ("int8", "int16"):
+        raise ValueError(f"activations must be int8 or int16, not {activations!r}")
     with _quiet_tensorflow():
         import tensorflow as tf
 
@@ -80,9 +83,12 @@ def tflite_bytes(item: Item, module, calibration: np.ndarray | None = None) -> b
 
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.representative_dataset = representative
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]  # integer kernels only
-            converter.inference_input_type = tf.int8
-            converter.inference_output_type = tf.int8
+            if activations == "int8":
+                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]  # integer kernels only
+            else:
+                converter.target_spec.supported_ops = [
+                    tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+            converter.inference_input_type = converter.inference_output_type = getattr(tf, activations)
         try:
             return converter.convert()
         except Exception as exc:  # the converter raises its own ConverterError and others
@@ -131,7 +137,7 @@ class _TfliteRunner:
 class TfliteBackend(Backend):
     runtime = "tflite"
     artifact_suffix = ".tflite"
-    formats = ("tflite", "tflite_int8")
+    formats = ("tflite", "tflite_int8", "tflite_int16x8")
 
     def convert(self, item: Item, artifact_path: Path) -> None:
         from components.devices.reference import reference_module

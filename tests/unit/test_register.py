@@ -16,7 +16,7 @@ from components.config import load_params
 from components.export import ChecksumMismatch
 from tests.conftest import PROJECT_ROOT, synthetic_task
 
-# The microcontroller: its latency is computed (no latency model needed) and its int8 file is what is registered.
+# The microcontroller: its latency is computed (no latency model needed) and its integer (16x8) file is what is registered.
 # The gates are opened wide: these tests are about the registry, the gates have their own.
 LOOSE = ("validate.gates.max_accuracy_drop=1.0", "validate.gates.min_agreement=0.0", "validate.gates.latency_budget=1.0",
          "validate.gates.size_budget=1.0", "validate.calibration_windows=40", "register.backoff_s=0.01")
@@ -66,14 +66,14 @@ def test_a_passing_model_is_registered_with_its_files_tags_and_aliases_and_loads
     tags = version.tags
     assert tags["data_hash"] == "synthetic-0" and tags["pipeline_run"] == "nightly-1"
     assert tags["validate_run_id"] == report["validate_run_id"] and tags["git_commit"]
-    assert tags["format"] == "tflite_int8" and tags["validation_id"] == report["validation_id"]
+    assert tags["format"] == "tflite_int16x8" and tags["validation_id"] == report["validation_id"]
     assert json.loads((reports / "registry.json").read_text())["version"] == str(version.version)
     loaded = mlflow.pyfunc.load_model(f"models:/{outcome.name}@champion")
     x = np.load(tmp_path / "ingest" / "x.npy")[:8]
     logits = loaded.predict(x)
     assert logits.shape == (8, 3) and np.isfinite(logits).all()
     files = {a.path for a in mlflow.artifacts.list_artifacts(f"models:/{outcome.name}@champion/artifacts")}
-    assert {"artifacts/model.int8.tflite", "artifacts/report.json", "artifacts/report.html"} <= files
+    assert {"artifacts/model.int16x8.tflite", "artifacts/report.json", "artifacts/report.html"} <= files
 
 
 def _variant(report: dict, key: str, accuracy: float, latency_ms: float) -> dict:
@@ -123,7 +123,7 @@ def test_a_model_that_failed_a_gate_is_never_registered(validated):
 def test_an_export_changed_after_validation_is_not_registered(validated):
     params, report, reports = validated
     exported = report["exports"]["compressed"]
-    path = f"{exported['dir']}/{exported['files']['tflite_int8']['file']}"
+    path = f"{exported['dir']}/{exported['files']['tflite_int16x8']['file']}"
     with open(path, "ab") as f:
         f.write(b"\0")
     with pytest.raises(ChecksumMismatch):

@@ -47,7 +47,8 @@ def _run(params, task, device, tmp_path, **kwargs):
 
 def test_every_format_exports_with_its_checksum_and_runs_like_torch(task, tmp_path):
     x = np.load(task.ingest / "x.npy")[:40]
-    files, failed = export(task.baseline, ("onnx", "tflite", "tflite_int8", "torch"), tmp_path, x, 300)
+    files, failed = export(task.baseline, ("onnx", "tflite", "tflite_int8", "tflite_int16x8", "torch"), tmp_path, x,
+                           300)
     assert not failed
     assert read_manifest(tmp_path) == files
     for fmt, exported in files.items():
@@ -56,12 +57,16 @@ def test_every_format_exports_with_its_checksum_and_runs_like_torch(task, tmp_pa
     model = models.load(task.baseline)
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
-    runtimes = {"onnx": "onnxruntime", "tflite": "tflite", "tflite_int8": "tflite", "torch": "torch"}
+    runtimes = {"onnx": "onnxruntime", "tflite": "tflite", "tflite_int8": "tflite", "tflite_int16x8": "tflite",
+                "torch": "torch"}
     for fmt, runtime in runtimes.items():
         runner = get_backend(runtime).load_file(tmp_path / files[fmt].file, fmt, 1)
         got = np.concatenate([runner.predict(x[i : i + 1]) for i in range(len(x))])
         if fmt == "tflite_int8":  # quantised: the same decisions, not the same numbers
             assert np.mean(got.argmax(1) == expected.argmax(1)) >= 0.9
+        elif fmt == "tflite_int16x8":  # int16 activations: close to the float logits, not only the decisions
+            assert np.mean(got.argmax(1) == expected.argmax(1)) >= 0.97
+            assert np.abs(got - expected).max() <= 0.05 * np.abs(expected).max()
         else:
             np.testing.assert_allclose(got, expected, atol=1e-4)
 
@@ -106,11 +111,11 @@ def test_validate_reports_every_gate_with_its_numbers_and_logs_the_run(make_para
     assert "1 held-out users (c) (one user: no interval)" in md
 
 
-def test_the_microcontroller_is_gated_on_its_int8_file_flash_and_sram(make_params, task, tmp_path):
+def test_the_microcontroller_is_gated_on_its_integer_file_flash_and_sram(make_params, task, tmp_path):
     result = _run(_params(make_params, task), task, "cortex-m4", tmp_path)
     report = result.report
-    assert report["deployed_format"] == "tflite_int8"
-    comp = report["models"]["compressed"]["tflite_int8"]
+    assert report["deployed_format"] == "tflite_int16x8"
+    comp = report["models"]["compressed"]["tflite_int16x8"]
     assert comp["latency_method"] == "computed" and comp["flash_bytes"] == comp["bytes"]
     assert 0 < comp["peak_sram_bytes"] < 262144
     gates = {g["name"]: g for g in report["gates"]}
