@@ -140,11 +140,12 @@ def _compress(params, output_dir, pipeline_key, device_names) -> int:
         result = compress.run(params, name, output_dir=output_dir, pipeline_key=pipeline_key)
         m, d = result.metrics, result.metrics["methods"]["deepiot"]
         return (f"compress {name}: {'budget met' if m['budget_met'] else 'BUDGET NOT MET'} "
-                f"({m['cost']} {d['relative_cost']:.3f} of the baseline's, budget {m['budget']}); "
+                f"({m['cost']} {compress.reached(m)} of the baseline's, budget {m['budget']}); "
                 f"{d['params']} parameters, test accuracy {d['test_accuracy']:.3f} ({m['accuracy_change']:+.3f}) "
                 f"-> {result.model_dir} (MLflow run {result.run_id})")
 
     return _each_device(params, device_names, bool(output_dir), "compression", one)
+
 
 
 def _validate(params, output_dir, pipeline_key, device_names) -> int:

@@ -220,6 +220,9 @@ def test_compress_refits_on_visited_structures_once_and_picks_by_measurement(mak
     result = compress.run(params, "torch-1t", output_dir=out, report_dir=tmp_path / "r")
     m = result.metrics
     assert m["floor"]["measured"] > 0 and "predicted" in m["floor"]
+    floor = m["floor"]["predicted"]  # judged on a measurement, the search aims a margin under what it can reach
+    reach = floor + 0.5 * (1 - floor) if m["floor"]["above_budget"] else 0.5
+    assert m["floor"]["aim"] == pytest.approx(reach * (1 - params.compress.budget_margin))
     assert 1 <= len(m["refit"]) <= 2 and m["refit"][0]["profiled"] > 0
     assert m["refit"][0]["before_refit"]["candidates"] >= 1
     timed = m["selection"]["timed"]
