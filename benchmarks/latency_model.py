@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from components import fit_latency, profile
+from components.devices.pool import chosen
 from components.config import load_params
 from components.latency.fit import PREDICTORS
 from components.latency.model import load
@@ -49,7 +50,7 @@ def main() -> None:
         f"profile.output_dir={work / 'profile'}", f"profile.report_dir={work / 'reports' / 'profile'}",
         f"fit_latency.output_dir={work / 'fit_latency'}", f"fit_latency.report_dir={work / 'reports' / 'fit'}",
         f"pipeline.state_dir={work / 'state'}", *args.overrides])
-    chosen = [d for d in profile.devices(params, args.devices) if d.runtime != "mcu"]
+    chosen = [d for d in chosen(params, args.devices) if d.runtime != "mcu"]
     results = {}
     for device in chosen:
         started = time.perf_counter()
@@ -83,7 +84,7 @@ def _accuracy_table(results: dict) -> None:
 
 
 def _speed_table(params, results: dict) -> None:
-    from components.profile import sampler_params
+    from components.profiling.sampler import sampler_params
 
     spec = spec_from_params("deepsense", params.train, tuple(sampler_params(params).model_input_shape),
                             tuple(f"c{i}" for i in range(6)))

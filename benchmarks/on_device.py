@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from components import fit_latency, profile, validate
+from components.devices.pool import chosen
 from components.config import load_params
 from components.latency.model import load as load_latency_model
 from components.models import load as load_model
@@ -53,7 +54,7 @@ def main() -> None:
         f"profile.sampler.configs_per_kind={args.configs_per_kind}", f"profile.sampler.models={args.models}",
         f"fit_latency.output_dir={work / 'fit_latency'}", f"fit_latency.report_dir={work / 'r/fit_latency'}"])
     rows = []
-    for device in profile.devices(params, args.devices or None):
+    for device in chosen(params, args.devices or None):
         larger = None
         if device.mcu is None:
             started = time.perf_counter()

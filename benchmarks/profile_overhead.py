@@ -31,6 +31,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from components import profile
+from components.devices.pool import chosen
 from components.config import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +49,7 @@ def main() -> None:
         base = ["profile.sampler.configs_per_kind=12", "profile.sampler.models=8",
                 f"pipeline.state_dir={work / 'state'}", *args.overrides]
         params = load_params(ROOT / "params.yaml", base)
-        chosen = [d for d in profile.devices(params, args.devices) if d.runtime != "mcu"]
+        chosen = [d for d in chosen(params, args.devices) if d.runtime != "mcu"]
         print(f"{'device':<11} {'configs':>7} {'wall s':>7} {'timed s':>7} {'overhead':>8} {'rerun':>6} "
               f"{'repeat diff':>11} {'ratio diff':>10} {'IQR/med':>7} {'convert s':>9}")
         sweeps, by_kind = {}, {}

@@ -89,13 +89,13 @@ def _each_device(params, device_names, one_folder: bool, what: str, run_one, fai
     A device raising `failure` is reported and skipped: it does not stop the
     others, but fails the command (exit status 1).
     """
-    from components import profile
+    from components.devices.pool import chosen
 
-    chosen = profile.devices(params, device_names)
-    if one_folder and len(chosen) > 1:
+    devices = chosen(params, device_names)
+    if one_folder and len(devices) > 1:
         raise ConfigError("--output-dir/--input-dir need exactly one --device (each device has its own folders)")
     failed = []
-    for device in chosen:
+    for device in devices:
         try:
             print(run_one(device.name))
         except failure as exc:

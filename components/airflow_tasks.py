@@ -67,11 +67,9 @@ def device_routes() -> list[dict[str, str]]:
     infra/airflow/airflow_local_settings.py reads it again to route each
     mapped task instance (Airflow cannot map `queue`/`pool` per instance).
     """
-    from components.devices.pool import load_pool, select
+    from components.devices.pool import chosen
 
-    params = load_params(params_path())
-    pool = load_pool(params.path(params.profile.devices_file))
-    return [{"device": d.name, "queue": d.queue, "pool": d.pool} for d in select(pool, params.profile.devices)]
+    return [{"device": d.name, "queue": d.queue, "pool": d.pool} for d in chosen(load_params(params_path()))]
 
 
 def selected(device: str, devices: Sequence[str] | None) -> bool:

@@ -37,7 +37,6 @@ from components.data.outputs import atomic_directory, write_text_atomic
 from components.evaluation import interval_text
 
 STAGE = "compress"
-LATENCY_DIR = "latency"  # <output_dir>/<device>/latency/latency_model.json: the model refitted while compressing
 log = logging.getLogger(__name__)
 
 
@@ -55,11 +54,12 @@ def run(params: Params, device_name: str, baseline_dir: Path | None = None, inge
     """Compress the baseline for one device; `profile_dir`: the device's profile table (refit rounds)."""
     import torch
 
-    from components import models, profile, tracking
-    from components.train import load_windows, make_folds
+    from components import models, tracking
+    from components.data.windows import load_windows, make_folds
+    from components.devices.pool import chosen
 
     cfg = params.compress
-    (device,) = profile.devices(params, [device_name])
+    (device,) = chosen(params, [device_name])
     out = Path(output_dir) if output_dir else params.path(cfg.output_dir) / device.name
     reports = Path(report_dir) if report_dir else params.path(cfg.report_dir) / device.name
     windows = load_windows(Path(ingest_dir) if ingest_dir else params.path(params.ingest.output_dir))
@@ -86,9 +86,10 @@ def run(params: Params, device_name: str, baseline_dir: Path | None = None, inge
         with atomic_directory(out / "model") as staging:
             models.save(results["deepiot"]["model"], staging)
         if extra["latency_model"] is not None:  # the model it steered by last (refitted on what it visited)
-            with atomic_directory(out / LATENCY_DIR) as staging:
-                extra["latency_model"].save(staging / "latency_model.json")
-                (staging / "rules.txt").write_text(extra["latency_model"].rules())
+            from components.latency.model import REFITTED_DIR, save_in
+
+            with atomic_directory(out / REFITTED_DIR) as staging:
+                save_in(staging, extra["latency_model"])
         artifacts = _write_report(results, search, metrics, device.name, reports)
         mlrun.log_metrics({k: v for k, v in _flat_numbers(metrics).items()})
         mlrun.set_tags({"cost": cost.name, "budget_met": str(metrics["budget_met"]).lower()})
@@ -98,25 +99,15 @@ def run(params: Params, device_name: str, baseline_dir: Path | None = None, inge
         return CompressResult(device.name, out / "model", metrics, mlrun.run_id)
 
 
-def _latency_path(params: Params, device, latency_dir: Path | None) -> Path:
-    folder = Path(latency_dir) if latency_dir else params.path(params.fit_latency.output_dir) / device.name
-    return folder / "latency_model.json"
+def _latency_dir(params: Params, device, latency_dir: Path | None) -> Path:
+    return Path(latency_dir) if latency_dir else params.path(params.fit_latency.output_dir) / device.name
 
 
 def device_latency_model(params: Params, device, latency_dir: Path | None):
     """The device's fitted latency model, or None where fit_latency has not run (then only params can steer)."""
-    from components.latency.model import load
+    from components.latency.model import load_in
 
-    path = _latency_path(params, device, latency_dir)
-    return load(path) if path.exists() else None
-
-
-def refitted_latency_model(compressed_dir: Path):
-    """The latency model compress refitted beside a compressed model (`<out>/model` -> `<out>/latency`), or None."""
-    from components.latency.model import load
-
-    path = Path(compressed_dir).parent / LATENCY_DIR / "latency_model.json"
-    return load(path) if path.exists() else None
+    return load_in(_latency_dir(params, device, latency_dir))
 
 
 def _bench(params: Params, device, cost, out: Path, profile_dir: Path | None):
@@ -144,7 +135,7 @@ def _cost(params: Params, device, spec, latency_model, latency_dir: Path | None 
     if params.compress.cost == "params":
         return ParamsCost(spec)
     if latency_model is None:
-        raise ConfigError(f"device {device.name}: no latency model at {_latency_path(params, device, latency_dir)}; "
+        raise ConfigError(f"device {device.name}: no latency model in {_latency_dir(params, device, latency_dir)}; "
                           f"run `python -m components fit_latency --device {device.name}` "
                           "(or set compress.cost: params)")
     return LatencyCost(spec, latency_model, device.name)

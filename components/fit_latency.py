@@ -33,13 +33,12 @@ from components.data.outputs import atomic_directory, write_text_atomic
 from components.latency import fit as fitting
 from components.latency.features import check_names
 from components.latency.fit import LatencyDataError, Rows
-from components.latency.model import AnalyticLatencyModel, LatencyModel
+from components.latency.model import MODEL_FILE, RULES_FILE, AnalyticLatencyModel, LatencyModel, save_in
 from components.models.spec import LayerSpec
 from components.profiling.items import LAYER_KINDS
 from components.profiling.table import OPTIONAL_COLUMNS, SCHEMA, TABLE_FILE, with_optional_columns
 
 STAGE = "fit_latency"
-MODEL_FILE, RULES_FILE = "latency_model.json", "rules.txt"
 log = logging.getLogger(__name__)
 
 __all__ = ["LatencyDataError", "FitResult", "run"]
@@ -75,11 +74,12 @@ def check_params(cfg: FitLatencyParams) -> None:
 def run(params: Params, device_name: str, profile_dir: Path | None = None, output_dir: Path | None = None,
         report_dir: Path | None = None, pipeline_key: str | None = None) -> FitResult:
     """Fit and evaluate device `device_name`'s latency model; outputs default to the params' folders."""
-    from components import profile, tracking
+    from components import tracking
+    from components.devices.pool import chosen
 
     cfg = params.fit_latency
     check_params(cfg)
-    (device,) = profile.devices(params, [device_name])
+    (device,) = chosen(params, [device_name])
     table = (Path(profile_dir) if profile_dir else params.path(params.profile.output_dir) / device.name) / TABLE_FILE
     out = Path(output_dir) if output_dir else params.path(cfg.output_dir) / device.name
     reports = Path(report_dir) if report_dir else params.path(cfg.report_dir) / device.name
@@ -102,8 +102,7 @@ def run(params: Params, device_name: str, profile_dir: Path | None = None, outpu
                     "rows_invalid": len(rows.invalid), "rows_failed": rows.failed,
                     "fit_s": round(time.perf_counter() - started, 3)}
         with atomic_directory(out) as staging:
-            model.save(staging / MODEL_FILE)
-            (staging / RULES_FILE).write_text(model.rules())
+            save_in(staging, model)
         artifacts = _write_report(model, evaluation, rows, metrics, cfg, reports)
         _log(mlrun, metrics, [out / MODEL_FILE, out / RULES_FILE, *artifacts], device.name)
         _say(model, metrics)

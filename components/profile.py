@@ -26,10 +26,10 @@ from pathlib import Path
 from components.config import ConfigError, Params
 from components.data.outputs import write_text_atomic
 from components.devices.base import Backend, get_backend
-from components.devices.pool import Device, load_pool, select
+from components.devices.pool import Device, chosen
 from components.profiling.items import Item
-from components.profiling.runner import TimedProfiler, computed_rows
-from components.profiling.sampler import model_input_shape, reference_item, sample_items
+from components.profiling.runner import TimedProfiler, computed_rows, fingerprint
+from components.profiling.sampler import reference_item, sample_items, sampler_params
 from components.profiling.table import ProfileLog
 
 STAGE = "profile"
@@ -48,16 +48,10 @@ class ProfileResult:
     run_id: str
 
 
-def devices(params: Params, names: list[str] | tuple[str, ...] | None = None) -> list[Device]:
-    """The devices to profile: `names`, else `profile.devices`, else the whole pool."""
-    pool = load_pool(params.path(params.profile.devices_file))
-    return select(pool, list(names) if names else list(params.profile.devices))
-
-
 def run(params: Params, device_name: str, output_dir: Path | None = None, report_dir: Path | None = None,
         pipeline_key: str | None = None) -> ProfileResult:
     """Profile one device; outputs under `<output_dir>` (default: profile.output_dir/<device>)."""
-    (device,) = devices(params, [device_name])
+    (device,) = chosen(params, [device_name])
     out = Path(output_dir) if output_dir else params.path(params.profile.output_dir) / device.name
     reports = Path(report_dir) if report_dir else params.path(params.profile.report_dir) / device.name
     backend = get_backend(device.runtime)
@@ -68,19 +62,6 @@ def run(params: Params, device_name: str, output_dir: Path | None = None, report
     if reference is not None:  # its own row too: it is a whole model
         items = [reference, *(item for item in items if item.key != reference.key)]
     return _profile(params, device, backend, items, out, reports, pipeline_key, reference)
-
-
-def sampler_params(params: Params):
-    """profile.sampler, its whole models shaped like the configured data set's input when it names no shape."""
-    from dataclasses import replace
-
-    return replace(params.profile.sampler, model_input_shape=model_input_shape(params))
-
-
-def fingerprint(params: Params, device: Device, version: str, reference: Item | None) -> dict:
-    """What the rows depend on; the reference too, since every ratio in the log is relative to it."""
-    return {"device": device.to_dict(), "timing": asdict(params.profile.timing), "runtime_version": version,
-            "reference_id": reference.key if reference is not None else None}
 
 
 def _profile(params: Params, device: Device, backend: Backend, items: list[Item], out: Path, reports: Path,

@@ -61,9 +61,9 @@ def model_name(params: Params, report: dict) -> str:
 def run(params: Params, device_name: str, report_dir: Path | None = None, pipeline_key: str | None = None
         ) -> RegisterOutcome:
     """Register one device's validated model if it passed every gate; record the outcome beside the report."""
-    from components import profile
+    from components.devices.pool import chosen
 
-    (device,) = profile.devices(params, [device_name])
+    (device,) = chosen(params, [device_name])
     reports = Path(report_dir) if report_dir else params.path(params.validate.report_dir) / device.name
     path = reports / "report.json"
     if not path.exists():

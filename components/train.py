@@ -28,32 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from components import classical, evaluation, models, plots, tracking, training
 from components.config import Params, TrainParams
-from components.data.errors import DataError
 from components.data.outputs import atomic_directory, write_text_atomic
+from components.data.windows import Fold, Windows, load_windows, make_folds
 from components.evaluation import interval_text
 
 log = logging.getLogger(__name__)
 STAGE = "train"
-
-
-@dataclass(frozen=True)
-class Windows:
-    x: np.ndarray  # [N, T, sensors, axes, 2, F] (memory-mapped)
-    signal: np.ndarray  # [N, sensors, axes, time]
-    meta: pd.DataFrame
-    classes: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Fold:
-    name: str
-    train: np.ndarray  # window indices
-    test: np.ndarray
-    kfold_id: int | None = None  # which of ingest's folds of users this holds out, when it is one
 
 
 @dataclass(frozen=True)
@@ -63,64 +46,6 @@ class TrainResult:
     macro_f1: float
     run_id: str
     accuracy_ci: dict  # evaluation.mean_ci of the per-user accuracies
-
-
-def load_windows(directory: Path) -> Windows:
-    """Open ingest's output and check that it is consistent, naming the file at fault."""
-    paths = {name: directory / name for name in ("x.npy", "signal.npy", "windows.parquet", "data_card.json")}
-    for path in paths.values():
-        if not path.exists():
-            raise DataError(path, "not found; run the ingest stage first")
-    x = np.load(paths["x.npy"], mmap_mode="r")
-    signal = np.load(paths["signal.npy"], mmap_mode="r")
-    meta = pd.read_parquet(paths["windows.parquet"])
-    classes = tuple(json.loads(paths["data_card.json"].read_text())["labels"])
-    if x.ndim != 6 or x.shape[4] != 2:
-        raise DataError(paths["x.npy"], f"shape {x.shape} is not [windows, intervals, sensors, axes, 2, frequencies]")
-    for name, arr in (("x.npy", x), ("signal.npy", signal)):
-        if len(arr) != len(meta):
-            raise DataError(paths[name], f"has {len(arr)} windows but windows.parquet has {len(meta)}")
-    missing = {"label", "user", "split"} - set(meta.columns)
-    if missing:
-        raise DataError(paths["windows.parquet"], f"missing column(s) {sorted(missing)}")
-    bad = np.flatnonzero((meta["label"].to_numpy() < 0) | (meta["label"].to_numpy() >= len(classes)))
-    if len(bad):
-        raise DataError(paths["windows.parquet"], f"label {meta['label'].iloc[bad[0]]} is outside the model's "
-                        f"{len(classes)} classes {list(classes)}", f"window {bad[0]}")
-    return Windows(x, signal, meta, classes)
-
-
-def make_folds(meta: pd.DataFrame, cfg: TrainParams) -> list[Fold]:
-    """The nightly split first (ingest's held-out users, or train.test_users), then, for `kfold`, every other
-    fold of users ingest dealt, so that each user is held out exactly once across the folds."""
-    users = meta["user"].to_numpy().astype(str)
-    known = sorted(set(users.tolist()))
-    if cfg.test_users:
-        empty = [u for u in cfg.test_users if u not in known]
-        if empty:
-            raise DataError("params.yaml", f"held-out user(s) {empty} have no windows; users with windows: {known}",
-                            "train.test_users")
-        test_mask = np.isin(users, cfg.test_users)
-    else:
-        test_mask = meta["split"].to_numpy() == "test"
-    kfolds: dict[int, np.ndarray] = {}
-    if cfg.evaluation == "kfold":
-        if "fold" not in meta or (meta["fold"].to_numpy() < 0).all():
-            raise DataError("windows.parquet", "no folds of users (ingest deals them: rerun ingest; a data set "
-                            "without user ids has none)", "fold")
-        fold_ids = meta["fold"].to_numpy()
-        kfolds = {int(f): fold_ids == f for f in sorted(set(fold_ids.tolist())) if f >= 0}
-    same = [f for f, mask in kfolds.items() if np.array_equal(mask, test_mask)]
-    folds = [Fold("split", np.flatnonzero(~test_mask), np.flatnonzero(test_mask), same[0] if same else None)]
-    folds += [Fold(f"fold{f}", np.flatnonzero(~mask), np.flatnonzero(mask), f) for f, mask in kfolds.items()
-              if f not in same]
-    for fold in folds:
-        if len(fold.test) == 0:
-            raise DataError("windows.parquet", f"fold {fold.name}: no held-out windows (ingest held out no user; "
-                            "set ingest.split or train.test_users)")
-        if len(fold.train) == 0:
-            raise DataError("windows.parquet", f"fold {fold.name}: no training windows left")
-    return folds
 
 
 def run(params: Params, output_dir: Path | None = None, input_dir: Path | None = None,

@@ -65,12 +65,13 @@ class Gate:
 def run(params: Params, device_name: str, baseline_dir: Path | None = None, compressed_dir: Path | None = None,
         ingest_dir: Path | None = None, latency_dir: Path | None = None, output_dir: Path | None = None,
         report_dir: Path | None = None, pipeline_key: str | None = None) -> ValidateResult:
-    from components import models, profile, tracking, training
-    from components.compress import device_latency_model, refitted_latency_model
-    from components.train import load_windows, make_folds
+    from components import models, tracking, training
+    from components.data.windows import load_windows, make_folds
+    from components.devices.pool import chosen
+    from components.latency.model import REFITTED_DIR, load_in
 
     cfg = params.validate
-    (device,) = profile.devices(params, [device_name])
+    (device,) = chosen(params, [device_name])
     formats = _formats(cfg, device)
     out = Path(output_dir) if output_dir else params.path(cfg.output_dir) / device.name
     reports = Path(report_dir) if report_dir else params.path(cfg.report_dir) / device.name
@@ -92,9 +93,10 @@ def run(params: Params, device_name: str, baseline_dir: Path | None = None, comp
     x_test = np.ascontiguousarray(windows.x[test], dtype=np.float32)
     y_test = windows.meta["label"].to_numpy()[test].astype(np.int64)
     users_test = windows.meta["user"].to_numpy().astype(str)[test]
-    # the model compress steered by last (refitted where the search went), else fit_latency's
-    latency_model = refitted_latency_model(model_dirs["compressed"]) or device_latency_model(params, device,
-                                                                                             latency_dir)
+    # the model compress steered by last (refitted where the search went, beside its model), else fit_latency's
+    latency_model = (load_in(model_dirs["compressed"].parent / REFITTED_DIR)
+                     or load_in(Path(latency_dir) if latency_dir
+                                else params.path(params.fit_latency.output_dir) / device.name))
     loaded = {name: models.load(folder) for name, folder in model_dirs.items()}
     torch_predictions = {name: training.predict(model, x_test) for name, model in loaded.items()}
 

@@ -87,3 +87,9 @@ def select(pool: dict[str, Device], names: tuple[str, ...] | list[str]) -> list[
     if unknown:
         raise ConfigError(f"unknown device {unknown[0]!r}; the pool has: {', '.join(pool)}")
     return [pool[n] for n in names]
+
+
+def chosen(params, names: list[str] | tuple[str, ...] | None = None) -> list[Device]:
+    """The devices a stage works on: `names`, else `profile.devices`, else the whole pool (`profile.devices_file`)."""
+    pool = load_pool(params.path(params.profile.devices_file))
+    return select(pool, list(names) if names else list(params.profile.devices))

@@ -36,6 +36,9 @@ from components.latency.features import layer_values, matrix
 from components.latency.tree import LinearTree
 from components.models.spec import LayerSpec, ModelSpec
 
+MODEL_FILE, RULES_FILE = "latency_model.json", "rules.txt"  # a saved latency model, and its rules to read
+REFITTED_DIR = "latency"  # beside a compressed model's folder: the latency model compress refitted and steered by
+
 FORMAT = "iot-compress/latency-model/1"
 MIN_SHARE_OF_SUM = 0.1  # a whole model is never predicted below this share of its layers' plain sum
 
@@ -249,6 +252,18 @@ def from_dict(d: dict) -> LatencyModel | AnalyticLatencyModel:
     kinds = {k: KindModel(LinearTree.from_dict(m["tree"]), m.get("fallback", "")) for k, m in d["kinds"].items()}
     residuals = Residuals.from_dict(d["residuals"]) if d.get("residuals") else None
     return LatencyModel(d["device"], d["runtime"], kinds, Overhead(**d["overhead"]), d.get("info", {}), residuals)
+
+
+def save_in(folder: Path, model) -> None:
+    """`latency_model.json` and its readable `rules.txt` into `folder` (fit_latency's output, compress's refit)."""
+    model.save(Path(folder) / MODEL_FILE)
+    (Path(folder) / RULES_FILE).write_text(model.rules())
+
+
+def load_in(folder: Path) -> LatencyModel | AnalyticLatencyModel | None:
+    """The latency model saved in `folder`, or None where none was written there."""
+    path = Path(folder) / MODEL_FILE
+    return load(path) if path.exists() else None
 
 
 def load(path: Path) -> LatencyModel | AnalyticLatencyModel:

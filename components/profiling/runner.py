@@ -189,3 +189,9 @@ class TimedProfiler:
         if self._reference_entry is not None:
             request["reference"] = self._reference_entry
         return request
+
+
+def fingerprint(params, device: Device, version: str, reference: Item | None) -> dict:
+    """What the rows depend on; the reference too, since every ratio in the log is relative to it."""
+    return {"device": device.to_dict(), "timing": asdict(params.profile.timing), "runtime_version": version,
+            "reference_id": reference.key if reference is not None else None}

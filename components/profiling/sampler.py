@@ -25,6 +25,8 @@ shared by `profile` and `compress` so their ratios mean the same.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from components.config import ConfigError, Params, SamplerParams, TrainParams
@@ -185,3 +187,8 @@ def _model_layers(kind: str, p: SamplerParams, train: TrainParams, rng: np.rando
         of_kind = [layer for layer in _random_deepsense(p, train, rng, rnn).layers if layer.kind == kind]
         layers.append(of_kind[int(rng.integers(len(of_kind)))])
     return layers
+
+
+def sampler_params(params: Params):
+    """profile.sampler, its whole models shaped like the configured data set's input when it names no shape."""
+    return dataclasses.replace(params.profile.sampler, model_input_shape=model_input_shape(params))

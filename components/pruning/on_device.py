@@ -51,7 +51,7 @@ class DeviceBench:
 
     def __post_init__(self):
         from components.devices.base import get_backend
-        from components.profile import fingerprint
+        from components.profiling.runner import fingerprint
         from components.profiling.table import ProfileLog
 
         self.backend = get_backend(self.device.runtime)

@@ -187,10 +187,9 @@ def build_pipeline(default_devices: Sequence[str], tracking_uri: str = DEFAULT_T
 def pool_devices(overrides: Sequence[str] = ()) -> list[str]:
     """The devices a run covers by default: `profile.devices`, else the whole pool (as the Airflow DAG)."""
     from components.config import load_params
-    from components.devices.pool import load_pool, select
+    from components.devices.pool import chosen
 
-    params = load_params(PROJECT_ROOT / "params.yaml", overrides)
-    return [d.name for d in select(load_pool(params.path(params.profile.devices_file)), params.profile.devices)]
+    return [d.name for d in chosen(load_params(PROJECT_ROOT / "params.yaml", overrides))]
 
 
 def compile_pipeline(output: Path = DEFAULT_OUTPUT, tracking_uri: str = DEFAULT_TRACKING_URI, image: str = IMAGE,

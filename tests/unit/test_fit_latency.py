@@ -126,7 +126,7 @@ def _latency(layer: LayerSpec) -> float:
 
 
 def synthetic_rows(params, per_kind=40, models=10, scaled_share=None) -> list[dict]:
-    from components.profile import sampler_params
+    from components.profiling.sampler import sampler_params
 
     sampler = dataclasses.replace(sampler_params(params), configs_per_kind=per_kind, models=models)
     if scaled_share is not None:

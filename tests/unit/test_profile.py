@@ -23,7 +23,7 @@ from components.devices.timing import measure, measure_many, moved_less_than
 from components.models.deepsense import deepsense_spec
 from components.models.spec import LayerSpec
 from components.profiling.items import Item, example_input
-from components.profiling.sampler import reference_item, sample_items
+from components.profiling.sampler import reference_item, sample_items, sampler_params
 from tests.conftest import PROJECT_ROOT, QUICK_PROFILE, subprocess_env
 
 POOL = {
@@ -89,7 +89,7 @@ def test_unknown_device_and_runtime_are_refused(pool_file):
 
 
 def test_sampler_is_seeded_and_covers_widths_around_multiples_and_model_layers(project_params):
-    p = profile.sampler_params(project_params)
+    p = sampler_params(project_params)
     items = sample_items(p, project_params.train)
     again = sample_items(p, project_params.train)
     assert [i.key for i in items] == [i.key for i in again]
@@ -112,11 +112,11 @@ def test_profiled_whole_models_take_the_configured_data_sets_input_shape(dataset
     from components.config import load_params
 
     params = load_params(PROJECT_ROOT / "params.yaml", [f"ingest.dataset={dataset}"])
-    assert profile.sampler_params(params).model_input_shape == shape
-    models = [i for i in sample_items(profile.sampler_params(params), params.train) if i.model]
+    assert sampler_params(params).model_input_shape == shape
+    models = [i for i in sample_items(sampler_params(params), params.train) if i.model]
     assert models and all(i.model.input_shape == shape for i in models)
     fixed = load_params(PROJECT_ROOT / "params.yaml", ["profile.sampler.model_input_shape=[4, 1, 3, 2, 8]"])
-    assert profile.sampler_params(fixed).model_input_shape == (4, 1, 3, 2, 8)  # a shape in params wins
+    assert sampler_params(fixed).model_input_shape == (4, 1, 3, 2, 8)  # a shape in params wins
 
 
 def test_mcu_model_counts_flash_sram_and_macs(project_params):
@@ -217,7 +217,7 @@ def test_profile_times_a_device_and_writes_table_plots_and_noise(quick):
     result = profile.run(params, "torch-1t")
     rows = _table(result)
     reference = reference_item(params)
-    items = [reference, *sample_items(profile.sampler_params(params), params.train)]  # the reference's row first
+    items = [reference, *sample_items(sampler_params(params), params.train)]  # the reference's row first
     assert [r["config_id"] for r in rows] == [i.key for i in items]
     assert all(r["status"] == "ok" and r["method"] == "timed" and r["latency_ms"] > 0 for r in rows)
     assert all(r["reference_id"] == reference.key and r["ratio"] > 0 and r["reference_ms"] > 0 for r in rows)
@@ -301,7 +301,7 @@ def test_an_interrupted_run_resumes_without_duplicates_or_rewrites(quick, tmp_pa
     result = profile.run(params, "slow")
     rows = _table(result)
     keys = [r["config_id"] for r in rows]
-    sampled = sample_items(profile.sampler_params(params), params.train)
+    sampled = sample_items(sampler_params(params), params.train)
     assert len(keys) == len(set(keys)) == len(sampled) + 1  # and the reference model's row
     assert result.metrics["profiled_this_run"] == len(keys) - len(before)
     assert all((parts / name).read_bytes() == data for name, data in before.items())  # append-only

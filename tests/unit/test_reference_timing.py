@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components import profile
 from components.config import TimingParams
 from components.devices.base import get_backend
 from components.devices.pool import load_pool
@@ -19,7 +18,7 @@ from components.models.deepsense import deepsense_spec
 from components.models.spec import LayerSpec
 from components.profiling.items import Item
 from components.profiling.runner import TimedProfiler
-from components.profiling.sampler import reference_item, sample_items
+from components.profiling.sampler import reference_item, sample_items, sampler_params
 from tests.conftest import PROJECT_ROOT, QUICK_PROFILE
 from tests.unit.test_fit_latency import synthetic_rows
 
@@ -167,7 +166,7 @@ def test_validate_worker_times_models_against_the_one_named_reference(tmp_path, 
 def test_the_reference_is_the_baseline_deepsense_on_the_data_sets_input(project_params):
     ref = reference_item(project_params)
     d = project_params.train.deepsense
-    assert ref.model.input_shape == profile.sampler_params(project_params).model_input_shape
+    assert ref.model.input_shape == sampler_params(project_params).model_input_shape
     widths = {layer.name: layer.out_features for layer in ref.model.layers}
     assert widths["sensor0.conv1"] == d.sensor_filters and widths["merge.conv1"] == d.merge_filters
     assert widths["rnn1"] == d.rnn_units and ref.model.options["dropout"] == 0.0
@@ -175,7 +174,7 @@ def test_the_reference_is_the_baseline_deepsense_on_the_data_sets_input(project_
 
 
 def test_half_the_whole_models_are_compressed_looking_baselines_down_to_a_few_percent(project_params):
-    sampler = profile.sampler_params(project_params)
+    sampler = sampler_params(project_params)
     baseline = reference_item(project_params).model
     models = [i for i in sample_items(sampler, project_params.train) if i.model is not None]
     scaled = [i.model for i in models if i.sweep == "scaled"]

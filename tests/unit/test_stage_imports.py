@@ -1,0 +1,47 @@
+"""No stage module imports another: what two stages share lives in devices/, data/, latency/, profiling/, ...
+
+Read from the source (every import, also those inside functions), so a helper
+that moves back into a stage, or a stage that reaches into another's module,
+fails here with the line that does it.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+COMPONENTS = Path(__file__).resolve().parents[2] / "components"
+STAGES = ("ingest", "train", "profile", "fit_latency", "compress", "validate", "register")
+DRIVERS = ("__main__.py", "airflow_tasks.py")  # they run the stages, so they import them
+
+
+def imported_stages(path: Path) -> list[tuple[int, str]]:
+    """(line, stage) for every import of a stage module in the file at `path`."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            modules = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        else:
+            continue
+        found += [(node.lineno, m.split(".")[1]) for m in modules
+                  if m.startswith("components.") and m.count(".") == 1 and m.split(".")[1] in STAGES]
+    return found
+
+
+def test_no_stage_module_or_helper_imports_a_stage():
+    offenders = []
+    for path in sorted(COMPONENTS.rglob("*.py")):
+        if path.parent == COMPONENTS and path.name in DRIVERS:
+            continue
+        own = path.stem if path.parent == COMPONENTS else None
+        offenders += [f"{path.relative_to(COMPONENTS.parent)}:{line} imports components.{stage}"
+                      for line, stage in imported_stages(path) if stage != own]
+    assert not offenders, "move what is shared out of the stage module:\n" + "\n".join(offenders)
+
+
+def test_the_check_sees_imports_inside_functions(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("def f():\n    from components import profile, tracking\n    from components.train import x\n")
+    assert imported_stages(sample) == [(2, "profile"), (3, "train")]
