@@ -32,6 +32,14 @@ profiles, trained baselines and finished compress runs.
     python benchmarks/compression.py [--datasets uci_har uci_hapt] [--folds 0 1] [--devices ort-1t tflite-1t]
         [--params-budget 0.05] [--latency-budget 0.2] [--steps 600] [-p section.key=value]
     python benchmarks/compression.py --rows results.json --latency-budget 0.15   # summary of saved rows
+    python benchmarks/compression.py --datasets uci_hapt --folds 0 1 2 --matched 0.7   # + the matched comparison
+
+--matched F answers "is latency steering faster than size steering at the
+same accuracy?" directly: per fold and device, FastDeepIoT is run again with
+its budget set to F x DeepIoT's *measured* ratio on that device, then the
+three (baseline, DeepIoT, this run) are timed together; the accuracy change
+against DeepIoT is paired user by user. The aim (>= 30 % less time within
+0.5 point) holds where F <= 0.7 keeps the change within -0.5 point.
 """
 
 from __future__ import annotations
@@ -51,7 +59,8 @@ from components.evaluation import mean_ci, paired_ci
 from components.profiling.items import Item
 from components.profiling.runner import TimedProfiler
 from components.pruning.costs import resized_spec
-from components.train import load_windows
+from components.data.windows import load_windows
+from components.devices.pool import chosen
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,6 +77,8 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=16, help="whole models in the profile sample")
     parser.add_argument("--work", type=Path, default=ROOT / ".state" / "benchmarks" / "compression")
     parser.add_argument("-p", dest="overrides", action="append", default=[], help="section.key=value")
+    parser.add_argument("--matched", type=float, default=None,
+                        help="also run FastDeepIoT at this factor x DeepIoT's measured ratio, per fold and device")
     parser.add_argument("--rows", type=Path, default=None,
                         help="print the summary of rows saved by an earlier run (results.json) and stop")
     args = parser.parse_args()
@@ -102,7 +113,7 @@ def run_dataset(dataset: str, args) -> list[dict]:
     meta = load_windows(work / "ingest").meta
     fold_users = {int(f): sorted(set(meta.loc[meta["fold"] == f, "user"].astype(str))) for f in set(meta["fold"])
                   if f >= 0}
-    devices = profile.devices(params, args.devices)
+    devices = chosen(params, args.devices)
     for device in devices:
         started = time.perf_counter()
         profile.run(params, device.name)
@@ -116,6 +127,8 @@ def run_dataset(dataset: str, args) -> list[dict]:
         fold_rows = run_fold(dataset, fold, fold_users[fold], overrides, devices, work)
         print_rows(fold_rows, header=not rows)
         rows += fold_rows
+        if args.matched is not None:
+            rows += run_matched(dataset, fold, fold_rows, overrides, devices, work, args.matched)
     return rows
 
 
@@ -173,6 +186,63 @@ def run_fold(dataset: str, fold: int, users: list[str], overrides: list[str], de
     return rows
 
 
+def run_matched(dataset: str, fold: int, fold_rows: list[dict], overrides: list[str], devices, work: Path,
+                factor: float) -> list[dict]:
+    """FastDeepIoT per device at `factor` x DeepIoT's measured ratio there; timed with DeepIoT and the baseline."""
+    here = work / "folds" / f"fold{fold}"
+    by_method = {r["method"]: r for r in fold_rows}
+    deepiot, base = by_method["deepiot"], by_method["baseline"]
+    rows = []
+    for device in devices:
+        name = f"fastdeepiot@{device.name}~matched"
+        done = here / f"{name}.json"
+        if done.exists():
+            rows.append(json.loads(done.read_text()))
+            continue
+        budget = round(factor * deepiot[f"ratio@{device.name}"], 4)
+        held_out = "[" + ", ".join(deepiot["users"]) + "]"
+        params = load_params(ROOT / "params.yaml", [
+            *overrides, f"train.test_users={held_out}", "compress.cost=latency", "compress.baselines=[]",
+            f"compress.budget.latency={budget}"])
+        result = compress.run(params, device.name, baseline_dir=here / "train" / "model",
+                              ingest_dir=work / "ingest", latency_dir=work / "fit_latency" / device.name,
+                              output_dir=here / name, report_dir=here / f"r/{name}",
+                              profile_dir=work / "profile" / device.name)
+        fast = result.metrics["methods"]["deepiot"]
+        baseline = models.load(here / "train" / "model")
+        specs = {"baseline": baseline.spec, "deepiot": resized_spec(baseline.spec, deepiot["widths"]),
+                 "matched": resized_spec(baseline.spec, fast["widths"])}
+        ratios = time_together(params, device, specs, baseline.spec, here / "timing-matched" / device.name)
+        row = {"dataset": dataset, "fold": fold, "users": deepiot["users"], "method": name, "device": device.name,
+               "factor": factor, "budget": budget, "params": fast["params"],
+               "params_kept": fast["params"] / base["params"], "test_accuracy": fast["test_accuracy"],
+               "per_user": fast["test_accuracy_per_user"], "deepiot_per_user": deepiot["per_user"],
+               "base_per_user": base["per_user"], "ratio": ratios["matched"], "deepiot_ratio": ratios["deepiot"],
+               "budget_met": result.metrics["budget_met"], "wall_s": result.metrics["wall_s"],
+               "widths": fast["widths"]}
+        done.write_text(json.dumps(row, indent=2))
+        print(f"{dataset:>8} {fold:>4} {name:>30}: budget {budget:.3f}, measured {row['ratio']:.3f} vs DeepIoT "
+              f"{row['deepiot_ratio']:.3f} ({100 * (1 - row['ratio'] / row['deepiot_ratio']):+.0f} % less), accuracy "
+              f"{100 * (fast['test_accuracy'] - deepiot['test_accuracy']):+.1f} points against it", flush=True)
+        rows.append(row)
+    return rows
+
+
+def matched_lines(rows: list[dict]) -> None:
+    """Latency-steered against size-steered at a matched, lower time: measured time saved and the paired change."""
+    for device in dict.fromkeys(r["device"] for r in rows):
+        runs = [r for r in rows if r["device"] == device]
+        less = [1 - r["ratio"] / r["deepiot_ratio"] for r in runs]
+        per_user = {u: a for r in runs for u, a in r["per_user"].items()}
+        size = {u: a for r in runs for u, a in r["deepiot_per_user"].items()}
+        change = paired_ci(per_user, size)
+        print(f"- {device}, FastDeepIoT at {runs[0]['factor']}x DeepIoT's measured time ({len(runs)} folds): "
+              f"{100 * np.mean(less):.0f} % less measured time ({100 * min(less):.0f}-{100 * max(less):.0f} % over "
+              f"folds), accuracy {100 * change['mean']:+.1f} points against DeepIoT (paired 95 % CI "
+              f"{100 * change['low']:+.1f} to {100 * change['high']:+.1f}, {change.get('users', len(per_user))} "
+              f"users); budget met {sum(bool(r['budget_met']) for r in runs)}/{len(runs)}")
+
+
 def time_together(params, device, specs: dict, reference, work: Path) -> dict[str, float]:
     """Each description's latency on the device relative to the baseline's, all timed in the same rounds.
 
@@ -211,6 +281,8 @@ def print_rows(rows: list[dict], header: bool) -> None:
 
 def summarise(rows: list[dict], args) -> None:
     """Per method: accuracy over every held-out user (95 % CI), paired change, parameters and measured ratios."""
+    matched = [r for r in rows if r["method"].endswith("~matched")]
+    rows = [r for r in rows if not r["method"].endswith("~matched")]
     dataset = rows[0]["dataset"]
     devices = [k.split("@", 1)[1] for k in rows[0] if k.startswith("ratio@")]
     folds = sorted({r["fold"] for r in rows})
@@ -247,6 +319,8 @@ def summarise(rows: list[dict], args) -> None:
         print(f"- {d}: FastDeepIoT takes {100 * less:+.0f} % less measured time than DeepIoT "
               f"({np.mean(fast['ratios'][d]):.3f}x vs {np.mean(size['ratios'][d]):.3f}x), accuracy {gap:+.1f} points "
               "against it (the aim counts only within +-0.5 point)")
+    if matched:
+        matched_lines(matched)
 
 
 def candidates_line(rows: list[dict]) -> None:
