@@ -373,6 +373,7 @@ class CompressParams:
     cost: Literal["params", "latency"]  # DeepIoT's parameter count or the device's predicted latency; mcu: its own
     budget: dict[str, float]  # per cost (params, latency, mcu): relative cost to reach (0.07: 7 % of the baseline's)
     budget_margin: float  # a timed device: the search aims this share under the latency budget (timing noise)
+    measured_tolerance: float  # a measured ratio this share over the budget still meets it (timing repeatability)
     max_accuracy_drop: float  # the floor: baseline validation accuracy minus this
     val_fraction: float  # training windows held out to check accuracy while compressing
     nudge_radius: int  # latency cost: widths may move up by this to a width predicted no slower

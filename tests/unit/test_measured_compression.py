@@ -270,3 +270,25 @@ def test_the_local_correction_fixes_what_the_formula_gets_wrong_near_timed_model
     model = LatencyModel("d", "onnxruntime", {}, Overhead("none"), {}, residuals)
     again = from_dict(model.to_dict())
     assert again.residuals == residuals
+
+
+def test_a_measured_ratio_is_judged_within_its_timing_noise(project_params):
+    """0.3004 measured at a 0.3 budget meets it (ratios repeat within ~1 %); 0.31 does not, and says by how much."""
+    from types import SimpleNamespace
+
+    from components.compress import _metrics
+
+    cfg = project_params.compress
+    search = SimpleNamespace(s=SimpleNamespace(accuracy_floor=0.9), cost_floor=0.1, step_index=10)
+    cost = SimpleNamespace(name="latency")
+    per_user = {"a": 0.95, "b": 0.93}
+
+    def metrics(measured):
+        model = {"measured_ratio": measured, "relative_cost": 0.29, "fits": True, "val_accuracy": 0.95,
+                 "test_accuracy": 0.94, "test_accuracy_per_user": per_user, "params": 10}
+        base = {"test_accuracy": 0.95, "test_accuracy_per_user": per_user, "params": 100}
+        return _metrics({"deepiot": model, "baseline": base}, search, cost, cfg, "ort-1t", 1.0)
+
+    budget = cfg.budget["latency"]
+    assert metrics(budget * 1.001)["budget_met"] and metrics(budget * 0.99)["budget_met"]
+    assert not metrics(budget * (1 + cfg.measured_tolerance) * 1.01)["budget_met"]
