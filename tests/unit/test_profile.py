@@ -120,7 +120,10 @@ def test_profiled_whole_models_take_the_configured_data_sets_input_shape(dataset
 
 
 def test_mcu_model_counts_flash_sram_and_macs(project_params):
-    mcu = load_pool(PROJECT_ROOT / "infra" / "devices.yaml")["cortex-m4"].mcu
+    import dataclasses
+
+    pool_mcu = load_pool(PROJECT_ROOT / "infra" / "devices.yaml")["cortex-m4"].mcu  # 16x8: int16 activations
+    mcu = dataclasses.replace(pool_mcu, weight_bytes=1, bias_bytes=4, activation_bytes=1)  # plain int8
     spec = deepsense_spec((4, 2, 3, 2, 10), ("a", "b"), sensor_filters=8, sensor_kernels=(3,), first_stride=1,
                           merge_filters=8, merge_kernels=(3,), rnn="gru", rnn_units=16, rnn_layers=1, dropout=0)
     figures = model_resources(spec, mcu)
@@ -132,6 +135,12 @@ def test_mcu_model_counts_flash_sram_and_macs(project_params):
     assert figures["peak_sram_bytes"] == 480 + 240 + 256 + 72
     assert figures["fits_sram"] and figures["fits_flash"]
     assert figures["latency_ms"] == pytest.approx((spec.macs * 2.0 + 5 * 5000) / 64e6 * 1e3)
+    # the pool's part runs the 16x8 file: activations twice the bytes, int64 biases (4 more bytes each)
+    wide = model_resources(spec, pool_mcu)
+    assert (pool_mcu.activation_bytes, pool_mcu.bias_bytes) == (2, 8)
+    assert wide["peak_sram_bytes"] == 2 * (480 + 240 + 256) + 72  # the im2col buffer is int16 either way
+    biases = 2 * 8 + 8 + 2 * 3 * 16 + 2
+    assert wide["flash_bytes"] == figures["flash_bytes"] + 4 * biases
 
 
 # ---- timing protocol ----------------------------------------------------------------------------------------
