@@ -30,7 +30,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # The cluster policy that routes each device's mapped tasks to its queue and pool.
 export PYTHONPATH := $(CURDIR)/infra/airflow$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: install browser run test test-fast test-deployment test-static lock dvc-repro airflow-test airflow-up airflow-down \
+.PHONY: install browser run test test-fast test-slow test-e2e test-deployment test-static lock dvc-repro airflow-test airflow-up airflow-down \
         mlflow-server mlflow-server-stop mlflow-ui benchmark images clean
 
 install: $(VENV)/.installed
@@ -58,22 +58,35 @@ lock:
 run: install
 	$(PY) -m components pipeline
 
-# Everything but the deployment-mode tests (they start servers; `make test-deployment`).
-test: install browser
-	$(PY) -m pytest -m "not deployment" tests
+# The tiers (tests/conftest.py; a test over its tier's time fails, naming the tier):
+#   unit   pure logic: no subprocess, no MLflow store, no TensorFlow (~30 s)
+#   static the repository's files checked by real tools (hadolint, Kubernetes and compose schemas, KFP, dvc.yaml)
+#   stage  each stage once on small real data, from a pre-migrated MLflow store
+# `make test` runs these three, each stage once (<= 10 min on 2 cores); CI adds `make test-slow` (the further
+# cases of a stage marked slow), `make test-e2e` and `make test-deployment`.
+test: install
+	$(PY) -m pytest -m "not slow" tests/unit tests/static tests/stage
+
+test-slow: install
+	$(PY) -m pytest -m slow tests/unit tests/static tests/stage
+
+# End to end: one shared quick pipeline run that the CLI, MLflow UI (a browser), registry and DVC checks read,
+# plus the Airflow DAG run in-process and one run per data set.
+test-e2e: install browser
+	$(PY) -m pytest tests/e2e
 
 # Deployment mode on loopback: the Airflow Celery stack on PostgreSQL + Redis, the MLflow server on
 # PostgreSQL + S3 (moto_server), DVC's S3 remote (~20 min).
 test-deployment: install
-	$(PY) -m pytest -m deployment tests
+	$(PY) -m pytest tests/deployment
 
 # Dockerfiles, compose, Kubernetes manifests and the KFP spec, checked without an engine (seconds).
 test-static: install
 	$(PY) -m pytest -q tests/static
 
-# Skip the tests that drive the Airflow and DVC command lines (~1 min).
+# Pure logic only (~30 s).
 test-fast: install
-	$(PY) -m pytest -m "not slow" tests
+	$(PY) -m pytest tests/unit
 
 dvc-repro: install
 	$(VENV)/bin/dvc repro

@@ -52,15 +52,16 @@ from pathlib import Path
 
 import numpy as np
 
-from components import compress, fit_latency, ingest, models, profile, train
+from components import compress, models
 from components.config import load_params
+from components.data.windows import load_windows
 from components.devices.base import get_backend
+from components.devices.pool import chosen
 from components.evaluation import mean_ci, paired_ci
 from components.profiling.items import Item
 from components.profiling.runner import TimedProfiler
 from components.pruning.costs import resized_spec
-from components.data.windows import load_windows
-from components.devices.pool import chosen
+from components.stages import Place, execute
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,15 +110,15 @@ def run_dataset(dataset: str, args) -> list[dict]:
         "train.evaluation=split", *args.overrides]
     params = load_params(ROOT / "params.yaml", overrides)
     if not (work / "ingest" / "windows.parquet").exists():
-        ingest.run(params)
+        execute("ingest", params)
     meta = load_windows(work / "ingest").meta
     fold_users = {int(f): sorted(set(meta.loc[meta["fold"] == f, "user"].astype(str))) for f in set(meta["fold"])
                   if f >= 0}
     devices = chosen(params, args.devices)
     for device in devices:
         started = time.perf_counter()
-        profile.run(params, device.name)
-        fitted = fit_latency.run(params, device.name)
+        execute("profile", params, device.name)
+        fitted = execute("fit_latency", params, device.name)
         whole = fitted.metrics.get("whole_models", {}).get("model", {}).get("tree", {})
         print(f"{dataset} {device.name}: latency model profiled and fitted in {time.perf_counter() - started:.0f} s; "
               f"whole models held out: {whole.get('within_pct', float('nan')):.0f} % within +-10 %, "
@@ -146,7 +147,7 @@ def run_fold(dataset: str, fold: int, users: list[str], overrides: list[str], de
 
     started = time.perf_counter()
     if not (here / "train" / "model").exists():
-        train.run(params_with())
+        execute("train", params_with())
     train_s = time.perf_counter() - started
     baseline = models.load(here / "train" / "model")
     runs = {"deepiot": ("params", None)} | {f"fastdeepiot@{d.name}": ("latency", d) for d in devices}
@@ -154,10 +155,9 @@ def run_fold(dataset: str, fold: int, users: list[str], overrides: list[str], de
     for name, (cost, device) in runs.items():
         extra = ["compress.baselines=[l1, uniform]"] if cost == "params" else ["compress.baselines=[]"]
         device_name = device.name if device is not None else devices[0].name
-        result = compress.run(params_with(f"compress.cost={cost}", *extra), device_name,
-                              baseline_dir=here / "train" / "model", ingest_dir=work / "ingest",
-                              latency_dir=work / "fit_latency" / device_name, output_dir=here / name,
-                              report_dir=here / f"r/{name}", profile_dir=work / "profile" / device_name)
+        result = compress.run(params_with(f"compress.cost={cost}", *extra), device_name, ingest=work / "ingest",
+                              train=here / "train", profile=work / "profile" / device_name,
+                              fit_latency=work / "fit_latency" / device_name, out=Place(here / name, here / f"r/{name}"))
         metrics[name] = result.metrics
     methods = {"baseline": metrics["deepiot"]["methods"]["baseline"],
                "deepiot": metrics["deepiot"]["methods"]["deepiot"],
@@ -204,10 +204,9 @@ def run_matched(dataset: str, fold: int, fold_rows: list[dict], overrides: list[
         params = load_params(ROOT / "params.yaml", [
             *overrides, f"train.test_users={held_out}", "compress.cost=latency", "compress.baselines=[]",
             f"compress.budget.latency={budget}"])
-        result = compress.run(params, device.name, baseline_dir=here / "train" / "model",
-                              ingest_dir=work / "ingest", latency_dir=work / "fit_latency" / device.name,
-                              output_dir=here / name, report_dir=here / f"r/{name}",
-                              profile_dir=work / "profile" / device.name)
+        result = compress.run(params, device.name, ingest=work / "ingest", train=here / "train",
+                              profile=work / "profile" / device.name, fit_latency=work / "fit_latency" / device.name,
+                              out=Place(here / name, here / f"r/{name}"))
         fast = result.metrics["methods"]["deepiot"]
         baseline = models.load(here / "train" / "model")
         specs = {"baseline": baseline.spec, "deepiot": resized_spec(baseline.spec, deepiot["widths"]),

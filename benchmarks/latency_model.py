@@ -24,12 +24,12 @@ import logging
 import time
 from pathlib import Path
 
-from components import fit_latency, profile
-from components.devices.pool import chosen
 from components.config import load_params
+from components.devices.pool import chosen
 from components.latency.fit import PREDICTORS
 from components.latency.model import load
 from components.models import spec_from_params
+from components.stages import execute
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,13 +50,13 @@ def main() -> None:
         f"profile.output_dir={work / 'profile'}", f"profile.report_dir={work / 'reports' / 'profile'}",
         f"fit_latency.output_dir={work / 'fit_latency'}", f"fit_latency.report_dir={work / 'reports' / 'fit'}",
         f"pipeline.state_dir={work / 'state'}", *args.overrides])
-    chosen = [d for d in chosen(params, args.devices) if d.runtime != "mcu"]
+    timed = [d for d in chosen(params, args.devices) if d.runtime != "mcu"]
     results = {}
-    for device in chosen:
+    for device in timed:
         started = time.perf_counter()
-        profile.run(params, device.name)
+        execute("profile", params, device.name)
         profiled_s = time.perf_counter() - started
-        result = fit_latency.run(params, device.name)
+        result = execute("fit_latency", params, device.name)
         results[device.name] = result
         print(f"{device.name}: profiled in {profiled_s:.0f} s (resumed), fitted and evaluated in "
               f"{result.metrics['fit_s']:.1f} s", flush=True)

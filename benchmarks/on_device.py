@@ -27,11 +27,12 @@ import statistics
 import time
 from pathlib import Path
 
-from components import fit_latency, profile, validate
-from components.devices.pool import chosen
+from components import stages, validate
 from components.config import load_params
+from components.devices.pool import chosen
 from components.latency.model import load as load_latency_model
 from components.models import load as load_model
+from components.stages import Place, execute
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,17 +59,16 @@ def main() -> None:
         larger = None
         if device.mcu is None:
             started = time.perf_counter()
-            profile.run(params, device.name)
-            larger = load_latency_model(fit_latency.run(params, device.name).model_path)
+            execute("profile", params, device.name)
+            larger = load_latency_model(execute("fit_latency", params, device.name).model_path)
             print(f"{device.name}: larger latency model profiled and fitted in {time.perf_counter() - started:.0f} s",
                   flush=True)
         rounds = []
         for k in range(args.rounds):
             started = time.perf_counter()
-            result = validate.run(params, device.name,
-                                  latency_dir=pipeline.path(pipeline.fit_latency.output_dir) / device.name,
-                                  output_dir=work / "validate" / device.name,
-                                  report_dir=work / "r/validate" / device.name)
+            result = execute("validate", params, device.name,
+                             inputs={"fit_latency": stages.Layout(pipeline).place("fit_latency", device.name).data},
+                             out=Place(work / "validate" / device.name, work / "r/validate" / device.name))
             print(f"{device.name}: validation {k + 1} of {args.rounds} in {time.perf_counter() - started:.0f} s ("
                   f"{'passed' if result.passed else 'FAILED ' + ', '.join(result.report['failed_gates'])})",
                   flush=True)

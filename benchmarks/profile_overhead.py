@@ -30,9 +30,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from components import profile
-from components.devices.pool import chosen
 from components.config import load_params
+from components.devices.pool import chosen
+from components.stages import Place, execute
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,15 +49,15 @@ def main() -> None:
         base = ["profile.sampler.configs_per_kind=12", "profile.sampler.models=8",
                 f"pipeline.state_dir={work / 'state'}", *args.overrides]
         params = load_params(ROOT / "params.yaml", base)
-        chosen = [d for d in chosen(params, args.devices) if d.runtime != "mcu"]
+        timed = [d for d in chosen(params, args.devices) if d.runtime != "mcu"]
         print(f"{'device':<11} {'configs':>7} {'wall s':>7} {'timed s':>7} {'overhead':>8} {'rerun':>6} "
               f"{'repeat diff':>11} {'ratio diff':>10} {'IQR/med':>7} {'convert s':>9}")
         sweeps, by_kind = {}, {}
-        for device in chosen:
+        for device in timed:
             runs = []
             for attempt in (1, 2):
                 out = work / f"run{attempt}" / device.name
-                result = profile.run(params, device.name, out, out / "report")
+                result = execute("profile", params, device.name, out=Place(out, out / "report"))
                 runs.append((result, pq.read_table(result.table_path).to_pylist()))
             (first, rows1), (second, rows2) = runs
             diff, ratio_diff = _repeat_diff(rows1, rows2), _repeat_diff(rows1, rows2, "ratio")

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from components import ingest, train
 from components.config import load_params
 from components.evaluation import interval_text
+from components.stages import execute
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ("uci_hapt", "uci_har", "wisdm", "hhar_sa")
@@ -42,9 +42,9 @@ def run_one(dataset: str, work: Path, overrides: list[str]) -> dict:
         f"train.output_dir={folder / 'train'}", f"train.report_dir={folder / 'r' / 'train'}",
         f"pipeline.state_dir={work / 'state'}", "train.evaluation=kfold", *overrides])
     started = time.perf_counter()
-    ingest.run(params)
+    execute("ingest", params)
     ingest_s = time.perf_counter() - started
-    result = train.run(params)
+    result = execute("train", params)
     wall_s = time.perf_counter() - started
     report = json.loads((result.output_dir / "metrics.json").read_text())
     timings = json.loads((params.path(params.train.report_dir) / "timings.json").read_text())

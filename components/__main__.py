@@ -1,4 +1,9 @@
-"""Command line: `python -m components <stage>`; the same functions Airflow and DVC call."""
+"""Command line: `python -m components <stage>`, a loop over the stage table (components/stages.py).
+
+The same functions Airflow, Kubeflow and DVC call, with the same folders
+(`stages.Layout`); `--input`, `--output` and `--report` point one stage's
+folders elsewhere.
+"""
 
 from __future__ import annotations
 
@@ -9,37 +14,35 @@ import subprocess
 import sys
 import uuid
 from datetime import datetime, timezone
+from pathlib import Path
 
+from components import stages
 from components.config import ConfigError, default_params_path, load_params
-from components.tracking import TrackingUnavailable
-from components.data.errors import DataError
-from components.devices.base import BackendError
-from components.models.spec import ModelConfigError
-from components.validation import ValidationFailed
-
-STAGES = ("ingest", "train", "profile", "fit_latency", "compress", "validate", "register")
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m components", description=__doc__)
-    p.add_argument("command", choices=(*STAGES, "pipeline", "mlflow-ui"))
+def _parser(table: tuple[stages.Stage, ...]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m components", description=__doc__,
+                                epilog="stages: " + "; ".join(f"{s.name}: {s.doc}" for s in table))
+    p.add_argument("command", choices=(*(s.name for s in table), "pipeline", "mlflow-ui"))
     p.add_argument("--params", default=None, help="params file (default: $IOT_COMPRESS_PARAMS or ./params.yaml)")
     p.add_argument("-p", "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one param, e.g. -p ingest.dataset=hhar_raw (repeatable)")
-    p.add_argument("--output-dir", default=None, help="write the stage's output here instead of the params path")
-    p.add_argument("--input-dir", default=None,
-                   help="read the previous stage's output from here (train: ingest's; fit_latency: one device's "
-                        "profile folder)")
-    p.add_argument("--pipeline-key", default=None, help="nest the MLflow run under this pipeline run")
     p.add_argument("--device", action="append", default=[], metavar="NAME",
-                   help="profile, fit_latency, compress, validate, register: this device of the pool (repeatable; default: profile.devices, "
-                        "else all)")
+                   help="per-device stages: this device of the pool (repeatable; default: profile.devices, else all)")
+    p.add_argument("--input", action="append", default=[], metavar="STAGE=DIR",
+                   help="read that stage's output from DIR instead of the layout's folder (repeatable)")
+    p.add_argument("--output", default=None, metavar="DIR", help="write the stage's data here")
+    p.add_argument("--report", default=None, metavar="DIR", help="write the stage's reports here")
+    p.add_argument("--run-key", default=None,
+                   help="lay the folders out under pipeline.runs_dir/<run key>/ (as an Airflow run does)")
+    p.add_argument("--pipeline-key", default=None, help="nest the MLflow run under this pipeline run")
     p.add_argument("--port", type=int, default=5000, help="mlflow-ui: port on 127.0.0.1")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def main(argv: list[str] | None = None, table: tuple[stages.Stage, ...] | None = None) -> int:
+    table = table or stages.STAGES
+    args = _parser(table).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     for noisy in ("alembic", "mlflow.store", "great_expectations"):
@@ -48,159 +51,63 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params or default_params_path(), args.overrides)
         if args.command == "mlflow-ui":
             return _mlflow_ui(params, args.port)
+        layout = stages.Layout(params, args.run_key, table)
         if args.command == "pipeline":
-            return _pipeline(params)
-        return _run_stage(args.command, params, args.output_dir, args.pipeline_key, args.input_dir, args.device)
-    except (ConfigError, DataError, ValidationFailed, ModelConfigError, BackendError, TrackingUnavailable) as exc:
+            return _pipeline(params, layout)
+        return run_stage(stages.stage_named(args.command, table), params, layout, args.device,
+                         _inputs(args.input), args.output, args.report, args.pipeline_key)
+    except stages.final_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
 
-def _run_stage(stage: str, params, output_dir=None, pipeline_key=None, input_dir=None, device_names=()) -> int:
-    if stage == "ingest":
-        from components import ingest
-
-        result = ingest.run(params, output_dir, pipeline_key)
-        print(f"ingest: {result.windows} windows -> {result.output_dir} (MLflow run {result.run_id})")
-    elif stage == "train":
-        from components import train
-
-        from components.evaluation import interval_text
-
-        result = train.run(params, output_dir, input_dir, pipeline_key)
-        print(f"train: accuracy {interval_text(result.accuracy_ci)} over held-out users, macro-F1 "
-              f"{result.macro_f1:.3f} -> {result.output_dir} (MLflow run {result.run_id})")
-    elif stage == "profile":
-        return _profile(params, output_dir, pipeline_key, device_names)
-    elif stage == "fit_latency":
-        return _fit_latency(params, output_dir, pipeline_key, input_dir, device_names)
-    elif stage == "compress":
-        return _compress(params, output_dir, pipeline_key, device_names)
-    elif stage == "validate":
-        return _validate(params, output_dir, pipeline_key, device_names)
-    elif stage == "register":
-        return _register(params, pipeline_key, device_names)
-    return 0
+def _inputs(items: list[str]) -> dict[str, Path]:
+    pairs = [item.partition("=") for item in items]
+    bad = [item for item, (name, eq, folder) in zip(items, pairs) if not (name and eq and folder)]
+    if bad:
+        raise ConfigError(f"--input takes STAGE=DIR, not {', '.join(bad)}")
+    return {name: Path(folder) for name, _, folder in pairs}
 
 
-def _each_device(params, device_names, one_folder: bool, what: str, run_one, failure=()) -> int:
-    """`run_one(device name)` for each chosen device, printing its summary line.
+def run_stage(stage: stages.Stage, params, layout: stages.Layout, device_names=(), inputs=None, output=None,
+              report=None, pipeline_key=None) -> int:
+    """Run `stage` (for each chosen device), printing each summary line.
 
-    A device raising `failure` is reported and skipped: it does not stop the
-    others, but fails the command (exit status 1).
+    A device raising one of the stage's DEVICE_FAILURES is reported and
+    skipped: it does not stop the others, but fails the command (exit status 1).
     """
     from components.devices.pool import chosen
 
-    devices = chosen(params, device_names)
-    if one_folder and len(devices) > 1:
-        raise ConfigError("--output-dir/--input-dir need exactly one --device (each device has its own folders)")
+    module = stages.module_of(stage)
+    devices = [d.name for d in chosen(params, device_names)] if stage.per_device else [None]
+    if (output or report) and len(devices) > 1:
+        raise ConfigError("--output/--report need exactly one --device (each device has its own folders)")
+    failures = getattr(module, "DEVICE_FAILURES", ())
     failed = []
     for device in devices:
+        place = layout.place(stage.name, device)
+        place = stages.Place(Path(output) if output else place.data, Path(report) if report else place.report)
         try:
-            print(run_one(device.name))
-        except failure as exc:
+            result = stages.execute(stage, params, device, layout=layout, inputs=inputs, out=place,
+                                    pipeline_key=pipeline_key)
+            print(module.summary(result))
+        except failures as exc:
             print(f"error: {exc}", file=sys.stderr)
-            failed.append(device.name)
+            failed.append(device)
     if failed:
-        print(f"error: {what} failed on {', '.join(failed)}", file=sys.stderr)
+        print(f"error: {stage.name} failed on {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
 
 
-def _profile(params, output_dir, pipeline_key, device_names) -> int:
-    from components import profile
-
-    def one(name: str) -> str:
-        result = profile.run(params, name, output_dir, pipeline_key=pipeline_key)
-        m = result.metrics
-        noise = (f", median IQR/median {m['median_relative_iqr']:.1%}" if "median_relative_iqr" in m
-                 else ", computed from the graph, not timed")
-        return (f"profile {name}: {m['configs_ok']}/{m['configs']} configurations ({m['method']}{noise}) "
-                f"-> {result.table_path} (MLflow run {result.run_id})")
-
-    return _each_device(params, device_names, bool(output_dir), "profiling", one, profile.ProfileFailed)
-
-
-def _fit_latency(params, output_dir, pipeline_key, input_dir, device_names) -> int:
-    from components import fit_latency
-
-    def one(name: str) -> str:
-        result = fit_latency.run(params, name, input_dir, output_dir, pipeline_key=pipeline_key)
-        return f"fit_latency {name}: {_fit_summary(result.metrics)} -> {result.model_path} (MLflow run {result.run_id})"
-
-    return _each_device(params, device_names, bool(output_dir or input_dir), "fitting a latency model", one,
-                        fit_latency.LatencyDataError)
-
-
-def _compress(params, output_dir, pipeline_key, device_names) -> int:
-    """A budget not met is a result (said plainly in the line), not a failure."""
-    from components import compress
-
-    def one(name: str) -> str:
-        result = compress.run(params, name, output_dir=output_dir, pipeline_key=pipeline_key)
-        m, d = result.metrics, result.metrics["methods"]["deepiot"]
-        return (f"compress {name}: {'budget met' if m['budget_met'] else 'BUDGET NOT MET'} "
-                f"({m['cost']} {compress.reached(m)} of the baseline's, budget {m['budget']}); "
-                f"{d['params']} parameters, test accuracy {d['test_accuracy']:.3f} ({m['accuracy_change']:+.3f}) "
-                f"-> {result.model_dir} (MLflow run {result.run_id})")
-
-    return _each_device(params, device_names, bool(output_dir), "compression", one)
-
-
-
-def _validate(params, output_dir, pipeline_key, device_names) -> int:
-    """Failing gates are a result (said in the line, and `register` leaves the model out), not an error."""
-    from components import validate
-
-    def one(name: str) -> str:
-        result = validate.run(params, name, output_dir=output_dir, pipeline_key=pipeline_key)
-        r = result.report
-        comp = r["models"]["compressed"][r["deployed_format"]]
-        figures = (f"accuracy {comp['accuracy']:.3f}, {comp['latency_ms']:.4g} ms, {comp['bytes']} bytes"
-                   if comp["ok"] else f"did not run: {comp['error']}")
-        verdict = "every gate passed" if r["passed"] else f"FAILED {', '.join(r['failed_gates'])}"
-        return (f"validate {name}: {verdict} ({r['deployed_format']}: {figures}) -> {result.report_path} "
-                f"(MLflow run {result.run_id})")
-
-    return _each_device(params, device_names, bool(output_dir), "validation", one)
-
-
-def _register(params, pipeline_key, device_names) -> int:
-    from components import register
-    from components.export import ChecksumMismatch
-
-    def one(name: str) -> str:
-        outcome = register.run(params, name, pipeline_key=pipeline_key)
-        if not outcome.registered:
-            return f"register {name}: {outcome.reason}"
-        return (f"register {name}: {outcome.name} version {outcome.version}, alias(es) "
-                f"{', '.join(outcome.aliases)} ({outcome.reason})")
-
-    return _each_device(params, device_names, False, "registration", one,
-                        (register.RegistryUnavailable, ChecksumMismatch))
-
-
-def _fit_summary(m: dict) -> str:
-    if m["method"] == "analytic":
-        return "analytic model passed through"
-    mape = ", ".join(f"{kind} {by['tree']['mape_pct']:.1f} %" for kind, by in m.get("configurations", {}).items())
-    text = f"held-out MAPE {mape}" if mape else "no held-out rows"
-    whole = m.get("whole_models", {}).get("model")
-    if whole:
-        text += f"; whole models {whole['tree']['mape_pct']:.1f} % ({whole['tree']['within_pct']:.0f} % within band)"
-    if m["fallback_kinds"]:
-        text += f"; FALLBACK for {', '.join(m['fallback_kinds'])}"
-    return text
-
-
-def _pipeline(params) -> int:
+def _pipeline(params, layout: stages.Layout) -> int:
     """Every stage in order, nested under one MLflow pipeline run (the embedded default)."""
     from components import tracking
 
     key = f"local-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     try:
-        for stage in STAGES:
-            code = _run_stage(stage, params, pipeline_key=key)
+        for stage in layout.table:
+            code = run_stage(stage, params, layout, pipeline_key=key)
             if code:
                 tracking.end_pipeline_run(params, key, "FAILED")
                 return code

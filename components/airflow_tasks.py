@@ -1,4 +1,4 @@
-"""What the Airflow tasks call: find params, pick a run-keyed output folder, run a stage.
+"""What the Airflow tasks call: find params, lay the run's folders out by its key, run a stage.
 
 Kept here, in the importable package, so the DAG file holds no logic; this
 module does not import Airflow (the callbacks receive Airflow's context, a
@@ -16,12 +16,12 @@ import hashlib
 import json
 import logging
 import os
-import re
 import urllib.request
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
+from components import stages
 from components.config import PARAMS_ENV, Params, load_params
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -34,38 +34,19 @@ def params_path() -> Path:
     return Path(os.environ.get(PARAMS_ENV, PROJECT_ROOT / "params.yaml"))
 
 
-def run_output_dir(runs_dir: Path, run_id: str, stage: str) -> Path:
-    """A folder per Airflow run and stage, so a retried or re-run task overwrites only its own output."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id).strip("_") or "run"
-    return runs_dir / safe / stage
-
-
 def run_params(overrides: Sequence[str] = ()) -> Params:
     """The params file with this run's `section.key=value` overrides applied."""
     return load_params(params_path(), list(overrides))
 
 
-def run_stage(stage: str, run_id: str, input_dir: str | None = None, overrides: Sequence[str] = ()) -> str:
-    """Run `stage` for the Airflow run `run_id` on the previous stage's output; return its output folder."""
-    params = run_params(overrides)
-    output_dir = run_output_dir(params.path(params.pipeline.runs_dir), run_id, stage)
-    if stage == "ingest":
-        from components import ingest
-
-        return str(ingest.run(params, output_dir, pipeline_key=run_id).output_dir)
-    if stage == "train":
-        from components import train
-
-        return str(train.run(params, output_dir, Path(input_dir), pipeline_key=run_id).output_dir)
-    raise ValueError(f"unknown stage {stage!r}")
-
-
 def device_routes() -> list[dict[str, str]]:
-    """One entry per device to profile: its name, Celery queue and Airflow pool, in pool-file order.
+    """One entry per device: its name, Celery queue and Airflow pool, in pool-file order.
 
-    The DAG maps `profile` over this list and the cluster policy in
+    The DAG maps every per-device stage over this list, so map index i is
+    device i in every one of them; the cluster policy in
     infra/airflow/airflow_local_settings.py reads it again to route each
-    mapped task instance (Airflow cannot map `queue`/`pool` per instance).
+    mapped instance of an on-device stage (Airflow cannot map `queue`/`pool`
+    per instance).
     """
     from components.devices.pool import chosen
 
@@ -85,97 +66,58 @@ def check_devices(devices: Sequence[str] | None) -> None:
         raise ValueError(f"devices {unknown} are not in the pool this DAG maps ({', '.join(known)})")
 
 
-def run_profile(device: str, run_id: str, overrides: Sequence[str] = ()) -> str:
-    """Profile one device for the Airflow run `run_id`; return its output folder.
+def run_task(stage_name: str, run_id: str, device: str | None, upstream: Mapping[str, str],
+             overrides: Sequence[str] = ()) -> str:
+    """Run one stage (for one device) of the Airflow run `run_id` on its upstreams' folders; return its own.
 
-    Retries of the task resume the device's append-only log in the run-keyed folder.
+    Every folder comes from the run-keyed layout, so a retried or re-run task
+    overwrites only its own output (and a retried profile or compress resumes
+    its log or checkpoint there). The returned folder is what the task puts in
+    XCom: the data folder, or the report folder of a stage that writes no data.
     """
-    from components import profile
-
     params = run_params(overrides)
-    output_dir = run_output_dir(params.path(params.pipeline.runs_dir), run_id, "profile") / device
-    report_dir = output_dir / "report"
-    return str(profile.run(params, device, output_dir, report_dir, pipeline_key=run_id).table_path.parent)
+    layout = stages.Layout(params, run_id)
+    stage = stages.stage_named(stage_name)
+    result = stages.execute(stage, params, device, layout=layout,
+                            inputs={name: Path(folder) for name, folder in upstream.items()}, pipeline_key=run_id)
+    log.info("%s", stages.module_of(stage).summary(result))
+    place = layout.place(stage.name, device)
+    return str(place.data if stage.writes_data else place.report)
 
 
-def run_compress(device: str, run_id: str, ingest_dir: str, train_dir: str, overrides: Sequence[str] = ()) -> str:
-    """Compress this run's baseline for one device with this run's latency model of it; return the model folder.
+def run_in_airflow(stage_name: str, device: str | None, context: Mapping) -> str:
+    """The body of every task of the DAG: skip an unselected device, pull the upstream folders, run the stage.
 
-    The search checkpoints into the run-keyed folder, so a retried task resumes it.
+    Each upstream's folder comes from its XCom (a per-device upstream's from
+    the instance of the same map index: every per-device stage is mapped over
+    the same device list). An error that says what to fix (bad params or data,
+    a missing model) or a tracking server that stayed down through its HTTP
+    client's retries fails the task without an Airflow retry: Airflow's
+    retries are for what only a new try fixes (a lost worker, a killed process).
     """
-    from components import compress
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-    params = run_params(overrides)
-    runs_dir = params.path(params.pipeline.runs_dir)
-    output_dir = run_output_dir(runs_dir, run_id, "compress") / device
-    result = compress.run(params, device, Path(train_dir) / "model", Path(ingest_dir),
-                          run_output_dir(runs_dir, run_id, "fit_latency") / device, output_dir,
-                          output_dir / "report", pipeline_key=run_id,
-                          profile_dir=run_output_dir(runs_dir, run_id, "profile") / device)
-    return str(result.model_dir)
-
-
-def run_fit_latency(device: str, run_id: str, overrides: Sequence[str] = ()) -> str:
-    """Fit one device's latency model from this run's profile of it; return the model's folder.
-
-    The profile folder is the run-keyed one `run_profile` wrote, so each
-    device's fit reads only its own table and runs even when another device's
-    profile failed (the DAG gives this task trigger rule `all_done`).
-    """
-    from components import fit_latency
-
-    params = run_params(overrides)
-    runs_dir = params.path(params.pipeline.runs_dir)
-    profile_dir = run_output_dir(runs_dir, run_id, "profile") / device
-    output_dir = run_output_dir(runs_dir, run_id, "fit_latency") / device
-    result = fit_latency.run(params, device, profile_dir, output_dir, output_dir / "report", pipeline_key=run_id)
-    return str(result.model_path.parent)
-
-
-def run_validate(device: str, run_id: str, ingest_dir: str, train_dir: str, overrides: Sequence[str] = ()) -> str:
-    """Export and validate this run's baseline and this run's compressed model on one device; return the report.
-
-    Routed to the device's queue (the cluster policy), so the models run where they will be deployed.
-    """
-    from components import validate
-
-    params = run_params(overrides)
-    runs_dir = params.path(params.pipeline.runs_dir)
-    output_dir = run_output_dir(runs_dir, run_id, "validate") / device
-    result = validate.run(params, device, Path(train_dir) / "model",
-                          run_output_dir(runs_dir, run_id, "compress") / device / "model", Path(ingest_dir),
-                          run_output_dir(runs_dir, run_id, "fit_latency") / device, output_dir,
-                          output_dir / "report", pipeline_key=run_id)
-    return str(result.report_path)
-
-
-def run_register(run_id: str, devices: Sequence[str] | None = None, overrides: Sequence[str] = ()) -> list[dict]:
-    """Register every device of this run whose validation passed, then fail if any device could not be settled.
-
-    Every device is tried: one without a report (its validate task failed),
-    a registry that did not answer or a changed export fails this task at the
-    end, after the others were registered, so a broken night is never green.
-    """
-    from components import register
-
-    params = run_params(overrides)
-    runs_dir = params.path(params.pipeline.runs_dir)
-    outcomes, problems = [], []
-    for route in device_routes():
-        if not selected(route["device"], devices):
-            continue
-        folder = run_output_dir(runs_dir, run_id, "validate") / route["device"] / "report"
-        if not (folder / "report.json").exists():
-            problems.append(f"{route['device']}: no validation report (its validate task failed or did not run)")
-            continue
-        try:
-            outcomes.append(register.run(params, route["device"], folder, pipeline_key=run_id).to_dict())
-        except Exception as exc:  # the next device is still registered; this one is reported below
-            problems.append(f"{route['device']}: {type(exc).__name__}: {exc}")
-    if problems:
-        raise RuntimeError("register: " + "; ".join(problems) + f" (registered or refused: "
-                           f"{', '.join(o['device'] for o in outcomes) or 'none'})")
-    return outcomes
+    conf = context["params"]
+    check_devices(conf["devices"])
+    if device is not None and not selected(device, conf["devices"]):
+        raise AirflowSkipException(f"{device} is not in this run's devices {conf['devices']}")
+    stage = stages.stage_named(stage_name)
+    ti = context["ti"]
+    upstream = {}
+    for name in stage.reads:
+        if stages.stage_named(name).per_device:
+            folder = ti.xcom_pull(task_ids=name, map_indexes=ti.map_index)
+        else:
+            folder = ti.xcom_pull(task_ids=name)
+        if not folder:
+            where = f" for {device}" if device else ""
+            raise AirflowFailException(f"{stage.name}{where}: {name} left no output in this run (it failed or was "
+                                       "skipped); see its log")
+        upstream[name] = folder
+    try:
+        return run_task(stage.name, str(context["run_id"]), device, upstream, conf["overrides"])
+    except stages.final_errors() as exc:
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 
 def data_fingerprint(overrides: Sequence[str] = ()) -> dict:
@@ -220,8 +162,7 @@ def failure_alert(context: Mapping, event: str = "failed") -> dict:
     log.error("iot-compress: stage %s %s%s in run %s (try %s): %s", alert["stage"], event, where, run_id,
               alert["try_number"], alert["error"] or "no exception recorded")
     try:
-        params = run_params()
-        folder = run_output_dir(params.path(params.pipeline.runs_dir), run_id, "alerts").parent
+        folder = stages.Layout(run_params(), run_id).run_folder()
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / "alerts.jsonl", "a") as f:
             f.write(json.dumps(alert) + "\n")

@@ -29,12 +29,16 @@ import logging
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from components.config import ConfigError, Params
 from components.data.outputs import atomic_directory, write_text_atomic
 from components.evaluation import interval_text
+
+if TYPE_CHECKING:
+    from components.stages import Place
 
 STAGE = "compress"
 log = logging.getLogger(__name__)
@@ -48,33 +52,36 @@ class CompressResult:
     run_id: str
 
 
-def run(params: Params, device_name: str, baseline_dir: Path | None = None, ingest_dir: Path | None = None,
-        latency_dir: Path | None = None, output_dir: Path | None = None, report_dir: Path | None = None,
-        pipeline_key: str | None = None, profile_dir: Path | None = None) -> CompressResult:
-    """Compress the baseline for one device; `profile_dir`: the device's profile table (refit rounds)."""
+def run(params: Params, device_name: str, *, ingest: Path, train: Path, profile: Path, fit_latency: Path,
+        out: Place, pipeline_key: str | None = None) -> CompressResult:
+    """Compress train's baseline for one device on ingest's windows, steered by the device's latency model.
+
+    `profile`: the device's profile folder (its table seeds the refit rounds); `fit_latency`: its latency model's.
+    """
     import torch
 
     from components import models, tracking
     from components.data.windows import load_windows, make_folds
     from components.devices.pool import chosen
+    from components.latency.model import load_in
 
     cfg = params.compress
     (device,) = chosen(params, [device_name])
-    out = Path(output_dir) if output_dir else params.path(cfg.output_dir) / device.name
-    reports = Path(report_dir) if report_dir else params.path(cfg.report_dir) / device.name
-    windows = load_windows(Path(ingest_dir) if ingest_dir else params.path(params.ingest.output_dir))
-    baseline = models.load(Path(baseline_dir) if baseline_dir else params.path(params.train.output_dir) / "model")
+    reports, out = Path(out.report), Path(out.data)
+    windows = load_windows(Path(ingest))
+    baseline = models.load(Path(train) / "model")
     from components.pruning.groups import check_supported
 
     check_supported(baseline.spec)  # refuse up front what the compressor cannot slice
-    latency_model = device_latency_model(params, device, latency_dir)
+    latency_dir = Path(fit_latency)
+    latency_model = load_in(latency_dir)  # None where fit_latency has not run (then only params can steer)
     cost = _cost(params, device, baseline.spec, latency_model, latency_dir)
     if cost.name not in cfg.budget:
         raise ConfigError(f"compress.budget has no entry for the {cost.name} cost (has {', '.join(cfg.budget)})")
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     data = _data(windows, make_folds(windows.meta, params.train)[0], cfg)
-    bench = _bench(params, device, cost, out, profile_dir)
+    bench = _bench(params, device, cost, out, Path(profile))
     with tracking.stage_run(params, STAGE, pipeline_key, device=device.name) as mlrun:
         mlrun.log_params({"compress": asdict(cfg), "device": device.name, "cost": cost.name,
                           "baseline.params": baseline.spec.params})
@@ -99,18 +106,7 @@ def run(params: Params, device_name: str, baseline_dir: Path | None = None, inge
         return CompressResult(device.name, out / "model", metrics, mlrun.run_id)
 
 
-def _latency_dir(params: Params, device, latency_dir: Path | None) -> Path:
-    return Path(latency_dir) if latency_dir else params.path(params.fit_latency.output_dir) / device.name
-
-
-def device_latency_model(params: Params, device, latency_dir: Path | None):
-    """The device's fitted latency model, or None where fit_latency has not run (then only params can steer)."""
-    from components.latency.model import load_in
-
-    return load_in(_latency_dir(params, device, latency_dir))
-
-
-def _bench(params: Params, device, cost, out: Path, profile_dir: Path | None):
+def _bench(params: Params, device, cost, out: Path, profile_dir: Path):
     """The device's timing setup for the refit rounds and the measured selection: latency cost, timed device."""
     from components.devices.base import get_backend
 
@@ -123,11 +119,11 @@ def _bench(params: Params, device, cost, out: Path, profile_dir: Path | None):
     from components.profiling.table import TABLE_FILE
     from components.pruning.on_device import LOG_DIR, DeviceBench
 
-    table = (Path(profile_dir) if profile_dir else params.path(params.profile.output_dir) / device.name) / TABLE_FILE
+    table = profile_dir / TABLE_FILE
     return DeviceBench(params, device, reference_item(params), out / LOG_DIR, table)
 
 
-def _cost(params: Params, device, spec, latency_model, latency_dir: Path | None = None):
+def _cost(params: Params, device, spec, latency_model, latency_dir: Path):
     from components.pruning.costs import LatencyCost, McuCost, ParamsCost
 
     if device.mcu is not None:
@@ -135,7 +131,7 @@ def _cost(params: Params, device, spec, latency_model, latency_dir: Path | None 
     if params.compress.cost == "params":
         return ParamsCost(spec)
     if latency_model is None:
-        raise ConfigError(f"device {device.name}: no latency model in {_latency_dir(params, device, latency_dir)}; "
+        raise ConfigError(f"device {device.name}: no latency model in {latency_dir}; "
                           f"run `python -m components fit_latency --device {device.name}` "
                           "(or set compress.cost: params)")
     return LatencyCost(spec, latency_model, device.name)
@@ -586,3 +582,12 @@ def _say(device: str, metrics: dict) -> None:
              "(change per held-out user %s)", device, "budget met" if metrics["budget_met"] else "BUDGET NOT MET",
              d["params"], 100 * metrics["params_kept"], metrics["cost"], reached(metrics), d["test_accuracy"],
              interval_text(metrics["accuracy_change_ci"], 4))
+
+
+def summary(result: CompressResult) -> str:
+    """A budget not met is a result (said plainly in the line), not a failure."""
+    m, d = result.metrics, result.metrics["methods"]["deepiot"]
+    return (f"compress {result.device}: {'budget met' if m['budget_met'] else 'BUDGET NOT MET'} "
+            f"({m['cost']} {reached(m)} of the baseline's, budget {m['budget']}); "
+            f"{d['params']} parameters, test accuracy {d['test_accuracy']:.3f} ({m['accuracy_change']:+.3f}) "
+            f"-> {result.model_dir} (MLflow run {result.run_id})")

@@ -414,8 +414,6 @@ class ValidateParams:
 class RegisterParams:
     name_prefix: str  # registered model "<prefix>-<dataset>-<device>"
     champion_tolerance: float  # accuracies this close are a tie, broken by measured latency
-    attempts: int  # tries of a registration when the tracking server does not answer
-    backoff_s: float  # first wait between tries; doubled after each
 
 
 @dataclass(frozen=True)

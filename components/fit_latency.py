@@ -25,6 +25,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -38,10 +39,14 @@ from components.models.spec import LayerSpec
 from components.profiling.items import LAYER_KINDS
 from components.profiling.table import OPTIONAL_COLUMNS, SCHEMA, TABLE_FILE, with_optional_columns
 
+if TYPE_CHECKING:
+    from components.stages import Place
+
 STAGE = "fit_latency"
 log = logging.getLogger(__name__)
 
-__all__ = ["LatencyDataError", "FitResult", "run"]
+__all__ = ["DEVICE_FAILURES", "LatencyDataError", "FitResult", "run", "summary"]
+DEVICE_FAILURES = (LatencyDataError,)
 
 
 @dataclass(frozen=True)
@@ -71,18 +76,17 @@ def check_params(cfg: FitLatencyParams) -> None:
         raise ConfigError("fit_latency: min_rows >= 2, tree.min_leaf >= 1 and tree.multiples >= 2 are required")
 
 
-def run(params: Params, device_name: str, profile_dir: Path | None = None, output_dir: Path | None = None,
-        report_dir: Path | None = None, pipeline_key: str | None = None) -> FitResult:
-    """Fit and evaluate device `device_name`'s latency model; outputs default to the params' folders."""
+def run(params: Params, device_name: str, *, profile: Path, out: Place, pipeline_key: str | None = None
+        ) -> FitResult:
+    """Fit and evaluate device `device_name`'s latency model from its profile folder `profile`; write into `out`."""
     from components import tracking
     from components.devices.pool import chosen
 
     cfg = params.fit_latency
     check_params(cfg)
     (device,) = chosen(params, [device_name])
-    table = (Path(profile_dir) if profile_dir else params.path(params.profile.output_dir) / device.name) / TABLE_FILE
-    out = Path(output_dir) if output_dir else params.path(cfg.output_dir) / device.name
-    reports = Path(report_dir) if report_dir else params.path(cfg.report_dir) / device.name
+    table = Path(profile) / TABLE_FILE
+    reports, out = Path(out.report), Path(out.data)
     raw = _read_table(table, device.name)
     rows = fitting.usable_rows(raw, device.name, str(table), params.profile.max_failed_share, cfg.target)
     with tracking.stage_run(params, STAGE, pipeline_key, device=device.name) as mlrun:
@@ -255,3 +259,18 @@ def _say(model, metrics: dict) -> None:
                  model.device, target, scored["whole_model_within_pct"], scored["whole_model_mape_pct"])
     if model.fallback_kinds:
         log.warning("%s: FALLBACK (conservative, not fitted) for %s", model.device, ", ".join(model.fallback_kinds))
+
+
+def summary(result: FitResult) -> str:
+    m = result.metrics
+    if m["method"] == "analytic":
+        text = "analytic model passed through"
+    else:
+        mape = ", ".join(f"{kind} {by['tree']['mape_pct']:.1f} %" for kind, by in m.get("configurations", {}).items())
+        text = f"held-out MAPE {mape}" if mape else "no held-out rows"
+        whole = m.get("whole_models", {}).get("model")
+        if whole:
+            text += f"; whole models {whole['tree']['mape_pct']:.1f} % ({whole['tree']['within_pct']:.0f} % within band)"
+        if m["fallback_kinds"]:
+            text += f"; FALLBACK for {', '.join(m['fallback_kinds'])}"
+    return f"fit_latency {result.device}: {text} -> {result.model_path} (MLflow run {result.run_id})"

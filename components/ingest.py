@@ -26,6 +26,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -40,6 +41,9 @@ from components.data.outputs import WindowWriter, atomic_directory, write_text_a
 from components.data.window_sets import WindowSet
 from components.validation import ValidationFailed, Validator
 
+if TYPE_CHECKING:
+    from components.stages import Place
+
 log = logging.getLogger(__name__)
 STAGE = "ingest"
 
@@ -52,11 +56,10 @@ class IngestResult:
     run_id: str
 
 
-def run(params: Params, output_dir: Path | None = None, pipeline_key: str | None = None) -> IngestResult:
-    """Ingest the configured data set; return where the windows were written."""
+def run(params: Params, *, out: Place, pipeline_key: str | None = None) -> IngestResult:
+    """Ingest the configured data set into `out`; return where the windows were written."""
     cfg = params.ingest
-    output_dir = Path(output_dir) if output_dir else params.path(cfg.output_dir)
-    report_dir = params.path(cfg.report_dir)
+    output_dir, report_dir = Path(out.data), Path(out.report)
     with tracking.stage_run(params, STAGE, pipeline_key) as mlrun:
         mlrun.log_params(params.to_dict() | {"output_dir": str(output_dir)})
         started = time.perf_counter()
@@ -240,3 +243,7 @@ def _timings(card: dict, timings: dict, seconds: float) -> dict[str, float]:
         out["stream_s"] = timings["stream_s"]
         out["rows_per_s"] = round(sum(card["rows_per_file"].values()) / max(timings["stream_s"], 1e-9))
     return out
+
+
+def summary(result: IngestResult) -> str:
+    return f"ingest: {result.windows} windows -> {result.output_dir} (MLflow run {result.run_id})"

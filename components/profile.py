@@ -22,6 +22,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from components.config import ConfigError, Params
 from components.data.outputs import write_text_atomic
@@ -31,6 +32,9 @@ from components.profiling.items import Item
 from components.profiling.runner import TimedProfiler, computed_rows, fingerprint
 from components.profiling.sampler import reference_item, sample_items, sampler_params
 from components.profiling.table import ProfileLog
+
+if TYPE_CHECKING:
+    from components.stages import Place
 
 STAGE = "profile"
 log = logging.getLogger(__name__)
@@ -48,12 +52,10 @@ class ProfileResult:
     run_id: str
 
 
-def run(params: Params, device_name: str, output_dir: Path | None = None, report_dir: Path | None = None,
-        pipeline_key: str | None = None) -> ProfileResult:
-    """Profile one device; outputs under `<output_dir>` (default: profile.output_dir/<device>)."""
+def run(params: Params, device_name: str, *, out: Place, pipeline_key: str | None = None) -> ProfileResult:
+    """Profile one device into `out` (the table and its append-only log in `out.data`)."""
     (device,) = chosen(params, [device_name])
-    out = Path(output_dir) if output_dir else params.path(params.profile.output_dir) / device.name
-    reports = Path(report_dir) if report_dir else params.path(params.profile.report_dir) / device.name
+    folder, reports = Path(out.data), Path(out.report)
     backend = get_backend(device.runtime)
     if not backend.timed and device.mcu is None:
         raise ConfigError(f"device {device.name}: runtime {device.runtime} is computed and needs an `mcu` section")
@@ -61,7 +63,7 @@ def run(params: Params, device_name: str, output_dir: Path | None = None, report
     reference = reference_item(params) if backend.timed else None  # a computed device has no speed phases
     if reference is not None:  # its own row too: it is a whole model
         items = [reference, *(item for item in items if item.key != reference.key)]
-    return _profile(params, device, backend, items, out, reports, pipeline_key, reference)
+    return _profile(params, device, backend, items, folder, reports, pipeline_key, reference)
 
 
 def _profile(params: Params, device: Device, backend: Backend, items: list[Item], out: Path, reports: Path,
@@ -182,3 +184,14 @@ def _check_failures(device: Device, metrics: dict, max_share: float, rows: list[
             f"device {device.name}: {metrics['configs_failed']} of {metrics['configs']} configurations failed "
             f"({metrics['failed_share']:.0%} > profile.max_failed_share {max_share:.0%}); the table keeps them "
             f"with their reasons; first reasons: {'; '.join(reasons)}")
+
+
+DEVICE_FAILURES = (ProfileFailed,)
+
+
+def summary(result: ProfileResult) -> str:
+    m = result.metrics
+    noise = (f", median IQR/median {m['median_relative_iqr']:.1%}" if "median_relative_iqr" in m
+             else ", computed from the graph, not timed")
+    return (f"profile {result.device}: {m['configs_ok']}/{m['configs']} configurations ({m['method']}{noise}) "
+            f"-> {result.table_path} (MLflow run {result.run_id})")

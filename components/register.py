@@ -9,35 +9,48 @@ only if it beats the current champion on that device: higher on-device
 accuracy, or within `champion_tolerance` of it and faster. A model that failed
 a gate is never registered; the stage says which gates and why.
 
-The tracking server may be down: each registration is tried `attempts` times
-with doubling waits, then fails with a clear error. Nothing is left half
-registered: every file is logged before the version is created, a version
-whose aliases could not be set is deleted again, and a retry finds a version
-this validation already created (tag `validation_id`) instead of making a
-second one.
+The tracking server may be down. Retrying it is the job of one layer, MLflow's
+HTTP client (components/tracking.py: each call rides out a ~30 s outage);
+when that gives up, registration fails with one clear error instead of
+retrying again on top. Nothing is left half registered: every file is logged
+before the version is created, a version whose aliases could not be set is
+deleted again, and a rerun finds a version this validation already created
+(tag `validation_id`) instead of making a second one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from components.config import ConfigError, Params
 from components.data.outputs import write_text_atomic
+from components.export import ChecksumMismatch
+from components.tracking import TrackingUnavailable
 from components.validate_report import failed_gates_text
+
+if TYPE_CHECKING:
+    from components.stages import Place
 
 STAGE = "register"
 CANDIDATE, CHAMPION = "candidate", "champion"
 log = logging.getLogger(__name__)
+EXPORTED = "compressed"  # validate's sub-folder holding the compressed model's exported files
 _PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "PERMISSION_DENIED",
               "UNAUTHENTICATED", "BAD_REQUEST", "INVALID_STATE"}
 
 
-class RegistryUnavailable(RuntimeError):
-    """The tracking server did not answer through every attempt; nothing was registered."""
+class RegistryUnavailable(TrackingUnavailable):
+    """The tracking server did not answer through its client's retries; nothing holds an alias."""
+
+    def __init__(self, message: str):
+        super().__init__(message, server_answers=False)
+
+
+DEVICE_FAILURES = (RegistryUnavailable, ChecksumMismatch)  # one device's registry trouble leaves the others alone
 
 
 @dataclass(frozen=True)
@@ -58,14 +71,17 @@ def model_name(params: Params, report: dict) -> str:
     return f"{params.register.name_prefix}-{report['dataset']}-{report['device']}"
 
 
-def run(params: Params, device_name: str, report_dir: Path | None = None, pipeline_key: str | None = None
+def run(params: Params, device_name: str, *, validate: Path, out: Place, pipeline_key: str | None = None
         ) -> RegisterOutcome:
-    """Register one device's validated model if it passed every gate; record the outcome beside the report."""
+    """Register one device's validated model if it passed every gate; record the outcome in `out.report`.
+
+    `validate`: validate's folder for the device (its report.json and report.html beside the exported files).
+    """
     from components.devices.pool import chosen
 
     (device,) = chosen(params, [device_name])
-    reports = Path(report_dir) if report_dir else params.path(params.validate.report_dir) / device.name
-    path = reports / "report.json"
+    bundle, reports = Path(validate), Path(out.report)
+    path = bundle / "report.json"
     if not path.exists():
         raise ConfigError(f"register {device.name}: no validation report at {path}; run `python -m components "
                           f"validate --device {device.name}` first")
@@ -73,7 +89,7 @@ def run(params: Params, device_name: str, report_dir: Path | None = None, pipeli
     name = model_name(params, report)
     if report["passed"]:
         try:
-            outcome = register_with_retries(params, report, reports, pipeline_key)
+            outcome = register_model(params, report, bundle, pipeline_key)
         except Exception as exc:  # recorded beside the report, so no earlier run's outcome is left there
             failed = RegisterOutcome(device.name, False, name, None, (), f"registration failed: {_short(exc)}")
             write_text_atomic(reports / "registry.json", json.dumps(failed.to_dict(), indent=2))
@@ -86,27 +102,22 @@ def run(params: Params, device_name: str, report_dir: Path | None = None, pipeli
     return outcome
 
 
-def register_with_retries(params: Params, report: dict, report_dir: Path, pipeline_key: str | None,
-                          sleep=time.sleep) -> RegisterOutcome:
-    cfg = params.register
-    _verify_exports(report)  # a file changed since validation is refused before anything is logged
-    delay = cfg.backoff_s
-    for attempt in range(1, cfg.attempts + 1):
-        try:
-            return _register(params, report, report_dir, pipeline_key, last_attempt=attempt == cfg.attempts)
-        except Exception as exc:
-            if not _transient(exc):
-                raise
-            if attempt == cfg.attempts:
-                raise RegistryUnavailable(
-                    f"{report['device']}: the MLflow tracking server did not answer after {cfg.attempts} attempts "
-                    f"({_short(exc)}); no version of this validation holds an alias; run `python -m components "
-                    f"register --device {report['device']}` again once it is up") from exc
-            log.warning("%s: the tracking server did not answer (%s); attempt %d of %d, retrying in %.0f s",
-                        report["device"], _short(exc), attempt, cfg.attempts, delay)
-            sleep(delay)
-            delay *= 2
-    raise AssertionError("unreachable")
+def register_model(params: Params, report: dict, bundle: Path, pipeline_key: str | None) -> RegisterOutcome:
+    """Register the validated model; `bundle`: validate's folder for the device (the report, the exported files).
+
+    One attempt: the HTTP client under it has already retried each call. A
+    server that stays down fails it with `RegistryUnavailable`, saying what to rerun.
+    """
+    _verify_exports(report, bundle)  # a file changed since validation is refused before anything is logged
+    try:
+        return _register(params, report, bundle, pipeline_key)
+    except Exception as exc:
+        if not _transient(exc):
+            raise
+        raise RegistryUnavailable(
+            f"{report['device']}: the MLflow tracking server did not answer ({_short(exc)}); no version of this "
+            f"validation holds an alias; run `python -m components register --device {report['device']}` again "
+            "once it is up") from exc
 
 
 def _transient(exc: Exception) -> bool:
@@ -126,16 +137,15 @@ def _short(exc: Exception) -> str:
     return text[:200]
 
 
-def _verify_exports(report: dict) -> None:
+def _verify_exports(report: dict, bundle: Path) -> None:
     from components.export import verify
 
-    folder = Path(report["exports"]["compressed"]["dir"])
+    folder = bundle / EXPORTED
     for entry in report["exports"]["compressed"]["files"].values():
         verify(folder / entry["file"], entry["sha256"])
 
 
-def _register(params: Params, report: dict, report_dir: Path, pipeline_key: str | None,
-              last_attempt: bool = False) -> RegisterOutcome:
+def _register(params: Params, report: dict, bundle: Path, pipeline_key: str | None) -> RegisterOutcome:
     from mlflow.exceptions import MlflowException
 
     from components import tracking
@@ -148,7 +158,7 @@ def _register(params: Params, report: dict, report_dir: Path, pipeline_key: str 
     created = version is None
     if created:
         with tracking.stage_run(params, STAGE, pipeline_key, device=device) as mlrun:
-            model = _log_model(mlflow, report, report_dir)
+            model = _log_model(mlflow, report, bundle)
             try:
                 client.create_registered_model(name, tags={"device": device, "dataset": report["dataset"]},
                                                description=f"{report['dataset']} classifier compressed for {device}")
@@ -164,8 +174,8 @@ def _register(params: Params, report: dict, report_dir: Path, pipeline_key: str 
     try:
         aliases, decision = _set_aliases(client, name, version, params.register.champion_tolerance)
     except Exception:
-        if created:  # a version found from an earlier attempt or run is kept: the next attempt completes it
-            _delete_quietly(client, name, version, last_attempt)
+        if created:  # a version an earlier run created is kept: this rerun (or the next) completes it
+            _delete_quietly(client, name, version)
         raise
     log.info("%s: registered %s version %s with alias(es) %s (%s)", device, name, version, ", ".join(aliases),
              decision)
@@ -199,7 +209,7 @@ def _version_tags(params: Params, report: dict, pipeline_key: str | None) -> dic
             "sha256": comp["sha256"]}
 
 
-def _log_model(mlflow, report: dict, report_dir: Path):
+def _log_model(mlflow, report: dict, bundle: Path):
     """Log the pyfunc model of the deployed file, with every exported format and the report beside it (ModelInfo)."""
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
@@ -208,12 +218,12 @@ def _log_model(mlflow, report: dict, report_dir: Path):
     import numpy as np
 
     exports = report["exports"]["compressed"]
-    folder = Path(exports["dir"])
+    folder = bundle / EXPORTED
     deployed = exports["files"][report["deployed_format"]]
     artifacts = {"deployed": str(folder / deployed["file"])}
     artifacts |= {f"export_{fmt}": str(folder / e["file"]) for fmt, e in exports["files"].items()
                   if fmt != report["deployed_format"]}
-    artifacts |= {f"report_{p.suffix[1:]}": str(p) for p in (report_dir / "report.json", report_dir / "report.html")}
+    artifacts |= {f"report_{p.suffix[1:]}": str(p) for p in (bundle / "report.json", bundle / "report.html")}
     runtime = report["load_runtime"]
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *report["input_shape"]))]),
@@ -331,11 +341,17 @@ def _restore_aliases(client, name: str, previous: dict) -> None:
             log.warning("%s: alias %s could not be put back (%s)", name, alias, _short(exc))
 
 
-def _delete_quietly(client, name: str, version: str, last_attempt: bool) -> None:
+def _delete_quietly(client, name: str, version: str) -> None:
     try:
         client.delete_model_version(name, version)
         log.warning("%s version %s: its aliases could not be set, so it was deleted again", name, version)
-    except Exception as exc:  # the server is down: a later attempt or run finds the version by its validation_id
+    except Exception as exc:  # the server is down: a rerun finds the version by its validation_id
         log.warning("%s version %s: aliases not set and the version could not be deleted (%s); it holds no alias, "
-                    "and %s", name, version, _short(exc),
-                    "rerunning register completes it" if last_attempt else "the next attempt completes it")
+                    "and rerunning register completes it", name, version, _short(exc))
+
+
+def summary(outcome: RegisterOutcome) -> str:
+    if not outcome.registered:
+        return f"register {outcome.device}: {outcome.reason}"
+    return (f"register {outcome.device}: {outcome.name} version {outcome.version}, alias(es) "
+            f"{', '.join(outcome.aliases)} ({outcome.reason})")

@@ -26,6 +26,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,6 +35,9 @@ from components.config import Params, TrainParams
 from components.data.outputs import atomic_directory, write_text_atomic
 from components.data.windows import Fold, Windows, load_windows, make_folds
 from components.evaluation import interval_text
+
+if TYPE_CHECKING:
+    from components.stages import Place
 
 log = logging.getLogger(__name__)
 STAGE = "train"
@@ -48,11 +52,10 @@ class TrainResult:
     accuracy_ci: dict  # evaluation.mean_ci of the per-user accuracies
 
 
-def run(params: Params, output_dir: Path | None = None, input_dir: Path | None = None,
-        pipeline_key: str | None = None) -> TrainResult:
+def run(params: Params, *, ingest: Path, out: Place, pipeline_key: str | None = None) -> TrainResult:
+    """Train on the windows in `ingest` (ingest's folder); write the model and its scores into `out`."""
     cfg = params.train
-    input_dir = Path(input_dir) if input_dir else params.path(params.ingest.output_dir)
-    output_dir = Path(output_dir) if output_dir else params.path(cfg.output_dir)
+    input_dir, output_dir, report_dir = Path(ingest), Path(out.data), Path(out.report)
     windows = load_windows(input_dir)
     folds = make_folds(windows.meta, cfg)
     spec = models.spec_from_params(cfg.arch, cfg, tuple(windows.x.shape[1:]), windows.classes)  # fails on bad widths
@@ -68,8 +71,8 @@ def run(params: Params, output_dir: Path | None = None, input_dir: Path | None =
         timings |= {f"fit_s.{name}": round(r["seconds"], 3) for name, r in results.items() if name != "split"}
         with atomic_directory(output_dir) as staging:
             _write_outputs(staging, split, report, windows.classes)
-        write_text_atomic(params.path(cfg.report_dir) / "metrics.json", json.dumps(_dvc_metrics(report), indent=2))
-        write_text_atomic(params.path(cfg.report_dir) / "timings.json", json.dumps(timings, indent=2))
+        write_text_atomic(report_dir / "metrics.json", json.dumps(_dvc_metrics(report), indent=2))
+        write_text_atomic(report_dir / "timings.json", json.dumps(timings, indent=2))
         _log_run(mlrun, output_dir, report, timings, split["model"], windows)
         users = report["test"]["users"]
         log.info("train: %s accuracy %s, macro-F1 %s over held-out users %s; random forest %s", spec.arch,
@@ -218,3 +221,8 @@ def _log_run(mlrun, output_dir: Path, report: dict, timings: dict, model, window
     mlrun.log_artifact(output_dir / "model" / models.SPEC_FILE, "train/model")
     mlrun.log_artifact(output_dir / "model" / models.WEIGHTS_FILE, "train/model")
     mlrun.log_torch_model(model, np.ascontiguousarray(windows.x[:2], dtype=np.float32))
+
+
+def summary(result: TrainResult) -> str:
+    return (f"train: accuracy {interval_text(result.accuracy_ci)} over held-out users, macro-F1 "
+            f"{result.macro_f1:.3f} -> {result.output_dir} (MLflow run {result.run_id})")

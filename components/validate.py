@@ -28,11 +28,16 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from components.config import ConfigError, Params
+from components.data.outputs import write_text_atomic
 from components.validate_report import MODELS, failed_gates_text, flat_metrics, write_report
+
+if TYPE_CHECKING:
+    from components.stages import Place
 
 STAGE = "validate"
 log = logging.getLogger(__name__)
@@ -62,9 +67,13 @@ class Gate:
         return asdict(self)
 
 
-def run(params: Params, device_name: str, baseline_dir: Path | None = None, compressed_dir: Path | None = None,
-        ingest_dir: Path | None = None, latency_dir: Path | None = None, output_dir: Path | None = None,
-        report_dir: Path | None = None, pipeline_key: str | None = None) -> ValidateResult:
+def run(params: Params, device_name: str, *, ingest: Path, train: Path, fit_latency: Path, compress: Path,
+        out: Place, pipeline_key: str | None = None) -> ValidateResult:
+    """Export train's baseline and compress's model for one device, run both on it and apply the gates.
+
+    Writes the exported files and the report (report.json, report.html: what register reads) into
+    `out.data`, the full report and DVC's metrics into `out.report`.
+    """
     from components import models, tracking, training
     from components.data.windows import load_windows, make_folds
     from components.devices.pool import chosen
@@ -73,12 +82,9 @@ def run(params: Params, device_name: str, baseline_dir: Path | None = None, comp
     cfg = params.validate
     (device,) = chosen(params, [device_name])
     formats = _formats(cfg, device)
-    out = Path(output_dir) if output_dir else params.path(cfg.output_dir) / device.name
-    reports = Path(report_dir) if report_dir else params.path(cfg.report_dir) / device.name
-    ingest = Path(ingest_dir) if ingest_dir else params.path(params.ingest.output_dir)
-    model_dirs = {"baseline": Path(baseline_dir) if baseline_dir else params.path(params.train.output_dir) / "model",
-                  "compressed": Path(compressed_dir) if compressed_dir
-                  else params.path(params.compress.output_dir) / device.name / "model"}
+    reports, out = Path(out.report), Path(out.data)
+    ingest = Path(ingest)
+    model_dirs = {"baseline": Path(train) / "model", "compressed": Path(compress) / "model"}
     for name, folder in model_dirs.items():
         if not (folder / models.SPEC_FILE).exists():
             stage = "train" if name == "baseline" else f"compress --device {device.name}"
@@ -94,9 +100,7 @@ def run(params: Params, device_name: str, baseline_dir: Path | None = None, comp
     y_test = windows.meta["label"].to_numpy()[test].astype(np.int64)
     users_test = windows.meta["user"].to_numpy().astype(str)[test]
     # the model compress steered by last (refitted where the search went, beside its model), else fit_latency's
-    latency_model = (load_in(model_dirs["compressed"].parent / REFITTED_DIR)
-                     or load_in(Path(latency_dir) if latency_dir
-                                else params.path(params.fit_latency.output_dir) / device.name))
+    latency_model = load_in(Path(compress) / REFITTED_DIR) or load_in(Path(fit_latency))
     loaded = {name: models.load(folder) for name, folder in model_dirs.items()}
     torch_predictions = {name: training.predict(model, x_test) for name, model in loaded.items()}
 
@@ -128,6 +132,8 @@ def run(params: Params, device_name: str, baseline_dir: Path | None = None, comp
         report = _report(params, device, formats, results, gates, exports, model_dirs, ingest, test, windows,
                          mlrun.run_id, pipeline_key, time.perf_counter() - started)
         paths = write_report(report, reports)
+        for path in paths[:1] + [reports / "report.html"]:  # what register reads, beside the files it registers
+            write_text_atomic(out / path.name, path.read_text())
         mlrun.log_metrics(flat_metrics(report))
         mlrun.set_tags({"validation_passed": str(report["passed"]).lower(), "deployed_format": formats[0],
                         "validation_id": report["validation_id"],
@@ -388,3 +394,14 @@ def _say(report: dict) -> None:
     else:
         log.warning("%s: VALIDATION FAILED, the model will not be registered: %s", report["device"],
                     failed_gates_text(report))
+
+
+def summary(result: ValidateResult) -> str:
+    """Failing gates are a result (said in the line, and `register` leaves the model out), not an error."""
+    r = result.report
+    comp = r["models"]["compressed"][r["deployed_format"]]
+    figures = (f"accuracy {comp['accuracy']:.3f}, {comp['latency_ms']:.4g} ms, {comp['bytes']} bytes"
+               if comp["ok"] else f"did not run: {comp['error']}")
+    verdict = "every gate passed" if r["passed"] else f"FAILED {', '.join(r['failed_gates'])}"
+    return (f"validate {result.device}: {verdict} ({r['deployed_format']}: {figures}) -> {result.report_path} "
+            f"(MLflow run {result.run_id})")

@@ -1,34 +1,32 @@
-"""The nightly compression pipeline: one thin task per stage, each a lazy import and one call.
+"""The nightly compression pipeline: one thin task per stage of `components.stages.STAGES`.
+
+The DAG is a loop over the stage table: a stage that runs once is one task; a
+per-device stage is mapped over the device pool (every per-device stage over
+the same list, so map index i is device i throughout) and has trigger rule
+`all_done`, since Airflow makes each mapped instance wait on every instance
+upstream: one device's failure must not hold back the others (each instance
+finds its own upstream folder in XCom or fails saying which is missing). A
+stage's dependencies are the stages it reads; each task returns its output
+folder, which XCom carries to the tasks that read it.
 
 Nothing heavy happens at parse time: every stage's code is imported inside its
-task. One small file is read at parse time: the device pool, because
-`profile` is mapped over it and each mapped task instance is routed to its
-device's Celery queue and pool when it is created, before it runs (the
-cluster policy in infra/airflow/airflow_local_settings.py does the routing).
-`fit_latency` is mapped over the same list after `profile`; fitting is plain
-CPU work, so it runs on the default queue, and with trigger rule `all_done`
-each device's fit reads its own profile, whatever happened to the others.
-`compress` is mapped over the list too, after `train` and `fit_latency`
-(it reads this run's ingest and train folders through XCom and its device's
-run-keyed latency model); it trains, so it runs on the default queue.
-`validate` is mapped over the list after `compress` and routed like `profile`
-(the exported models run and are timed on the device); with trigger rule
-`all_done` one device's failed compression does not hold back the others
-(its own validate fails, saying which model is missing). The final
-`register` (trigger rule `all_done`) registers every device whose gates
-passed and then fails if any device had no report, so a broken night is
-never green.
+task. Two small files are read at parse time: the stage table and the device
+pool, because the per-device stages are mapped over it and each mapped
+instance of an on-device stage (profile, validate) is routed to its device's
+Celery queue and pool when it is created (the cluster policy in
+infra/airflow/airflow_local_settings.py does the routing); the others run on
+the default queue.
 
 Nightly semantics: the run starts at 02:00 UTC or when the sensing data
 asset is updated (`watch_sensing_data` emits it when files under the data
 root change; an uploader may also POST an asset event), whichever comes
 first; `catchup=False` and `max_active_runs=1`, so a second trigger waits
-for the first run. Every task writes under a folder keyed by the run id, so a
-retry or a re-run overwrites only its own output. A run's params (from the
-UI's trigger form or the REST API's `conf`) pick a device subset and
-`section.key=value` overrides. A failed or retried task reports its stage and
-device (`failure_alert`); a run still going after 6 hours triggers the
-deadline alert.
+for the first run. Every task writes under a folder keyed by the run id
+(`components.stages.Layout`), so a retry or a re-run overwrites only its own
+output. A run's params (from the UI's trigger form or the REST API's `conf`)
+pick a device subset and `section.key=value` overrides. A failed or retried
+task reports its stage and device (`failure_alert`); a run still going after
+6 hours triggers the deadline alert.
 """
 
 from __future__ import annotations
@@ -38,6 +36,8 @@ from datetime import timedelta
 
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 from airflow.sdk.definitions.deadline import AsyncCallback, DeadlineAlert, DeadlineReference
+
+from components import stages
 
 SENSING_DATA = Asset("iot-compress-sensing-data")  # = components.airflow_tasks.SENSING_DATA_ASSET
 
@@ -79,13 +79,20 @@ def _deadline() -> list[DeadlineAlert]:
                                                  kwargs={"message": f"not finished {hours:g} h after it was queued"}))]
 
 
-def _skip_unless_selected(device: str, context) -> None:
-    from airflow.sdk.exceptions import AirflowSkipException
+def _stage_task(stage):
+    """The task of one stage: a lazy import and one call (mapped over the pool where the stage runs per device)."""
 
-    from components.airflow_tasks import selected
+    def body(device: str | None = None, queue: str | None = None, pool: str | None = None, **context) -> str:
+        from components.airflow_tasks import run_in_airflow
 
-    if not selected(device, context["params"]["devices"]):
-        raise AirflowSkipException(f"{device} is not in this run's devices {context['params']['devices']}")
+        return run_in_airflow(stage.name, device, context)
+
+    body.__name__ = body.__qualname__ = stage.name
+    body.__doc__ = stage.doc
+    if stage.per_device:
+        return task(task_id=stage.name, map_index_template="{{ task.op_kwargs['device'] }}",
+                    trigger_rule="all_done")(body)
+    return task(task_id=stage.name)(body)
 
 
 @dag(
@@ -109,68 +116,13 @@ def _skip_unless_selected(device: str, context) -> None:
     doc_md=__doc__,
 )
 def compress_nightly():
-    @task(task_id="ingest")
-    def ingest(**context) -> str:
-        from components.airflow_tasks import check_devices, run_stage
-
-        check_devices(context["params"]["devices"])
-        return run_stage("ingest", context["run_id"], overrides=context["params"]["overrides"])
-
-    @task(task_id="train")
-    def train(ingest_dir: str, **context) -> str:
-        from components.airflow_tasks import run_stage
-
-        return run_stage("train", context["run_id"], ingest_dir, overrides=context["params"]["overrides"])
-
-    @task(task_id="profile", map_index_template="{{ task.op_kwargs['device'] }}")
-    def profile(device: str, queue: str, pool: str, **context) -> str:
-        from components.airflow_tasks import run_profile
-
-        _skip_unless_selected(device, context)
-        return run_profile(device, context["run_id"], context["params"]["overrides"])
-
-    @task(task_id="fit_latency", map_index_template="{{ task.op_kwargs['device'] }}", trigger_rule="all_done")
-    def fit_latency(device: str, queue: str, pool: str, **context) -> str:
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from components.airflow_tasks import run_fit_latency
-        from components.latency.fit import LatencyDataError
-
-        _skip_unless_selected(device, context)
-        try:
-            return run_fit_latency(device, context["run_id"], context["params"]["overrides"])
-        except LatencyDataError as exc:  # the table will not change on a retry: fail now, say why
-            raise AirflowFailException(str(exc)) from exc
-
-    # all_done: Airflow makes every compress instance wait on every fit_latency instance, so one device's
-    # skipped or failed fit must not skip the others' compressions (each finds its own latency model or fails)
-    @task(task_id="compress", map_index_template="{{ task.op_kwargs['device'] }}", trigger_rule="all_done")
-    def compress(device: str, queue: str, pool: str, ingest_dir: str, train_dir: str, **context) -> str:
-        from components.airflow_tasks import run_compress
-
-        _skip_unless_selected(device, context)
-        return run_compress(device, context["run_id"], ingest_dir, train_dir, context["params"]["overrides"])
-
-    @task(task_id="validate", map_index_template="{{ task.op_kwargs['device'] }}", trigger_rule="all_done")
-    def validate(device: str, queue: str, pool: str, ingest_dir: str, train_dir: str, **context) -> str:
-        from components.airflow_tasks import run_validate
-
-        _skip_unless_selected(device, context)
-        return run_validate(device, context["run_id"], ingest_dir, train_dir, context["params"]["overrides"])
-
-    @task(task_id="register", trigger_rule="all_done")
-    def register(**context) -> list[dict]:
-        from components.airflow_tasks import run_register
-
-        return run_register(context["run_id"], context["params"]["devices"], context["params"]["overrides"])
-
     routes = _device_routes()
-    ingest_dir = ingest()
-    train_dir = train(ingest_dir)
-    fits = profile.expand_kwargs(routes) >> fit_latency.expand_kwargs(routes)
-    compressed = fits >> compress.partial(ingest_dir=ingest_dir, train_dir=train_dir).expand_kwargs(routes)
-    validated = compressed >> validate.partial(ingest_dir=ingest_dir, train_dir=train_dir).expand_kwargs(routes)
-    validated >> register()
+    tasks = {}
+    for stage in stages.STAGES:
+        made = _stage_task(stage)
+        tasks[stage.name] = made.expand_kwargs(routes) if stage.per_device else made()
+        for upstream in stage.reads:
+            tasks[upstream] >> tasks[stage.name]
 
 
 def _device_routes() -> list[dict[str, str]]:

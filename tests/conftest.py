@@ -155,6 +155,15 @@ def subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def components_cli(folder: Path, *args: str, timeout: int = 300, **env: str):
+    """`python -m components <args>` as a user runs it, in `folder` (its tool homes there too)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "components", *args], cwd=folder, capture_output=True, text=True,
+                          env=subprocess_env(folder, **env), timeout=timeout)
+
+
 CLASSES = ("sit", "walk", "run")
 
 
@@ -198,3 +207,83 @@ def synthetic_task(folder: Path, widths: tuple[int, ...] = (12, 10, 12)) -> tupl
         optimiser.step()
     models.save(model.eval(), folder / "train" / "model")
     return ingest, folder / "train"
+
+
+@pytest.fixture(scope="session")
+def migrated_store(tmp_path_factory) -> Path:
+    """An MLflow SQLite store migrated once per session (~4 s a migration); tests start from a copy of it."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    folder = tmp_path_factory.mktemp("mlflow-template")
+    SqlAlchemyStore(f"sqlite:///{folder / 'mlflow.db'}", (folder / "artifacts").as_uri())
+    return folder / "mlflow.db"
+
+
+def seed_store(template: Path, state_dir: Path) -> None:
+    """Put a copy of the migrated store where a pipeline with `pipeline.state_dir: state_dir` looks for it."""
+    import shutil
+
+    target = state_dir / "mlflow" / "mlflow.db"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(template, target)
+
+
+# ---- tiers ---------------------------------------------------------------------------------------------------------
+# A test's tier is its folder. Each tier has a time one test may take (set-up included: a module's shared fixture
+# counts for its first test); a test over it fails, naming the tier, so a slow test is moved or made faster instead
+# of slowing everyone's `make test`. Generous on purpose (the machines are shared): they catch a test in the wrong
+# tier, not a noisy second. `make test` runs unit, static and stage; CI adds e2e and deployment.
+
+@dataclasses.dataclass(frozen=True)
+class Tier:
+    name: str
+    per_test_s: float
+    what: str
+
+
+TIERS = {
+    "unit": Tier("unit", 10, "pure logic: no subprocess, no MLflow store, no TensorFlow"),
+    "static": Tier("static", 60, "the repository's files checked by real tools, nothing run"),
+    "stage": Tier("stage", 240, "each stage once on small real data"),
+    "e2e": Tier("end-to-end", 1800, "one shared pipeline run that the CLI, MLflow UI, registry and DVC checks read"),
+    "deployment": Tier("deployment", 2400, "servers started on loopback"),
+}
+_SETUP_S = pytest.StashKey[float]()
+
+
+def tier_of(item) -> Tier | None:
+    parts = Path(str(item.path)).relative_to(PROJECT_ROOT / "tests").parts
+    return TIERS.get(parts[0]) if len(parts) > 1 else None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    tier = tier_of(item)
+    if tier is None or call.when not in ("setup", "call"):
+        return
+    if call.when == "setup":
+        item.stash[_SETUP_S] = call.duration
+        return
+    took = item.stash.get(_SETUP_S, 0.0) + call.duration
+    if report.passed and took > tier.per_test_s:
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid} took {took:.1f} s, over the {tier.name} tier's {tier.per_test_s:.0f} s per "
+                           f"test ({tier.what}): make it faster or move it to a slower tier")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Wall time per tier, so a creeping tier shows before it breaks `make test`'s 10 minutes."""
+    totals: dict[str, float] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) not in ("setup", "call", "teardown"):
+                continue
+            parts = Path(report.fspath).parts if getattr(report, "fspath", None) else ()
+            tier = next((TIERS[p] for p in parts[1:2] if p in TIERS), None) if parts and parts[0] == "tests" else None
+            if tier is not None:
+                totals[tier.name] = totals.get(tier.name, 0.0) + report.duration
+    if totals:
+        terminalreporter.write_line("time per tier: " + ", ".join(f"{name} {s:.0f} s" for name, s in totals.items()))

@@ -1,4 +1,7 @@
-"""Airflow cluster policy: route each mapped `profile` and `validate` task instance to its device's queue and pool.
+"""Airflow cluster policy: route each mapped instance of an on-device stage to its device's queue and pool.
+
+The on-device stages are those `components.stages.STAGES` marks `on_device`
+(profile and validate: they time and run models on the device).
 
 Airflow 3 maps only a task's arguments per instance; `queue` and `pool` come
 from the task (apache/airflow#33657). This hook runs whenever a task instance
@@ -11,11 +14,15 @@ module `airflow_local_settings` by the scheduler, the API server and
 
 from __future__ import annotations
 
-ROUTED = {("compress_nightly", "profile"), ("compress_nightly", "validate")}
+DAG_ID = "compress_nightly"
 
 
 def task_instance_mutation_hook(task_instance, dag_run=None):
-    if (task_instance.dag_id, task_instance.task_id) not in ROUTED or task_instance.map_index < 0:
+    if task_instance.dag_id != DAG_ID or task_instance.map_index < 0:
+        return
+    from components.stages import STAGES
+
+    if task_instance.task_id not in {s.name for s in STAGES if s.on_device}:
         return
     from components.airflow_tasks import device_routes
 

@@ -2,7 +2,7 @@
 
     python infra/airflow/celery_stack.py start [--port 8080] [--params FILE]
     python infra/airflow/celery_stack.py status
-    python infra/airflow/celery_stack.py revive         # start again whatever has died (what a supervisor does)
+    python infra/airflow/celery_stack.py revive         # start again what supervisord gave up restarting
     python infra/airflow/celery_stack.py stop
     eval "$(python infra/airflow/celery_stack.py env)"   # point a shell's `airflow` CLI at the stack
 
@@ -13,9 +13,11 @@ a triggerer, and one Celery worker per queue named in the device pool (plus
 that serves its queue. Device-queue workers take one task at a time; the
 Airflow pools (one slot per physical device) keep timings from sharing a core.
 
-Every process is started in its own session; its PID is written under
-`<home>/pids/` and `stop` signals exactly those process groups, never a
-process found by name. PostgreSQL and Redis are the machine's own (STACK.md);
+The processes run under a supervisord of the stack's own, with its config,
+socket, PID file and logs in the home (`supervisorctl -c <home>/supervisord.conf
+status` works too). It restarts a process that exits, and `stop` ends each
+process group it started, never a process found by name. PostgreSQL and
+Redis are the machine's own (STACK.md);
 `AIRFLOW_STACK_DATABASE` / `AIRFLOW_STACK_BROKER` point elsewhere. The JWT
 secret the processes share is generated per stack home and kept there (mode
 0600), never in the repository; the admin password is the one Airflow's
@@ -29,13 +31,13 @@ import json
 import os
 import secrets
 import shlex
-import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+import xmlrpc.client
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +46,7 @@ DEFAULT_HOME = ROOT / ".state" / "airflow-deploy"
 DEFAULT_DATABASE = "postgresql+psycopg2://postgres@127.0.0.1:5432/iot_compress_airflow"
 DEFAULT_BROKER = "redis://127.0.0.1:6379/5"
 ADMIN = "admin"
+RPC_FACTORY = "supervisor.rpcinterface:make_main_rpcinterface"  # supervisord's XML-RPC API, which supervisorctl uses
 
 
 @dataclass
@@ -58,10 +61,6 @@ class Stack:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid_dir(self) -> Path:
-        return self.home / "pids"
 
     @property
     def log_dir(self) -> Path:
@@ -123,36 +122,58 @@ class Stack:
             raise StackError(f"could not read the device pool: {out.stderr.strip()[-500:]}")
         return list(dict.fromkeys(["default", *json.loads(out.stdout.strip().splitlines()[-1])]))
 
-    def processes(self) -> dict[str, list[str]]:
+    def processes(self) -> dict[str, tuple[list[str], dict[str, str]]]:
+        """Name -> (command, environment beyond the stack's) of every process supervisord runs."""
+        airflow = str(Path(sys.executable).parent / "airflow")
         procs = {
-            "api-server": ["api-server", "--port", str(self.port), "--host", "127.0.0.1"],
-            "scheduler": ["scheduler"],
-            "dag-processor": ["dag-processor"],
-            "triggerer": ["triggerer"],
+            "api-server": ([airflow, "api-server", "--port", str(self.port), "--host", "127.0.0.1"], {}),
+            "scheduler": ([airflow, "scheduler"], {}),
+            "dag-processor": ([airflow, "dag-processor"], {}),
+            "triggerer": ([airflow, "triggerer"], {}),
         }
         for queue in self.queues():
             name = f"worker-{queue}"
             concurrency = "2" if queue == "default" else "1"  # one timing at a time on a device
-            procs[name] = ["celery", "worker", "--queues", queue, "--concurrency", concurrency,
-                           "--celery-hostname", f"{queue}@{socket.gethostname()}", "--without-mingle",
-                           "--pid", str(self.home / "run" / f"{name}.pid")]  # celery's own pid file, one per worker
+            procs[name] = ([airflow, "celery", "worker", "--queues", queue, "--concurrency", concurrency,
+                            "--celery-hostname", f"{queue}@{socket.gethostname()}", "--without-mingle",
+                            "--pid", str(self.home / "run" / f"{name}.pid")],  # celery's own lock, one per worker
+                           # each local worker: its own log-serving port, its own name on tasks
+                           {"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
+                            "IOT_COMPRESS_WORKER_NAME": f"{queue}@{socket.gethostname()}"})
         return procs
 
-    def start_process(self, name: str, args: list[str], env: dict[str, str] | None = None) -> int:
-        """Start one Airflow process in its own session; record its PID. Used by `start` and by fault tests."""
-        env = dict(env or self.env())
-        if name.startswith("worker-"):  # each local worker: its own log-serving port, its own name on tasks
-            env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] = str(_free_port())
-            env["IOT_COMPRESS_WORKER_NAME"] = f"{name.removeprefix('worker-')}@{socket.gethostname()}"
-        for folder in (self.pid_dir, self.home / "run"):
+    def write_supervisor_conf(self, programs: dict[str, tuple[list[str], dict[str, str]]]) -> Path:
+        """supervisord's config: its socket, PID file and logs in the home, one program per process.
+
+        Every program restarts when it exits and is stopped with its whole process group. The stack's
+        environment (database URL, JWT secret) reaches the programs from supervisord's own, never this file.
+        """
+        sock = self.home / "supervisor.sock"
+        sections = [f"[unix_http_server]\nfile={sock}\nchmod=0700",
+                    f"[supervisord]\nlogfile={self.log_dir / 'supervisord.log'}\n"
+                    f"pidfile={self.home / 'supervisord.pid'}\nchildlogdir={self.log_dir}\ndirectory={ROOT}",
+                    f"[rpcinterface:supervisor]\nsupervisor.rpcinterface_factory = {RPC_FACTORY}",
+                    f"[supervisorctl]\nserverurl=unix://{sock}"]
+        for name, (argv, env) in programs.items():
+            lines = [f"[program:{name}]", f"command={shlex.join(argv).replace('%', '%%')}", f"directory={ROOT}",
+                     "autorestart=true", "startsecs=10", "stopasgroup=true", "killasgroup=true", "stopwaitsecs=30",
+                     "redirect_stderr=true", f"stdout_logfile={self.log_dir / name}.log"]
+            if env:
+                lines.append("environment=" + ",".join(f'{k}="{v}"' for k, v in env.items()))
+            sections.append("\n".join(lines))
+        for folder in (self.log_dir, self.home / "run"):
             folder.mkdir(parents=True, exist_ok=True)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_dir / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen([str(Path(sys.executable).parent / "airflow"), *args], env=env, cwd=ROOT,
-                                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
-        (self.pid_dir / f"{name}.pid").write_text(str(proc.pid))
-        return proc.pid
+        conf = self.home / "supervisord.conf"
+        conf.write_text("\n\n".join(sections) + "\n")
+        return conf
+
+    def supervise(self, programs: dict[str, tuple[list[str], dict[str, str]]]) -> None:
+        """Write the config and start supervisord, which starts every program (used by `start` and tests)."""
+        out = subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c",
+                              str(self.write_supervisor_conf(programs))],
+                             env=self.env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            raise StackError(f"supervisord did not start: {(out.stdout + out.stderr).strip()[-1500:]}")
 
     @classmethod
     def from_home(cls, home: Path, **fallback) -> Stack:
@@ -165,7 +186,7 @@ class Stack:
                    database=raw["database"], broker=raw["broker"])
 
     def start(self, timeout: float = 240) -> None:
-        if self.running():
+        if self.states():
             raise StackError(f"already running: {', '.join(self.running())} (stop it first: celery_stack.py stop)")
         env = self.env()
         (self.home / "stack.json").write_text(json.dumps({
@@ -180,8 +201,7 @@ class Stack:
         if not env.get("MLFLOW_TRACKING_URI"):
             self._init_embedded_mlflow(env)
         try:
-            for name, args in self.processes().items():
-                self.start_process(name, args, env)
+            self.supervise(self.processes())
             self.wait_healthy(timeout)
         except BaseException:
             self.stop()
@@ -202,18 +222,20 @@ class Stack:
     def wait_healthy(self, timeout: float = 240) -> None:
         """Until the API answers, the scheduler, DAG processor and triggerer heartbeat and every worker is ready."""
         deadline = time.monotonic() + timeout
+        logs = {n: self.log_dir / f"{n}.log" for n in self.states()}
+        seen = {n: path.stat().st_size if path.exists() else 0 for n, path in logs.items()}  # earlier starts' lines
         waiting = "the API server"
         while time.monotonic() < deadline:
-            dead = [n for n in self._pid_names() if not _alive(self._pid(n))]
-            if dead:
-                tail = (self.log_dir / f"{dead[0]}.log").read_text(errors="replace")[-1500:]
+            dead = [n for n, state in self.states().items() if state not in ("STARTING", "RUNNING")]
+            if dead:  # exited within startsecs: supervisord backs off and retries, but the start has failed
+                tail = logs[dead[0]].read_text(errors="replace")[-1500:]
                 raise StackError(f"{', '.join(dead)} exited while starting; {dead[0]}.log ends:\n{tail}")
             try:
                 health = _get_json(f"{self.url}/api/v2/monitor/health")
                 unhealthy = [k for k in ("metadatabase", "scheduler", "dag_processor", "triggerer")
                              if (health.get(k) or {}).get("status") != "healthy"]
-                workers = [n for n in self._pid_names() if n.startswith("worker-")
-                           and b"ready." not in (self.log_dir / f"{n}.log").read_bytes()]
+                workers = [n for n, path in logs.items() if n.startswith("worker-")
+                           and b"ready." not in path.read_bytes()[seen[n]:]]
                 waiting = ", ".join(unhealthy + workers)
                 if not waiting:
                     return
@@ -223,79 +245,60 @@ class Stack:
         raise StackError(f"the stack was not healthy after {timeout:.0f} s; still waiting for {waiting} "
                          f"(logs in {self.log_dir})")
 
-    def stop(self, timeout: float = 40) -> list[str]:
-        """SIGTERM each recorded process group, SIGKILL what is left after `timeout`; return the names stopped.
+    def stop(self) -> list[str]:
+        """Stop every process (SIGTERM to its group, SIGKILL after 30 s), then supervisord; return the names stopped.
 
-        Descendants in sessions of their own (a worker's running tasks) are
-        collected first and get the same treatment, so nothing the stack
+        Airflow starts each task in a process group of its own, out of reach of its worker's group: the
+        processes' descendants are collected first and killed if they outlive it, so nothing the stack
         started outlives it.
         """
-        import psutil
-
-        names = self._pid_names()
-        descendants = []
-        for name in names:
-            try:
-                descendants += psutil.Process(self._pid(name)).children(recursive=True) if _alive(self._pid(name)) else []
-            except psutil.Error:
-                pass
-        for name in names:
-            _signal_group(self._pid(name), signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(_alive(self._pid(n)) for n in names):
-            time.sleep(0.5)
-        for name in names:
-            _signal_group(self._pid(name), signal.SIGKILL)
-            (self.pid_dir / f"{name}.pid").unlink(missing_ok=True)
-        for proc in descendants:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
-        return names
+        if not self.states():
+            return []
+        pids = self.pids()
+        descendants = [proc for pid in pids.values() for proc in _tree(pid)[1:]]
+        self._rpc().stopAllProcesses(True)  # waits until each has stopped
+        _shutdown(self._rpc)
+        _kill(descendants)
+        return sorted(pids)
 
     def revive(self) -> list[str]:
-        """Start again every process of the stack that has died; return their names.
-
-        What a supervisor (systemd, Kubernetes' restartPolicy) does for a cluster: Airflow's scheduler,
-        DAG processor and triggerer exit when their database connection breaks (a PostgreSQL restart).
-        """
-        dead = [name for name in self.processes() if not _alive(self._pid(name))]
-        env = self.env()
+        """Start every process supervisord gave up on (FATAL: it kept exiting, say while PostgreSQL was down)."""
+        dead = [name for name, state in self.states().items() if state not in ("STARTING", "RUNNING", "BACKOFF")]
         for name in dead:
-            self.start_process(name, self.processes()[name], env)
+            self._rpc().startProcess(name, False)
         return dead
 
     def kill(self, name: str) -> None:
         """SIGKILL one process of the stack and everything it started, as if its machine died (a fault drill).
 
-        Airflow's task supervisor starts each task in a session of its own, so
-        the worker's process group alone would leave the task running.
+        Airflow's task supervisor starts each task in a process group of its own, so the worker's group
+        alone would leave the task running. supervisord then starts the process again.
         """
-        import psutil
+        _kill(_tree(self.pids().get(name)))
 
+    def states(self) -> dict[str, str]:
+        """Name -> supervisord's state (RUNNING, STARTING, BACKOFF, FATAL, ...); empty when supervisord is not up."""
+        return {p["name"]: p["statename"] for p in self._processes()}
+
+    def pids(self) -> dict[str, int]:
+        """Name -> PID of every process that runs now."""
+        return {p["name"]: p["pid"] for p in self._processes() if p["pid"]}
+
+    def _processes(self) -> list[dict]:
         try:
-            tree = psutil.Process(self._pid(name))
-            victims = [tree, *tree.children(recursive=True)]
-        except psutil.Error:
-            return
-        for proc in victims:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
+            return self._rpc().getAllProcessInfo()
+        except (OSError, xmlrpc.client.Fault):  # no socket, a stale one, or shutting down
+            return []
 
     def running(self) -> list[str]:
-        return [n for n in self._pid_names() if _alive(self._pid(n))]
+        return sorted(n for n, state in self.states().items() if state in ("STARTING", "RUNNING"))
 
-    def _pid_names(self) -> list[str]:
-        return sorted(p.stem for p in self.pid_dir.glob("*.pid")) if self.pid_dir.exists() else []
+    def _rpc(self):
+        """supervisord's XML-RPC interface over its unix socket (what supervisorctl talks to)."""
+        from supervisor.xmlrpc import SupervisorTransport
 
-    def _pid(self, name: str) -> int:
-        try:
-            return int((self.pid_dir / f"{name}.pid").read_text())
-        except (OSError, ValueError):
-            return -1
+        transport = SupervisorTransport(serverurl=f"unix://{self.home / 'supervisor.sock'}")
+        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport).supervisor
 
     def _run_cli(self, args: list[str], env: dict[str, str], what: str) -> None:
         out = subprocess.run([str(Path(sys.executable).parent / "airflow"), *args], env=env, cwd=ROOT,
@@ -405,23 +408,38 @@ def _post_json(url: str, body: dict) -> dict:
         return json.loads(resp.read())
 
 
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
+def _tree(pid: int | None) -> list:
+    """The process and all its descendants, as psutil processes (none when it is gone)."""
+    import psutil
+
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+        proc = psutil.Process(pid) if pid else None
+        return [proc, *proc.children(recursive=True)] if proc else []
+    except psutil.Error:
+        return []
 
 
-def _signal_group(pid: int, sig: int) -> None:
-    if pid <= 0:
-        return
-    try:
-        os.killpg(pid, sig)  # the leader's PID is its group's id (start_new_session)
-    except (ProcessLookupError, PermissionError):
-        pass
+def _kill(procs: list) -> None:
+    import psutil
+
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+
+
+def _shutdown(rpc, timeout: float = 30) -> None:
+    """Ask supervisord to exit and wait until it has (its socket stops answering), so a new start finds it gone."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            rpc().shutdown()
+        except xmlrpc.client.Fault:  # already shutting down
+            pass
+        except OSError:
+            return
+        time.sleep(0.2)
 
 
 def _free_port() -> int:
@@ -454,9 +472,9 @@ def main(argv: list[str] | None = None) -> int:
             revived = stack.revive()
             print(f"started again: {', '.join(revived)}" if revived else "every process is running")
         elif args.command == "status":
-            running = stack.running()
-            print(f"running: {', '.join(running)}" if running else "not running")
-            return 0 if running else 1
+            states = stack.states()  # as `supervisorctl -c <home>/supervisord.conf status` shows them
+            print("\n".join(f"{name:<24} {state}" for name, state in states.items()) or "not running")
+            return 0 if stack.running() else 1
         else:
             keys = [k for k in stack.env() if k.startswith(("AIRFLOW", "IOT_COMPRESS")) or k == "PYTHONPATH"]
             env = stack.env()

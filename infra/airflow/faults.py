@@ -7,11 +7,12 @@
 Triggers `compress_nightly` for one device through the REST API, waits until
 a task is running, stops the service (Redis: SHUTDOWN NOSAVE; PostgreSQL:
 `pg_ctlcluster ... stop -m fast`), keeps it down for --down seconds, starts it
-again with the machine's own start command (STACK.md), starts again any of the
-stack's processes that died (as a supervisor would), then waits for the run
-to end. Prints the run's state, every task that needed more than one try, and
-which processes had to be restarted. Exit status 0 when the run
-succeeded and every process is still up.
+again with the machine's own start command (STACK.md), then waits for the run
+to end. The stack's supervisord restarts a process that exits; what kept
+exiting while the service was down (FATAL) is started once more
+(`celery_stack.py revive`). Prints the run's state, every task that needed
+more than one try, and which processes were restarted. Exit status 0 when
+the run succeeded and every process is still up.
 
 These are the machine's shared services: run it on your own machine, never
 beside other work that uses them.
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=3600)
     args = p.parse_args(argv)
     stack = Stack.from_home(args.home.resolve(), port=args.port)
-    before = stack.running()
+    before = stack.pids()
     if not before:
         print("error: the stack is not running (python infra/airflow/celery_stack.py start)", file=sys.stderr)
         return 2
@@ -82,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     time.sleep(args.down)
     start_service(args.service)
     print(f"{args.service}: started again after {args.down:.0f} s", flush=True)
-    time.sleep(15)  # let the stack's processes notice
-    revived = stack.revive()  # a supervisor's restart (systemd, Kubernetes): Airflow's jobs exit without their database
-    print(f"processes that had died and were started again: {revived or 'none'}", flush=True)
+    time.sleep(15)  # let the stack's processes notice; supervisord restarts those that exit
+    revived = stack.revive()  # those it gave up on while the database was down
+    print(f"processes supervisord had given up on, started again: {revived or 'none'}", flush=True)
     deadline = time.monotonic() + args.timeout
     while True:
         try:
@@ -98,10 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     tis = api.task_instances(DAG, run_id)
     retried = {f"{t['task_id']}[{t.get('rendered_map_index') or t['map_index']}]": t["try_number"]
                for t in tis if (t["try_number"] or 0) > 1}
-    after = stack.running()
+    after = stack.pids()
     report = {"service": args.service, "down_s": args.down, "run": run_id, "state": run["state"],
-              "retried_tasks": retried, "processes_restarted": revived,
-              "processes_lost": sorted(set(before) - set(after))}
+              "retried_tasks": retried, "processes_restarted": sorted(n for n in before if after.get(n) != before[n]),
+              "processes_revived": revived, "processes_lost": sorted(set(before) - set(after))}
     print(json.dumps(report, indent=1))
     return 0 if run["state"] == "success" and not report["processes_lost"] else 1
 

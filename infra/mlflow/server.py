@@ -24,9 +24,10 @@ laptop, CI and production, and no credential is ever written to a file:
 
 `--with-moto` also starts `moto_server`, an in-memory S3, on loopback, and
 creates the bucket: a self-contained demo whose artifacts vanish when it
-stops. Both processes start in their own session; their PIDs and logs are
-kept in `.state/mlflow-server/` (or `--home`), and `stop` signals exactly
-those process groups, never a process found by name.
+stops. Both run under a supervisord of their own, whose config, socket, PID
+file and logs are in `.state/mlflow-server/` (or `--home`): it restarts the
+MLflow server if it exits, and `stop` ends each process group it started,
+never a process found by name.
 """
 
 from __future__ import annotations
@@ -34,13 +35,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
+import shlex
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+import xmlrpc.client
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,9 +54,6 @@ DEFAULT_MOTO_PORT = 9000
 HOST = "127.0.0.1"
 # moto accepts any key; these fill in only for the demo, when the environment names none.
 MOTO_DEMO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "moto-demo", "AWS_SECRET_ACCESS_KEY": "moto-demo"}
-
-
-_children: dict[int, subprocess.Popen] = {}  # processes this one started, so an early exit is seen at once
 
 
 class ServerError(RuntimeError):
@@ -153,76 +152,51 @@ def check_bucket(destination: str, env: dict[str, str], create: bool = False) ->
 # ---- processes ------------------------------------------------------------------------------------
 
 
-def _pid_file(home: Path, name: str) -> Path:
-    return home / f"{name}.pid"
+def write_supervisor_conf(home: Path, programs: dict[str, list[str]]) -> Path:
+    """supervisord's config: socket, PID file and logs in `home`; programs start when `start` asks for them.
 
-
-def _cmdline(pid: int) -> str | None:
-    """The process's command line where /proc tells it (not while it is still exec'ing, nor elsewhere)."""
-    try:
-        text = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return None
-    return text or None
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def recorded_pid(home: Path, name: str, marker: str) -> int | None:
-    """The PID in `<name>.pid` if that process still runs and is ours (a reused PID is not signalled)."""
-    path = _pid_file(home, name)
-    try:
-        pid = int(path.read_text().strip())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return None
-    if (pid in _children and _children[pid].poll() is not None) or _zombie(pid):  # exited, not yet reaped
-        return None
-    cmdline = _cmdline(pid)
-    if cmdline is not None and marker not in cmdline:
-        return None
-    return pid
-
-
-def spawn(home: Path, name: str, argv: list[str], env: dict[str, str]) -> int:
-    """Start `argv` in its own session (so its workers can be stopped together); log and PID under `home`."""
+    The MLflow server is started again if it exits; moto is not (a new one would have lost the bucket). The
+    environment, credentials included, reaches the programs from supervisord's own, never this file.
+    """
+    lines = [f"[unix_http_server]\nfile={home / 'supervisor.sock'}\nchmod=0700\n",
+             f"[supervisord]\nlogfile={home / 'supervisord.log'}\npidfile={home / 'supervisord.pid'}\n"
+             f"childlogdir={home}\ndirectory={home}\n",
+             "[rpcinterface:supervisor]\nsupervisor.rpcinterface_factory = "
+             "supervisor.rpcinterface:make_main_rpcinterface\n",
+             f"[supervisorctl]\nserverurl=unix://{home / 'supervisor.sock'}\n"]
+    for name, argv in programs.items():
+        lines.append(f"[program:{name}]\ncommand={shlex.join(argv).replace('%', '%%')}\n"
+                     f"directory={home}\nautostart=false\nautorestart={str(name == 'server').lower()}\n"
+                     "startsecs=10\nstopasgroup=true\nkillasgroup=true\nstopwaitsecs=20\nredirect_stderr=true\n"
+                     f"stdout_logfile={home / name}.log\n")
     home.mkdir(parents=True, exist_ok=True)
-    with open(home / f"{name}.log", "ab") as log:
-        proc = subprocess.Popen(argv, env=env, cwd=home, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    _children[proc.pid] = proc
-    _pid_file(home, name).write_text(str(proc.pid))
-    return proc.pid
+    (home / "supervisord.conf").write_text("\n".join(lines))
+    return home / "supervisord.conf"
 
 
-def stop_group(home: Path, name: str, marker: str, timeout: float = 20) -> bool:
-    """SIGTERM the recorded process group, SIGKILL it after `timeout`; True if one was running."""
-    pid = recorded_pid(home, name, marker)
-    _pid_file(home, name).unlink(missing_ok=True)
-    if pid is None:
-        return False
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return True
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            try:
-                os.waitpid(pid, os.WNOHANG)  # reaps it when we are its parent (tests); harmless otherwise
-            except ChildProcessError:
-                pass
-            try:
-                os.killpg(pid, 0)
-            except ProcessLookupError:
-                return True
-            time.sleep(0.2)
-    return True
+def _rpc(home: Path):
+    """supervisord's XML-RPC interface over its unix socket (what supervisorctl talks to)."""
+    from supervisor.xmlrpc import SupervisorTransport
+
+    sock = f"unix://{home / 'supervisor.sock'}"
+    return xmlrpc.client.ServerProxy("http://127.0.0.1", SupervisorTransport(serverurl=sock)).supervisor
+
+
+def processes(home: Path) -> dict[str, dict]:
+    """Name -> supervisord's process info (statename, pid, ...); empty when its supervisord is not up."""
+    try:
+        return {p["name"]: p for p in _rpc(home).getAllProcessInfo()}
+    except (OSError, xmlrpc.client.Fault):  # no socket, a stale one, or shutting down
+        return {}
+
+
+def supervise(home: Path, programs: dict[str, list[str]], env: dict[str, str]) -> None:
+    """Write the config and start supervisord with `env`, which its programs inherit."""
+    out = subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c",
+                          str(write_supervisor_conf(home, programs))],
+                         env=env, cwd=home, capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise ServerError(f"supervisord did not start: {(out.stdout + out.stderr).strip()[-1500:]}")
 
 
 def _get(url: str, timeout: float = 5) -> str:
@@ -230,11 +204,12 @@ def _get(url: str, timeout: float = 5) -> str:
         return resp.read().decode()
 
 
-def wait_until_answers(url: str, home: Path, name: str, marker: str, timeout: float) -> None:
-    """Poll `url` until it answers; fail with the log's tail if the process exits or time runs out."""
+def start_and_wait(home: Path, name: str, url: str, timeout: float) -> None:
+    """Start one program and poll `url` until it answers; fail with the log's tail if it exits or time runs out."""
+    _rpc(home).startProcess(name, False)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if recorded_pid(home, name, marker) is None:
+        if processes(home).get(name, {}).get("statename") not in ("STARTING", "RUNNING"):
             raise ServerError(f"{name} exited while starting; {home / (name + '.log')} ends:\n{_tail(home, name)}")
         try:
             _get(url)
@@ -261,18 +236,10 @@ def require_free_port(port: int, what: str) -> None:
             raise ServerError(f"port {port} on {HOST} is in use ({exc.strerror}); pick another for the {what}") from exc
 
 
-def start_moto(home: Path, port: int, timeout: float = 30) -> str:
-    url = f"http://{HOST}:{port}"
-    require_free_port(port, "moto_server (--moto-port)")
-    spawn(home, "moto", [_bin("moto_server"), "-H", HOST, "-p", str(port)], dict(os.environ))
-    wait_until_answers(f"{url}/moto-api/", home, "moto", "moto", timeout)
-    return url
-
-
 def start(home: Path, port: int, workers: int, with_moto: bool = False, moto_port: int = DEFAULT_MOTO_PORT,
           timeout: float = 180) -> dict:
     """Database, bucket, then `mlflow server`; returns what `status` shows. Stops what it started on failure."""
-    if recorded_pid(home, "server", "mlflow") is not None:
+    if processes(home):
         raise ServerError(f"an MLflow server from {home} is already running (stop it first: server.py stop)")
     backend = os.environ.get("MLFLOW_BACKEND_STORE_URI", DEFAULT_BACKEND)
     destination = os.environ.get("MLFLOW_ARTIFACTS_DESTINATION", DEFAULT_DESTINATION)
@@ -285,31 +252,47 @@ def start(home: Path, port: int, workers: int, with_moto: bool = False, moto_por
     env.setdefault("AWS_RETRY_MODE", "standard")
     env.setdefault("AWS_MAX_ATTEMPTS", "3")
     require_free_port(port, "MLflow server (--port or MLFLOW_SERVER_PORT)")
+    url, moto_url = f"http://{HOST}:{port}", f"http://{HOST}:{moto_port}"
+    # URIs travel in the environment (mlflow reads both), so a password never shows in `ps`.
+    programs = {"server": [_bin("mlflow"), "server", "--host", HOST, "--port", str(port), "--workers", str(workers)]}
+    if with_moto:
+        require_free_port(moto_port, "moto_server (--moto-port)")
+        programs["moto"] = [_bin("moto_server"), "-H", HOST, "-p", str(moto_port)]
+        for key, value in MOTO_DEMO_CREDENTIALS.items():
+            env.setdefault(key, value)
+        env["MLFLOW_S3_ENDPOINT_URL"] = moto_url
     try:
+        supervise(home, programs, env)
         if with_moto:
-            for key, value in MOTO_DEMO_CREDENTIALS.items():
-                env.setdefault(key, value)
-            env["MLFLOW_S3_ENDPOINT_URL"] = start_moto(home, moto_port)
+            start_and_wait(home, "moto", f"{moto_url}/moto-api/", 30)
         endpoint = env.get("MLFLOW_S3_ENDPOINT_URL") or None
         created = ensure_database(backend)
         check_bucket(destination, env, create=with_moto)
-        # URIs travel in the environment (mlflow reads both), so a password never shows in `ps`.
-        spawn(home, "server", [_bin("mlflow"), "server", "--host", HOST, "--port", str(port),
-                               "--workers", str(workers)], env)
-        url = f"http://{HOST}:{port}"
-        wait_until_answers(f"{url}/health", home, "server", "mlflow", timeout)
+        start_and_wait(home, "server", f"{url}/health", timeout)
     except BaseException:
         stop(home)
         raise
     info = {"url": url, "backend_store_uri": masked(backend), "database_created": created,
             "artifacts_destination": destination, "s3_endpoint": endpoint or "AWS",
-            "moto": env["MLFLOW_S3_ENDPOINT_URL"] if with_moto else None, "home": str(home)}
+            "moto": moto_url if with_moto else None, "home": str(home)}
     (home / "server.json").write_text(json.dumps(info, indent=2))
     return info
 
 
 def stop(home: Path) -> list[str]:
-    stopped = [name for name, marker in (("server", "mlflow"), ("moto", "moto")) if stop_group(home, name, marker)]
+    """Stop each program (SIGTERM to its group, SIGKILL after 20 s), then supervisord; return the names stopped."""
+    stopped = sorted(name for name, p in processes(home).items() if p["pid"])
+    if processes(home):
+        _rpc(home).stopAllProcesses(True)  # waits until each has stopped
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # until supervisord has exited and freed its socket
+            try:
+                _rpc(home).shutdown()
+            except xmlrpc.client.Fault:  # already shutting down
+                pass
+            except OSError:
+                break
+            time.sleep(0.2)
     (home / "server.json").unlink(missing_ok=True)
     return stopped
 
@@ -319,8 +302,9 @@ def status(home: Path) -> dict:
         info = json.loads((home / "server.json").read_text())
     except (OSError, ValueError):
         info = {}
-    info["server_pid"] = recorded_pid(home, "server", "mlflow")
-    info["moto_pid"] = recorded_pid(home, "moto", "moto")
+    running = processes(home)
+    info["server_pid"] = running.get("server", {}).get("pid") or None
+    info["moto_pid"] = running.get("moto", {}).get("pid") or None
     info["healthy"] = False
     if info.get("url") and info["server_pid"]:
         try:
@@ -334,7 +318,7 @@ def _how_to_use(info: dict) -> str:
     lines = [f"MLflow server (UI and REST API): {info['url']}",
              f"  backend store: {info['backend_store_uri']}",
              f"  artifacts:     {info['artifacts_destination']} at {info['s3_endpoint']}",
-             f"  logs and PIDs: {info['home']}",
+             f"  logs:          {info['home']} (supervisorctl -c {info['home']}/supervisord.conf status)",
              f"point the pipeline at it:  export MLFLOW_TRACKING_URI={info['url']}"]
     if info.get("moto"):
         lines.append(f"DVC remote on the same S3: dvc remote modify --local storage endpointurl {info['moto']}"
@@ -345,7 +329,8 @@ def _how_to_use(info: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="server.py", description=__doc__.split("\n\n")[0])
     p.add_argument("command", choices=("start", "stop", "status"))
-    p.add_argument("--home", type=Path, default=DEFAULT_HOME, help="PID files and logs (default: .state/mlflow-server)")
+    p.add_argument("--home", type=Path, default=DEFAULT_HOME,
+                   help="supervisord's config, socket and logs (default: .state/mlflow-server)")
     p.add_argument("--port", type=int, default=int(os.environ.get("MLFLOW_SERVER_PORT", DEFAULT_PORT)))
     p.add_argument("--workers", type=int, default=2, help="server worker processes")
     p.add_argument("--with-moto", action="store_true", help="also start a local in-memory S3 (moto_server)")

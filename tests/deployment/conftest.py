@@ -144,7 +144,7 @@ def moto_s3(tmp_path_factory):
 
 
 class MlflowServer:
-    """`infra/mlflow/server.py` run as a user runs it; `home` holds its PID file and log."""
+    """`infra/mlflow/server.py` run as a user runs it; `home` holds its supervisord config and the logs."""
 
     SCRIPT = PROJECT_ROOT / "infra" / "mlflow" / "server.py"
 

@@ -161,7 +161,7 @@ def test_registered_models_have_aliases_and_load_by_alias_through_the_server(ser
     client = MlflowClient(tracking_uri=served.server.url)
     names = []
     for device in DEVICES:
-        registry = json.loads((served.folder / "reports" / "validate" / device / "registry.json").read_text())
+        registry = json.loads((served.folder / "reports" / "register" / device / "registry.json").read_text())
         assert registry["registered"], registry
         model = client.get_registered_model(registry["name"])
         assert {"candidate", "champion"} <= set(model.aliases), model.aliases

@@ -1,98 +1,56 @@
-"""`dvc repro` re-runs a stage when any code it runs changes: its deps list every module it imports.
+"""`dvc.yaml` is what the stage table generates, and its code deps are what each stage runs.
 
-The imports are read from the source (also those inside functions, and a
-package's `__init__`), transitively from `components/<stage>.py`; each file
-must be a dep of the stage or lie in a folder that is. A module loaded by
-name at run time (the runtimes in devices/base.py, the export and worker
-child processes) lies in a listed folder because its importer does.
+`dvc repro` re-runs a stage when any code it runs changes, so its deps list
+every module it imports, read from the source transitively (also imports
+inside functions); `components/dvc_yaml.py` writes them.
 """
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import yaml
 
+from components import dvc_yaml
+from components.stages import STAGES, Stage
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def module_file(module: str) -> Path | None:
-    path = ROOT.joinpath(*module.split("."))
-    if (path / "__init__.py").exists():
-        return path / "__init__.py"
-    return path.with_suffix(".py") if path.with_suffix(".py").exists() else None
+def test_the_committed_dvc_yaml_is_what_the_stage_table_generates():
+    assert (ROOT / "dvc.yaml").read_text() == dvc_yaml.render(), \
+        "dvc.yaml disagrees with components/stages.py: run `python -m components.dvc_yaml` and commit the result"
 
 
-def direct_imports(module: str) -> set[str]:
-    """The components.* modules `module` imports anywhere in its file, with their parent packages."""
-    path = module_file(module)
-    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(parts + ([base] if base else []))
-            names = [base] + [f"{base}.{alias.name}" for alias in node.names]
-        else:
-            continue
-        for name in names:
-            parts = name.split(".")
-            found |= {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
-    return {m for m in found if m.split(".")[0] == "components" and module_file(m) is not None}
-
-
-def closure(module: str) -> set[str]:
-    seen, todo = set(), [module]
-    while todo:
-        m = todo.pop()
-        if m not in seen:
-            seen.add(m)
-            todo += direct_imports(m) - seen
-    return seen
-
-
-def code_deps() -> dict[str, list[str]]:
+def test_every_module_a_stage_imports_is_a_code_dep():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    return {name: [d for d in body.get("do", body).get("deps", []) if d.startswith("components")]
-            for name, body in stages.items()}
+    for stage in STAGES:
+        body = stages[stage.name].get("do", stages[stage.name])
+        deps = [d for d in body["deps"] if d.startswith("components")]
+        files = sorted(dvc_yaml.module_file(m).relative_to(ROOT).as_posix() for m in dvc_yaml.closure(stage.module))
+        uncovered = [f for f in files if not any(f == d or f.startswith(d + "/") for d in deps)]
+        assert not uncovered, f"{stage.name}: editing {uncovered} would not re-run it"
+        assert all((ROOT / d).exists() for d in deps)
 
 
-def test_every_stage_lists_the_code_it_imports():
-    missing = {}
-    for stage, deps in code_deps().items():
-        files = sorted(module_file(m).relative_to(ROOT).as_posix() for m in closure(f"components.{stage}"))
-        uncovered = [f for f in files if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)]
-        if uncovered:
-            missing[stage] = uncovered
-    assert not missing, "dvc.yaml deps miss modules the stage imports (editing them would not re-run it):\n" + \
-        "\n".join(f"  {stage}: {', '.join(files)}" for stage, files in missing.items())
+def test_compress_re_runs_when_training_code_changes():
+    """compress augments as train does (components.training): the dep the hand-written file once missed."""
+    deps = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["compress"]["do"]["deps"]
+    assert "components/training.py" in deps and "components/stages.py" not in deps  # annotations-only import
 
 
-LOADED_BY_PATH = {"register": {"components/registry_model.py"}}  # MLflow loads it from its file, by path
+def test_a_function_level_import_counts_and_an_annotation_only_one_does_not():
+    assert "components.data.windows" in dvc_yaml.direct_imports("components.compress")
+    assert "components.training" in dvc_yaml.closure("components.compress")
+    assert "components.stages" not in dvc_yaml.closure("components.ingest")  # under `if TYPE_CHECKING:`
 
 
-def test_no_stage_lists_code_it_does_not_run():
-    """A stale dep re-runs a stage for nothing (a 40-minute compress after an edit it never reads)."""
-    stale = {}
-    for stage, deps in code_deps().items():
-        files = {module_file(m).relative_to(ROOT).as_posix() for m in closure(f"components.{stage}")}
-        unused = [d for d in deps if d not in LOADED_BY_PATH.get(stage, set())
-                  and not any(f == d or f.startswith(d.rstrip("/") + "/") for f in files)]
-        if unused:
-            stale[stage] = unused
-    assert not stale, f"dvc.yaml lists code the stage never imports: {stale}"
-
-
-def test_every_listed_code_dep_exists():
-    for stage, deps in code_deps().items():
-        assert all((ROOT / d).exists() for d in deps), f"{stage}: {[d for d in deps if not (ROOT / d).exists()]}"
-
-
-def test_a_function_level_import_counts():
-    assert "components.data.windows" in direct_imports("components.compress")
-    assert "components.training" in closure("components.compress")
+def test_a_toy_stage_in_the_table_gets_its_dvc_stage():
+    toy = Stage("toy", "components.plots", "A toy stage.", per_device=True, reads=("train", "compress"),
+                params=("train.seed",))
+    entry = yaml.safe_load(dvc_yaml.render((*STAGES, toy)))["stages"]["toy"]
+    assert entry["foreach"] == "${devices}"
+    body = entry["do"]
+    assert body["cmd"] == "python -m components toy --device ${key}"
+    assert {"data/train", "data/compress/${key}", "components/plots.py"} <= set(body["deps"])
+    assert body["outs"] == ["data/toy/${key}"] and body["params"][0] == "train.seed"

@@ -1,10 +1,12 @@
 """The Kubeflow pipeline (infra/kfp/): compiled offline and checked as a spec, since no cluster runs here.
 
-Checks that the spec is valid KFP IR, has one component per stage running
-`python -m components <stage>` in the pinned project image with arguments the
-real CLI and params schema accept, moves each artifact through the params key
-its producer wrote it with, has the data dependencies of dvc.yaml, and that
-the committed infra/kfp/compress_nightly.yaml is a fresh compile.
+Checks that the spec is valid KFP IR, has one component per entry of the
+stage table running `python -m components <stage>` in the pinned project
+image with arguments the real CLI and params schema accept, feeds each stage
+its upstream stages' data folders through `--input`, has the data
+dependencies of the table and of dvc.yaml, that a new stage in the table
+becomes a component, and that the committed infra/kfp/compress_nightly.yaml
+is a fresh compile.
 """
 
 from __future__ import annotations
@@ -17,16 +19,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.__main__ import STAGES, _parser
+from components.__main__ import _parser
 from components.config import load_params
+from components.stages import STAGES, Stage
 from tests.conftest import PROJECT_ROOT
 
 KFP_DIR = PROJECT_ROOT / "infra" / "kfp"
 COMMITTED = KFP_DIR / "compress_nightly.yaml"
-PER_DEVICE = ("profile", "fit_latency", "compress", "validate", "register")
+BY_NAME = {stage.name: stage for stage in STAGES}
+PER_DEVICE = tuple(stage.name for stage in STAGES if stage.per_device)
 PLACEHOLDER = re.compile(r"\{\{\$\.(inputs|outputs)\.(parameters|artifacts)\['([^']+)'\](?:\.path)?\}\}")
-# `-p section.key={{$.inputs.artifacts['name'].path}}`: the params key an artifact is read or written through
-ARTIFACT_FLAG = re.compile(r"^([\w.]+)=\{\{\$\.(inputs|outputs)\.artifacts\['([^']+)'\]\.path\}\}$")
 
 
 def _load_pipeline_module():
@@ -93,15 +95,12 @@ def _producer(spec: dict, dag_name: str, artifact_input: dict) -> tuple[str, str
     return _producer(spec, "root", loop["inputs"]["artifacts"][name])
 
 
-def _artifact_keys(container: dict) -> dict[tuple[str, str], str]:
-    """(inputs|outputs, artifact name) -> the params key the command points at it."""
-    args = container["args"]
-    out = {}
-    for flag, value in zip(args, args[1:]):
-        match = ARTIFACT_FLAG.match(value) if flag == "-p" else None
-        if match:
-            out[(match[2], match[3])] = match[1]
-    return out
+def _flag_values(args: list[str], flag: str) -> list[str]:
+    return [value for f, value in zip(args, args[1:]) if f == flag]
+
+
+def _path(direction: str, artifact: str) -> str:
+    return f"{{{{$.{direction}.artifacts['{artifact}'].path}}}}"
 
 
 def _substitute(arg: str, device: str) -> str:
@@ -123,13 +122,27 @@ def test_spec_is_valid_kfp_ir(compiled, spec):
     assert load_component_from_file(str(compiled)).name == "compress-nightly"
 
 
-def test_one_component_per_stage(spec):
-    executors = _executors(spec)
-    assert sorted(executors) == sorted(STAGES)
-    assert sorted(_tasks(spec)) == sorted(STAGES)
+def test_one_component_per_stage(kfp_pipeline, spec):
+    names = sorted(BY_NAME)
+    assert sorted(_executors(spec)) == names
+    assert sorted(_tasks(spec)) == names
     for stage in STAGES:  # one stage, one name: comp-fit-latency runs fit_latency
-        component = spec["components"][f"comp-{stage.replace('_', '-')}"]
-        assert spec["deploymentSpec"]["executors"][component["executorLabel"]]["container"]["command"][3] == stage
+        component = spec["components"][f"comp-{stage.name.replace('_', '-')}"]
+        assert spec["deploymentSpec"]["executors"][component["executorLabel"]]["container"]["command"][3] == stage.name
+    components = kfp_pipeline.make_components()
+    assert list(components) == [stage.name for stage in STAGES]
+    for stage in STAGES:  # the IR holds no component descriptions: the component itself does
+        assert components[stage.name].component_spec.description == stage.doc
+
+
+def test_every_component_has_the_interface_of_its_table_entry(spec):
+    for stage in STAGES:
+        component = spec["components"][f"comp-{stage.name.replace('_', '-')}"]
+        inputs = component["inputDefinitions"]
+        assert set(inputs["parameters"]) == {"pipeline_key", *(["device"] if stage.per_device else [])}, stage.name
+        assert set(inputs.get("artifacts", {})) == {f"{up}_dir" for up in stage.reads}, stage.name
+        outputs = set(component.get("outputDefinitions", {}).get("artifacts", {}))
+        assert outputs == ({"output_dir", "report_dir"} if stage.writes_data else {"report_dir"}), stage.name
 
 
 def test_every_task_runs_the_pinned_project_image(kfp_pipeline, spec):
@@ -141,61 +154,81 @@ def test_every_task_runs_the_pinned_project_image(kfp_pipeline, spec):
 
 
 def test_the_cli_accepts_every_command(spec):
-    """Each command, placeholders filled in, parses with the real CLI and its `-p` overrides load."""
+    """Each command, placeholders filled in, parses with the real CLI and points at the task's own artifacts."""
     device = spec["root"]["inputDefinitions"]["parameters"]["devices"]["defaultValue"][0]
     for stage, container in _executors(spec).items():
         argv = [_substitute(a, device) for a in [stage, *container["args"]]]
         try:
-            args = _parser().parse_args(argv)
+            args = _parser(STAGES).parse_args(argv)
         except SystemExit:
             pytest.fail(f"{stage}: the CLI refuses {argv}")
+        entry = BY_NAME[stage]
         assert args.command == stage and args.pipeline_key == "kfp-run-0"
-        assert args.device == ([device] if stage in PER_DEVICE else []), stage
-        assert args.output_dir is None and args.input_dir is None  # paths go through -p: see pipeline.py
+        assert args.device == ([device] if entry.per_device else []), stage
+        assert args.input == [f"{up}=/kfp/inputs/{up}_dir" for up in entry.reads], stage
+        assert args.output == ("/kfp/outputs/output_dir" if entry.writes_data else None), stage
+        assert args.report == "/kfp/outputs/report_dir", stage
+        assert args.run_key is None, stage  # the artifacts are the folders: no run layout beside them
         load_params(PROJECT_ROOT / "params.yaml", args.overrides)  # unknown keys or bad types raise
 
 
-def test_each_artifact_is_read_through_the_key_it_was_written_with(spec):
+def test_each_stage_reads_its_upstreams_output_dir_through_input(spec):
     executors, tasks = _executors(spec), _tasks(spec)
     for stage, container in executors.items():
-        keys = _artifact_keys(container)
-        for (direction, name), key in keys.items():
-            if direction == "outputs":  # a stage writes only its own folders
-                assert key in (f"{stage}.output_dir", f"{stage}.report_dir"), (stage, name, key)
+        args = container["args"]
+        reads = BY_NAME[stage].reads
+        assert _flag_values(args, "--input") == [f"{up}={_path('inputs', f'{up}_dir')}" for up in reads], stage
+        assert _flag_values(args, "--report") == [_path("outputs", "report_dir")], stage
+        assert _flag_values(args, "--output") == ([_path("outputs", "output_dir")]
+                                                  if BY_NAME[stage].writes_data else []), stage
         dag_name, task = tasks[stage]
-        for name, artifact_input in task["inputs"].get("artifacts", {}).items():
-            producer, output = _producer(spec, dag_name, artifact_input)
-            written = _artifact_keys(executors[producer])[("outputs", output)]
-            assert keys[("inputs", name)] == written, f"{stage} reads {producer}'s {output} as {keys[('inputs', name)]}"
+        artifacts = task["inputs"].get("artifacts", {})
+        assert {name: _producer(spec, dag_name, a) for name, a in artifacts.items()} == {
+            f"{up}_dir": (up, "output_dir") for up in reads}, stage
 
 
-def test_data_dependencies_are_those_of_dvc_yaml(spec):
-    """A stage reads the artifacts of exactly the stages whose folders dvc.yaml lists as its deps."""
-    dvc = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
-    expected = {}
-    for stage, body in dvc.items():
-        deps = (body.get("do") or body)["deps"]
-        expected[stage] = {m[1] for d in deps for m in [re.match(r"\$\{(\w+)\.(output|report)_dir\}", d)] if m}
+def _dvc_reads() -> dict[str, set[str]]:
+    """Stage -> the stages whose outs dvc.yaml lists among its deps (a dep equal to or under one of their outs)."""
+    body = {name: (stage.get("do") or stage) for name, stage in
+            yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"].items()}
+    outs = {name: [next(iter(o)) if isinstance(o, dict) else o for o in b.get("outs") or []]
+            for name, b in body.items()}
+    return {name: {up for up, paths in outs.items() for dep in b.get("deps") or [] for out in paths
+                   if up != name and (dep == out or dep.startswith(out + "/"))}
+            for name, b in body.items()}
+
+
+def test_data_dependencies_are_those_of_the_table_and_dvc_yaml(spec):
+    """A stage reads the artifacts of exactly the stages the table and dvc.yaml say it reads."""
     tasks = _tasks(spec)
     actual = {stage: {_producer(spec, dag_name, a)[0] for a in task["inputs"].get("artifacts", {}).values()}
               for stage, (dag_name, task) in tasks.items()}
-    assert actual == expected
-    assert expected == {  # the graph itself, so a dvc.yaml that lost a dep cannot pass for both
+    assert actual == {stage.name: set(stage.reads) for stage in STAGES} == _dvc_reads()
+    assert actual == {  # the graph itself, so a table that lost a read cannot pass for both
         "ingest": set(), "train": {"ingest"}, "profile": set(), "fit_latency": {"profile"},
-        "compress": {"ingest", "train", "profile", "fit_latency"}, "validate": {"ingest", "train", "fit_latency", "compress"},
-        "register": {"validate"}}
+        "compress": {"ingest", "train", "profile", "fit_latency"},
+        "validate": {"ingest", "train", "fit_latency", "compress"}, "register": {"validate"}}
     for stage, (_, task) in tasks.items():  # no ordering beyond the data: every dependent task feeds this one
         producers = {t for a in task["inputs"].get("artifacts", {}).values()
                      for t in [a.get("taskOutputArtifact", {}).get("producerTask")] if t}
         assert set(task.get("dependentTasks", [])) == producers, stage
 
 
+def _loop(spec: dict, tasks: dict[str, tuple[str, dict]], per_device=PER_DEVICE) -> tuple[str, dict]:
+    """(the loop's DAG name, the loop task in the root DAG) holding every per-device stage."""
+    loops = {tasks[stage][0] for stage in per_device}
+    assert len(loops) == 1 and "root" not in loops
+    (name,) = loops
+    (loop,) = [t for t in spec["root"]["dag"]["tasks"].values() if t["componentRef"]["name"] == name]
+    return name, loop
+
+
 def test_per_device_stages_run_in_a_loop_over_the_devices_parameter(spec):
     tasks = _tasks(spec)
-    assert tasks["ingest"][0] == tasks["train"][0] == "root"
-    loops = {tasks[s][0] for s in PER_DEVICE}
-    assert len(loops) == 1 and "root" not in loops
-    (loop,) = [t for t in spec["root"]["dag"]["tasks"].values() if t["componentRef"]["name"] in loops]
+    for stage in STAGES:
+        if not stage.per_device:
+            assert tasks[stage.name][0] == "root", stage.name
+    _, loop = _loop(spec, tasks)
     item = loop["parameterIterator"]["itemInput"]
     channel = loop["parameterIterator"]["items"]["inputParameter"]
     assert loop["inputs"]["parameters"][channel] == {"componentInputParameter": "devices"}
@@ -211,16 +244,20 @@ def test_per_device_stages_run_in_a_loop_over_the_devices_parameter(spec):
 def test_retries_caching_resources_and_environment(kfp_pipeline, spec):
     tasks, executors = _tasks(spec), _executors(spec)
     for stage, (_, task) in tasks.items():
-        assert task["retryPolicy"]["maxRetryCount"] >= 1, stage
+        entry = BY_NAME[stage]
+        assert task["retryPolicy"]["maxRetryCount"] == kfp_pipeline.RETRIES, stage
+        assert task["retryPolicy"]["backoffDuration"] == kfp_pipeline.RETRY_BACKOFF, stage
         cached = task["cachingOptions"].get("enableCache", False)
-        assert cached is (stage not in kfp_pipeline.UNCACHED), stage
+        assert cached is entry.deterministic, stage
         resources = executors[stage]["resources"]
-        assert resources["resourceCpuRequest"] == resources["resourceCpuLimit"], stage
-        assert resources["resourceMemoryRequest"] == resources["resourceMemoryLimit"], stage
+        cpu, memory = entry.resources
+        assert resources["resourceCpuRequest"] == resources["resourceCpuLimit"] == cpu, stage
+        assert resources["resourceMemoryRequest"] == resources["resourceMemoryLimit"] == memory, stage
         env = {e["name"]: e["value"] for e in executors[stage]["env"]}
         assert env == {"MLFLOW_TRACKING_URI": kfp_pipeline.DEFAULT_TRACKING_URI}, stage
         assert not re.search(r"//[^/@]*:[^/@]*@", env["MLFLOW_TRACKING_URI"]), "credentials in the URI"
-    assert {"profile", "validate"} <= kfp_pipeline.UNCACHED  # timings are never served from a cache
+    for timed in ("profile", "validate"):  # timings are never served from a cache
+        assert tasks[timed][1]["cachingOptions"].get("enableCache", False) is False
 
 
 def test_committed_spec_is_a_fresh_compile(compiled):
@@ -238,10 +275,26 @@ def test_compile_time_overrides_reach_every_stage_and_are_checked(kfp_pipeline, 
     assert kfp_pipeline.main(["--output", str(out), "-p", "train.epochs=1",
                               "--tracking-uri", "http://mlflow.example:5000"]) == 0
     for stage, container in _executors(yaml.safe_load(out.read_text())).items():
-        args = container["args"]
-        assert args[args.index("train.epochs=1") - 1] == "-p", stage
-        # before the artifact paths, so an override cannot move a stage's inputs or outputs
-        assert args.index("train.epochs=1") < min(i for i, a in enumerate(args) if ARTIFACT_FLAG.match(a)), stage
+        # last: the folders are flags of their own, which no params override moves
+        assert container["args"][-2:] == ["-p", "train.epochs=1"], stage
         assert container["env"] == [{"name": "MLFLOW_TRACKING_URI", "value": "http://mlflow.example:5000"}]
     assert kfp_pipeline.main(["--output", str(tmp_path / "bad.yaml"), "-p", "train.epochz=1"]) == 2
     assert "train.epochz" in capsys.readouterr().err and not (tmp_path / "bad.yaml").exists()
+
+
+def test_a_toy_stage_in_the_table_becomes_a_component(kfp_pipeline, tmp_path):
+    """A new entry in the table is a new component, wired by its reads; its module is not needed to compile."""
+    table = (*STAGES, Stage("toy", "tests.toy_stage", "A toy stage.", per_device=True, reads=("compress",)))
+    out = kfp_pipeline.compile_pipeline(tmp_path / "toy.yaml", stages=table)
+    spec = yaml.safe_load(out.read_text())
+    container = _executors(spec)["toy"]
+    assert container["command"] == ["python", "-m", "components", "toy"]
+    assert _flag_values(container["args"], "--input") == [f"compress={_path('inputs', 'compress_dir')}"]
+    assert _flag_values(container["args"], "--device") == ["{{$.inputs.parameters['device']}}"]
+    tasks = _tasks(spec)
+    loop_name, _ = _loop(spec, tasks, (*PER_DEVICE, "toy"))
+    dag_name, task = tasks["toy"]
+    assert dag_name == loop_name == tasks["compress"][0]
+    assert task["dependentTasks"] == ["compress"]
+    assert _producer(spec, dag_name, task["inputs"]["artifacts"]["compress_dir"]) == ("compress", "output_dir")
+    assert kfp_pipeline.make_components(stages=table)["toy"].component_spec.description == "A toy stage."

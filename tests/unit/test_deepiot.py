@@ -15,8 +15,15 @@ from components.models.plain import mlp_spec
 from components.models.spec import ModelConfigError
 from components.pruning.baselines import l1_keep, nudge_widths, uniform_widths
 from components.pruning.costs import LatencyCost, McuCost, ParamsCost, resized_spec
-from components.pruning.deepiot import (Critic, DeepIoTSearch, Schedule, SearchSettings, cost_floor, marginal_costs,
-                                        sample_masks)
+from components.pruning.deepiot import (
+    Critic,
+    DeepIoTSearch,
+    Schedule,
+    SearchSettings,
+    cost_floor,
+    marginal_costs,
+    sample_masks,
+)
 from components.pruning.finetune import FineTuneSettings, _val_loss, accuracy, fine_tune
 from components.pruning.slicing import slice_model
 from tests.conftest import PROJECT_ROOT

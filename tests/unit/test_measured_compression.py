@@ -14,7 +14,13 @@ from components import compress
 from components.models import build
 from components.models.plain import mlp_spec
 from components.pruning.costs import ParamsCost, resized_spec
-from components.pruning.deepiot import Candidate, DeepIoTSearch, Schedule, SearchSettings, front
+from components.pruning.deepiot import (
+    Candidate,
+    DeepIoTSearch,
+    Schedule,
+    SearchSettings,
+    front,
+)
 from tests.unit.test_deepiot import _spec, _task
 
 
@@ -191,56 +197,6 @@ def test_validate_judges_the_prediction_on_ratios_to_the_baseline_timed_together
 
 
 # ---- on a real timed device: the refit loop and the measured selection inside the stage ---------------------
-
-
-def test_compress_refits_on_visited_structures_once_and_picks_by_measurement(make_params, tmp_path):
-    """torch-1t (timed, no conversion): profile + fit a tiny latency model, then compress with two refit rounds.
-
-    Every visited structure is profiled at most once: the stage's log never holds a key twice, never one the
-    profile table has, and a second run over the same outputs profiles nothing new.
-    """
-    import pyarrow.parquet as pq
-
-    from components import fit_latency, profile
-    from components.profiling.table import ProfileLog
-    from tests.conftest import QUICK_FIT_MIN_ROWS, QUICK_PROFILE, synthetic_task
-
-    ingest, train = synthetic_task(tmp_path, widths=(16, 12, 16))
-    params = make_params(
-        *QUICK_PROFILE, f"ingest.output_dir={ingest}", f"train.output_dir={train}",
-        f"fit_latency.min_rows={QUICK_FIT_MIN_ROWS}", "compress.cost=latency", "compress.budget.latency=0.5",
-        "compress.max_accuracy_drop=1.0", "compress.baselines=[]", "compress.search.max_steps=40",
-        "compress.search.eval_every=10", "compress.search.checkpoint_every=10", "compress.search.lambda_cost=10.0",
-        "compress.search.threshold={start: 0.0, step: 0.1, every: 5, limit: 0.6}", "compress.fine_tune.epochs=1",
-        "compress.refit.rounds=2", "compress.refit.steps=10", "compress.refit.max_items=12",
-        "compress.select.candidates=2")
-    profile.run(params, "torch-1t")
-    fit_latency.run(params, "torch-1t")
-    out = tmp_path / "c"
-    result = compress.run(params, "torch-1t", output_dir=out, report_dir=tmp_path / "r")
-    m = result.metrics
-    assert m["floor"]["measured"] > 0 and "predicted" in m["floor"]
-    floor = m["floor"]["predicted"]  # judged on a measurement, the search aims a margin under what it can reach
-    reach = floor + 0.5 * (1 - floor) if m["floor"]["above_budget"] else 0.5
-    assert m["floor"]["aim"] == pytest.approx(reach * (1 - params.compress.budget_margin))
-    assert 1 <= len(m["refit"]) <= 2 and m["refit"][0]["profiled"] > 0
-    assert m["refit"][0]["before_refit"]["candidates"] >= 1
-    timed = m["selection"]["timed"]
-    assert sum(r["chosen"] for r in timed) == 1 and all(r["measured_ratio"] > 0 for r in timed)
-    assert m["measured_ratio"] == next(r["measured_ratio"] for r in timed if r["chosen"])
-    logged = [r["config_id"] for r in ProfileLog(out / "profile", {}).read().to_pylist()]
-    assert len(logged) == len(set(logged))  # never twice
-    table = params.path(params.profile.output_dir) / "torch-1t" / "profile.parquet"
-    assert not set(logged) & set(pq.read_table(table).column("config_id").to_pylist())
-    assert (out / "latency" / "latency_model.json").exists()
-    assert m["refit"][0]["profiled"] <= 12
-    text = (tmp_path / "r" / "comparison.md").read_text()
-    assert "refitted where the search went" in text and "timed on the device against the baseline" in text
-    # the same run again resumes the finished search: every visited structure is known, nothing is re-profiled
-    again = compress.run(params, "torch-1t", output_dir=out, report_dir=tmp_path / "r")
-    assert again.metrics["refit"][0]["profiled"] == 0
-    relogged = [r["config_id"] for r in ProfileLog(out / "profile", {}).read().to_pylist()]
-    assert len(relogged) == len(set(relogged))
 
 
 def test_the_local_correction_fixes_what_the_formula_gets_wrong_near_timed_models_and_fades_far_away():

@@ -8,7 +8,13 @@ import numpy as np
 import torch
 
 from components.config import load_params
-from components.training import augment, input_stats, random_rotations, scores, validation_split
+from components.training import (
+    augment,
+    input_stats,
+    random_rotations,
+    scores,
+    validation_split,
+)
 from tests.conftest import PROJECT_ROOT
 
 

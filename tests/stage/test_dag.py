@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
+from components.stages import STAGES
 from tests.conftest import PROJECT_ROOT, subprocess_env
 
 
@@ -44,14 +43,25 @@ def test_nightly_schedule_and_safety_settings(dagbag):
     assert all(t.retries >= 1 for t in dag.tasks)
     assert sorted(t.task_id for t in dag.tasks if not t.upstream_task_ids) == ["ingest", "profile"]
     assert dag.get_task("train").upstream_task_ids == {"ingest"}
-    fit = dag.get_task("fit_latency")
-    assert fit.upstream_task_ids == {"profile"} and fit.trigger_rule == "all_done"
-    compress = dag.get_task("compress")
-    assert compress.upstream_task_ids == {"ingest", "train", "fit_latency"} and compress.trigger_rule == "all_done"
-    validate = dag.get_task("validate")
-    assert validate.upstream_task_ids == {"ingest", "train", "compress"} and validate.trigger_rule == "all_done"
-    register = dag.get_task("register")
-    assert register.upstream_task_ids == {"validate"} and register.trigger_rule == "all_done"
+    for stage in STAGES:  # a stage waits for the stages it reads; a per-device one for all their instances
+        made = dag.get_task(stage.name)
+        assert made.upstream_task_ids == set(stage.reads)
+        assert made.trigger_rule == ("all_done" if stage.per_device else "all_success")
+    assert dag.get_task("compress").upstream_task_ids == {"ingest", "train", "profile", "fit_latency"}
+
+
+def test_a_toy_stage_in_the_table_becomes_a_mapped_task_after_the_stage_it_reads(monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from components import stages
+    from tests.toy_stage import TOY
+
+    monkeypatch.setattr(stages, "STAGES", (*stages.STAGES, TOY))
+    dag = DagBag(dag_folder=str(PROJECT_ROOT / "dags")).dags["compress_nightly"]
+    toy = dag.get_task("toy")
+    assert toy.upstream_task_ids == {"fit_latency"} and toy.trigger_rule == "all_done"
+    assert [e["device"] for e in toy.op_kwargs_expand_input.value] == \
+        [e["device"] for e in dag.get_task("profile").op_kwargs_expand_input.value]
 
 
 def test_profile_is_mapped_over_the_pool_and_each_instance_is_routed_to_its_device(dagbag):
@@ -88,44 +98,3 @@ def test_parsing_the_dag_imports_no_stage_code():
                          capture_output=True, text=True, env=subprocess_env(Path("/nonexistent")), timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(1200)
-def test_airflow_dags_test_runs_ingest_then_train_and_profiles_and_fits_each_device(tmp_path, params_file):
-    path = params_file()
-    raw = yaml.safe_load(path.read_text())
-    raw["profile"]["devices"] = ["ort-1t", "cortex-m4"]
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    env = subprocess_env(tmp_path, IOT_COMPRESS_PARAMS=str(path), IOT_COMPRESS_DEADLINE_H="0")
-    airflow = str(Path(sys.executable).parent / "airflow")
-    migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
-    assert migrate.returncode == 0, migrate.stderr[-3000:]
-    run = subprocess.run([airflow, "dags", "test", "compress_nightly"], env=env, capture_output=True, text=True,
-                         timeout=1100)
-    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
-    assert "state=success" in run.stdout + run.stderr
-    cards = list((tmp_path / ".state" / "runs").glob("*/ingest/data_card.json"))
-    assert len(cards) == 1 and json.loads(cards[0].read_text())["windows"] == 2426
-    [metrics] = list((tmp_path / ".state" / "runs").glob("*/train/metrics.json"))
-    assert metrics.parent.parent == cards[0].parent.parent  # train read this run's ingest output
-    assert json.loads(metrics.read_text())["test"]["accuracy"] > 0.3
-    tables = sorted(p.parent.name for p in (tmp_path / ".state" / "runs").glob("*/profile/*/profile.parquet"))
-    assert tables == ["cortex-m4", "ort-1t"]
-    models = {p.parent.name: json.loads(p.read_text())["method"]
-              for p in (tmp_path / ".state" / "runs").glob("*/fit_latency/*/latency_model.json")}
-    assert models == {"ort-1t": "tree", "cortex-m4": "analytic"}
-    compressed = sorted(p.parent.parent.name for p in (tmp_path / ".state" / "runs").glob("*/compress/*/model/model.json"))
-    assert compressed == ["cortex-m4", "ort-1t"]
-    reports = {p.parent.parent.name: p for p in (tmp_path / ".state" / "runs").glob("*/validate/*/report/report.json")}
-    assert sorted(reports) == ["cortex-m4", "ort-1t"]
-    assert all((p.parent / "registry.json").exists() for p in reports.values())  # register saw every device
-    import sqlite3
-
-    with sqlite3.connect(tmp_path / "airflow" / "airflow.db") as db:
-        routed = db.execute("select rendered_map_index, queue, pool from task_instance where task_id = 'profile' "
-                            "order by map_index").fetchall()
-        validated = db.execute("select rendered_map_index, queue, pool from task_instance where task_id = 'validate' "
-                               "order by map_index").fetchall()
-    assert routed == [("ort-1t", "default", "local_cpu"), ("cortex-m4", "default", "analytic")]
-    assert validated == routed  # the exported models ran on the device they were validated for

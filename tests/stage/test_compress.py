@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from components import compress, models
+from components import models
 from components.config import ConfigError
+from components.stages import Place, execute
 from tests.conftest import synthetic_task
 
 QUICK = ("compress.search.max_steps=100", "compress.search.lambda_cost=10.0", "compress.search.eval_every=10", "compress.search.checkpoint_every=10",
@@ -27,7 +28,7 @@ def test_compress_writes_a_smaller_model_the_comparison_and_figures(make_params,
     ingest, train = inputs
     params = _params(make_params, ingest, train, "compress.budget.params=0.5", "compress.max_accuracy_drop=1.0",
                      "compress.baselines=[l1, uniform]")
-    result = compress.run(params, "ort-1t", output_dir=tmp_path / "c", report_dir=tmp_path / "r")
+    result = execute("compress", params, "ort-1t", out=Place(tmp_path / "c", tmp_path / "r"))
     m = result.metrics
     assert m["budget_met"] and m["methods"]["deepiot"]["relative_cost"] <= 0.5
     assert set(m["methods"]) == {"baseline", "deepiot", "l1", "uniform"}
@@ -46,7 +47,7 @@ def test_compress_writes_a_smaller_model_the_comparison_and_figures(make_params,
 def test_a_budget_that_cannot_be_met_ends_with_the_best_model_and_says_so(make_params, inputs, tmp_path, caplog):
     ingest, train = inputs
     params = _params(make_params, ingest, train, "compress.budget.params=0.001", "compress.max_accuracy_drop=0.0")
-    result = compress.run(params, "ort-1t", output_dir=tmp_path / "c", report_dir=tmp_path / "r")
+    result = execute("compress", params, "ort-1t", out=Place(tmp_path / "c", tmp_path / "r"))
     assert result.metrics["budget_met"] is False and result.model_dir.exists()
     assert "BUDGET NOT MET" in caplog.text
     # one element per layer still costs more than 0.001 of the baseline: said before the search starts
@@ -58,7 +59,7 @@ def test_the_microcontroller_is_compressed_against_its_own_resources(make_params
     ingest, train = inputs
     params = _params(make_params, ingest, train, "compress.budget.mcu=0.5", "compress.max_accuracy_drop=1.0",
                      "compress.baselines=[]")
-    result = compress.run(params, "cortex-m4", output_dir=tmp_path / "c", report_dir=tmp_path / "r")
+    result = execute("compress", params, "cortex-m4", out=Place(tmp_path / "c", tmp_path / "r"))
     deepiot = result.metrics["methods"]["deepiot"]
     assert result.metrics["cost"] == "mcu" and {"flash_bytes", "peak_sram_bytes", "macs"} <= set(deepiot)
 
@@ -67,17 +68,17 @@ def test_latency_cost_without_the_devices_latency_model_is_refused_up_front(make
     ingest, train = inputs
     params = _params(make_params, ingest, train, "compress.cost=latency")
     with pytest.raises(ConfigError, match="no latency model .* fit_latency --device ort-2t"):
-        compress.run(params, "ort-2t", output_dir=tmp_path / "c", report_dir=tmp_path / "r")
+        execute("compress", params, "ort-2t", out=Place(tmp_path / "c", tmp_path / "r"))
 
 
 def test_a_rerun_resumes_the_finished_search_from_its_checkpoint(make_params, inputs, tmp_path, caplog):
     ingest, train = inputs
     params = _params(make_params, ingest, train, "compress.budget.params=0.5", "compress.max_accuracy_drop=1.0",
                      "compress.baselines=[]")
-    first = compress.run(params, "ort-1t", output_dir=tmp_path / "c", report_dir=tmp_path / "r")
+    first = execute("compress", params, "ort-1t", out=Place(tmp_path / "c", tmp_path / "r"))
     assert (tmp_path / "c" / "checkpoint.pt").exists()
     caplog.clear()
     caplog.set_level("INFO")
-    again = compress.run(params, "ort-1t", output_dir=tmp_path / "c", report_dir=tmp_path / "r")
+    again = execute("compress", params, "ort-1t", out=Place(tmp_path / "c", tmp_path / "r"))
     assert "resuming the search" in caplog.text
     assert again.metrics["search_steps"] == first.metrics["search_steps"]

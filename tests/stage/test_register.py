@@ -14,12 +14,13 @@ from mlflow.exceptions import MlflowException
 from components import register, validate
 from components.config import load_params
 from components.export import ChecksumMismatch
+from components.stages import Place
 from tests.conftest import PROJECT_ROOT, synthetic_task
 
 # The microcontroller: its latency is computed (no latency model needed) and its integer (16x8) file is what is registered.
 # The gates are opened wide: these tests are about the registry, the gates have their own.
 LOOSE = ("validate.gates.max_accuracy_drop=1.0", "validate.gates.min_agreement=0.0", "validate.gates.latency_budget=1.0",
-         "validate.gates.size_budget=1.0", "validate.calibration_windows=40", "register.backoff_s=0.01")
+         "validate.gates.size_budget=1.0", "validate.calibration_windows=40")
 
 
 @pytest.fixture(scope="module")
@@ -30,22 +31,22 @@ def validation(tmp_path_factory, data_root):
     _, small = synthetic_task(folder / "small", widths=(4, 4, 4))
     params = load_params(PROJECT_ROOT / "params.yaml", [f"ingest.output_dir={ingest}",
                                                         f"pipeline.state_dir={folder / 'state'}", *LOOSE])
-    result = validate.run(params, "cortex-m4", train / "model", small / "model", ingest, output_dir=folder / "v",
-                          report_dir=folder / "r")
+    result = validate.run(params, "cortex-m4", ingest=ingest, train=train, compress=small,
+                          fit_latency=folder / "no-latency-model", out=Place(folder / "v", folder / "r"))
     assert result.passed, result.report["failed_gates"]
     return folder
 
 
 @pytest.fixture
 def validated(validation, tmp_path):
-    """(params with a fresh registry, the report, its folder), on a copy of the module's validation."""
+    """(params with a fresh registry, the report, validate's folder), on a copy of the module's validation."""
     for name in ("v", "r", "ingest"):
         shutil.copytree(validation / name, tmp_path / name)
-    report_path = tmp_path / "r" / "report.json"
+    report_path = tmp_path / "v" / "report.json"
     report_path.write_text(report_path.read_text().replace(str(validation), str(tmp_path)))
     params = load_params(PROJECT_ROOT / "params.yaml", [f"ingest.output_dir={tmp_path / 'ingest'}",
                                                         f"pipeline.state_dir={tmp_path / 'state'}", *LOOSE])
-    return params, json.loads(report_path.read_text()), tmp_path / "r"
+    return params, json.loads(report_path.read_text()), tmp_path / "v"
 
 
 def _client(params):
@@ -57,8 +58,9 @@ def _client(params):
 def test_a_passing_model_is_registered_with_its_files_tags_and_aliases_and_loads_by_alias(validated, tmp_path):
     import mlflow
 
-    params, report, reports = validated
-    outcome = register.run(params, "cortex-m4", reports, pipeline_key="nightly-1")
+    params, report, bundle = validated
+    outcome = register.run(params, "cortex-m4", validate=bundle, out=Place(tmp_path / "g", tmp_path / "gr"),
+                           pipeline_key="nightly-1")
     assert outcome.registered and outcome.aliases == ("candidate", "champion")
     assert outcome.name == f"iot-compress-{params.ingest.dataset}-cortex-m4"
     client = _client(params)
@@ -67,7 +69,7 @@ def test_a_passing_model_is_registered_with_its_files_tags_and_aliases_and_loads
     assert tags["data_hash"] == "synthetic-0" and tags["pipeline_run"] == "nightly-1"
     assert tags["validate_run_id"] == report["validate_run_id"] and tags["git_commit"]
     assert tags["format"] == "tflite_int16x8" and tags["validation_id"] == report["validation_id"]
-    assert json.loads((reports / "registry.json").read_text())["version"] == str(version.version)
+    assert json.loads((tmp_path / "gr" / "registry.json").read_text())["version"] == str(version.version)
     loaded = mlflow.pyfunc.load_model(f"models:/{outcome.name}@champion")
     x = np.load(tmp_path / "ingest" / "x.npy")[:8]
     logits = loaded.predict(x)
@@ -86,48 +88,48 @@ def _variant(report: dict, key: str, accuracy: float, latency_ms: float) -> dict
 
 def test_a_worse_model_never_takes_champion(validated):
     params, report, reports = validated
-    first = register.register_with_retries(params, _variant(report, "v1", 0.80, 1.0), reports, None)
-    worse = register.register_with_retries(params, _variant(report, "v2", 0.79, 0.5), reports, None)
-    slower = register.register_with_retries(params, _variant(report, "v3", 0.80, 1.5), reports, None)
+    first = register.register_model(params, _variant(report, "v1", 0.80, 1.0), reports, None)
+    worse = register.register_model(params, _variant(report, "v2", 0.79, 0.5), reports, None)
+    slower = register.register_model(params, _variant(report, "v3", 0.80, 1.5), reports, None)
     assert first.aliases == ("candidate", "champion")
     assert worse.aliases == slower.aliases == ("candidate",)
     assert "does not beat the champion" in worse.reason
     client = _client(params)
     assert str(client.get_model_version_by_alias(first.name, "champion").version) == first.version
     assert str(client.get_model_version_by_alias(first.name, "candidate").version) == slower.version
-    tie_faster = register.register_with_retries(params, _variant(report, "v4", 0.797, 0.9), reports, None)
-    better = register.register_with_retries(params, _variant(report, "v5", 0.85, 2.0), reports, None)
+    tie_faster = register.register_model(params, _variant(report, "v4", 0.797, 0.9), reports, None)
+    better = register.register_model(params, _variant(report, "v5", 0.85, 2.0), reports, None)
     assert tie_faster.aliases == better.aliases == ("candidate", "champion")
     assert str(client.get_model_version_by_alias(first.name, "champion").version) == better.version
 
 
 def test_registering_the_same_validation_twice_makes_no_second_version(validated):
     params, report, reports = validated
-    one = register.register_with_retries(params, report, reports, None)
-    two = register.register_with_retries(params, report, reports, None)
+    one = register.register_model(params, report, reports, None)
+    two = register.register_model(params, report, reports, None)
     assert one.version == two.version
     assert len(_client(params).search_model_versions(f"name = '{one.name}'")) == 1
 
 
-def test_a_model_that_failed_a_gate_is_never_registered(validated):
+def test_a_model_that_failed_a_gate_is_never_registered(validated, tmp_path):
     params, report, reports = validated
     failed = copy.deepcopy(report)
     failed["passed"], failed["failed_gates"] = False, ["accuracy_drop"]
     failed["gates"][1] |= {"passed": False, "detail": "on-device accuracy 0.5 vs the baseline's 0.9"}
     (reports / "report.json").write_text(json.dumps(failed))
-    outcome = register.run(params, "cortex-m4", reports)
+    outcome = register.run(params, "cortex-m4", validate=reports, out=Place(tmp_path / "g", tmp_path / "gr"))
     assert not outcome.registered and "accuracy_drop" in outcome.reason and "0.5" in outcome.reason
     assert _client(params).search_registered_models() == []
 
 
-def test_an_export_changed_after_validation_is_not_registered(validated):
+def test_an_export_changed_after_validation_is_not_registered(validated, tmp_path):
     params, report, reports = validated
     exported = report["exports"]["compressed"]
     path = f"{exported['dir']}/{exported['files']['tflite_int16x8']['file']}"
     with open(path, "ab") as f:
         f.write(b"\0")
     with pytest.raises(ChecksumMismatch):
-        register.run(params, "cortex-m4", reports)
+        register.run(params, "cortex-m4", validate=reports, out=Place(tmp_path / "g", tmp_path / "gr"))
     assert _client(params).search_registered_models() == []
 
 
@@ -137,18 +139,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_a_tracking_server_that_is_down_is_retried_with_backoff_then_fails_clearly(validated, monkeypatch):
+def test_a_tracking_server_that_is_down_fails_once_its_client_gives_up_and_says_what_to_rerun(validated,
+                                                                                             monkeypatch):
+    """One retry layer: MLflow's HTTP client (here told not to retry); register adds none of its own."""
     params, report, reports = validated
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
-    waits = []
-    with pytest.raises(register.RegistryUnavailable, match="did not answer after 5 attempts"):
-        register.register_with_retries(params, report, reports, None, sleep=waits.append)
-    assert waits == pytest.approx([0.01, 0.02, 0.04, 0.08])
+    with pytest.raises(register.RegistryUnavailable, match="did not answer .* run `python -m components register "
+                                                           "--device cortex-m4` again once it is up") as caught:
+        register.register_model(params, report, reports, None)
+    from components.stages import final_errors
+
+    assert isinstance(caught.value, final_errors())  # Airflow fails the task instead of retrying on top
 
 
-def test_a_version_whose_aliases_cannot_be_set_is_removed_and_the_retry_completes(validated, monkeypatch):
+def test_a_version_whose_aliases_cannot_be_set_is_removed_and_a_rerun_completes(validated, monkeypatch):
     from mlflow import MlflowClient
 
     params, report, reports = validated
@@ -162,15 +168,17 @@ def test_a_version_whose_aliases_cannot_be_set_is_removed_and_the_retry_complete
         return real(self, name, alias, version)
 
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", flaky)
-    outcome = register.register_with_retries(params, report, reports, None, sleep=lambda s: None)
+    for _ in range(2):  # two runs meet the outage; each deletes the version it made
+        with pytest.raises(register.RegistryUnavailable):
+            register.register_model(params, report, reports, None)
+    outcome = register.register_model(params, report, reports, None)
     versions = _client(params).search_model_versions(f"name = '{outcome.name}'")
     assert [str(v.version) for v in versions] == [outcome.version]  # the two half-done versions were deleted
     assert outcome.aliases == ("candidate", "champion")
 
     failures["left"] = 100  # down for good: nothing stays registered
     with pytest.raises(register.RegistryUnavailable):
-        register.register_with_retries(params, _variant(report, "other", 0.9, 1.0), reports, None,
-                                       sleep=lambda s: None)
+        register.register_model(params, _variant(report, "other", 0.9, 1.0), reports, None)
     assert [str(v.version) for v in _client(params).search_model_versions(f"name = '{outcome.name}'")] == [
         outcome.version]
 
@@ -179,7 +187,7 @@ def test_a_failed_alias_move_puts_the_old_aliases_back_and_keeps_an_earlier_vers
     from mlflow import MlflowClient
 
     params, report, reports = validated
-    champion = register.register_with_retries(params, _variant(report, "v1", 0.80, 1.0), reports, None)
+    champion = register.register_model(params, _variant(report, "v1", 0.80, 1.0), reports, None)
     real = MlflowClient.set_registered_model_alias
 
     def champion_move_fails(self, name, alias, version):
@@ -188,10 +196,8 @@ def test_a_failed_alias_move_puts_the_old_aliases_back_and_keeps_an_earlier_vers
         return real(self, name, alias, version)
 
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", champion_move_fails)
-    params = load_params(PROJECT_ROOT / "params.yaml", [f"pipeline.state_dir={params.pipeline.state_dir}", *LOOSE,
-                                                        "register.attempts=2"])
     with pytest.raises(register.RegistryUnavailable):
-        register.register_with_retries(params, _variant(report, "v2", 0.95, 1.0), reports, None, sleep=lambda s: None)
+        register.register_model(params, _variant(report, "v2", 0.95, 1.0), reports, None)
     client = _client(params)
     assert str(client.get_model_version_by_alias(champion.name, "champion").version) == champion.version
     assert str(client.get_model_version_by_alias(champion.name, "candidate").version) == champion.version
@@ -201,7 +207,7 @@ def test_a_failed_alias_move_puts_the_old_aliases_back_and_keeps_an_earlier_vers
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias",
                         lambda *a: (_ for _ in ()).throw(MlflowException("down", error_code="TEMPORARILY_UNAVAILABLE")))
     with pytest.raises(register.RegistryUnavailable):
-        register.register_with_retries(params, _variant(report, "v1", 0.80, 1.0), reports, None, sleep=lambda s: None)
+        register.register_model(params, _variant(report, "v1", 0.80, 1.0), reports, None)
     assert [str(v.version) for v in client.search_model_versions(f"name = '{champion.name}'")] == [champion.version]
 
 

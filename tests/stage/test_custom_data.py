@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components import ingest
 from components.data.errors import DataError
 from components.data.uci_hapt import LABELS
+from components.stages import execute
 from components.validation import ValidationFailed
 
 RAW = "uci_hapt/RawData"
@@ -65,18 +65,19 @@ def arrays(params):
             json.loads((out / "data_card.json").read_text()))
 
 
+@pytest.mark.slow
 def test_a_users_csv_gives_the_samples_the_uci_loader_cuts_whatever_the_block_size(make_params, rows, tmp_path):
     csv = tmp_path / "mine.csv"
     rows.to_csv(csv, index=False)
     reference = make_params("ingest.dataset=uci_hapt", "ingest.uci_hapt.users=[user01, user02]",
                             f"ingest.output_dir={tmp_path / 'uci'}")
-    ingest.run(reference)
+    execute("ingest", reference)
     x_ref, meta_ref, _ = arrays(reference)
     # blocks of 997 rows: many runs and samples straddle a block boundary and must be carried over
     for chunk in (200000, 997):
         params = custom_params(make_params, csv, f"ingest.custom.chunk_rows={chunk}",
                                f"ingest.output_dir={tmp_path / f'custom{chunk}'}")
-        ingest.run(params)
+        execute("ingest", params)
         x, meta, card = arrays(params)
         assert x.shape == x_ref.shape, chunk
         np.testing.assert_allclose(x, x_ref, atol=2e-5)
@@ -90,7 +91,7 @@ def test_parquet_and_the_labels_found_in_order_of_appearance(make_params, rows, 
     path = tmp_path / "mine.parquet"
     rows.to_parquet(path)
     params = make_params(*MAPPING[:-1], f"ingest.custom.path={path}")
-    ingest.run(params)
+    execute("ingest", params)
     x, meta, card = arrays(params)
     assert card["labels"][0] == rows.activity[rows.activity != ""].iloc[0]  # the first label in the file
     assert sorted(card["labels"]) == sorted(LABELS[:6]) and x.shape[1:] == (8, 2, 3, 2, 16)
@@ -104,7 +105,7 @@ def test_a_time_gap_ends_a_run(make_params, rows, tmp_path):
     csv = tmp_path / "gap.csv"
     one.to_csv(csv, index=False)
     params = custom_params(make_params, csv, "ingest.expectations.min_windows_per_class=0")
-    ingest.run(params)
+    execute("ingest", params)
     _, meta, _ = arrays(params)
     gap_line = int(walking[100]) + 2  # + header, 1-based
     assert not ((meta.first_line < gap_line) & (meta.first_line + 128 > gap_line)).any()
@@ -114,7 +115,7 @@ def test_a_missing_column_is_named_with_a_suggestion(make_params, rows, tmp_path
     csv = tmp_path / "mine.csv"
     rows.rename(columns={"acc_y": "acc_Y"}).head(3000).to_csv(csv, index=False)
     with pytest.raises(DataError, match=r"mine\.csv: no column 'acc_y' .*did you mean 'acc_Y'"):
-        ingest.run(custom_params(make_params, csv))
+        execute("ingest", custom_params(make_params, csv))
 
 
 def test_a_non_numeric_value_names_its_line(make_params, rows, tmp_path):
@@ -123,7 +124,7 @@ def test_a_non_numeric_value_names_its_line(make_params, rows, tmp_path):
     bad.loc[1500, "gyro_z"] = "n/a?"
     bad.to_csv(csv, index=False)
     with pytest.raises(DataError, match=r"mine\.csv, line 1502: column 'gyro_z': 'n/a\?' is not a number"):
-        ingest.run(custom_params(make_params, csv))
+        execute("ingest", custom_params(make_params, csv))
 
 
 def test_an_absurd_value_and_a_missing_user_fail_validation_with_their_lines(make_params, rows, tmp_path):
@@ -134,7 +135,7 @@ def test_an_absurd_value_and_a_missing_user_fail_validation_with_their_lines(mak
     bad.to_csv(csv, index=False)
     params = custom_params(make_params, csv, "ingest.expectations.min_windows_per_class=0")
     with pytest.raises(ValidationFailed) as failed:
-        ingest.run(params)
+        execute("ingest", params)
     text = str(failed.value)
     assert "acc_x" in text and "line 44: 300.0" in text and "participant" in text and "line 9" in text
     assert not params.path(params.ingest.output_dir).exists()
@@ -146,15 +147,15 @@ def test_time_going_back_within_a_recording_is_refused(make_params, rows, tmp_pa
     bad.loc[2000, "t_ms"] = 10.0
     bad.to_csv(csv, index=False)
     with pytest.raises(DataError, match=r"line 2002: 't_ms' goes back by 39\.97 s within a recording"):
-        ingest.run(custom_params(make_params, csv))
+        execute("ingest", custom_params(make_params, csv))
 
 
 def test_an_unset_path_and_an_unmapped_sensor_are_explained(make_params, tmp_path):
     with pytest.raises(DataError, match="ingest.custom.path is empty"):
-        ingest.run(make_params("ingest.dataset=custom"))
+        execute("ingest", make_params("ingest.dataset=custom"))
     csv = tmp_path / "mine.csv"
     csv.write_text("user,label,a,b\nu,walk,1,2\n")
     with pytest.raises(DataError, match="same number of axis columns"):
-        ingest.run(make_params("ingest.dataset=custom", f"ingest.custom.path={csv}",
+        execute("ingest", make_params("ingest.dataset=custom", f"ingest.custom.path={csv}",
                                "ingest.custom.sensors={acc: {columns: [a, b], unit: g}, gyro: {columns: [a], "
                                "unit: rad/s}}"))

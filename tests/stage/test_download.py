@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from components import ingest
 from components.data.download import download, extract_zip
 from components.data.errors import DataError
+from components.stages import execute
 
 MEMBERS = {  # the layout of the UCI archive "Activity recognition exp.zip"
     "Activity recognition exp/Phones_accelerometer.csv": "hhar/raw/Phones_accelerometer.csv.gz",
@@ -135,10 +135,10 @@ def test_ingest_by_url_downloads_extracts_and_ingests(server, tmp_path, make_par
         "ingest.hhar_raw.gyroscope_files=['Activity recognition exp/Phones_gyroscope.csv', "
         "'Activity recognition exp/Watch_gyroscope.csv']",
     )
-    result = ingest.run(params)
+    result = execute("ingest", params)
     assert result.windows > 0
     card = (result.output_dir / "data_card.json").read_text()
     assert "Activity recognition exp/Phones_accelerometer.csv" in card
     # a second run reuses the verified archive and its extraction
-    ingest.run(params)
+    execute("ingest", params)
     assert len(server.requests) == 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -91,36 +90,77 @@ def test_an_alert_that_cannot_be_delivered_never_raises(params_env, monkeypatch,
     assert "could not POST the alert" in caplog.text
 
 
-def test_stack_stop_signals_only_its_own_process_groups(tmp_path):
+def test_stack_supervisord_config_restarts_stops_groups_and_keeps_secrets_out(tmp_path):
+    import configparser
+
     from celery_stack import Stack
 
     stack = Stack(home=tmp_path / "home", port=1)
-    stack.pid_dir.mkdir(parents=True)
-    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
-    child_code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
-    with_child = subprocess.Popen([sys.executable, "-c", child_code], start_new_session=True)
-    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    conf = configparser.RawConfigParser()
+    conf.read(path := stack.write_supervisor_conf({"scheduler": (["airflow", "scheduler"], {}),
+                                           "worker-device.cpu": (["airflow", "celery", "worker", "--queues", "a b"],
+                                                                 {"IOT_COMPRESS_WORKER_NAME": "device.cpu@h"})}))
+    home = stack.home
+    assert conf["unix_http_server"]["file"] == str(home / "supervisor.sock")
+    assert conf["supervisord"]["pidfile"] == str(home / "supervisord.pid")
+    assert conf["supervisord"]["logfile"] == str(stack.log_dir / "supervisord.log")
+    assert conf["supervisorctl"]["serverurl"] == f"unix://{home / 'supervisor.sock'}"
+    for name in ("scheduler", "worker-device.cpu"):
+        program = conf[f"program:{name}"]
+        assert (program["autorestart"], program["stopasgroup"], program["killasgroup"]) == ("true",) * 3
+        assert program["stdout_logfile"] == str(stack.log_dir / f"{name}.log")
+    assert conf["program:worker-device.cpu"]["command"] == "airflow celery worker --queues 'a b'"
+    assert conf["program:worker-device.cpu"]["environment"] == 'IOT_COMPRESS_WORKER_NAME="device.cpu@h"'
+    assert "environment" not in conf["program:scheduler"]  # the stack's environment comes from supervisord's own
+    assert stack.env()["AIRFLOW__API_AUTH__JWT_SECRET"] not in path.read_text()
+
+
+def test_stack_supervisord_revives_a_killed_process_and_stop_leaves_no_descendant(tmp_path):
+    from celery_stack import Stack
+
+    stack = Stack(home=tmp_path / "home", port=1)
+    py = sys.executable
+    # a worker whose child shares its group, and one whose child has a session of its own (as Airflow's tasks do)
+    grouped = [py, "-c", "import subprocess, time; subprocess.Popen(['sleep', '60']); time.sleep(60)"]
+    detached = [py, "-c", "import subprocess, time; subprocess.Popen(['sleep', '60'], start_new_session=True); "
+                          "time.sleep(60)"]
+    stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
-        (stack.pid_dir / "scheduler.pid").write_text(str(ours.pid))
-        (stack.pid_dir / "worker-default.pid").write_text(str(with_child.pid))
-        time.sleep(0.5)
-        group = [int(p) for p in subprocess.run(["pgrep", "-g", str(with_child.pid)], capture_output=True,
-                                                 text=True).stdout.split()]
-        assert len(group) == 2  # the worker and the task process it started
-        assert sorted(stack.running()) == ["scheduler", "worker-default"]
-        assert sorted(stack.stop(timeout=10)) == ["scheduler", "worker-default"]
-        assert ours.wait(timeout=10) is not None and with_child.wait(timeout=10) is not None
-        deadline = time.monotonic() + 10  # a killed process takes a moment to leave /proc
-        while any(_state(pid) not in ("Z", "gone") for pid in group) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert all(_state(pid) in ("Z", "gone") for pid in group)
-        assert stranger.poll() is None  # a process of the same program, not recorded by the stack, lives on
-        assert stack.running() == [] and not list(stack.pid_dir.glob("*.pid"))
+        stack.supervise({"worker-a": (grouped, {}), "worker-b": (detached, {"SOME_VAR": "x"})})
+        children = _wait_for(lambda: _children(stack.pids()) if len(_children(stack.pids())) == 2 else None)
+        assert stack.running() == ["worker-a", "worker-b"]
+        assert Path(f"/proc/{stack.pids()['worker-b']}/environ").read_bytes().count(b"SOME_VAR=x") == 1
+        assert "already running" in _raises(stack.start)
+
+        killed = stack.pids()["worker-a"]
+        stack.kill("worker-a")  # supervisord starts it again
+        _wait_for(lambda: stack.pids().get("worker-a") not in (None, killed))
+        children = _wait_for(lambda: _children(stack.pids()) if len(_children(stack.pids())) == 2 else None)
+
+        supervised = [*stack.pids().values(), *children]
+        assert stack.stop() == ["worker-a", "worker-b"]
+        _wait_for(lambda: all(_state(pid) in ("Z", "gone") for pid in supervised))
+        assert stack.states() == {} and not (stack.home / "supervisord.pid").exists()
+        assert stranger.poll() is None  # a process of the same program, not started by the stack, lives on
+        assert stack.stop() == []
     finally:
-        for proc in (ours, with_child, stranger):
-            if proc.poll() is None:
-                os.killpg(proc.pid, 9)
-                proc.wait()
+        stack.stop()
+        stranger.kill()
+        stranger.wait()
+
+
+def _children(pids: dict[str, int]) -> list[int]:
+    import psutil
+
+    return [c.pid for pid in pids.values() for c in psutil.Process(pid).children()]
+
+
+def _wait_for(condition, timeout: float = 20):
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+    return result
 
 
 def _state(pid: int) -> str:
@@ -128,6 +168,14 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "gone"
+
+
+def _raises(call) -> str:
+    from celery_stack import StackError
+
+    with pytest.raises(StackError) as exc:
+        call()
+    return str(exc.value)
 
 
 def test_stack_env_shares_one_secret_and_points_workers_at_the_execution_api(tmp_path):

@@ -1,4 +1,4 @@
-"""Plug-in backends that fail on purpose (named in test pool files as tests.unit.faulty_backends:Class).
+"""Plug-in backends that fail on purpose (named in test pool files as tests.stage.faulty_backends:Class).
 
 They run a real runtime (torch, onnxruntime) but crash or refuse some
 configurations or files, so the profiler's and the validator's fault handling

@@ -24,13 +24,14 @@ from components.models.deepsense import deepsense_spec
 from components.models.spec import LayerSpec
 from components.profiling.items import Item, example_input
 from components.profiling.sampler import reference_item, sample_items, sampler_params
+from components.stages import execute
 from tests.conftest import PROJECT_ROOT, QUICK_PROFILE, subprocess_env
 
 POOL = {
     "torch-1t": {"runtime": "torch", "threads": 1, "queue": "default", "pool": "local_cpu", "reach": "local"},
-    "crashing": {"runtime": "tests.unit.faulty_backends:CrashingBackend", "threads": 1, "queue": "default",
+    "crashing": {"runtime": "tests.stage.faulty_backends:CrashingBackend", "threads": 1, "queue": "default",
                  "pool": "local_cpu", "reach": "local"},
-    "slow": {"runtime": "tests.unit.faulty_backends:SlowBackend", "threads": 1, "queue": "default",
+    "slow": {"runtime": "tests.stage.faulty_backends:SlowBackend", "threads": 1, "queue": "default",
              "pool": "local_cpu", "reach": "local"},
     "mcu": {"runtime": "mcu", "threads": 1, "queue": "default", "pool": "analytic", "reach": "local",
             "mcu": {"sram_bytes": 262144, "flash_bytes": 1048576, "clock_hz": 64000000, "cycles_per_mac": 2.0,
@@ -223,7 +224,7 @@ def _table(result) -> list[dict]:
 
 def test_profile_times_a_device_and_writes_table_plots_and_noise(quick):
     params = quick()
-    result = profile.run(params, "torch-1t")
+    result = execute("profile", params, "torch-1t")
     rows = _table(result)
     reference = reference_item(params)
     items = [reference, *sample_items(sampler_params(params), params.train)]  # the reference's row first
@@ -243,16 +244,17 @@ def test_profile_times_a_device_and_writes_table_plots_and_noise(quick):
 
 
 def test_mcu_rows_say_computed_not_timed(quick):
-    result = profile.run(quick(), "mcu")
+    result = execute("profile", quick(), "mcu")
     rows = _table(result)
     assert {r["method"] for r in rows} == {"computed"} and all(r["timed_s"] is None for r in rows)
     assert all(r["peak_sram_bytes"] > 0 and r["flash_bytes"] > 0 for r in rows)
     assert result.metrics["method"] == "computed"
 
 
+@pytest.mark.slow
 def test_crashes_and_refusals_are_recorded_and_the_share_gate_fails_the_device(quick):
     params = quick("profile.sampler.configs_per_kind=6", "profile.max_failed_share=0.9")
-    result = profile.run(params, "crashing")
+    result = execute("profile", params, "crashing")
     rows = _table(result)
     by_width = {r["out_features"]: r for r in rows if r["kind"] != "model"}
     crashed = [r for w, r in by_width.items() if w % 3 == 0]
@@ -268,9 +270,10 @@ def test_crashes_and_refusals_are_recorded_and_the_share_gate_fails_the_device(q
 
     strict = quick("profile.sampler.configs_per_kind=6", "profile.max_failed_share=0.1")
     with pytest.raises(profile.ProfileFailed, match=r"device crashing: \d+ of \d+ configurations failed"):
-        profile.run(strict, "crashing")
+        execute("profile", strict, "crashing")
 
 
+@pytest.mark.slow
 def test_a_failing_device_fails_the_command_while_the_others_finish(quick, pool_file, tmp_path):
     params_path = tmp_path / "p.yaml"
     params = quick("profile.max_failed_share=0.0")
@@ -282,7 +285,7 @@ def test_a_failing_device_fails_the_command_while_the_others_finish(quick, pool_
            "--device", "crashing", "--device", "mcu"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(tmp_path), cwd=PROJECT_ROOT)
     assert done.returncode == 1, done.stderr
-    assert "error: device crashing:" in done.stderr and "profiling failed on crashing" in done.stderr
+    assert "error: device crashing:" in done.stderr and "profile failed on crashing" in done.stderr
     assert "profile mcu: " in done.stdout  # the device after the failing one still ran
     assert (Path(params.profile.output_dir) / "mcu" / "profile.parquet").exists()
 
@@ -307,7 +310,7 @@ def test_an_interrupted_run_resumes_without_duplicates_or_rewrites(quick, tmp_pa
     before = {p.name: p.read_bytes() for p in parts.glob("*.parquet")}
     assert 4 <= len(before) < 3 * 4 + 1, "the run should have been interrupted part-way"
 
-    result = profile.run(params, "slow")
+    result = execute("profile", params, "slow")
     rows = _table(result)
     keys = [r["config_id"] for r in rows]
     sampled = sample_items(sampler_params(params), params.train)
@@ -317,8 +320,8 @@ def test_an_interrupted_run_resumes_without_duplicates_or_rewrites(quick, tmp_pa
 
 
 def test_a_changed_timing_protocol_starts_a_new_log(quick, caplog):
-    profile.run(quick(), "mcu")
-    assert profile.run(quick(), "mcu").metrics["profiled_this_run"] == 0  # unchanged: nothing to redo
-    result = profile.run(quick("profile.timing.min_rounds=4"), "mcu")
+    execute("profile", quick(), "mcu")
+    assert execute("profile", quick(), "mcu").metrics["profiled_this_run"] == 0  # unchanged: nothing to redo
+    result = execute("profile", quick("profile.timing.min_rounds=4"), "mcu")
     assert result.metrics["profiled_this_run"] == result.metrics["configs"]
     assert "starting a new profile log" in caplog.text

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components import ingest
 from components.data.errors import DataError
+from components.stages import execute
 from components.validation import ValidationFailed
 
 RAW = "uci_hapt/RawData"
@@ -29,7 +29,7 @@ def labels(data_root: Path) -> pd.DataFrame:
 
 def test_two_users_pair_both_sensors_and_never_cut_across_runs(make_params, data_root):
     params = make_params("ingest.dataset=uci_hapt", "ingest.uci_hapt.users=[user01, user02]")
-    ingest.run(params)
+    execute("ingest", params)
     out, meta, card = outputs(params)
     x, signal = np.load(out / "x.npy", mmap_mode="r"), np.load(out / "signal.npy", mmap_mode="r")
     assert x.shape == (len(meta), 8, 2, 3, 2, 16) and signal.shape == (len(meta), 2, 3, 128)
@@ -60,7 +60,7 @@ def test_two_users_pair_both_sensors_and_never_cut_across_runs(make_params, data
 def test_transitions_are_a_param(make_params):
     params = make_params("ingest.dataset=uci_hapt", "ingest.uci_hapt.users=[user01]", "ingest.uci_hapt.activities=all",
                          "ingest.expectations.min_windows_per_class=0")
-    ingest.run(params)
+    execute("ingest", params)
     _, meta, card = outputs(params)
     assert len(card["labels"]) == 12 and meta.label.max() >= 6  # some transition is long enough for a sample
 
@@ -82,7 +82,7 @@ def run_on(make_params, folder: Path):
     params = make_params("ingest.dataset=uci_hapt", f"ingest.data_root={folder.parent.parent}",
                          f"ingest.uci_hapt.dir={folder.parent.name}/{folder.name}",
                          "ingest.expectations.min_windows_per_class=0")
-    return params, lambda: ingest.run(params)
+    return params, lambda: execute("ingest", params)
 
 
 def assert_no_output(params):
@@ -170,4 +170,4 @@ def test_sensors_of_different_lengths_are_refused(make_params, raw_copy):
 
 def test_an_interval_that_is_not_a_whole_number_of_samples_is_refused(make_params):
     with pytest.raises(DataError, match=r"interval_s 0\.25 s is 12\.5 samples at 50 Hz"):
-        ingest.run(make_params("ingest.dataset=uci_hapt", "ingest.uci_hapt.interval_s=0.25"))
+        execute("ingest", make_params("ingest.dataset=uci_hapt", "ingest.uci_hapt.interval_s=0.25"))

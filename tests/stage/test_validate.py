@@ -15,6 +15,7 @@ from components import models, validate
 from components.config import ConfigError, GateParams
 from components.devices.base import get_backend
 from components.export import ChecksumMismatch, export, read_manifest, verify
+from components.stages import Place
 from tests.conftest import synthetic_task
 
 GATES = GateParams(max_accuracy_drop=0.02, accuracy_drop_bound="mean", min_agreement=0.98, latency_budget=0.75,
@@ -37,9 +38,9 @@ def _params(make_params, task, *more):
 
 
 def _run(params, task, device, tmp_path, **kwargs):
-    return validate.run(params, device, task.baseline, task.compressed, task.ingest,
-                        latency_dir=tmp_path / "no-latency-model", output_dir=tmp_path / "v",
-                        report_dir=tmp_path / "r", **kwargs)
+    return validate.run(params, device, ingest=task.ingest, train=task.baseline.parent,
+                        compress=task.compressed.parent, fit_latency=tmp_path / "no-latency-model",
+                        out=Place(tmp_path / "v", tmp_path / "r"), **kwargs)
 
 
 # ---- export ------------------------------------------------------------------------------------------------------
@@ -111,6 +112,7 @@ def test_validate_reports_every_gate_with_its_numbers_and_logs_the_run(make_para
     assert "1 held-out users (c) (one user: no interval)" in md
 
 
+@pytest.mark.slow
 def test_the_microcontroller_is_gated_on_its_integer_file_flash_and_sram(make_params, task, tmp_path):
     result = _run(_params(make_params, task), task, "cortex-m4", tmp_path)
     report = result.report
@@ -122,6 +124,7 @@ def test_the_microcontroller_is_gated_on_its_integer_file_flash_and_sram(make_pa
     assert gates["fits_device"]["passed"] and gates["latency_prediction"]["passed"] is None
 
 
+@pytest.mark.slow
 def test_a_tampered_export_is_refused_on_the_device_and_fails_the_gates(make_params, task, tmp_path, monkeypatch):
     real = validate._export
 
@@ -150,9 +153,10 @@ def _plugin_pool(tmp_path: Path, runtime: str) -> Path:
     ("CrashingFileBackend", "process failed: validate worker died (signal SIGSEGV)"),
     ("RefusingFileBackend", "operator GRU is not supported"),
 ])
+@pytest.mark.slow
 def test_a_runtime_that_crashes_or_cannot_load_fails_the_device_not_the_stage(make_params, task, tmp_path, backend,
                                                                               expected):
-    runtime = f"tests.unit.faulty_backends:{backend}"
+    runtime = f"tests.stage.faulty_backends:{backend}"
     params = _params(make_params, task, f"profile.devices_file={_plugin_pool(tmp_path, runtime)}",
                      f"validate.formats={{'{runtime}': [onnx]}}")
     report = _run(params, task, "odd", tmp_path).report

@@ -1,6 +1,6 @@
 """After `make run`'s pipeline, `mlflow ui` (as `python -m components mlflow-ui`) shows the runs, artifacts and models.
 
-The quick pipeline takes minutes, so it runs once for the module and one UI server answers every test.
+The pipeline is the end-to-end tier's shared run (tests/e2e/conftest.py); one UI server answers every test.
 """
 
 from __future__ import annotations
@@ -18,28 +18,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
 from components.config import load_params
 from components.register import model_name
-from tests.conftest import quick_params, subprocess_env
-from tests.integration.browser import artifacts_dir, chromium_page, png_size, require_chromium
+from tests.conftest import subprocess_env
+from tests.e2e.browser import artifacts_dir, chromium_page, png_size, require_chromium
+from tests.e2e.conftest import DEVICES, PipelineRun
 
-DEVICES = ["ort-1t", "cortex-m4"]  # one timed device, one computed: the UI is the point
 DEVICE = "ort-1t"
-
-# The quick pipeline compresses next to nothing, so the real gates refuse its models and the registry would stay
-# empty; these pass anything that runs, so both devices get a registered version to look at.
-LOOSE_GATES = {"max_accuracy_drop": 1.0, "min_agreement": 0.0, "latency_budget": 100.0, "size_budget": 100.0,
-               "max_latency_error": 100.0}
 
 # The compress run's figures a user looks for first, all logged by components/compress.py.
 COMPRESS_METRICS = ("params_kept", "accuracy_change", "budget", "accuracy_floor")
 DEEPIOT_METRICS = ("methods.deepiot.test_accuracy", "methods.deepiot.relative_cost",
                    "methods.deepiot.predicted_latency_ms")
 
-# The first test's set-up runs the pipeline (its own limit: 900 s) and starts the UI; a loaded 2-core machine needs it.
-TIMEOUT_S = 1200
+# The first test's set-up may run the shared pipeline (its own limit: 1200 s) and starts the UI.
+TIMEOUT_S = 1800
 
 # Playwright is imported inside the browser steps: without it the module still collects, and the `chromium` fixture
 # fails the browser test with what to install instead.
@@ -81,21 +75,12 @@ class Tracked:
 
 
 @pytest.fixture(scope="module")
-def tracked(tmp_path_factory, data_root: Path) -> Iterator[Tracked]:
-    """Module-scoped: the quick pipeline takes minutes, and one UI server can answer every test."""
-    folder = tmp_path_factory.mktemp("pipeline")
-    params = quick_params(folder, data_root)
-    raw = yaml.safe_load(params.read_text())
-    raw["profile"]["devices"] = DEVICES
-    raw["validate"]["gates"].update(LOOSE_GATES)
-    params.write_text(yaml.safe_dump(raw, sort_keys=False))
-    env = subprocess_env(folder)
-    run = subprocess.run([sys.executable, "-m", "components", "pipeline", "--params", str(params)], cwd=folder,
-                         env=env, capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stderr[-3000:]
+def tracked(pipeline_run: PipelineRun) -> Iterator[Tracked]:
+    """One UI server over the shared run's tracking store for every test of the module."""
+    folder, params = pipeline_run.folder, pipeline_run.params_path
     port = free_port()
     ui = subprocess.Popen([sys.executable, "-m", "components", "mlflow-ui", "--params", str(params), "--port", str(port)],
-                          cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          cwd=folder, env=subprocess_env(folder), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                           start_new_session=True)
     try:
         experiment_id = _wait_for_experiment(ui, port, "compress_nightly")

@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components import ingest, models, train
+from components import models, train
 from components.data.errors import DataError
 from components.models.spec import ModelConfigError
+from components.stages import Place, execute
 
 FAST = ("train.epochs=4", "train.patience=2", "train.classical.n_estimators=30")
 
@@ -18,12 +19,12 @@ FAST = ("train.epochs=4", "train.patience=2", "train.classical.n_estimators=30")
 @pytest.fixture
 def ingested(make_params):
     params = make_params(*FAST)
-    ingest.run(params)
+    execute("ingest", params)
     return params
 
 
 def test_short_real_training_beats_chance_by_a_clear_margin(ingested):
-    result = train.run(ingested)
+    result = execute("train", ingested)
     out = result.output_dir
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_users"] == ["c"] and metrics["test"]["per_user"]["c"]["windows"] == 475
@@ -44,9 +45,10 @@ def test_short_real_training_beats_chance_by_a_clear_margin(ingested):
     assert np.isclose((predicted == windows.meta["label"].to_numpy()[test]).mean(), result.accuracy)
 
 
+@pytest.mark.slow
 def test_training_is_deterministic(ingested, tmp_path):
-    first = train.run(ingested, output_dir=tmp_path / "one")
-    second = train.run(ingested, output_dir=tmp_path / "two")
+    first = execute("train", ingested, out=Place(tmp_path / "one", tmp_path / "one-report"))
+    second = execute("train", ingested, out=Place(tmp_path / "two", tmp_path / "two-report"))
     assert first.accuracy == second.accuracy
     one = (tmp_path / "one" / "model" / "model.safetensors").read_bytes()
     assert one == (tmp_path / "two" / "model" / "model.safetensors").read_bytes()
@@ -57,7 +59,7 @@ def test_mlflow_gets_epochs_users_plots_and_a_loadable_model(ingested):
 
     from components import tracking
 
-    result = train.run(ingested)
+    result = execute("train", ingested)
     mlflow.set_tracking_uri(tracking.tracking_uri(ingested))
     client = mlflow.MlflowClient()
     run = client.get_run(result.run_id)
@@ -78,10 +80,10 @@ def test_window_file_with_the_wrong_shape_is_refused(ingested):
     out = ingested.path(ingested.ingest.output_dir)
     np.save(out / "x.npy", np.zeros((10, 8, 1, 3, 16), dtype=np.float32))
     with pytest.raises(DataError, match=r"x\.npy: shape \(10, 8, 1, 3, 16\) is not \[windows, intervals"):
-        train.run(ingested)
+        execute("train", ingested)
     np.save(out / "x.npy", np.zeros((10, 8, 1, 3, 2, 16), dtype=np.float32))
     with pytest.raises(DataError, match=r"x\.npy: has 10 windows but windows\.parquet has 2426"):
-        train.run(ingested)
+        execute("train", ingested)
 
 
 def test_label_outside_the_models_classes_is_refused(ingested):
@@ -90,14 +92,14 @@ def test_label_outside_the_models_classes_is_refused(ingested):
     meta.loc[7, "label"] = 9
     meta.to_parquet(out / "windows.parquet")
     with pytest.raises(DataError, match=r"windows\.parquet, window 7: label 9 is outside the model's 6 classes"):
-        train.run(ingested)
+        execute("train", ingested)
 
 
 def test_held_out_user_without_windows_is_refused(make_params):
     params = make_params(*FAST, "train.test_users=[z]")
-    ingest.run(params)
+    execute("ingest", params)
     with pytest.raises(DataError, match=r"held-out user\(s\) \['z'\] have no windows"):
-        train.run(params)
+        execute("train", params)
 
 
 def test_no_held_out_user_is_refused(ingested):
@@ -106,7 +108,7 @@ def test_no_held_out_user_is_refused(ingested):
     meta["split"] = "train"  # as ingest writes it for a data set with a single user
     meta.to_parquet(out / "windows.parquet")
     with pytest.raises(DataError, match="fold split: no held-out windows"):
-        train.run(ingested)
+        execute("train", ingested)
 
 
 @pytest.mark.parametrize("override, message", [
@@ -117,17 +119,18 @@ def test_bad_model_config_fails_before_training_starts(make_params, override, me
     from components import training
 
     params = make_params(*FAST, override)
-    ingest.run(params)
+    execute("ingest", params)
     monkeypatch.setattr(training, "fit", lambda *a, **k: pytest.fail("training started"))
     with pytest.raises(ModelConfigError, match=message):
-        train.run(params)
+        execute("train", params)
 
 
+@pytest.mark.slow
 def test_kfold_holds_every_user_out_once_and_reports_means_with_intervals(make_params):
     params = make_params(*FAST, "train.arch=mlp", "train.evaluation=kfold", "train.class_weights=true",
                          "train.bootstrap=500")
-    ingest.run(params)
-    result = train.run(params)
+    execute("ingest", params)
+    result = execute("train", params)
     report = json.loads((params.path(params.train.output_dir) / "metrics.json").read_text())
     k = report["kfold"]
     assert sorted(k["folds"]) == ["fold0", "fold1", "fold2", "fold3", "fold4"]
@@ -147,10 +150,11 @@ def test_kfold_holds_every_user_out_once_and_reports_means_with_intervals(make_p
     assert "Every user, held out once (5 folds of users)" in users_md and "| e |" in users_md
 
 
+@pytest.mark.slow
 def test_several_held_out_users_give_a_mean_over_users_with_an_interval(make_params):
     params = make_params(*FAST, "ingest.split.test_users=[a, b, d]")
-    ingest.run(params)
-    result = train.run(params)
+    execute("ingest", params)
+    result = execute("train", params)
     report = json.loads((params.path(params.train.output_dir) / "metrics.json").read_text())
     per_user = [report["test"]["per_user"][u]["accuracy"] for u in ("a", "b", "d")]
     assert result.accuracy == pytest.approx(np.mean(per_user))  # each user counts once, not each window

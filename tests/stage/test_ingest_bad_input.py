@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components import ingest
 from components.data import hhar_csv
 from components.data.errors import DataError
+from components.stages import execute
 from components.validation import ValidationFailed
 from tests.conftest import RAW_SMALL
 
@@ -31,7 +31,7 @@ def run_on(make_params, data_root: Path, tmp_path: Path, lines_or_bytes, name: s
         bad.write_text("".join(lines_or_bytes))
     params = make_params(*RAW_SMALL, f"ingest.hhar_raw.accelerometer_files=[{bad}]",
                          f"ingest.hhar_raw.gyroscope_files=[{data_root / GYRO}]")
-    return params, bad, lambda: ingest.run(params)
+    return params, bad, lambda: execute("ingest", params)
 
 
 def assert_no_output(params, tmp_path: Path):
@@ -116,7 +116,7 @@ def test_empty_file_and_header_only(make_params, data_root, tmp_path):
 
 def test_failed_run_leaves_the_previous_output_untouched(make_params, data_root, tmp_path):
     good = make_params(*RAW_SMALL)
-    ingest.run(good)
+    execute("ingest", good)
     out = good.path(good.ingest.output_dir)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     lines = real_lines(data_root)
@@ -163,6 +163,6 @@ def test_window_file_that_asks_to_run_code_is_refused(make_params, tmp_path):
     torch.save({"samples": Evil(), "labels": np.zeros(1)}, folder / "test_0.pt", _use_new_zipfile_serialization=False)
     params = make_params(f"ingest.data_root={tmp_path}", "ingest.hhar_sa.dir=hhar_sa")
     with pytest.raises(DataError, match=r"test_0\.pt: not a readable window file: .*posix\.system|system"):
-        ingest.run(params)
+        execute("ingest", params)
     assert not marker.exists()
     assert_no_output(params, tmp_path)

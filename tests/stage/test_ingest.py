@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components import ingest
+from components.stages import execute
 from tests.conftest import RAW_SMALL
 
 HHAR_SA_PER_USER = {"a": 457, "b": 536, "c": 475, "d": 457, "e": 501}  # the data README's counts
@@ -24,7 +24,7 @@ def outputs(params):
 
 def test_hhar_sa_windows_are_split_by_user_with_metadata(make_params):
     params = make_params()
-    result = ingest.run(params)
+    result = execute("ingest", params)
     out, meta, card, split = outputs(params)
     assert result.windows == len(meta) == sum(HHAR_SA_PER_USER.values())
     assert card["counts"]["user"] == HHAR_SA_PER_USER
@@ -47,18 +47,19 @@ def test_hhar_sa_windows_are_split_by_user_with_metadata(make_params):
 
 def test_explicit_test_users_are_honoured_and_unknown_ones_refused(make_params):
     params = make_params("ingest.split.test_users=[b, d]")
-    ingest.run(params)
+    execute("ingest", params)
     _, meta, _, split = outputs(params)
     assert split["test_users"] == ["b", "d"] and (meta.split == "test").sum() == 536 + 457
     assert split["test_fold"] is None
     from components.data.errors import DataError
     with pytest.raises(DataError, match=r"test_users names users not in the data: \['z'\]"):
-        ingest.run(make_params("ingest.split.test_users=[z]"))
+        execute("ingest", make_params("ingest.split.test_users=[z]"))
 
 
+@pytest.mark.slow
 def test_uci_har_subjects_merge_train_and_test_files(make_params):
     params = make_params("ingest.dataset=uci_har")
-    ingest.run(params)
+    execute("ingest", params)
     out, meta, card, split = outputs(params)
     assert len(card["counts"]["user"]) == 24 and card["windows"] == 8013
     assert card["counts"]["user"]["subject01"] == 347 and card["counts"]["user"]["subject24"] == 381
@@ -76,7 +77,7 @@ def test_uci_har_subjects_merge_train_and_test_files(make_params):
 
 def test_wisdm_users_merge_their_files_and_the_card_says_what_is_missing(make_params):
     params = make_params("ingest.dataset=wisdm")
-    ingest.run(params)
+    execute("ingest", params)
     out, meta, card, split = outputs(params)
     assert len(card["counts"]["user"]) == 30 and card["windows"] == len(meta) == 5965
     assert card["labels"] == ["downstairs", "jogging", "sitting", "standing", "upstairs", "walking"]
@@ -95,16 +96,16 @@ def test_folds_are_seeded_and_a_user_is_never_on_both_sides(make_params):
     assert user_folds(users, 5, 0) != user_folds(users, 5, 1)
     assert sorted(user_folds(users, 5, 0).values()) == sorted([i % 5 for i in range(24)])
     params = make_params("ingest.split.test_fold=3")
-    ingest.run(params)
+    execute("ingest", params)
     _, meta, _, split = outputs(params)
     assert split["test_users"] == split["folds"]["3"] == ["a"] and split["test_fold"] == 3
     with pytest.raises(Exception, match=r"test_fold 7 is not one of the 5 folds"):
-        ingest.run(make_params("ingest.split.test_fold=7"))
+        execute("ingest", make_params("ingest.split.test_fold=7"))
 
 
 def test_basic_motions_from_a_pypi_package_keeps_the_published_split(make_params):
     params = make_params("ingest.dataset=basic_motions")
-    ingest.run(params)
+    execute("ingest", params)
     out, meta, card, split = outputs(params)
     assert len(meta) == 80 and split["strategy"] == "published"
     assert split["windows"] == {"train": 40, "test": 40}
@@ -114,7 +115,7 @@ def test_basic_motions_from_a_pypi_package_keeps_the_published_split(make_params
 
 def test_hhar_raw_pairs_accelerometer_and_gyroscope_per_device(make_params):
     params = make_params(*RAW_SMALL)
-    ingest.run(params)
+    execute("ingest", params)
     out, meta, card, split = outputs(params)
     signal = np.load(out / "signal.npy", mmap_mode="r")
     x = np.load(out / "x.npy", mmap_mode="r")
@@ -129,7 +130,7 @@ def test_hhar_raw_pairs_accelerometer_and_gyroscope_per_device(make_params):
     assert split["test_users"] == [] and "warning" in split
     # the watch's `null` rows become a class when asked
     kept = make_params(*RAW_SMALL, "ingest.hhar_raw.null_label=keep")
-    ingest.run(kept)
+    execute("ingest", kept)
     assert "null" in set(outputs(kept)[1].label_name)
 
 
@@ -137,7 +138,7 @@ def test_run_is_tracked_in_mlflow_with_card_validation_and_tags(make_params):
     import mlflow
 
     params = make_params()
-    result = ingest.run(params)
+    result = execute("ingest", params)
     from components import tracking
 
     mlflow.set_tracking_uri(tracking.tracking_uri(params))
@@ -159,8 +160,8 @@ def test_pipeline_key_nests_stage_runs_under_one_parent(make_params):
     from components import tracking
 
     params = make_params()
-    first = ingest.run(params, pipeline_key="manual__1")
-    second = ingest.run(params, pipeline_key="manual__1")
+    first = execute("ingest", params, pipeline_key="manual__1")
+    second = execute("ingest", params, pipeline_key="manual__1")
     mlflow.set_tracking_uri(tracking.tracking_uri(params))
     parents = {mlflow.get_run(r.run_id).data.tags["mlflow.parentRunId"] for r in (first, second)}
     assert len(parents) == 1
@@ -170,8 +171,8 @@ def test_pipeline_key_nests_stage_runs_under_one_parent(make_params):
 def test_outputs_are_byte_identical_across_runs(make_params, tmp_path):
     """So `dvc repro` and the data hash mean the same data, run after run."""
     first, second = (make_params(*RAW_SMALL, f"ingest.output_dir={tmp_path / name}") for name in ("one", "two"))
-    ingest.run(first)
-    ingest.run(second)
+    execute("ingest", first)
+    execute("ingest", second)
     one, two = tmp_path / "one", tmp_path / "two"
     names = sorted(p.name for p in one.iterdir())
     assert names == sorted(p.name for p in two.iterdir()) and "x.npy" in names
