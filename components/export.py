@@ -42,15 +42,10 @@ QUANTISED = {"tflite_int8": "int8", "tflite_int16x8": "int16"}  # format -> acti
 FILE_NAMES = {"onnx": "model.onnx", "tflite": "model.tflite", "tflite_int8": "model.int8.tflite",
               "tflite_int16x8": "model.int16x8.tflite", "torch": "model.safetensors"}
 MANIFEST = "manifest.json"
-TORCH_FORMAT_TAG = "iot-compress-torch/1"
 
 
 class ExportFailed(RuntimeError):
     """A conversion that failed or crashed; the message says which format and why."""
-
-
-class ChecksumMismatch(RuntimeError):
-    """An exported file whose bytes are not the ones exported (corrupted or tampered with)."""
 
 
 @dataclass(frozen=True)
@@ -129,16 +124,6 @@ def read_manifest(out_dir: Path) -> dict[str, ExportedFile]:
     return {fmt: ExportedFile(**entry) for fmt, entry in d["files"].items()}
 
 
-def verify(path: Path, expected_sha256: str) -> None:
-    """Refuse a file whose sha256 is not the exported one (call this right before loading it)."""
-    if not path.exists():
-        raise ChecksumMismatch(f"{path.name}: the exported file is missing")
-    actual = sha256_of(path)
-    if actual != expected_sha256:
-        raise ChecksumMismatch(f"{path.name}: sha256 {actual[:16]}... is not the exported {expected_sha256[:16]}... "
-                               "(the file was corrupted or changed after export); it was not loaded")
-
-
 # ---- the conversions (child process) ---------------------------------------------------------------------------
 
 
@@ -158,29 +143,11 @@ def _write(model, fmt: str, target: Path, calibration: np.ndarray | None) -> Non
         target.write_bytes(tflite_bytes(Item(model=spec), model, calibration if quantised else None,
                                         activations=QUANTISED.get(fmt, "int8")))
     elif fmt == "torch":
-        from safetensors.torch import save_file
+        from components.devices.torch_eager import write_torch_file
 
-        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(target), metadata={"format": TORCH_FORMAT_TAG, "spec": spec.to_json()})
+        write_torch_file(model, target)
     else:
         raise ValueError(f"unknown export format {fmt!r}")
-
-
-def load_torch_file(path: Path):
-    """The eval-mode model in a `torch` export (safetensors: no code runs while reading it)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    from components import models
-    from components.models.spec import ModelConfigError, ModelSpec
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != TORCH_FORMAT_TAG:
-        raise ModelConfigError(f"{path.name}: not a torch export of this pipeline (no {TORCH_FORMAT_TAG} metadata)")
-    model = models.build(ModelSpec.from_json(meta["spec"]))
-    model.load_state_dict(load_file(str(path)))
-    return model.eval()
 
 
 def _main(argv: list[str]) -> int:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from components.config import ConfigError, Params
 from components.data.outputs import write_text_atomic
-from components.export import ChecksumMismatch
+from components.data.checksums import ChecksumMismatch
 from components.tracking import TrackingUnavailable
 from components.validate_report import failed_gates_text
 
@@ -138,7 +138,7 @@ def _short(exc: Exception) -> str:
 
 
 def _verify_exports(report: dict, bundle: Path) -> None:
-    from components.export import verify
+    from components.data.checksums import verify
 
     folder = bundle / EXPORTED
     for entry in report["exports"]["compressed"]["files"].values():

@@ -21,7 +21,7 @@ from mlflow.pyfunc import PythonModel
 class DeviceModel(PythonModel):
     def load_context(self, context):
         from components.devices.base import get_backend
-        from components.export import verify
+        from components.data.checksums import verify
 
         config = context.model_config
         path = Path(context.artifacts["deployed"])

@@ -191,7 +191,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """
     from components.data.errors import DataError
     from components.devices.base import BackendError
-    from components.export import ChecksumMismatch
+    from components.data.checksums import ChecksumMismatch
     from components.latency.fit import LatencyDataError
     from components.models.spec import ModelConfigError
     from components.validation import ValidationFailed

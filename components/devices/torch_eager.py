@@ -47,8 +47,6 @@ class TorchEagerBackend(Backend):
     def load_file(self, path: Path, fmt: str, threads: int) -> _TorchRunner:
         import torch
 
-        from components.export import load_torch_file
-
         if fmt != "torch":
             raise BackendError(f"torch loads its own safetensors export only, not {fmt}")
         torch.set_num_threads(threads)
@@ -58,3 +56,31 @@ class TorchEagerBackend(Backend):
         import torch
 
         return f"torch {torch.__version__}"
+
+
+TORCH_FORMAT_TAG = "iot-compress-torch/1"  # the metadata that marks this pipeline's torch export
+
+
+def write_torch_file(model, target: Path) -> None:
+    """The `torch` export: the weights as safetensors, the model's description in the metadata (no pickle)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(target), metadata={"format": TORCH_FORMAT_TAG, "spec": model.spec.to_json()})
+
+
+def load_torch_file(path: Path):
+    """The eval-mode model in a `torch` export (safetensors: no code runs while reading it)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from components import models
+    from components.models.spec import ModelConfigError, ModelSpec
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != TORCH_FORMAT_TAG:
+        raise ModelConfigError(f"{path.name}: not a torch export of this pipeline (no {TORCH_FORMAT_TAG} metadata)")
+    model = models.build(ModelSpec.from_json(meta["spec"]))
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()

@@ -197,7 +197,7 @@ def _validate_files(backend, threads: int, request: dict) -> dict:
 
     from components.config import TimingParams
     from components.devices.timing import measure_many
-    from components.export import verify
+    from components.data.checksums import verify
 
     backend.version()  # imports the runtime before anything is measured
     x = np.load(request["windows"])  # read whole, so the windows' pages are resident before measuring

@@ -13,7 +13,7 @@ from mlflow.exceptions import MlflowException
 
 from components import register, validate
 from components.config import load_params
-from components.export import ChecksumMismatch
+from components.data.checksums import ChecksumMismatch
 from components.stages import Place
 from tests.conftest import PROJECT_ROOT, synthetic_task
 

@@ -14,7 +14,8 @@ import torch
 from components import models, validate
 from components.config import ConfigError, GateParams
 from components.devices.base import get_backend
-from components.export import ChecksumMismatch, export, read_manifest, verify
+from components.data.checksums import ChecksumMismatch, verify
+from components.export import export, read_manifest
 from components.stages import Place
 from tests.conftest import synthetic_task
 

@@ -45,3 +45,17 @@ def test_the_check_sees_imports_inside_functions(tmp_path):
     sample = tmp_path / "sample.py"
     sample.write_text("def f():\n    from components import profile, tracking\n    from components.train import x\n")
     assert imported_stages(sample) == [(2, "profile"), (3, "train")]
+
+
+def test_the_device_backends_never_import_the_export_module():
+    """Export drives the backends' writers (one direction): the worker <-> export cycle stays gone."""
+    offenders = []
+    for path in sorted((COMPONENTS / "devices").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([node.module] if isinstance(node, ast.ImportFrom) and node.module else
+                     [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            if isinstance(node, ast.ImportFrom) and node.module == "components":
+                names += [f"components.{a.name}" for a in node.names]
+            offenders += [f"{path.relative_to(COMPONENTS.parent)}:{node.lineno}" for n in names
+                          if n == "components.export"]
+    assert not offenders, f"devices/ imports components.export: {offenders}"
