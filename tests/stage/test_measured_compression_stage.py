@@ -12,7 +12,7 @@ def test_compress_refits_on_visited_structures_once_and_picks_by_measurement(mak
     """torch-1t (timed, no conversion): profile + fit a tiny latency model, then compress with two refit rounds.
 
     Every visited structure is profiled at most once: the stage's log never holds a key twice, never one the
-    profile table has, and a second run over the same outputs profiles nothing new.
+    profile table has, and a second run over the same outputs profiles nothing twice.
     """
     import pyarrow.parquet as pq
 
@@ -50,8 +50,10 @@ def test_compress_refits_on_visited_structures_once_and_picks_by_measurement(mak
     assert m["refit"][0]["profiled"] <= 12
     text = (tmp_path / "r" / "comparison.md").read_text()
     assert "refitted where the search went" in text and "timed on the device against the baseline" in text
-    # the same run again resumes the finished search: every visited structure is known, nothing is re-profiled
+    # the same run again resumes the finished search: what was profiled is never profiled again. (It may time
+    # structures the first run's refit.max_items cap left out: which ones the search visits depends on the
+    # timings, so "none at all" held on most runs, not all.)
     again = execute("compress", params, "torch-1t", out=Place(out, tmp_path / "r"))
-    assert again.metrics["refit"][0]["profiled"] == 0
     relogged = [r["config_id"] for r in ProfileLog(out / "profile", {}).read().to_pylist()]
-    assert len(relogged) == len(set(relogged))
+    assert len(relogged) == len(set(relogged)) and set(logged) <= set(relogged)
+    assert all(r["profiled"] <= 12 for r in again.metrics["refit"])  # refit.max_items per round
