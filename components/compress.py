@@ -110,7 +110,7 @@ def _bench(params: Params, device, cost, out: Path, profile_dir: Path):
     """The device's timing setup for the refit rounds and the measured selection: latency cost, timed device."""
     from components.devices.base import get_backend
 
-    if cost.name != "latency" or device.mcu is not None or not get_backend(device.runtime).timed:
+    if cost.name != "latency" or not get_backend(device.runtime).timed:
         return None
     cfg = params.compress
     if cfg.refit.rounds <= 0 and cfg.select.candidates <= 0:

@@ -57,8 +57,7 @@ def run(params: Params, device_name: str, *, out: Place, pipeline_key: str | Non
     (device,) = chosen(params, [device_name])
     folder, reports = Path(out.data), Path(out.report)
     backend = get_backend(device.runtime)
-    if not backend.timed and device.mcu is None:
-        raise ConfigError(f"device {device.name}: runtime {device.runtime} is computed and needs an `mcu` section")
+    backend.check_device(device)
     items = sample_items(sampler_params(params), params.train)
     reference = reference_item(params) if backend.timed else None  # a computed device has no speed phases
     if reference is not None:  # its own row too: it is a whole model

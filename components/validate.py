@@ -150,9 +150,10 @@ def run(params: Params, device_name: str, *, ingest: Path, train: Path, fit_late
 
 
 def host_runtime(device) -> tuple[str, int]:
-    """The runtime and threads that run the device's exported files: its own, except for a microcontroller,
-    whose integer file runs in LiteRT on this host (for accuracy; its latency is computed)."""
-    return ("tflite", 1) if device.mcu is not None else (device.runtime, device.threads)
+    """The runtime and threads that run the device's exported files here (the device's backend says)."""
+    from components.devices.base import get_backend
+
+    return get_backend(device.runtime).host_runtime(device)
 
 
 def _formats(cfg, device) -> tuple[str, ...]:
@@ -263,12 +264,15 @@ def _score(answer: dict, exported, y_test: np.ndarray, users: np.ndarray, torch_
 def _add_predictions(by_format: dict, spec, device, latency_model) -> None:
     """The latency model's prediction beside each measurement; a microcontroller's figures are computed."""
     predicted = latency_model.predict_model(spec) if latency_model is not None else None
+    from components.devices.base import get_backend
+
+    backend = get_backend(device.runtime)
     for record in by_format.values():
         record["predicted_latency_ms"] = predicted
-        if device.mcu is not None:
-            from components.devices import mcu
+        if not backend.timed:  # computed from the graph by the device's backend
+            from components.profiling.items import Item
 
-            figures = mcu.model_resources(spec, device.mcu)
+            figures = backend.compute(Item(model=spec), device)
             record["host_latency_ms"] = record.get("latency_ms")
             record |= {"latency_ms": figures["latency_ms"], "latency_method": "computed",
                        "flash_bytes": record.get("bytes"), "macs": figures["macs"],

@@ -54,6 +54,13 @@ class Backend:
         """Analytic figures for runtimes that are computed, not timed."""
         raise NotImplementedError
 
+    def check_device(self, device) -> None:
+        """Refuse a pool entry this runtime cannot work with (raise ConfigError saying what it lacks)."""
+
+    def host_runtime(self, device) -> tuple[str, int]:
+        """The runtime and threads that run the device's exported files on this host: its own by default."""
+        return device.runtime, device.threads
+
     def version(self) -> str:
         return ""
 

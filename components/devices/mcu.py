@@ -113,5 +113,15 @@ class McuBackend(Backend):
         layer = item.layer
         return _figures(flash_bytes(layer, mcu), layer_sram(layer, mcu), layer.macs, 1, mcu)
 
+    def check_device(self, device) -> None:
+        if device.mcu is None:
+            from components.config import ConfigError
+
+            raise ConfigError(f"device {device.name}: runtime {device.runtime} is computed and needs an `mcu` section")
+
+    def host_runtime(self, device) -> tuple[str, int]:
+        """Its integer file runs in LiteRT on this host, for accuracy; its latency is computed."""
+        return "tflite", 1
+
     def version(self) -> str:
         return "analytic integer model (computed, not timed)"
