@@ -150,12 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         print("dvc.yaml is up to date" if same else "dvc.yaml is stale: run `python -m components.dvc_yaml`")
         return 0 if same else 1
     DVC_FILE.write_text(text)
-    print(f"wrote {DVC_FILE.relative_to(ROOT)} ({len(stages_of(text))} stages)")
+    print(f"wrote {DVC_FILE.relative_to(ROOT)} ({len(yaml.safe_load(text)['stages'])} stages)")
     return 0
-
-
-def stages_of(text: str) -> list[str]:
-    return list(yaml.safe_load(text)["stages"])
 
 
 if __name__ == "__main__":

@@ -84,9 +84,6 @@ STAGES: tuple[Stage, ...] = (
           metrics=("registry.json",), loads=("components.registry_model",)),  # MLflow loads it by path
 )
 
-DEVICES_FILE_KEY = "devices"  # every per-device stage also reads its own entry of the pool file
-
-
 def stage_named(name: str, stages: Sequence[Stage] | None = None) -> Stage:
     for stage in stages or STAGES:
         if stage.name == name:
@@ -145,8 +142,7 @@ class Layout:
             data = self.params.path(getattr(section, "output_dir", f"data/{stage}"))
             report = self.params.path(getattr(section, "report_dir", f"reports/{stage}"))
         else:
-            base = self.params.path(self.params.pipeline.runs_dir) / safe_key(self.run_key)
-            data, report = base / "data" / stage, base / "reports" / stage
+            data, report = self.run_folder() / "data" / stage, self.run_folder() / "reports" / stage
         if spec.per_device:
             data, report = data / device, report / device
         return Place(data, report)
