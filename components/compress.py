@@ -124,10 +124,12 @@ def _bench(params: Params, device, cost, out: Path, profile_dir: Path):
 
 
 def _cost(params: Params, device, spec, latency_model, latency_dir: Path):
-    from components.pruning.costs import LatencyCost, McuCost, ParamsCost
+    from components.devices.base import get_backend
+    from components.pruning.costs import ComputedCost, LatencyCost, ParamsCost
 
-    if device.mcu is not None:
-        return McuCost(spec, device.mcu)
+    backend = get_backend(device.runtime)
+    if not backend.timed:  # its figures are computed: steer by them, within the part's limits
+        return ComputedCost(spec, backend, device)
     if params.compress.cost == "params":
         return ParamsCost(spec)
     if latency_model is None:

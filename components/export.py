@@ -12,12 +12,14 @@ Formats (`FORMATS`):
                  its logits lose most); 16x8 changed under 0.1 %, in a file 8-14 % smaller than int8's (UCI HAPT fold 0)
     torch        the weights as safetensors with the model description in its metadata (no pickle)
 
-Every export takes a batch of one window, the way a sensing device runs. Each
-conversion runs in its own child process (`python -m components.export`), so a
+Every export takes a batch of one window, the way a sensing device runs. The
+backend that owns a format writes it (`Backend.write`, components/devices) and
+loads it back for validate (`Backend.load_file`); this module names the files,
+checksums them and isolates the converters. Each conversion runs in its own child process (`python -m components.export`), so a
 converter that crashes (TensorFlow's int8 converter on a looped GRU dies with
 SIGSEGV, see STACK.md) fails that one format with a message, not the stage.
 `manifest.json` beside the files lists each file's format, size and sha256;
-`verify` checks a file against it before anything loads it.
+`components.data.checksums.verify` checks a file against it before anything loads it.
 """
 
 from __future__ import annotations
@@ -34,11 +36,10 @@ import numpy as np
 
 from components.data.checksums import sha256_of
 from components.data.outputs import write_text_atomic
-from components.devices.onnxrt import write_onnx
+from components.devices.base import format_backend
 from components.devices.worker import describe_exit
 
-FORMATS = ("onnx", "tflite", "tflite_int8", "tflite_int16x8", "torch")
-QUANTISED = {"tflite_int8": "int8", "tflite_int16x8": "int16"}  # format -> activation type
+FORMATS = ("onnx", "tflite", "tflite_int8", "tflite_int16x8", "torch")  # each written by the backend that owns it
 FILE_NAMES = {"onnx": "model.onnx", "tflite": "model.tflite", "tflite_int8": "model.int8.tflite",
               "tflite_int16x8": "model.int16x8.tflite", "torch": "model.safetensors"}
 MANIFEST = "manifest.json"
@@ -78,7 +79,7 @@ def export(model_dir: Path, formats: list[str] | tuple[str, ...], out_dir: Path,
     files: dict[str, ExportedFile] = {}
     failures: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="export-", dir=out_dir) as scratch:
-        quantised = [f for f in formats if f in QUANTISED]
+        quantised = [f for f in formats if f in format_backend(f).calibrated]
         if quantised:
             if calibration is None or len(calibration) == 0:
                 raise ValueError(f"{quantised[0]} needs calibration windows")
@@ -127,29 +128,6 @@ def read_manifest(out_dir: Path) -> dict[str, ExportedFile]:
 # ---- the conversions (child process) ---------------------------------------------------------------------------
 
 
-def _write(model, fmt: str, target: Path, calibration: np.ndarray | None) -> None:
-    import torch
-
-    from components.profiling.items import Item
-
-    spec = model.spec
-    example = torch.zeros((1, *spec.input_shape), dtype=torch.float32)
-    if fmt == "onnx":
-        write_onnx(model, example, target, output_name="logits")
-    elif fmt == "tflite" or fmt in QUANTISED:
-        from components.devices.tflite import tflite_bytes
-
-        quantised = fmt in QUANTISED
-        target.write_bytes(tflite_bytes(Item(model=spec), model, calibration if quantised else None,
-                                        activations=QUANTISED.get(fmt, "int8")))
-    elif fmt == "torch":
-        from components.devices.torch_eager import write_torch_file
-
-        write_torch_file(model, target)
-    else:
-        raise ValueError(f"unknown export format {fmt!r}")
-
-
 def _main(argv: list[str]) -> int:
     fmt, model_dir, target = argv[0], Path(argv[1]), Path(argv[2])
     calibration = np.load(argv[3]) if len(argv) > 3 else None
@@ -158,7 +136,8 @@ def _main(argv: list[str]) -> int:
     from components import models
 
     torch.set_num_threads(1)
-    _write(models.load(model_dir), fmt, target, calibration)
+    backend = format_backend(fmt)
+    backend.write(models.load(model_dir), fmt, target, calibration if fmt in backend.calibrated else None)
     return 0
 
 

@@ -80,6 +80,7 @@ def run(params: Params, device_name: str, *, profile: Path, out: Place, pipeline
         ) -> FitResult:
     """Fit and evaluate device `device_name`'s latency model from its profile folder `profile`; write into `out`."""
     from components import tracking
+    from components.devices.base import get_backend
     from components.devices.pool import chosen
 
     cfg = params.fit_latency
@@ -92,8 +93,8 @@ def run(params: Params, device_name: str, *, profile: Path, out: Place, pipeline
     with tracking.stage_run(params, STAGE, pipeline_key, device=device.name) as mlrun:
         mlrun.log_params({"fit_latency": asdict(cfg), "device": device.to_dict(), "profile_table": str(table)})
         started = time.perf_counter()
-        if device.mcu is not None:
-            model, evaluation = AnalyticLatencyModel(device.name, device.runtime, device.mcu), None
+        if not get_backend(device.runtime).timed:  # computed, not timed: nothing to fit
+            model, evaluation = AnalyticLatencyModel(device), None
             metrics = _analytic_check(model, rows)
         else:
             fitting.check_fittable(rows, device.name, cfg)

@@ -34,6 +34,7 @@ import numpy as np
 
 from components.config import ConfigError, Params
 from components.data.outputs import write_text_atomic
+from components.devices.base import get_backend
 from components.validate_report import MODELS, failed_gates_text, flat_metrics, write_report
 
 if TYPE_CHECKING:
@@ -151,13 +152,10 @@ def run(params: Params, device_name: str, *, ingest: Path, train: Path, fit_late
 
 def host_runtime(device) -> tuple[str, int]:
     """The runtime and threads that run the device's exported files here (the device's backend says)."""
-    from components.devices.base import get_backend
-
     return get_backend(device.runtime).host_runtime(device)
 
 
 def _formats(cfg, device) -> tuple[str, ...]:
-    from components.devices.base import get_backend
     from components.export import FORMATS
 
     key = device.runtime
@@ -264,8 +262,6 @@ def _score(answer: dict, exported, y_test: np.ndarray, users: np.ndarray, torch_
 def _add_predictions(by_format: dict, spec, device, latency_model) -> None:
     """The latency model's prediction beside each measurement; a microcontroller's figures are computed."""
     predicted = latency_model.predict_model(spec) if latency_model is not None else None
-    from components.devices.base import get_backend
-
     backend = get_backend(device.runtime)
     for record in by_format.values():
         record["predicted_latency_ms"] = predicted
@@ -319,11 +315,11 @@ def check_gates(base: dict, comp: dict, device, g) -> list[Gate]:
     size = comp["bytes"] / base["bytes"]
     gates.append(Gate("size", size <= g.size_budget, size, g.size_budget,
                       f"{comp['bytes']} bytes vs the baseline's {base['bytes']}"))
-    if device.mcu is not None:
-        fits = comp["flash_bytes"] <= device.mcu.flash_bytes and comp["peak_sram_bytes"] <= device.mcu.sram_bytes
+    limits = get_backend(device.runtime).limits(device)
+    if limits:
+        fits = all(comp[key] <= limit for key, limit in limits.items())
         gates.append(Gate("fits_device", fits, None, None,
-                          f"flash {comp['flash_bytes']} of {device.mcu.flash_bytes} bytes, SRAM peak "
-                          f"{comp['peak_sram_bytes']} of {device.mcu.sram_bytes} bytes"))
+                          "; ".join(f"{key.replace('_', ' ')} {comp[key]} of {limit}" for key, limit in limits.items())))
     error = comp.get("latency_error")
     if comp["latency_method"] == "computed":
         gates.append(Gate("latency_prediction", None, None, g.max_latency_error,

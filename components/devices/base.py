@@ -4,8 +4,15 @@ A backend turns a profiled item (a layer or model description) into its
 runtime's format (`convert`, run in a subprocess because converters can
 crash), loads that artifact with a pinned thread count (`load`), and returns a
 `Runner` that predicts (for equality tests and validation) or binds one input
-for the timing loop. Backends whose numbers are computed rather than timed
-(the microcontroller model) set `timed = False` and implement `compute`.
+for the timing loop. It also writes a trained model in the whole-model
+formats it owns (`write`, what `export` runs in its child process) and loads
+them back (`load_file`, what `validate` runs).
+
+Backends whose numbers are computed rather than timed (the microcontroller
+model) set `timed = False` and implement `compute`; their hard resource
+limits (`limits`) are what compress keeps a model within and validate gates
+on. Stages ask the backend these questions instead of looking at the pool
+entry's runtime-specific sections.
 
 Third-party backends are named `package.module:Class` in the pool file.
 """
@@ -37,7 +44,8 @@ class Backend:
     runtime: str = ""
     timed: bool = True
     artifact_suffix: str = ""  # file the conversion writes, e.g. ".onnx"; "" when nothing is converted
-    formats: tuple[str, ...] = ()  # exported whole-model formats `load_file` reads (components.export.FORMATS)
+    formats: tuple[str, ...] = ()  # whole-model formats it writes (`write`) and reads (`load_file`)
+    calibrated: tuple[str, ...] = ()  # those of `formats` whose writing needs calibration windows (quantised)
 
     def convert(self, item: Item, artifact_path: Path) -> None:
         """Write the item in this runtime's format to `artifact_path` (no-op for runtimes that need none)."""
@@ -50,9 +58,27 @@ class Backend:
         raise BackendError(f"runtime {self.runtime or type(self).__name__} loads no exported model file "
                            f"(asked for {fmt})")
 
+    def write(self, model, fmt: str, target: Path, calibration: np.ndarray | None) -> None:
+        """Write the eval-mode torch `model`, taking a batch of one window, to `target` in format `fmt`.
+
+        `calibration` (training windows in the torch layout) is given for the
+        formats in `calibrated` and only those.
+        """
+        raise BackendError(f"runtime {self.runtime or type(self).__name__} writes no exported model file "
+                           f"(asked for {fmt})")
+
     def compute(self, item: Item, device) -> dict:
-        """Analytic figures for runtimes that are computed, not timed."""
+        """Analytic figures for runtimes that are computed, not timed: at least `latency_ms`, and one figure
+        per key of `limits`."""
         raise NotImplementedError
+
+    def limits(self, device) -> dict[str, int]:
+        """Hard limits of the part, keyed by the `compute` figure each bounds (none for a timed runtime)."""
+        return {}
+
+    def formula(self, device) -> str:
+        """How a computed runtime computes its latency, in a line or two (for the latency model's rules.txt)."""
+        return ""
 
     def check_device(self, device) -> None:
         """Refuse a pool entry this runtime cannot work with (raise ConfigError saying what it lacks)."""
@@ -75,6 +101,15 @@ _BUILTIN = {
 
 def known_runtimes() -> tuple[str, ...]:
     return tuple(_BUILTIN)
+
+
+def format_backend(fmt: str) -> Backend:
+    """The built-in backend that writes and reads exported files of format `fmt`."""
+    for runtime in _BUILTIN:
+        backend = get_backend(runtime)
+        if fmt in backend.formats:
+            return backend
+    raise BackendError(f"no runtime writes the export format {fmt!r}")
 
 
 def get_backend(runtime: str) -> Backend:

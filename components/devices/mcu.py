@@ -113,6 +113,15 @@ class McuBackend(Backend):
         layer = item.layer
         return _figures(flash_bytes(layer, mcu), layer_sram(layer, mcu), layer.macs, 1, mcu)
 
+    def limits(self, device) -> dict[str, int]:
+        return {"flash_bytes": device.mcu.flash_bytes, "peak_sram_bytes": device.mcu.sram_bytes}
+
+    def formula(self, device) -> str:
+        m = device.mcu
+        return "\n".join([
+            f"layer ms = (MACs * {m.cycles_per_mac:g} + {m.layer_overhead_cycles:g}) / {m.clock_hz:g} Hz * 1000",
+            "model ms = sum of its layers"])
+
     def check_device(self, device) -> None:
         if device.mcu is None:
             from components.config import ConfigError

@@ -54,6 +54,14 @@ class OnnxRuntimeBackend(Backend):
 
         write_onnx(reference_module(item), torch.from_numpy(example_input(item)), artifact_path)
 
+    def write(self, model, fmt: str, target: Path, calibration: np.ndarray | None) -> None:
+        import torch
+
+        if fmt != "onnx":
+            raise BackendError(f"onnxruntime writes ONNX files only, not {fmt}")
+        write_onnx(model, torch.zeros((1, *model.spec.input_shape), dtype=torch.float32), target,
+                   output_name="logits")
+
     def load(self, item: Item, artifact_path: Path | None, threads: int) -> _OrtRunner:
         return self.load_file(Path(artifact_path), "onnx", threads)
 

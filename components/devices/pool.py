@@ -67,6 +67,13 @@ def load_pool(path: Path) -> dict[str, Device]:
     return pool
 
 
+def device_from_dict(entry: dict, where: str) -> Device:
+    """A pool entry as `Device.to_dict` wrote it (a saved latency model keeps the entry it computes for)."""
+    if not isinstance(entry, dict) or "name" not in entry:
+        raise ConfigError(f"{where}: expected a pool entry with its name")
+    return _device(str(entry["name"]), entry, where)
+
+
 def _device(name: str, entry: dict, where: str) -> Device:
     data = {**_OPTIONAL, **entry, "name": name}
     device = build_dataclass(Device, data, where)

@@ -29,6 +29,7 @@ import numpy as np
 from components.devices.base import Backend, BackendError
 from components.profiling.items import Item
 
+_ACTIVATIONS = {"tflite_int8": "int8", "tflite_int16x8": "int16"}  # quantised export format -> activation type
 _CHANNELS_LAST = (0, 2, 1)  # [instances, channels, length] <-> [instances, length, channels]; its own inverse
 
 
@@ -138,11 +139,19 @@ class TfliteBackend(Backend):
     runtime = "tflite"
     artifact_suffix = ".tflite"
     formats = ("tflite", "tflite_int8", "tflite_int16x8")
+    calibrated = ("tflite_int8", "tflite_int16x8")
 
     def convert(self, item: Item, artifact_path: Path) -> None:
         from components.devices.reference import reference_module
 
         Path(artifact_path).write_bytes(tflite_bytes(item, reference_module(item)))
+
+    def write(self, model, fmt: str, target: Path, calibration: np.ndarray | None) -> None:
+        if fmt not in self.formats:
+            raise BackendError(f"tflite writes {' or '.join(self.formats)} files only, not {fmt}")
+        quantised = fmt in self.calibrated
+        Path(target).write_bytes(tflite_bytes(Item(model=model.spec), model, calibration if quantised else None,
+                                              activations=_ACTIVATIONS.get(fmt, "int8")))
 
     def load(self, item: Item, artifact_path: Path | None, threads: int) -> _TfliteRunner:
         if artifact_path is None:

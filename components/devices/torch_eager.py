@@ -44,6 +44,11 @@ class TorchEagerBackend(Backend):
         torch.set_num_threads(threads)
         return _TorchRunner(reference_module(item))
 
+    def write(self, model, fmt: str, target: Path, calibration: np.ndarray | None) -> None:
+        if fmt != "torch":
+            raise BackendError(f"torch writes its own safetensors export only, not {fmt}")
+        write_torch_file(model, target)
+
     def load_file(self, path: Path, fmt: str, threads: int) -> _TorchRunner:
         import torch
 

@@ -15,8 +15,9 @@ architecture were timed, a local correction follows (`Residuals`): what the
 formula got wrong on the timed models near the one asked about, in widths,
 multiplies the prediction; far from every timed model it fades to nothing.
 That is what makes the model right where compression ends once the
-structures the search visited have been timed (compress's refit rounds). The microcontroller target has its
-analytic model instead (`AnalyticLatencyModel`), passed through unchanged.
+structures the search visited have been timed (compress's refit rounds). A device whose backend computes
+its figures instead of timing them (the microcontroller) has an analytic model (`AnalyticLatencyModel`):
+it asks the backend, and saves the pool entry it asks about.
 
 Saved as JSON (never pickled) with a format version; `load` refuses a file
 it does not understand.
@@ -30,11 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from components.devices import mcu as mcu_model
-from components.devices.pool import McuSpec
+from components.devices.base import get_backend
+from components.devices.pool import Device, device_from_dict
 from components.latency.features import layer_values, matrix
 from components.latency.tree import LinearTree
 from components.models.spec import LayerSpec, ModelSpec
+from components.profiling.items import Item
 
 MODEL_FILE, RULES_FILE = "latency_model.json", "rules.txt"  # a saved latency model, and its rules to read
 REFITTED_DIR = "latency"  # beside a compressed model's folder: the latency model compress refitted and steered by
@@ -204,39 +206,39 @@ class LatencyModel:
 
 
 class AnalyticLatencyModel:
-    """The microcontroller's computed model (components/devices/mcu.py), behind the same interface."""
+    """A computed device's model, behind the same interface: its backend's `compute` figures, nothing fitted."""
 
     method = "analytic"
 
-    def __init__(self, device: str, runtime: str, mcu: McuSpec):
-        self.device, self.runtime, self.mcu = device, runtime, mcu
+    def __init__(self, device: Device):
+        self.pool_entry = device
+        self.device, self.runtime = device.name, device.runtime
+        self.backend = get_backend(device.runtime)
+        if self.backend.timed:
+            raise ValueError(f"device {device.name}: runtime {device.runtime} is timed; fit its latency model")
         self.kinds: dict[str, KindModel] = {}
         self.fallback_kinds: list[str] = []
 
     def predict(self, layer: LayerSpec) -> float:
-        return mcu_model.latency_ms(layer.macs, 1, self.mcu)
+        return float(self.backend.compute(Item(layer=layer), self.pool_entry)["latency_ms"])
 
     def predict_layers(self, layers) -> np.ndarray:
         return np.array([self.predict(layer) for layer in layers])
 
     def predict_model(self, spec: ModelSpec) -> float:
-        return mcu_model.latency_ms(spec.macs, len(spec.layers), self.mcu)
+        return float(self.resources(spec)["latency_ms"])
 
     def resources(self, spec: ModelSpec) -> dict:
-        """Flash, peak SRAM, MACs and latency of a whole model on this microcontroller."""
-        return mcu_model.model_resources(spec, self.mcu)
+        """The backend's figures for a whole model (for the microcontroller: flash, peak SRAM, MACs, latency)."""
+        return self.backend.compute(Item(model=spec), self.pool_entry)
 
     def rules(self) -> str:
-        m = self.mcu
-        return "\n".join([
-            f"# latency model of device {self.device} ({self.runtime}): analytic, computed from the graph, "
-            "never timed",
-            f"layer ms = (MACs * {m.cycles_per_mac:g} + {m.layer_overhead_cycles:g}) / {m.clock_hz:g} Hz * 1000",
-            "model ms = sum of its layers", ""])
+        title = f"# latency model of device {self.device} ({self.runtime}): analytic, computed from the graph, never timed"
+        return "\n".join([title, self.backend.formula(self.pool_entry), ""])
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "method": self.method, "device": self.device, "runtime": self.runtime,
-                "mcu": asdict(self.mcu)}
+                "pool_entry": self.pool_entry.to_dict()}
 
     def save(self, path: Path) -> None:
         from components.data.outputs import write_text_atomic
@@ -248,7 +250,7 @@ def from_dict(d: dict) -> LatencyModel | AnalyticLatencyModel:
     if d.get("format") != FORMAT:
         raise ValueError(f"not a latency model of format {FORMAT!r} (found {d.get('format')!r})")
     if d["method"] == "analytic":
-        return AnalyticLatencyModel(d["device"], d["runtime"], McuSpec(**d["mcu"]))
+        return AnalyticLatencyModel(device_from_dict(d["pool_entry"], "the saved pool entry"))
     kinds = {k: KindModel(LinearTree.from_dict(m["tree"]), m.get("fallback", "")) for k, m in d["kinds"].items()}
     residuals = Residuals.from_dict(d["residuals"]) if d.get("residuals") else None
     return LatencyModel(d["device"], d["runtime"], kinds, Overhead(**d["overhead"]), d.get("info", {}), residuals)

@@ -1,20 +1,21 @@
-"""What compression minimises: parameters (DeepIoT), a device's predicted latency (FastDeepIoT), MCU resources.
+"""What compression minimises: parameters (DeepIoT), a device's predicted latency (FastDeepIoT), computed figures.
 
 A cost reads a model description with some widths changed and returns one
 number in its own unit; the compressor works with it relative to the
 baseline's (`relative`), so a budget of 0.07 means "7 % of the baseline's
-parameters" or "7 % of its predicted milliseconds". The microcontroller cost
-(Liberis & Lane) also has hard limits: a description whose flash or peak
-SRAM does not fit the part never meets the budget, whatever its MACs.
+parameters" or "7 % of its predicted milliseconds". A device whose backend
+computes its figures (the microcontroller, after Liberis & Lane) is steered
+by the computed milliseconds and also has the backend's hard limits: a
+description whose flash or peak SRAM does not fit the part never meets the
+budget, whatever its latency.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from components.devices import mcu as mcu_model
-from components.devices.pool import McuSpec
 from components.models.spec import ModelConfigError, ModelSpec
+from components.profiling.items import Item
 from components.pruning.groups import check_supported, input_sources
 
 
@@ -76,23 +77,30 @@ class LatencyCost(Cost):
         return float(self.model.predict_model(spec))
 
 
-class McuCost(Cost):
-    """MACs relative to the baseline's, with flash and peak SRAM as hard limits of the part."""
+class ComputedCost(Cost):
+    """A computed (never timed) device's milliseconds, as its backend computes them, within its hard limits.
 
-    name, unit = "mcu", "macs"
+    Named after the runtime (`mcu`), so its budget is `compress.budget.<runtime>`.
+    """
 
-    def __init__(self, baseline: ModelSpec, mcu: McuSpec):
-        self.mcu = mcu
+    unit = "ms"
+
+    def __init__(self, baseline: ModelSpec, backend, device):
+        self.name = backend.runtime
+        self.backend, self.device = backend, device
+        self.limits = backend.limits(device)
         super().__init__(baseline)
 
+    def figures(self, spec: ModelSpec) -> dict:
+        return self.backend.compute(Item(model=spec), self.device)
+
     def value(self, spec: ModelSpec) -> float:
-        return float(spec.macs)
+        return float(self.figures(spec)["latency_ms"])
 
     def fits(self, spec: ModelSpec) -> bool:
-        figures = mcu_model.model_resources(spec, self.mcu)
-        return figures["fits_flash"] and figures["fits_sram"]
+        figures = self.figures(spec)
+        return all(figures[key] <= limit for key, limit in self.limits.items())
 
     def describe(self, spec: ModelSpec) -> dict[str, float]:
-        figures = mcu_model.model_resources(spec, self.mcu)
-        return {"macs": figures["macs"], "flash_bytes": figures["flash_bytes"],
-                "peak_sram_bytes": figures["peak_sram_bytes"], "latency_ms": figures["latency_ms"]}
+        figures = self.figures(spec)
+        return {key: figures[key] for key in ("macs", *self.limits, "latency_ms") if key in figures}

@@ -72,6 +72,7 @@ def test_microcontroller_passes_its_analytic_model_through(make_params, tmp_path
     assert isinstance(model, AnalyticLatencyModel)
     layer = LayerSpec("x", "conv1d", 6, 32, 3, 1, 16, 8)
     assert model.predict(layer) == mcu.latency_ms(layer.macs, 1, device.mcu)
+    assert model.pool_entry == device and "5000) / 6.4e+07 Hz" in model.rules()  # the saved entry, its formula
     assert result.metrics["analytic_max_rel_error"] < 1e-12 and result.metrics["method"] == "analytic"
 
 

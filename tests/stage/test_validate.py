@@ -13,8 +13,8 @@ import torch
 
 from components import models, validate
 from components.config import ConfigError, GateParams
-from components.devices.base import get_backend
 from components.data.checksums import ChecksumMismatch, verify
+from components.devices.base import get_backend
 from components.export import export, read_manifest
 from components.stages import Place
 from tests.conftest import synthetic_task
@@ -180,7 +180,7 @@ def _record(**kw):
             "bytes": 1000, "predicted_latency_ms": 1.0, "latency_error": 0.0} | kw
 
 
-DEVICE = SimpleNamespace(mcu=None)
+DEVICE = SimpleNamespace(runtime="onnxruntime", mcu=None)
 
 
 def _verdicts(base, comp, device=DEVICE):
@@ -225,10 +225,14 @@ def test_a_microcontroller_model_too_big_for_the_part_fails_fits_device():
     computed = {"latency_method": "computed", "latency_error": None}
     base = _record(**computed, flash_bytes=4000, peak_sram_bytes=50)
     fits = _record(**computed, bytes=400, flash_bytes=400, peak_sram_bytes=100)
-    assert _verdicts(base, fits, SimpleNamespace(mcu=mcu))["fits_device"] is True
+    part = SimpleNamespace(runtime="mcu", mcu=mcu)  # the backend names the limits; the pool entry sets them
+    assert _verdicts(base, fits, part)["fits_device"] is True
     too_big = fits | {"peak_sram_bytes": 101}
-    verdicts = _verdicts(base, too_big, SimpleNamespace(mcu=mcu))
+    verdicts = _verdicts(base, too_big, part)
     assert verdicts["fits_device"] is False and verdicts["latency_prediction"] is None
+    gate = next(g for g in validate.check_gates(base, too_big, part, GATES) if g.name == "fits_device")
+    assert gate.detail == "flash bytes 400 of 1000; peak sram bytes 101 of 100"
+    assert "fits_device" not in _verdicts(base, fits)  # a timed runtime has no hard limits
 
 
 def test_a_report_cell_with_a_pipe_does_not_break_the_markdown_table():

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from components.devices.base import get_backend
 from components.devices.pool import load_pool
 from components.latency.model import AnalyticLatencyModel
 from components.models import build
 from components.models.plain import mlp_spec
 from components.models.spec import ModelConfigError
 from components.pruning.baselines import l1_keep, nudge_widths, uniform_widths
-from components.pruning.costs import LatencyCost, McuCost, ParamsCost, resized_spec
+from components.pruning.costs import ComputedCost, LatencyCost, ParamsCost, resized_spec
 from components.pruning.deepiot import (
     Critic,
     DeepIoTSearch,
@@ -60,13 +61,16 @@ def test_costs_are_relative_to_the_baseline_and_check_their_device_and_limits():
     half = resized_spec(spec, {"dense1": 24, "dense2": 16})
     assert params.relative(spec) == 1.0 and half.layer("dense2").in_features == 24
     assert params.relative(half) == pytest.approx(half.params / spec.params)
-    mcu = load_pool(PROJECT_ROOT / "infra" / "devices.yaml")["cortex-m4"].mcu
-    latency = LatencyCost(spec, AnalyticLatencyModel("cortex-m4", "mcu", mcu), "cortex-m4")
+    part = load_pool(PROJECT_ROOT / "infra" / "devices.yaml")["cortex-m4"]
+    latency = LatencyCost(spec, AnalyticLatencyModel(part), "cortex-m4")
     assert latency.relative(half) < 1.0
     with pytest.raises(ModelConfigError, match="latency model is for device 'cortex-m4', not 'ort-1t'"):
-        LatencyCost(spec, AnalyticLatencyModel("cortex-m4", "mcu", mcu), "ort-1t")
-    tiny_part = McuCost(spec, mcu.__class__(**{**mcu.__dict__, "flash_bytes": 1000}))
-    assert not tiny_part.fits(spec) and McuCost(spec, mcu).fits(spec)
+        LatencyCost(spec, AnalyticLatencyModel(part), "ort-1t")
+    computed = ComputedCost(spec, get_backend("mcu"), part)
+    assert computed.relative(half) == pytest.approx(latency.relative(half))  # the backend's milliseconds
+    assert set(computed.describe(half)) == {"macs", "flash_bytes", "peak_sram_bytes", "latency_ms"}
+    tiny = replace(part, mcu=replace(part.mcu, flash_bytes=1000))
+    assert not ComputedCost(spec, get_backend("mcu"), tiny).fits(spec) and computed.fits(spec)
 
 
 def _task(n=3000, seed=0):
