@@ -117,14 +117,44 @@ def build_context(root: Path = ROOT, dockerignore: Path = ROOT / ".dockerignore"
     return {path.replace(os.sep, "/") for path in exclude_paths(str(root), patterns)}
 
 
+_VALUED_OPTIONS = {"--python", "-p", "-r", "--requirement", "-c", "--constraint", "-i", "--index-url",
+                   "--extra-index-url", "--index-strategy", "-t", "--target", "-e", "--editable"}
+
+
+def unpinned_uv_installs(script: str) -> list[str]:
+    """Packages a `uv pip install` takes neither pinned (==) nor from a lock (-r/-c): hadolint's DL3013
+    reads plain `pip install` only. A local path (`.`, `-e .`) is the project itself."""
+    found = []
+    for command in re.split(r"&&|;|\|\|", script):
+        words = shlex.split(command)
+        if words[:3] != ["uv", "pip", "install"]:
+            continue
+        options, packages, skip = set(), [], False
+        for word in words[3:]:
+            if skip:
+                skip = False
+            elif word.startswith("-"):
+                options.add(word.split("=", 1)[0])
+                skip = word in _VALUED_OPTIONS
+            else:
+                packages.append(word)
+        locked = options & {"-r", "--requirement", "-c", "--constraint"}
+        found += [p for p in packages if "==" not in p and not p.startswith((".", "/")) and not locked]
+    return found
+
+
 def dockerfile_policy(text: str, context: set[str]) -> list[str]:
-    """What hadolint leaves open: exact base images, a non-root final user, COPY sources in the build context."""
+    """What hadolint leaves open: exact base images, a non-root final user, COPY sources in the build context,
+    versions pinned in `uv pip install`."""
     findings, stages, user = [], set(), None
     if (syntax := re.match(r"#\s*syntax=(\S+)", text)) and (problem := image_problem(syntax[1])):
         findings.append(f"syntax directive {problem}")
     for keyword, args in instructions(text):
+        if keyword == "RUN":
+            findings += [f"uv pip install {p}: pin a version (==) or install from the lock (-r)"
+                         for p in unpinned_uv_installs(args)]
         if keyword not in ("FROM", "USER", "COPY"):
-            continue  # RUN scripts need not split as shell words
+            continue  # RUN scripts need not split as shell words otherwise
         tokens = json.loads(args) if args.startswith("[") else shlex.split(args)
         words = [t for t in tokens if not t.startswith("--")]
         if keyword == "FROM":
@@ -206,6 +236,9 @@ def test_hadolint_reports_a_bad_dockerfile(code, dockerfile):
     ("COPY no-such-folder: not in the build context", GOOD + "COPY no-such-folder/ /app/\n"),
     ("COPY .venv: not in the build context", GOOD + "COPY .venv/ /app/.venv/\n"),
     ("COPY tests: not in the build context", GOOD + "COPY [\"tests/\", \"/app/tests/\"]\n"),
+    ("uv pip install mlflow: pin a version", GOOD + "RUN uv pip install --system --no-cache mlflow\n"),
+    ("uv pip install boto3: pin a version",
+     GOOD + "RUN uv venv /v && uv pip install --python /v/bin/python mlflow==3.17.2 boto3\n"),
 ])
 def test_the_dockerfile_policy_reports_a_bad_dockerfile(expected, dockerfile):
     findings = dockerfile_policy(dockerfile, build_context())
