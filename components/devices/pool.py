@@ -6,32 +6,30 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import yaml
-
-from components.config import ConfigError, build_dataclass
+from components.config import ConfigError, build_dataclass, checked, read_yaml
 
 
 @dataclass(frozen=True)
 class McuSpec:
-    sram_bytes: int
-    flash_bytes: int
-    clock_hz: int
-    cycles_per_mac: float
-    layer_overhead_cycles: int
-    weight_bytes: int
-    bias_bytes: int
-    activation_bytes: int
+    sram_bytes: int = checked(gt=0)
+    flash_bytes: int = checked(gt=0)
+    clock_hz: int = checked(gt=0)
+    cycles_per_mac: float = checked(gt=0)
+    layer_overhead_cycles: int = checked(ge=0)  # 0: no fixed cost per layer
+    weight_bytes: int = checked(gt=0)
+    bias_bytes: int = checked(gt=0)
+    activation_bytes: int = checked(gt=0)
 
 
 @dataclass(frozen=True)
 class Device:
     name: str
     runtime: str
-    threads: int
+    threads: int = checked(ge=1)
     queue: str
     pool: str
     reach: str
-    cpus: tuple[int, ...] = ()
+    cpus: tuple[int, ...] = checked(ge=0, default=())
     mcu: McuSpec | None = None
 
     def pinned_cpus(self) -> tuple[int, ...]:
@@ -50,15 +48,13 @@ _OPTIONAL = {"cpus": [], "mcu": None}
 
 def load_pool(path: Path) -> dict[str, Device]:
     """Every device in the pool file, by name, in file order."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: device pool file not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    raw = read_yaml(path, "device pool file")  # a device named twice is refused, not the last one kept
     entries = raw.get("devices") if isinstance(raw, dict) else None
     if not isinstance(entries, dict) or not entries:
         raise ConfigError(f"{path}: expected a non-empty mapping `devices: {{name: entry}}`")
+    other = sorted(set(raw) - {"devices"}, key=str)
+    if other:
+        raise ConfigError(f"{path}: {other[0]}: unknown key (the pool file holds `devices` only)")
     pool = {}
     for name, entry in entries.items():
         if not isinstance(entry, dict):
@@ -77,8 +73,6 @@ def device_from_dict(entry: dict, where: str) -> Device:
 def _device(name: str, entry: dict, where: str) -> Device:
     data = {**_OPTIONAL, **entry, "name": name}
     device = build_dataclass(Device, data, where)
-    if device.threads < 1:
-        raise ConfigError(f"{where}.threads: must be at least 1")
     if device.cpus and len(device.cpus) != device.threads:
         raise ConfigError(f"{where}.cpus: {len(device.cpus)} cores listed for {device.threads} threads")
     if (device.runtime == "mcu") != (device.mcu is not None):
