@@ -95,6 +95,7 @@ def build_card(*, dataset: str, meta: pd.DataFrame, label_names, sensors, units,
         "sampling_rate_hz": stats.get("sampling_rate_hz") or {"nominal": sample_rate_hz},
         "rows_per_file": stats.get("rows_per_file", {}),
         "resampling": stats.get("resampling", {}),
+        "time_order": stats.get("time_order", {}),  # file -> rows that stepped back in time and were re-sorted
         "split": split_info,
         "sources": sources,
         "data_hash": data_hash,
@@ -130,6 +131,12 @@ def card_markdown(card: dict[str, Any]) -> str:
     if card["rows_per_file"]:
         lines += ["## Rows read", "", "| file | rows |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in card["rows_per_file"].items()] + [""]
+    if card.get("time_order"):
+        lines += ["## Rows re-sorted by time", "", "Rows that step back in time from the previous row of their device "
+                  "were put back in time order before resampling.", "",
+                  "| file | rows | blocks | largest backstep (ms) | beyond tolerance |", "|---|---|---|---|---|"]
+        lines += [f"| {k} | {v['rows_re_sorted']} | {v['blocks']} of {v['blocks_read']} | {v['largest_backstep_ms']} | "
+                  f"{v['rows_beyond_tolerance']} |" for k, v in card["time_order"].items()] + [""]
     lines += ["## Sources (sha256)", ""] + [f"- `{k}`: `{v}`" for k, v in card["sources"].items()] + [""]
     lines += ["## Notes", ""] + [f"- {n}" for n in card["notes"]]
     return "\n".join(lines) + "\n"

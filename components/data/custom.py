@@ -122,6 +122,8 @@ def ingest_custom(params: Params, writer: WindowWriter, validator: Validator) ->
             writer.add(signal.reshape(len(signal), len(sensors), axes, length), meta)
         counts.rows += len(block)
         log.info("custom: %s, %d rows so far", path.name, counts.rows)
+    if counts.rows == 0:
+        raise DataError(path, "the file holds no data rows" + (" (only a header)" if fmt == "csv" else ""))
     if not validator.report.success:
         raise ValidationFailed(validator.report)
     labels = tuple(sorted(counts.label_ids, key=counts.label_ids.get))
@@ -171,23 +173,34 @@ def _blocks(path: Path, fmt: str, cfg: CustomParams, value_columns: list[str]) -
     """Blocks of the mapped columns only, values as float64, indexed by file line (CSV) or row (Parquet)."""
     needed = _needed(cfg, value_columns)
     numeric = {c for c, role in needed.items() if role in ("value", "time")}
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
+    blocks = _parquet_blocks if fmt == "parquet" else _csv_blocks
+    yield from blocks(path, cfg, needed, numeric)
 
+
+def _parquet_blocks(path: Path, cfg: CustomParams, needed: dict[str, str], numeric: set[str]
+                    ) -> Iterator[pd.DataFrame]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
         parquet = pq.ParquetFile(path)
-        _check_columns(path, parquet.schema_arrow.names, needed)
-        for name in numeric:
-            kind = parquet.schema_arrow.field(name).type
-            if not (str(kind).startswith(("int", "uint", "float", "double", "decimal"))):
-                raise DataError(path, f"column {name!r} holds {kind}, not numbers")
-        line = 1
+    except (pa.ArrowException, OSError) as exc:  # empty, truncated (no footer) or not Parquet at all
+        raise DataError(path, f"not a readable Parquet file ({exc}); is it truncated?") from None
+    _check_columns(path, parquet.schema_arrow.names, needed)
+    for name in numeric:
+        kind = parquet.schema_arrow.field(name).type
+        if not (str(kind).startswith(("int", "uint", "float", "double", "decimal"))):
+            raise DataError(path, f"column {name!r} holds {kind}, not numbers")
+    line = 1
+    try:
         for batch in parquet.iter_batches(batch_size=cfg.chunk_rows, columns=list(needed)):
             frame = _typed(batch.to_pandas(), numeric)
             frame.index = pd.RangeIndex(line, line + len(frame), name="row")
             yield frame
             line += len(frame)
-        return
-    yield from _csv_blocks(path, cfg, needed, numeric)
+    except (pa.ArrowException, OSError) as exc:  # a damaged page behind an intact footer
+        raise DataError(path, f"cannot read past this point ({exc}); is the file damaged?",
+                        f"from row {line}") from None
 
 
 def _csv_blocks(path: Path, cfg: CustomParams, needed: dict[str, str], numeric: set[str]
@@ -195,8 +208,11 @@ def _csv_blocks(path: Path, cfg: CustomParams, needed: dict[str, str], numeric: 
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    with open(path, encoding="utf-8", errors="replace") as f:
-        header = [c.strip().strip('"') for c in f.readline().rstrip("\r\n").split(",")]
+    with open(path, encoding="utf-8-sig", errors="replace") as f:  # a leading byte-order mark is legal: skip it
+        first = f.readline()
+    if not first.strip():
+        raise DataError(path, "the file is empty (no header line)", "line 1")
+    header = [c.strip().strip('"') for c in first.rstrip("\r\n").split(",")]
     _check_columns(path, header, needed)
     types = {c: pa.float64() if c in numeric else pa.string() for c in needed}
     line = 2
@@ -217,7 +233,7 @@ def _locate_csv_error(path: Path, header: list[str], numeric: set[str], from_lin
     import csv
 
     index = {c: header.index(c) for c in numeric}
-    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
         for number, fields in enumerate(csv.reader(f), start=1):
             if number < max(from_line, 2):
                 continue

@@ -10,7 +10,9 @@ Quirks handled here rather than downstream:
   header line decides the delimiter);
 - `Creation_Time` written in spreadsheet E-notation (`1.42469663191325E+018`):
   parsed as float64 nanoseconds, which is all the precision such a file has;
-- the literal label `null` stays a string (it is a class, not a missing value).
+- the literal label `null` stays a string (it is a class, not a missing value);
+- a UTF-8 byte-order mark in front of the header (a spreadsheet's "CSV UTF-8"):
+  legal, read as UTF-8 (`utf-8-sig`), never taken as part of the first name.
 
 Every block carries the file line numbers of its rows, and every error names
 the file and the line.
@@ -79,9 +81,10 @@ class CsvInfo:
 
 
 def _open_text(path: Path) -> io.TextIOBase:
+    """The file as text; `utf-8-sig` drops a leading byte-order mark (the header line is the only one it can lead)."""
     if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", errors="replace")
+    return open(path, encoding="utf-8-sig", errors="replace")
 
 
 def read_header(path: Path) -> tuple[str, list[str]]:

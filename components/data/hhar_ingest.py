@@ -40,6 +40,43 @@ def _raw_root(params: Params) -> Path:
     return target if target.exists() else extract_zip(archive, target)
 
 
+@dataclass
+class TimeOrder:
+    """Rows of a file that step back in time from the previous row of their device.
+
+    The resampler sorts every block by time, so such rows are put back in order (or, if their interval
+    was already emitted, dropped and counted as late): a repair the log and the data card must show.
+    """
+
+    rows: int = 0
+    blocks: int = 0  # blocks holding at least one such row
+    blocks_read: int = 0
+    largest_backstep_ms: float = 0.0
+    rows_beyond_tolerance: int = 0  # stepping back by more than max_time_backstep_ms (the expectation counts them)
+
+    def add(self, steps_ms: np.ndarray, tolerance_ms: float) -> None:
+        back = steps_ms[steps_ms < 0]
+        self.blocks_read += 1
+        if len(back):
+            self.rows += len(back)
+            self.blocks += 1
+            self.largest_backstep_ms = max(self.largest_backstep_ms, float(-back.min()))
+            self.rows_beyond_tolerance += int((back < -tolerance_ms).sum())
+
+    def card(self) -> dict:
+        return {"rows_re_sorted": self.rows, "blocks": self.blocks, "blocks_read": self.blocks_read,
+                "largest_backstep_ms": round(self.largest_backstep_ms, 3),
+                "rows_beyond_tolerance": self.rows_beyond_tolerance}
+
+    def warn(self, path: Path, tolerance_ms: float) -> None:
+        if self.rows:
+            log.warning("%s: %d row(s) in %d of %d block(s) step back in time from the previous row of their device "
+                        "(largest backstep %.3f ms; %d beyond the %g ms tolerance); re-sorted by Creation_Time "
+                        "before resampling: see time_order (and resampling.rows_late) in the data card",
+                        path, self.rows, self.blocks, self.blocks_read, self.largest_backstep_ms,
+                        self.rows_beyond_tolerance, tolerance_ms)
+
+
 @dataclass(frozen=True)
 class RawIngest:
     label_names: tuple[str, ...]
@@ -58,6 +95,8 @@ def ingest_hhar_raw(params: Params, writer: WindowWriter, validator: Validator) 
     sources: dict[str, str] = {}
     notes: list[str] = []
     rows_per_file: dict[str, int] = {}
+    time_order: dict[str, dict] = {}
+    tolerance_ms = cfg.expectations.max_time_backstep_ms
     block_bytes = max(1 << 16, raw.chunk_rows * 100)  # ~80-110 bytes of text per row
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ingest-spill-", dir=writer.directory.parent) as spill_root:
@@ -72,8 +111,10 @@ def ingest_hhar_raw(params: Params, writer: WindowWriter, validator: Validator) 
                 info = hhar_csv.CsvInfo(path)
                 last_time: dict[str, float] = {}
                 class_rows: dict[str, int] = {}
+                order = TimeOrder()
                 for i, frame in enumerate(_progress(hhar_csv.iter_blocks(path, block_bytes, info), path)):
                     frame["time_step_ms"] = _time_steps(frame, last_time)
+                    order.add(frame["time_step_ms"].to_numpy(), tolerance_ms)
                     # The reader fixes the columns and their types for the whole file: check them on its
                     # first block; later blocks only carry the columns the value expectations read.
                     checked = frame if i == 0 else frame[list(_VALUE_COLUMNS)]
@@ -84,6 +125,9 @@ def ingest_hhar_raw(params: Params, writer: WindowWriter, validator: Validator) 
                 _validate_class_rows(validator, sensor, path, class_rows, cfg)
                 sources[_shown(path, root)] = info.sha256
                 rows_per_file[_shown(path, root)] = info.rows
+                order.warn(path, tolerance_ms)
+                if order.rows:
+                    time_order[_shown(path, root)] = order.card()
                 notes += [f"{path.name}: {n}" for n in info.notes]
             resampler.finish()
             spills.append(spill)
@@ -101,6 +145,7 @@ def ingest_hhar_raw(params: Params, writer: WindowWriter, validator: Validator) 
         "sampling_rate_hz": _rates(groups, resamplers, raw.interval_s),
         "resampling": {s: {k: v for k, v in vars(r.stats).items() if k != "rows_per_interval"}
                        for s, r in zip(SENSORS, resamplers)},
+        "time_order": time_order,
     }
     return RawIngest(label_names, sources, notes, card_stats, round(time.perf_counter() - started, 3))
 
@@ -164,7 +209,8 @@ def _raw_row_suite(validator: Validator, sensor: str, cfg: IngestParams) -> tupl
         E.ExpectColumnValuesToNotBeNull(column="User"),
         E.ExpectColumnValuesToNotBeNull(column="Device"),
         # Real HHAR files have rare clock steps backwards and watch rows logged in reversed
-        # bursts; the resampler sorts by time, so only a file that is mostly out of order fails.
+        # bursts; the resampler sorts by time (TimeOrder logs and cards it), so only a file that is mostly
+        # out of order fails.
         E.ExpectColumnValuesToBeBetween(column="time_step_ms", min_value=-ex.max_time_backstep_ms,
                                         mostly=ex.time_monotonic_mostly),
     ]

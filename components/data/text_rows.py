@@ -33,6 +33,8 @@ def read_numeric(path: Path, columns: int, delimiter: str = " ", what: str = "va
                                                  strings_can_be_null=False, quoted_strings_can_be_null=False),
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        if "Empty CSV file" in str(exc):
+            raise DataError(path, f"the file is empty (expected rows of {columns} {what})") from None
         raise locate_bad_line(path, columns, delimiter, what) or DataError(path, f"unreadable: {exc}") from None
     if table.num_rows == 0:
         raise DataError(path, "the file holds no rows")
@@ -44,8 +46,11 @@ def read_numeric(path: Path, columns: int, delimiter: str = " ", what: str = "va
 
 
 def locate_bad_line(path: Path, columns: int, delimiter: str, what: str) -> DataError | None:
-    """The first line that does not hold `columns` numbers, as a DataError; None if every line does."""
-    with open(path, encoding="utf-8", errors="replace") as f:
+    """The first line that does not hold `columns` numbers, as a DataError; None if every line does.
+
+    `utf-8-sig`: a leading byte-order mark is legal (pyarrow skips it too) and no part of the first value.
+    """
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         for number, line in enumerate(f, start=1):
             text = line.rstrip("\r\n")
             fields = text.split(delimiter)

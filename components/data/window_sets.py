@@ -54,28 +54,67 @@ class WindowSet:
     published_split: np.ndarray | None = None  # "train"/"test" per window when users are unknown
 
 
-def load_legacy_pt(path: Path) -> dict[str, np.ndarray]:
-    """Read an AdaTime `.pt` file (a pickled dict of numpy arrays) without running pickled code."""
-    import torch
+# Every global a pickle of plain numeric numpy arrays names, and nothing else: the array rebuilder under
+# numpy 1's name and numpy 2's (numpy 2 moved numpy.core to numpy._core), the array and dtype classes, and
+# the class of each numeric dtype (the unpickler rebuilds a dtype's state only for an allowed class).
+_NUMPY_ARRAY_GLOBALS = ("numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct")
+_NUMERIC_DTYPES = ("?", "f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8")
+_NUMERIC_KINDS = "biuf"  # bool, signed and unsigned integers, floats
+_BUILD_REFUSED = re.compile(r"but got <class '([\w.]+)'>")
+
+
+def _array_globals() -> list:
+    """The allow-list handed to torch's weights-only unpickler (anything else in the file is refused)."""
     from numpy._core.multiarray import _reconstruct
+
+    allowed: list = [(_reconstruct, name) for name in _NUMPY_ARRAY_GLOBALS] + [np.ndarray, np.dtype]
+    return allowed + [type(np.dtype(c)) for c in _NUMERIC_DTYPES]
+
+
+def load_legacy_pt(path: Path) -> dict[str, np.ndarray]:
+    """Read an AdaTime `.pt` file (a pickled dict of numeric arrays) without running pickled code."""
+    import torch
     from torch.serialization import safe_globals
 
-    allowed = [(_reconstruct, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype]
-    allowed += [type(np.dtype(c)) for c in ("f4", "f8", "i4", "i8", "i2", "u1")]
+    _check_pt_container(path)
     try:
-        with safe_globals(allowed):
+        with safe_globals(_array_globals()):
             obj = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # torch wraps every unpickling failure in its own types
-        boilerplate = ("Weights only load failed", "Check the documentation", "(1)", "(2)", "Please use")
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith(boilerplate)]
-        reason = lines[0].removeprefix("WeightsUnpickler error: ") if lines else type(exc).__name__
-        if "global" in reason.lower():
-            reason = f"it asks to run code, not just to rebuild numpy arrays (refused): {reason}"
-        raise DataError(path, f"not a readable window file: {reason}") from None
+        raise DataError(path, f"not a readable window file: {_unpickling_reason(exc)}") from None
     if not isinstance(obj, dict) or not {"samples", "labels"} <= set(obj):
         keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
         raise DataError(path, f"expected a dict with 'samples' and 'labels', found {keys}")
-    return {k: np.asarray(v.numpy() if hasattr(v, "numpy") else v) for k, v in obj.items()}
+    arrays = {k: np.asarray(v.numpy() if hasattr(v, "numpy") else v) for k, v in obj.items()}
+    for key in ("samples", "labels"):
+        if arrays[key].dtype.kind not in _NUMERIC_KINDS:
+            raise DataError(path, f"{key!r} holds {arrays[key].dtype} values, not numbers", key)
+    return arrays
+
+
+def _unpickling_reason(exc: Exception) -> str:
+    """The one line of torch's many that says what was wrong."""
+    boilerplate = ("Weights only load failed", "Check the documentation", "(1)", "(2)", "Please use", "Please file")
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith(boilerplate)]
+    reason = lines[0].removeprefix("WeightsUnpickler error: ") if lines else type(exc).__name__
+    refused = _BUILD_REFUSED.search(reason)
+    if refused:
+        return f"it holds {refused.group(1)} objects, not numeric arrays (refused)"
+    if "global" in reason.lower():  # torch's advice to allow-list the global is not for a data file
+        return f"it asks to run code, not just to rebuild numpy arrays (refused): {reason.split(' Please use')[0]}"
+    return reason
+
+
+def _check_pt_container(path: Path) -> None:
+    """Refuse an empty file or one that is neither of torch's formats (a zip, or a pickle) before unpickling."""
+    if not path.exists():
+        raise DataError(path, "file not found")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head:
+        raise DataError(path, "the file is empty (an interrupted copy?)")
+    if not (head.startswith(b"PK") or head[:1] == b"\x80"):
+        raise DataError(path, f"not a torch .pt file (neither a zip archive nor a pickle): it starts with {head!r}")
 
 
 def _check_windows(path: Path, samples: np.ndarray, labels: np.ndarray, shape: tuple, n_labels: int) -> None:
@@ -85,7 +124,7 @@ def _check_windows(path: Path, samples: np.ndarray, labels: np.ndarray, shape: t
         raise DataError(path, f"'labels' has shape {labels.shape}, expected [{samples.shape[0]}]", "labels")
     bad = np.flatnonzero((labels < 0) | (labels >= n_labels) | (labels != np.round(labels)))
     if len(bad):
-        raise DataError(path, f"label {labels[bad[0]]!r} is not one of 0..{n_labels - 1}", f"window {bad[0]}")
+        raise DataError(path, f"label {labels[bad[0]].item()!r} is not one of 0..{n_labels - 1}", f"window {bad[0]}")
 
 
 def _read_pt_windows(directory: Path, what: str, inner_shape: tuple[int, int], n_labels: int,
@@ -209,7 +248,7 @@ def read_uea_arff(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     classes: list[str] = []
     values, labels = [], []
     in_data = False
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # a leading byte-order mark is legal: skip it
         for number, line in enumerate(f, start=1):
             line = line.strip()
             if not line or line.startswith("%"):
