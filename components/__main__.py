@@ -111,6 +111,9 @@ def _pipeline(params, layout: stages.Layout) -> int:
             if code:
                 tracking.end_pipeline_run(params, key, "FAILED")
                 return code
+    except (KeyboardInterrupt, tracking.Terminated):  # stopped, not broken: the stage's run ended KILLED too
+        tracking.end_pipeline_run(params, key, "KILLED")
+        raise
     except BaseException:
         tracking.end_pipeline_run(params, key, "FAILED")
         raise

@@ -15,6 +15,12 @@ exponential backoff; its defaults (7 retries, ~4 min) are lowered here to
 SERVER_RETRY_DEFAULTS unless the environment sets them, and when the retries
 run out the call fails with one `TrackingUnavailable` that names the
 endpoint, the attempts, the time spent and what to check.
+
+Interrupted runs end: while a stage run is open, SIGTERM and SIGHUP (`kill`,
+Airflow, Kubernetes, a closed terminal) unwind the stage like Ctrl-C does, and
+the run ends KILLED (an error ends it FAILED). What cannot be caught (SIGKILL,
+the OOM killer, power loss) leaves the run RUNNING; the next run of the same
+stage on the same host ends it KILLED once its recorded process is gone.
 """
 
 from __future__ import annotations
@@ -22,7 +28,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -36,11 +45,33 @@ from components.config import Params
 log = logging.getLogger(__name__)
 PIPELINE_KEY_TAG = "pipeline_run_key"  # on every run of one pipeline execution
 PARENT_TAG = "pipeline_parent"  # only on its parent run
+# Which process a stage run belongs to, so that a later run can tell whether it died: the host, its pid namespace
+# (a container may share the host's name but not its pids), the pid, and the process's start (pids are reused).
+HOST_TAG, PID_NAMESPACE_TAG, PID_TAG, START_TAG = "process.host", "process.pid_namespace", "process.pid", \
+    "process.start_ticks"
+ENDED_BY_TAG = "ended_by"  # on a run that another process ended for it
+STOP_SIGNALS = ("SIGTERM", "SIGHUP")  # the polite "stop now" signals; SIGINT is Python's KeyboardInterrupt already
 # MLflow's HTTP retry knobs (read on every request) in server mode: 4 retries waiting 0, 4, 8, 16 s (+ up to 1 s
 # jitter each; urllib3's first retry does not wait) ride out a ~30 s outage and fail within about a minute.
 SERVER_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
                          "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
 _MLFLOW_DEFAULT_RETRIES = 7
+
+
+class Terminated(SystemExit):
+    """SIGTERM or SIGHUP arrived while a stage run was open: the stage unwinds and its run ends KILLED.
+
+    Like KeyboardInterrupt not an Exception, so a stage's `except Exception` lets it through; a SystemExit with
+    the shell's code for the signal (143 for SIGTERM), so the command exits as a process that SIGTERM killed
+    does, without a traceback.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(128 + signum)
+        self.signum = signum
+
+    def __str__(self) -> str:
+        return f"stopped by {signal.Signals(self.signum).name}"
 
 
 class TrackingUnavailable(ConnectionError):
@@ -190,7 +221,7 @@ def _pipeline_run_id(mlflow, experiment_id: str, key: str, commit: str) -> str:
     return run.info.run_id
 
 
-def _retire_earlier_attempts(mlflow, experiment_id: str, key: str, run_name: str) -> None:
+def _retire_earlier_attempts(mlflow, experiment_id: str, key: str, run_name: str, current_run_id: str) -> None:
     """Delete (recoverably) earlier attempts of this stage in this pipeline run.
 
     A retried or re-run task (its worker killed mid-task, a failure, a cleared
@@ -205,7 +236,7 @@ def _retire_earlier_attempts(mlflow, experiment_id: str, key: str, run_name: str
         filter_string=f"tags.{PIPELINE_KEY_TAG} = '{key}' and attributes.run_name = '{run_name}'",
     )
     client = mlflow.MlflowClient()
-    for run in found:
+    for run in (r for r in found if r.info.run_id != current_run_id):
         log.warning("MLflow run %s (%s) is an earlier attempt of %s in this pipeline run: deleting it",
                     run.info.run_id, run.info.status, run_name)
         client.set_tag(run.info.run_id, "superseded", "a later attempt of the same stage replaced this one")
@@ -215,10 +246,14 @@ def _retire_earlier_attempts(mlflow, experiment_id: str, key: str, run_name: str
 @contextmanager
 def stage_run(params: Params, stage: str, pipeline_key: str | None = None, device: str | None = None
               ) -> Iterator[StageRun]:
-    """Open the MLflow run of one stage execution (`stage/device` for per-device stages); FAILED if it raises."""
+    """Open the MLflow run of one stage execution (`stage/device` for per-device stages).
+
+    It ends FINISHED, FAILED if the stage raises, KILLED if a signal stops it (SIGINT, SIGTERM, SIGHUP).
+    Earlier runs of the same stage that a vanished process left RUNNING end KILLED first.
+    """
     mlflow = _mlflow(params)
     commit = git_commit(params.root)
-    tags = {"stage": stage, "git_commit": commit}
+    tags = {"stage": stage, "git_commit": commit, **_process_tags()}
     if pipeline_key:
         tags[PIPELINE_KEY_TAG] = pipeline_key
     if device:
@@ -227,19 +262,127 @@ def stage_run(params: Params, stage: str, pipeline_key: str | None = None, devic
     with reachable(mlflow, f"start the MLflow run {name}"):
         experiment_id = _experiment_id(mlflow, params)
         parent = _pipeline_run_id(mlflow, experiment_id, pipeline_key, commit) if pipeline_key else None
-        if pipeline_key:
-            _retire_earlier_attempts(mlflow, experiment_id, pipeline_key, name)
         run = mlflow.start_run(run_name=name, experiment_id=experiment_id, parent_run_id=parent,
                                nested=parent is not None, tags=tags)
     log.info("MLflow run %s (%s) in %s", run.info.run_id, stage, tracking_uri(params))
+    caught: list[int] = []
     try:
-        yield StageRun(mlflow, run)
-    except BaseException:
-        with _best_effort(f"mark run {run.info.run_id} FAILED"):
-            mlflow.end_run("FAILED")  # pops the active run even when the server does not answer
+        with _signals_unwind(caught):
+            with reachable(mlflow, f"end the runs that earlier attempts of {name} left behind"):
+                _sweep_dead_runs(mlflow, experiment_id, name, run.info.run_id)
+                if pipeline_key:
+                    _retire_earlier_attempts(mlflow, experiment_id, pipeline_key, name, run.info.run_id)
+            yield StageRun(mlflow, run)
+    except BaseException as exc:
+        status = "KILLED" if caught or isinstance(exc, KeyboardInterrupt) else "FAILED"
+        if status == "KILLED":
+            log.warning("%s stopped by %s: MLflow run %s ends KILLED", name,
+                        signal.Signals(caught[0]).name if caught else "SIGINT", run.info.run_id)
+        with _best_effort(f"mark run {run.info.run_id} {status}"):
+            mlflow.end_run(status)  # pops the active run even when the server does not answer
         raise
     with reachable(mlflow, f"end the MLflow run {name}"):
         mlflow.end_run("FINISHED")
+
+
+@contextmanager
+def _signals_unwind(caught: list[int]) -> Iterator[None]:
+    """While open, SIGTERM and SIGHUP raise Terminated (noted in `caught`) instead of ending the process unwound.
+
+    A handler that someone else installed (Airflow's) is called instead, after the note; a signal the process
+    ignores (SIGHUP under nohup) stays ignored. The handlers before are put back on the way out, so nested and
+    consecutive runs in one process compose. Python sets handlers only in the main thread: elsewhere, nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before: dict[int, Any] = {}
+
+    def unwind(signum: int, frame) -> None:
+        caught.append(signum)
+        if callable(before[signum]):
+            before[signum](signum, frame)
+        else:
+            raise Terminated(signum)
+
+    for signum in (getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)):
+        current = signal.getsignal(signum)
+        if current not in (signal.SIG_IGN, None):  # None: set outside Python, so not ours to replace
+            before[signum] = current
+            signal.signal(signum, unwind)
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            if signal.getsignal(signum) is unwind:  # else a later owner replaced it: theirs to restore
+                signal.signal(signum, handler)
+
+
+# ---- runs whose process died: ended by the next run of the same stage -------------------------------------------
+
+
+def _process_tags() -> dict[str, str]:
+    pid = os.getpid()
+    return {HOST_TAG: socket.gethostname(), PID_NAMESPACE_TAG: _pid_namespace(), PID_TAG: str(pid),
+            START_TAG: _process_start(pid) or ""}
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")  # e.g. pid:[4026531836]
+    except OSError:
+        return ""
+
+
+def _process_start(pid: int) -> str | None:
+    """When process `pid` started (clock ticks after boot, from /proc); "" if it runs but that is unknown; None if
+    there is no such process (a zombie counts as none)."""
+    if Path("/proc/self/stat").exists():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return None
+        return None if fields[0] in ("Z", "X") else fields[19]  # state (field 3), starttime (field 22)
+    if os.name != "posix":
+        return ""  # no way to tell here: counted as running, so its run is never swept
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # another user's process
+    return ""
+
+
+def _process_gone(tags: Mapping[str, str]) -> bool:
+    """Whether the process that tagged a run is certainly gone: it ran in this host's pid namespace, and its pid
+    is free or now belongs to a process that started at another time. A run from elsewhere is never judged."""
+    pid = tags.get(PID_TAG, "")
+    if (tags.get(HOST_TAG) != socket.gethostname() or tags.get(PID_NAMESPACE_TAG, "") != _pid_namespace()
+            or not pid.isdigit()):
+        return False
+    started = _process_start(int(pid))
+    return started is None or bool(started and tags.get(START_TAG) and started != tags[START_TAG])
+
+
+def _sweep_dead_runs(mlflow, experiment_id: str, run_name: str, current_run_id: str) -> None:
+    """End KILLED the runs of `run_name` still RUNNING whose process on this host is gone (SIGKILL, OOM, power loss).
+
+    Fits with `_retire_earlier_attempts`, which comes after it: this one corrects the status of any pipeline's or
+    a lone command's dead run; that one then deletes this pipeline run's earlier attempts, dead or not.
+    """
+    found = mlflow.search_runs([experiment_id], output_format="list", filter_string=(
+        f"attributes.run_name = '{run_name}' and attributes.status = 'RUNNING' "
+        f"and tags.`{HOST_TAG}` = '{socket.gethostname()}'"))
+    client = mlflow.MlflowClient()
+    for run in found:
+        if run.info.run_id == current_run_id or not _process_gone(run.data.tags):
+            continue
+        why = f"sweep at start of run {current_run_id}: process {run.data.tags[PID_TAG]} is gone"
+        log.warning("MLflow run %s (%s) was left RUNNING by a process that is gone: ending it KILLED",
+                    run.info.run_id, run_name)
+        client.set_tag(run.info.run_id, ENDED_BY_TAG, why)
+        client.set_terminated(run.info.run_id, status="KILLED")
 
 
 def end_pipeline_run(params: Params, pipeline_key: str, status: str = "FINISHED") -> None:
