@@ -72,17 +72,17 @@ def main() -> None:
             print(f"{device.name}: validation {k + 1} of {args.rounds} in {time.perf_counter() - started:.0f} s ("
                   f"{'passed' if result.passed else 'FAILED ' + ', '.join(result.report['failed_gates'])})",
                   flush=True)
-            rounds.append(_rows(result.report, larger))
+            rounds.append(_rows(result.report, work / "validate" / device.name, larger))
         rows += _merge(rounds)
     (work / "results.json").write_text(json.dumps(rows, indent=2))
     _print(rows)
     print(f"\nrows: {work / 'results.json'}")
 
 
-def _rows(report: dict, larger) -> list[dict]:
+def _rows(report: dict, folder: Path, larger) -> list[dict]:
     rows = []
     for name in validate.MODELS:
-        spec = load_model(Path(report["model_dirs"][name])).spec
+        spec = load_model(folder / report["model_dirs"][name]).spec  # relative to validate's data folder
         for fmt in report["formats"]:
             r = report["models"][name][fmt]
             row = {"device": report["device"], "format": fmt, "model": name, "ok": r["ok"], "error": r["error"],

@@ -95,7 +95,7 @@ def run(params: Params, device_name: str, *, ingest: Path, train: Path, profile:
         if extra["latency_model"] is not None:  # the model it steered by last (refitted on what it visited)
             from components.latency.model import REFITTED_DIR, save_in
 
-            with atomic_directory(out / REFITTED_DIR) as staging:
+            with atomic_directory(out / REFITTED_DIR, sealed=True) as staging:
                 save_in(staging, extra["latency_model"])
         artifacts = _write_report(results, search, metrics, device.name, reports)
         mlrun.log_metrics({k: v for k, v in _flat_numbers(metrics).items()})
@@ -202,13 +202,7 @@ def _compress(baseline, cost, latency_model, data: _Data, cfg, augmentation, out
     fingerprint = json.dumps({"compress": asdict(cfg), "cost": cost.name, "baseline": baseline.spec.to_json(),
                               "latency_model": latency_model.to_dict() if cost.name == "latency" else None},
                              sort_keys=True)
-    if checkpoint.exists():  # written by this stage only; tensors and numbers, no code
-        state = torch.load(checkpoint, weights_only=True)
-        if state.get("fingerprint") == fingerprint:
-            search.restore(state)
-            log.info("resuming the search from %s at step %d", checkpoint, search.step_index)
-        else:
-            log.warning("%s is from other settings or another baseline; starting the search afresh", checkpoint)
+    _resume(search, checkpoint, fingerprint)
     out.mkdir(parents=True, exist_ok=True)
 
     def save(state):
@@ -260,6 +254,34 @@ def _compress(baseline, cost, latency_model, data: _Data, cfg, augmentation, out
         results["deepiot"]["measured_ratio"] = chosen["measured_ratio"]
     extra["latency_model"] = steering["model"]
     return results, search, extra
+
+
+def _resume(search, checkpoint: Path, fingerprint: str) -> None:
+    """Resume the search from `checkpoint` where it is this search's; set a damaged one aside and start afresh."""
+    import copy
+
+    import torch
+
+    if not checkpoint.exists():
+        return
+    fresh = copy.deepcopy(search.state())  # what a failed restore goes back to (state() shares live tensors)
+    try:  # written by this stage only; tensors and numbers, no code
+        state = torch.load(checkpoint, weights_only=True)
+        if not isinstance(state, dict):
+            raise ValueError(f"expected a mapping, found {type(state).__name__}")
+        if state.get("fingerprint") != fingerprint:
+            log.warning("%s is from other settings or another baseline; starting the search afresh", checkpoint)
+            return
+        search.restore(state)
+    except Exception as exc:  # noqa: BLE001 - truncated, half written, not this search's: the search restarts
+        search.restore(fresh)
+        aside = checkpoint.with_name(f"{checkpoint.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+        checkpoint.replace(aside)
+        why = (str(exc).strip().splitlines() or [""])[0]
+        log.warning("%s could not be read (%s: %s); set aside as %s, starting the search afresh", checkpoint,
+                    type(exc).__name__, why, aside.name)
+        return
+    log.info("resuming the search from %s at step %d", checkpoint, search.step_index)
 
 
 def _floor_check(search, bench, baseline, budget: float, cost) -> dict:

@@ -96,7 +96,7 @@ def export(model_dir: Path, formats: list[str] | tuple[str, ...], out_dir: Path,
                 continue
             partial.replace(target)
             files[fmt] = ExportedFile(fmt, target.name, sha256_of(target), target.stat().st_size)
-    manifest = {"model_dir": str(model_dir), "files": {f: e.to_dict() for f, e in files.items()},
+    manifest = {"model_dir": os.path.relpath(model_dir, out_dir), "files": {f: e.to_dict() for f, e in files.items()},
                 "failed": failures}
     write_text_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=2))
     return files, failures

@@ -106,7 +106,7 @@ def run(params: Params, device_name: str, *, profile: Path, out: Place, pipeline
         metrics |= {"device": device.name, "runtime": device.runtime, "method": model.method,
                     "rows_invalid": len(rows.invalid), "rows_failed": rows.failed,
                     "fit_s": round(time.perf_counter() - started, 3)}
-        with atomic_directory(out) as staging:
+        with atomic_directory(out, sealed=True) as staging:
             save_in(staging, model)
         artifacts = _write_report(model, evaluation, rows, metrics, cfg, reports)
         _log(mlrun, metrics, [out / MODEL_FILE, out / RULES_FILE, *artifacts], device.name)
@@ -118,9 +118,12 @@ def _read_table(path: Path, device: str) -> list[dict]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from components.data.checksums import verify_sealed
+
     if not path.exists():
         raise LatencyDataError(f"device {device}: no profile table at {path}; run "
                                f"`python -m components profile --device {device}` first")
+    verify_sealed(path.parent, [path.name], f"run `python -m components profile --device {device}` again")
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:

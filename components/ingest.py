@@ -65,7 +65,7 @@ def run(params: Params, *, out: Place, pipeline_key: str | None = None) -> Inges
         started = time.perf_counter()
         validator = Validator(cfg.expectations.example_rows)
         try:
-            with atomic_directory(output_dir) as staging:
+            with atomic_directory(output_dir, sealed=True) as staging:
                 card, timings = _ingest_into(params, staging, validator)
                 data_hash = card["data_hash"]
                 mlrun.set_tags({"data_hash": data_hash, "dataset": cfg.dataset})

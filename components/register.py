@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from components.config import ConfigError, Params
 from components.data.outputs import write_text_atomic
-from components.data.checksums import ChecksumMismatch
+from components.data.checksums import ChecksumMismatch, verify_sealed
 from components.tracking import TrackingUnavailable
 from components.validate_report import failed_gates_text
 
@@ -85,6 +85,8 @@ def run(params: Params, device_name: str, *, validate: Path, out: Place, pipelin
     if not path.exists():
         raise ConfigError(f"register {device.name}: no validation report at {path}; run `python -m components "
                           f"validate --device {device.name}` first")
+    verify_sealed(bundle, ["report.json", "report.html"],
+                  f"run `python -m components validate --device {device.name}` again")
     report = json.loads(path.read_text())
     name = model_name(params, report)
     if report["passed"]:

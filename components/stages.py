@@ -187,12 +187,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """
     from components.data.errors import DataError
     from components.devices.base import BackendError
-    from components.data.checksums import ChecksumMismatch
+    from components.data.checksums import ChecksumMismatch, DamagedArtifact
     from components.latency.fit import LatencyDataError
     from components.models.spec import ModelConfigError
     from components.validation import ValidationFailed
 
-    return ConfigError, DataError, ValidationFailed, ModelConfigError, BackendError, LatencyDataError, ChecksumMismatch
+    return (ConfigError, DataError, ValidationFailed, ModelConfigError, BackendError, LatencyDataError,
+            ChecksumMismatch, DamagedArtifact)
 
 
 def final_errors() -> tuple[type[BaseException], ...]:

@@ -69,7 +69,7 @@ def run(params: Params, *, ingest: Path, out: Place, pipeline_key: str | None = 
         report = _report(spec, results, windows.classes, cfg)
         timings = {"wall_time_s": round(time.perf_counter() - started, 3), "fit_s.split": round(split["seconds"], 3)}
         timings |= {f"fit_s.{name}": round(r["seconds"], 3) for name, r in results.items() if name != "split"}
-        with atomic_directory(output_dir) as staging:
+        with atomic_directory(output_dir, sealed=True) as staging:
             _write_outputs(staging, split, report, windows.classes)
         write_text_atomic(report_dir / "metrics.json", json.dumps(_dvc_metrics(report), indent=2))
         write_text_atomic(report_dir / "timings.json", json.dumps(timings, indent=2))

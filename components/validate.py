@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from components.config import ConfigError, Params
+from components.data.checksums import seal
 from components.data.outputs import write_text_atomic
 from components.devices.base import get_backend
 from components.validate_report import MODELS, failed_gates_text, flat_metrics, write_report
@@ -131,10 +133,11 @@ def run(params: Params, device_name: str, *, ingest: Path, train: Path, fit_late
         gates = check_gates(results["baseline"][formats[0]], results["compressed"][formats[0]], device,
                             cfg.gates)
         report = _report(params, device, formats, results, gates, exports, model_dirs, ingest, test, windows,
-                         mlrun.run_id, pipeline_key, time.perf_counter() - started)
+                         mlrun.run_id, pipeline_key, time.perf_counter() - started, out)
         paths = write_report(report, reports)
         for path in paths[:1] + [reports / "report.html"]:  # what register reads, beside the files it registers
             write_text_atomic(out / path.name, path.read_text())
+        seal(out)  # register checks the report and the files it registers against what was validated here
         mlrun.log_metrics(flat_metrics(report))
         mlrun.set_tags({"validation_passed": str(report["passed"]).lower(), "deployed_format": formats[0],
                         "validation_id": report["validation_id"],
@@ -362,7 +365,8 @@ def accuracy_gate(base: dict, comp: dict, g) -> Gate:
 
 
 def _report(params, device, formats, results, gates, exports, model_dirs, ingest: Path, test, windows,
-            run_id: str, pipeline_key: str | None, wall_s: float) -> dict:
+            run_id: str, pipeline_key: str | None, wall_s: float, out: Path) -> dict:
+    """The validation report; folders in it are relative to `out` (validate's data folder, where it is kept)."""
     deployed = formats[0]
     failed = [g.name for g in gates if g.passed is False]
     card = json.loads((ingest / "data_card.json").read_text())
@@ -375,9 +379,10 @@ def _report(params, device, formats, results, gates, exports, model_dirs, ingest
         "deployed_format": deployed, "formats": list(formats),
         "passed": not failed, "failed_gates": failed, "gates": [g.to_dict() for g in gates],
         "models": results,
-        "exports": {name: {"dir": str(e["dir"]), "files": {f: x.to_dict() for f, x in e["files"].items()},
+        "exports": {name: {"dir": os.path.relpath(e["dir"], out),
+                           "files": {f: x.to_dict() for f, x in e["files"].items()},
                            "failed": e["failed"]} for name, e in exports.items()},
-        "model_dirs": {name: str(folder) for name, folder in model_dirs.items()},
+        "model_dirs": {name: os.path.relpath(folder, out) for name, folder in model_dirs.items()},
         "test_windows": int(len(test)), "test_users": sorted(set(users[test].tolist())),
         "classes": list(windows.classes), "input_shape": list(windows.x.shape[1:]),
         "dataset": params.ingest.dataset, "data_hash": card.get("data_hash", ""),

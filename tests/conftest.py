@@ -179,6 +179,7 @@ def synthetic_task(folder: Path, widths: tuple[int, ...] = (12, 10, 12)) -> tupl
     import torch
 
     from components import models
+    from components.data.checksums import seal
     from components.models.deepsense import deepsense_spec
 
     rng = np.random.default_rng(0)
@@ -193,6 +194,7 @@ def synthetic_task(folder: Path, widths: tuple[int, ...] = (12, 10, 12)) -> tupl
     pd.DataFrame({"label": y, "user": users, "split": np.where(users == "c", "test", "train")}).to_parquet(
         ingest / "windows.parquet")
     (ingest / "data_card.json").write_text(json.dumps({"labels": list(CLASSES), "data_hash": "synthetic-0"}))
+    seal(ingest)  # as the ingest stage seals what it writes
     sensor, merge, units = widths
     spec = deepsense_spec((4, 1, 3, 2, 8), CLASSES, sensor_filters=sensor, sensor_kernels=(3, 2), first_stride=1,
                           merge_filters=merge, merge_kernels=(2,), rnn="gru", rnn_units=units, rnn_layers=1,

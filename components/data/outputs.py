@@ -94,12 +94,16 @@ class WindowWriter:
 
 
 @contextmanager
-def atomic_directory(target: Path) -> Iterator[Path]:
+def atomic_directory(target: Path, sealed: bool = False) -> Iterator[Path]:
     """Yield an empty staging folder that replaces `target` only if the block succeeds.
 
     On any exception the staging folder is removed and `target` is left as it
-    was, so a failed run never leaves a half-written output.
+    was, so a failed run never leaves a half-written output. `sealed`: the
+    sha256 of every file it holds is recorded beside them first
+    (`checksums.seal`), for the stages that read it to check.
     """
+    from components.data.checksums import seal
+
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:8]
@@ -107,6 +111,8 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     staging.mkdir()
     try:
         yield staging
+        if sealed:
+            seal(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

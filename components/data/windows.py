@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from components.config import TrainParams
+from components.data.checksums import verify_sealed
 from components.data.errors import DataError
 
 
@@ -41,6 +42,7 @@ def load_windows(directory: Path) -> Windows:
     for path in paths.values():
         if not path.exists():
             raise DataError(path, "not found; run the ingest stage first")
+    verify_sealed(directory, list(paths), "run the ingest stage again")
     x = np.load(paths["x.npy"], mmap_mode="r")
     signal = np.load(paths["signal.npy"], mmap_mode="r")
     meta = pd.read_parquet(paths["windows.parquet"])

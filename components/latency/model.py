@@ -263,20 +263,31 @@ def save_in(folder: Path, model) -> None:
 
 
 def load_in(folder: Path) -> LatencyModel | AnalyticLatencyModel | None:
-    """The latency model saved in `folder`, or None where none was written there."""
+    """The latency model saved (and sealed) in `folder`, or None where none was written there."""
+    from components.data.checksums import verify_sealed
+
     path = Path(folder) / MODEL_FILE
-    return load(path) if path.exists() else None
+    if not path.exists():
+        return None
+    verify_sealed(folder, [MODEL_FILE], "run fit_latency for its device again (or compress, for the model it "
+                                       "refitted beside its compressed model)")
+    return load(path)
 
 
 def load(path: Path) -> LatencyModel | AnalyticLatencyModel:
-    """A saved latency model (JSON; nothing executable is read)."""
+    """A saved latency model (JSON; nothing executable is read); DamagedArtifact names a file it cannot read."""
+    from components.data.checksums import DamagedArtifact
+
+    remedy = "run fit_latency for its device again (or delete the file where compress refitted it)"
     try:
         d = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not JSON ({exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DamagedArtifact(path, f"not JSON ({exc})", remedy) from None
     if not isinstance(d, dict):
-        raise ValueError(f"{path}: not a latency model (expected a JSON object)")
+        raise DamagedArtifact(path, "not a latency model (expected a JSON object)", remedy)
     try:
         return from_dict(d)
     except (KeyError, TypeError, IndexError) as exc:
-        raise ValueError(f"{path}: malformed latency model ({exc!r})") from None
+        raise DamagedArtifact(path, f"malformed latency model ({type(exc).__name__}: {exc})", remedy) from None
+    except ValueError as exc:  # another format tag, a pool entry that no longer checks (ConfigError)
+        raise DamagedArtifact(path, str(exc), remedy) from None

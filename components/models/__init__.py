@@ -67,25 +67,50 @@ def build(spec: ModelSpec):
 
 
 def save(model, directory: Path) -> None:
-    """Write model.json (the description) and model.safetensors (weights and buffers)."""
+    """Write model.json (the description) and model.safetensors (weights and buffers), sealed (checksums.json)."""
     from safetensors.torch import save_file
+
+    from components.data.checksums import seal
 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / SPEC_FILE).write_text(model.spec.to_json())
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE), metadata={"arch": model.spec.arch})
+    seal(directory, [SPEC_FILE, WEIGHTS_FILE])
 
 
 def load(directory: Path):
-    """Rebuild a model from its description and load its weights (safetensors: no code is run)."""
+    """Rebuild a model from its description and load its weights (safetensors: no code is run).
+
+    Both files must be the ones `save` sealed beside them; a missing, changed, truncated or foreign
+    description or weights file raises DamagedArtifact naming it.
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    spec = ModelSpec.from_json((directory / SPEC_FILE).read_text())
+    from components.data.checksums import DamagedArtifact, verify_sealed
+
+    directory = Path(directory)
+    remedy = "run the stage that wrote this model folder again (train, or compress for a compressed model)"
+    spec_path, weights_path = directory / SPEC_FILE, directory / WEIGHTS_FILE
+    verify_sealed(directory, [SPEC_FILE, WEIGHTS_FILE], remedy)
+    try:
+        spec = ModelSpec.from_json(spec_path.read_text())
+    except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError; ModelConfigError too
+        raise DamagedArtifact(spec_path, f"not a readable model description ({type(exc).__name__}: {exc})",
+                              remedy) from None
     model = build(spec)
-    state = load_file(str(directory / WEIGHTS_FILE))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError) as exc:
+        raise DamagedArtifact(weights_path, f"not a readable safetensors file ({exc})", remedy) from None
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes that differ from the description's
+        raise DamagedArtifact(weights_path, f"its weights do not match {SPEC_FILE} "
+                              f"({' '.join(str(exc).split())[:300]})", remedy) from None
     if missing or unexpected:
-        raise ModelConfigError(f"{directory}: weights do not match the description "
-                               f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+        raise DamagedArtifact(weights_path, f"its weights do not match {SPEC_FILE} (missing {sorted(missing)[:5]}, "
+                              f"unexpected {sorted(unexpected)[:5]})", remedy)
     model.eval()
     return model

@@ -20,6 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from components.data.checksums import seal
 from components.data.outputs import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -108,4 +109,5 @@ class ProfileLog:
         tmp = path.with_suffix(".tmp")
         pq.write_table(table, tmp)
         tmp.replace(path)
+        seal(self.directory, [TABLE_FILE])
         return path

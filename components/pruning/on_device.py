@@ -66,6 +66,10 @@ class DeviceBench:
             if self.profile_table is not None and self.profile_table.exists():
                 import pyarrow.parquet as pq
 
+                from components.data.checksums import verify_sealed
+
+                verify_sealed(self.profile_table.parent, [self.profile_table.name],
+                              f"run `python -m components profile --device {self.device.name}` again")
                 self._table_rows = pq.read_table(self.profile_table).to_pylist()
         return self._table_rows
 

@@ -29,3 +29,17 @@ def test_cli_compress_before_ingest_says_what_to_run(tmp_path, params_file):
     out = components_cli(tmp_path, "compress", "--params", str(params_file()), "--device", "ort-1t")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "run the ingest stage first" in out.stderr
+
+
+def test_cli_a_damaged_model_is_one_line_naming_the_file_and_what_to_run(tmp_path, params_file):
+    from tests.conftest import synthetic_task
+
+    ingest, train = synthetic_task(tmp_path / "in")
+    weights = train / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # a copy cut short
+    out = components_cli(tmp_path, "compress", "--params", str(params_file()), "--device", "ort-1t",
+                         "--input", f"ingest={ingest}", "--input", f"train={train}",
+                         "-p", "compress.cost=params")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    (line,) = [x for x in out.stderr.strip().splitlines() if x.startswith("error:")]
+    assert f"{weights}: sha256 " in line and "run the stage that wrote this model folder again" in line

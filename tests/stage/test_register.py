@@ -13,7 +13,7 @@ from mlflow.exceptions import MlflowException
 
 from components import register, validate
 from components.config import load_params
-from components.data.checksums import ChecksumMismatch
+from components.data.checksums import ChecksumMismatch, DamagedArtifact, seal
 from components.stages import Place
 from tests.conftest import PROJECT_ROOT, synthetic_task
 
@@ -117,15 +117,35 @@ def test_a_model_that_failed_a_gate_is_never_registered(validated, tmp_path):
     failed["passed"], failed["failed_gates"] = False, ["accuracy_drop"]
     failed["gates"][1] |= {"passed": False, "detail": "on-device accuracy 0.5 vs the baseline's 0.9"}
     (reports / "report.json").write_text(json.dumps(failed))
+    with pytest.raises(DamagedArtifact, match=r"v/report.json: sha256 .*changed or damaged since it was written\); "
+                                              "run `python -m components validate --device cortex-m4` again"):
+        register.run(params, "cortex-m4", validate=reports, out=Place(tmp_path / "g", tmp_path / "gr"))
+    seal(reports)  # as validate seals the report of a model that failed
     outcome = register.run(params, "cortex-m4", validate=reports, out=Place(tmp_path / "g", tmp_path / "gr"))
     assert not outcome.registered and "accuracy_drop" in outcome.reason and "0.5" in outcome.reason
     assert _client(params).search_registered_models() == []
 
 
+def test_a_validated_folder_copied_elsewhere_registers_its_own_files_and_a_tamper_there_is_caught(validated, tmp_path):
+    params, report, reports = validated
+    copy_dir = tmp_path / "elsewhere" / "v"
+    shutil.copytree(reports, copy_dir)
+    assert json.loads((copy_dir / "report.json").read_text())["exports"]["compressed"]["dir"] == "compressed"
+    passed = json.loads((copy_dir / "report.json").read_text())
+    passed["gates"][1]["detail"] = "edited"  # a changed report is not the one validate judged
+    (copy_dir / "report.json").write_text(json.dumps(passed))
+    with pytest.raises(DamagedArtifact, match=str(copy_dir / "report.json")):
+        register.run(params, "cortex-m4", validate=copy_dir, out=Place(tmp_path / "g", tmp_path / "gr"))
+    assert _client(params).search_registered_models() == []
+    before = {p: p.read_bytes() for p in reports.rglob("*") if p.is_file()}
+    outcome = register.run(params, "cortex-m4", validate=reports, out=Place(tmp_path / "g", tmp_path / "gr"))
+    assert outcome.registered and {p: p.read_bytes() for p in reports.rglob("*") if p.is_file()} == before
+
+
 def test_an_export_changed_after_validation_is_not_registered(validated, tmp_path):
     params, report, reports = validated
     exported = report["exports"]["compressed"]
-    path = f"{exported['dir']}/{exported['files']['tflite_int16x8']['file']}"
+    path = reports / exported["dir"] / exported["files"]["tflite_int16x8"]["file"]  # relative to the report
     with open(path, "ab") as f:
         f.write(b"\0")
     with pytest.raises(ChecksumMismatch):

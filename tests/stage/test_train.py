@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from components import models, train
+from components.data.checksums import DamagedArtifact, seal
 from components.data.errors import DataError
 from components.models.spec import ModelConfigError
 from components.stages import Place, execute
@@ -79,9 +80,13 @@ def test_mlflow_gets_epochs_users_plots_and_a_loadable_model(ingested):
 def test_window_file_with_the_wrong_shape_is_refused(ingested):
     out = ingested.path(ingested.ingest.output_dir)
     np.save(out / "x.npy", np.zeros((10, 8, 1, 3, 16), dtype=np.float32))
+    with pytest.raises(DamagedArtifact, match=r"x\.npy: sha256 .*changed or damaged since .* run the ingest stage"):
+        execute("train", ingested)  # not the file ingest wrote
+    seal(out)  # as if ingest itself had written it so: its own checks name what is wrong
     with pytest.raises(DataError, match=r"x\.npy: shape \(10, 8, 1, 3, 16\) is not \[windows, intervals"):
         execute("train", ingested)
     np.save(out / "x.npy", np.zeros((10, 8, 1, 3, 2, 16), dtype=np.float32))
+    seal(out)
     with pytest.raises(DataError, match=r"x\.npy: has 10 windows but windows\.parquet has 2426"):
         execute("train", ingested)
 
@@ -91,6 +96,7 @@ def test_label_outside_the_models_classes_is_refused(ingested):
     meta = pd.read_parquet(out / "windows.parquet")
     meta.loc[7, "label"] = 9
     meta.to_parquet(out / "windows.parquet")
+    seal(out)  # as if ingest had written it so
     with pytest.raises(DataError, match=r"windows\.parquet, window 7: label 9 is outside the model's 6 classes"):
         execute("train", ingested)
 
@@ -107,6 +113,7 @@ def test_no_held_out_user_is_refused(ingested):
     meta = pd.read_parquet(out / "windows.parquet")
     meta["split"] = "train"  # as ingest writes it for a data set with a single user
     meta.to_parquet(out / "windows.parquet")
+    seal(out)
     with pytest.raises(DataError, match="fold split: no held-out windows"):
         execute("train", ingested)
 

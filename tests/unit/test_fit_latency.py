@@ -13,6 +13,7 @@ import pytest
 
 from components import fit_latency
 from components.config import ConfigError
+from components.data.checksums import DamagedArtifact, seal
 from components.latency import fit as fitting
 from components.latency.model import LatencyModel, Overhead, load
 from components.latency.tree import LinearTree
@@ -150,6 +151,7 @@ def write_table(rows: list[dict], folder):
     folder.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist([{n: r.get(n) for n in SCHEMA.names} for r in rows], schema=SCHEMA)
     pq.write_table(table, folder / "profile.parquet")
+    seal(folder, ["profile.parquet"])  # as the profile stage does
     return folder
 
 
@@ -225,7 +227,13 @@ def test_a_corrupt_profile_table_is_refused_not_a_traceback(make_params, tmp_pat
     folder = tmp_path / "out" / "profile" / "ort-1t"
     folder.mkdir(parents=True)
     (folder / "profile.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(DamagedArtifact, match=r"ort-1t/checksums.json: missing: .* profile --device ort-1t"):
+        execute("fit_latency", make_params(), "ort-1t")  # not sealed: not the profile stage's file
+    seal(folder, ["profile.parquet"])  # sealed, yet unreadable (e.g. written by another pyarrow)
     with pytest.raises(fitting.LatencyDataError, match="not a readable profile table"):
+        execute("fit_latency", make_params(), "ort-1t")
+    (folder / "profile.parquet").write_bytes(b"changed since")
+    with pytest.raises(DamagedArtifact, match=r"profile.parquet: sha256 .*changed or damaged since"):
         execute("fit_latency", make_params(), "ort-1t")
 
 

@@ -10,6 +10,7 @@ import torch
 
 from components import models
 from components.config import load_params
+from components.data.checksums import DamagedArtifact, seal
 from components.models.spec import LayerSpec, ModelConfigError, ModelSpec
 from tests.conftest import PROJECT_ROOT
 
@@ -103,7 +104,7 @@ def test_save_and_load_round_trip_is_exact_and_pickle_free(tmp_path):
     model = models.build(spec_for("deepsense")).eval()
     model.set_input_stats(torch.full(SHAPE_SA, 0.5), torch.full(SHAPE_SA, 2.0))
     models.save(model, tmp_path / "m")
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["checksums.json", "model.json", "model.safetensors"]
     assert (tmp_path / "m" / "model.safetensors").read_bytes()[:8] != b"PK\x03\x04"  # not a torch zip pickle
     loaded = models.load(tmp_path / "m")
     x = torch.randn(4, *SHAPE_SA)
@@ -115,7 +116,10 @@ def test_loading_weights_that_do_not_match_the_description_fails(tmp_path):
     models.save(models.build(spec_for("mlp")), tmp_path / "m")
     text = (tmp_path / "m" / "model.json").read_text().replace('"out_features": 256', '"out_features": 255', 1)
     (tmp_path / "m" / "model.json").write_text(text)
-    with pytest.raises((ModelConfigError, RuntimeError), match="size mismatch|do not match"):
+    with pytest.raises(DamagedArtifact, match=r"model\.json: sha256 .*changed or damaged since"):
+        models.load(tmp_path / "m")
+    seal(tmp_path / "m", ["model.json", "model.safetensors"])  # as if its stage had written them so
+    with pytest.raises(DamagedArtifact, match=r"model\.safetensors: its weights do not match model\.json"):
         models.load(tmp_path / "m")
 
 
