@@ -48,6 +48,7 @@ def test_a_table_without_ratios_fits_on_ms_and_says_so(project_params, make_para
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from components.data.checksums import seal
     from components.profiling.table import OPTIONAL_COLUMNS, SCHEMA
 
     params = make_params()
@@ -58,6 +59,7 @@ def test_a_table_without_ratios_fits_on_ms_and_says_so(project_params, make_para
     folder = tmp_path / "out" / "profile" / "ort-1t"
     folder.mkdir(parents=True)
     pq.write_table(old, folder / "profile.parquet")
+    seal(folder, ["profile.parquet"])  # as the profile stage seals its table
     result = execute("fit_latency", params, "ort-1t")
     info = json.loads(Path(result.model_path).read_text())["info"]
     assert info["target"] == "ms" and info["reference_ms"] is None and info["rows_with_ratio"] == 0
