@@ -85,6 +85,7 @@ def run(params: Params, device_name: str, *, ingest: Path, train: Path, profile:
     with tracking.stage_run(params, STAGE, pipeline_key, device=device.name) as mlrun:
         mlrun.log_params({"compress": asdict(cfg), "device": device.name, "cost": cost.name,
                           "baseline.params": baseline.spec.params})
+        mlrun.log_windows_input(windows, "training")
         started = time.perf_counter()
         augmentation = params.train if cfg.augment else None  # train's rotation, scale and noise
         results, search, extra = _compress(baseline, cost, latency_model, data, cfg, augmentation, out, mlrun,
@@ -98,7 +99,11 @@ def run(params: Params, device_name: str, *, ingest: Path, train: Path, profile:
             with atomic_directory(out / REFITTED_DIR, sealed=True) as staging:
                 save_in(staging, extra["latency_model"])
         artifacts = _write_report(results, search, metrics, device.name, reports)
-        mlrun.log_metrics({k: v for k, v in _flat_numbers(metrics).items()})
+        # the run's Models column, loadable by models:/<model_id>; its metrics are linked to it
+        model_id = mlrun.log_model_folder(out / "model", f"compressed-{device.name}", {
+            "device": device.name, "cost": cost.name, "budget_met": str(metrics["budget_met"]).lower(),
+            "data_hash": windows.card.get("data_hash", "")})
+        mlrun.log_metrics(_flat_numbers(metrics), model_id=model_id)
         mlrun.set_tags({"cost": cost.name, "budget_met": str(metrics["budget_met"]).lower()})
         for path in [*sorted((out / "model").iterdir()), *artifacts]:
             mlrun.log_artifact(path, f"compress/{device.name}")

@@ -39,6 +39,7 @@ from components.data.deepsense import FEATURE_LAYOUT, SIGNAL_LAYOUT
 from components.data.errors import DataError
 from components.data.outputs import WindowWriter, atomic_directory, write_text_atomic
 from components.data.window_sets import WindowSet
+from components.data.windows import load_windows
 from components.validation import ValidationFailed, Validator
 
 if TYPE_CHECKING:
@@ -85,6 +86,8 @@ def run(params: Params, *, out: Place, pipeline_key: str | None = None) -> Inges
         mlrun.log_metrics(metrics | timings)
         for name in ("data_card.json", "data_card.md", "validation.json", "split.json"):
             mlrun.log_artifact(output_dir / name, "ingest")
+        # the windows it wrote, as the dataset the later stages' runs declare as their input
+        mlrun.log_windows_input(load_windows(output_dir, verify=False), "produced", ingest_run_id=mlrun.run_id)
         log.info("ingest: %d windows (%s) in %.1f s -> %s", card["windows"], cfg.dataset, seconds, output_dir)
         return IngestResult(output_dir, card["windows"], data_hash, mlrun.run_id)
 

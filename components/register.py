@@ -4,10 +4,13 @@ One registered model per task and device (`<prefix>-<dataset>-<device>`). A
 version holds the device's deployed file (loadable as `models:/<name>@<alias>`,
 see registry_model.py), the other exported formats and the validation report;
 its tags link it to the data hash, the git commit, the pipeline run and the
-validate run. A new version gets the alias `candidate`; it takes `champion`
-only if it beats the current champion on that device: higher on-device
-accuracy, or within `champion_tolerance` of it and faster. A model that failed
-a gate is never registered; the stage says which gates and why.
+validate run; its description is its model card (model_card.py: the data,
+held-out users, architecture, accuracy with its interval, latency and size
+against the baseline, every gate, how to load it). A new version gets the
+alias `candidate`; it takes `champion` only if it beats the current champion
+on that device: higher on-device accuracy, or within `champion_tolerance` of
+it and faster. A model that failed a gate is never registered; the stage says
+which gates and why.
 
 The tracking server may be down. Retrying it is the job of one layer, MLflow's
 HTTP client (components/tracking.py: each call rides out a ~30 s outage);
@@ -29,6 +32,8 @@ from typing import TYPE_CHECKING
 from components.config import ConfigError, Params
 from components.data.outputs import write_text_atomic
 from components.data.checksums import ChecksumMismatch, verify_sealed
+from components.lineage import requirements
+from components.model_card import model_card, registered_model_description
 from components.tracking import TrackingUnavailable
 from components.validate_report import failed_gates_text
 
@@ -163,7 +168,7 @@ def _register(params: Params, report: dict, bundle: Path, pipeline_key: str | No
             model = _log_model(mlflow, report, bundle)
             try:
                 client.create_registered_model(name, tags={"device": device, "dataset": report["dataset"]},
-                                               description=f"{report['dataset']} classifier compressed for {device}")
+                                               description=registered_model_description(report, name))
             except MlflowException as exc:
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
@@ -174,6 +179,7 @@ def _register(params: Params, report: dict, bundle: Path, pipeline_key: str | No
             version = str(version)
             mlrun.set_tags({"registered_model": name, "registered_version": str(version)})
     try:
+        _describe(client, name, version, report)  # before any alias points at it
         aliases, decision = _set_aliases(client, name, version, params.register.champion_tolerance)
     except Exception:
         if created:  # a version an earlier run created is kept: this rerun (or the next) completes it
@@ -182,6 +188,13 @@ def _register(params: Params, report: dict, bundle: Path, pipeline_key: str | No
     log.info("%s: registered %s version %s with alias(es) %s (%s)", device, name, version, ", ".join(aliases),
              decision)
     return RegisterOutcome(device, True, name, str(version), aliases, decision)
+
+
+def _describe(client, name: str, version: str, report: dict) -> None:
+    """The version's description is its model card; the registered model's, if empty, says what its versions are."""
+    client.update_model_version(name, version, description=model_card(report, name, version))
+    if not client.get_registered_model(name).description:
+        client.update_registered_model(name, description=registered_model_description(report, name))
 
 
 def _existing_version(client, name: str, validation_id: str) -> str | None:
@@ -235,23 +248,8 @@ def _log_model(mlflow, report: dict, bundle: Path):
         code_paths=[str(Path(components.__file__).parent)], signature=signature,
         model_config={"runtime": runtime, "format": report["deployed_format"], "sha256": deployed["sha256"],
                       "input_shape": report["input_shape"], "classes": report["classes"]},
-        pip_requirements=_requirements(runtime))
+        pip_requirements=requirements(runtime))
     return info
-
-
-def _requirements(runtime: str) -> list[str]:
-    from importlib import metadata
-
-    packages = ["mlflow", "numpy", "pyyaml", "safetensors", "torch"]
-    packages += {"onnxruntime": ["onnxruntime"], "tflite": ["ai-edge-litert"]}.get(runtime, [])
-    pins = []
-    for package in packages:
-        try:
-            version = metadata.version(package)
-        except metadata.PackageNotFoundError:  # not installed here: the runtime's loader will say so
-            continue
-        pins.append(f"{package}=={version.split('+')[0]}" if package != "torch" else f"torch=={version}")
-    return pins
 
 
 def _ci_tag(ci: dict | None) -> str:

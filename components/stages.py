@@ -75,7 +75,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("compress", "components.compress", "Compress the baseline for one device under its latency model.",
           per_device=True, reads=("ingest", "train", "profile", "fit_latency"), persist=True,
           params=("compress", "fit_latency", "profile.timing", "profile.sampler.model_input_shape",
-                  "train.deepsense"), resources=("2", "4G")),
+                  "train.deepsense"), resources=("2", "4G"),
+          loads=("components.logged_model",)),  # its logged model's code, loaded by path
     Stage("validate", "components.validate", "Export both models, run them on the device and apply the gates.",
           per_device=True, on_device=True, deterministic=False, reads=("ingest", "train", "fit_latency", "compress"),
           params=("validate", "profile.timing", "train", "ingest.dataset"), resources=("2", "6G")),

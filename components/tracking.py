@@ -160,6 +160,7 @@ class StageRun:
 
     def __init__(self, mlflow, run):
         self._mlflow, self.run = mlflow, run
+        self._dataset = None  # the windows this run declared as its input (log_windows_input)
 
     @property
     def run_id(self) -> str:
@@ -172,10 +173,39 @@ class StageRun:
             for i in range(0, len(items), 100):
                 self._mlflow.log_params(dict(items[i : i + 100]))
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, model_id: str | None = None
+                    ) -> None:
+        """Log metrics; with `model_id`, linked to that LoggedModel (and to the windows this run declared)."""
         clean = {_metric_key(k): float(v) for k, v in metrics.items()}
+        linked = {"model_id": model_id, "dataset": self._dataset} if model_id else {}
         with reachable(self._mlflow, f"log the metrics of run {self.run_id}"):
-            self._mlflow.log_metrics(clean, step=step)
+            self._mlflow.log_metrics(clean, step=step, **linked)
+
+    def log_windows_input(self, windows, context: str, ingest_run_id: str | None = None) -> None:
+        """Declare ingest's windows (components.data.windows.Windows) an input of this run, as an MLflow dataset:
+        name the data set, digest its data hash, source the ingest folder (see lineage.py). `context` says how
+        the run used them (`training`, `evaluation`, `produced`); the ingest run that wrote them is found by data
+        hash unless given."""
+        from components import lineage
+
+        with reachable(self._mlflow, f"log the dataset input of run {self.run_id}"):
+            self._dataset = lineage.log_windows_input(self._mlflow, self.run, windows, context, ingest_run_id)
+
+    def log_model_folder(self, model_dir: Path, name: str = "model", tags: Mapping[str, str] | None = None) -> str:
+        """Log a saved model folder (components.models.save) as a LoggedModel of this run, loadable with
+        `mlflow.pyfunc.load_model` and nothing pickled; return its model_id (for `log_metrics(model_id=...)`)."""
+        from components import lineage
+
+        with reachable(self._mlflow, f"log model {name!r} of run {self.run_id}"):
+            info = lineage.log_model_folder(self._mlflow, Path(model_dir), name, dict(tags or {}))
+        return info.model_id
+
+    def find_logged_model(self, model_dir: Path) -> str | None:
+        """The id of the LoggedModel an earlier run logged from a folder with these weights (None: none was)."""
+        from components import lineage
+
+        with reachable(self._mlflow, f"find the logged model of {model_dir}"):
+            return lineage.find_model(self._mlflow, self.run.info.experiment_id, Path(model_dir))
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         with reachable(self._mlflow, f"set the tags of run {self.run_id}"):

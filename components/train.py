@@ -62,6 +62,7 @@ def run(params: Params, *, ingest: Path, out: Place, pipeline_key: str | None = 
     with tracking.stage_run(params, STAGE, pipeline_key) as mlrun:
         mlrun.log_params(params.to_dict()["train"] | {"input_dir": str(input_dir), "model.params": spec.params,
                                                       "model.macs": spec.macs})
+        mlrun.log_windows_input(windows, "training")
         started = time.perf_counter()
         results = {fold.name: _run_fold(fold, spec, windows, cfg, mlrun if fold.name == "split" else None)
                    for fold in folds}

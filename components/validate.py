@@ -109,6 +109,7 @@ def run(params: Params, device_name: str, *, ingest: Path, train: Path, fit_late
 
     with tracking.stage_run(params, STAGE, pipeline_key, device=device.name) as mlrun:
         mlrun.log_params({"validate": asdict(cfg), "device": device.to_dict(), "test_windows": len(test)})
+        mlrun.log_windows_input(windows, "evaluation")
         started = time.perf_counter()
         exports = {}
         for name, folder in model_dirs.items():
@@ -134,11 +135,12 @@ def run(params: Params, device_name: str, *, ingest: Path, train: Path, fit_late
                             cfg.gates)
         report = _report(params, device, formats, results, gates, exports, model_dirs, ingest, test, windows,
                          mlrun.run_id, pipeline_key, time.perf_counter() - started, out)
+        report["architecture"] = {name: architecture(model.spec) for name, model in loaded.items()}
         paths = write_report(report, reports)
         for path in paths[:1] + [reports / "report.html"]:  # what register reads, beside the files it registers
             write_text_atomic(out / path.name, path.read_text())
         seal(out)  # register checks the report and the files it registers against what was validated here
-        mlrun.log_metrics(flat_metrics(report))
+        _log_metrics(mlrun, flat_metrics(report), model_dirs["compressed"])
         mlrun.set_tags({"validation_passed": str(report["passed"]).lower(), "deployed_format": formats[0],
                         "validation_id": report["validation_id"],
                         "registration": "eligible" if report["passed"]
@@ -151,6 +153,19 @@ def run(params: Params, device_name: str, *, ingest: Path, train: Path, fit_late
                     mlrun.log_artifact(path, f"validate/{device.name}/{name}")
         _say(report)
         return ValidateResult(device.name, reports / "report.json", report, mlrun.run_id)
+
+
+def _log_metrics(mlrun, metrics: dict, compressed_dir: Path) -> None:
+    """The compressed model's figures and the gates linked to the LoggedModel compress logged for it (found by its
+    weights; then it shows as this run's input model), the baseline's and the counts to the run alone."""
+    model_id = mlrun.find_logged_model(compressed_dir)
+    if model_id is None:
+        log.info("no logged model holds the weights in %s: the metrics are the run's alone", compressed_dir)
+        mlrun.log_metrics(metrics)
+        return
+    linked = {k: v for k, v in metrics.items() if k.startswith(("compressed.", "gate.")) or k == "passed"}
+    mlrun.log_metrics(linked, model_id=model_id)
+    mlrun.log_metrics({k: v for k, v in metrics.items() if k not in linked})
 
 
 def host_runtime(device) -> tuple[str, int]:
@@ -389,6 +404,12 @@ def _report(params, device, formats, results, gates, exports, model_dirs, ingest
         "validation_id": hashlib.sha256(identity.encode()).hexdigest()[:16],
         "validate_run_id": run_id, "pipeline_run": pipeline_key or "", "wall_s": round(wall_s, 1),
     }
+
+
+def architecture(spec) -> dict:
+    """What a model is, for people (register's model card): its architecture, size and each layer's width."""
+    return {"arch": spec.arch, "params": spec.params, "macs": spec.macs,
+            "widths": {layer.name: layer.out_features for layer in spec.layers}}
 
 
 def _say(report: dict) -> None:

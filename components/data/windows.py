@@ -9,7 +9,7 @@ evaluation, every other fold of users ingest dealt.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,8 @@ class Windows:
     signal: np.ndarray  # [N, sensors, axes, time]
     meta: pd.DataFrame
     classes: tuple[str, ...]
+    card: dict = field(default_factory=dict)  # ingest's data_card.json: the data set's name, data hash, counts
+    directory: Path | None = None  # the ingest folder they were read from
 
 
 @dataclass(frozen=True)
@@ -36,17 +38,23 @@ class Fold:
     kfold_id: int | None = None  # which of ingest's folds of users this holds out, when it is one
 
 
-def load_windows(directory: Path) -> Windows:
-    """Open ingest's output and check that it is consistent, naming the file at fault."""
+def load_windows(directory: Path, verify: bool = True) -> Windows:
+    """Open ingest's output and check that it is consistent, naming the file at fault.
+
+    `verify=False` skips the seal's checksums: only for the folder ingest has just written and sealed itself.
+    """
+    directory = Path(directory)
     paths = {name: directory / name for name in ("x.npy", "signal.npy", "windows.parquet", "data_card.json")}
     for path in paths.values():
         if not path.exists():
             raise DataError(path, "not found; run the ingest stage first")
-    verify_sealed(directory, list(paths), "run the ingest stage again")
+    if verify:
+        verify_sealed(directory, list(paths), "run the ingest stage again")
     x = np.load(paths["x.npy"], mmap_mode="r")
     signal = np.load(paths["signal.npy"], mmap_mode="r")
     meta = pd.read_parquet(paths["windows.parquet"])
-    classes = tuple(json.loads(paths["data_card.json"].read_text())["labels"])
+    card = json.loads(paths["data_card.json"].read_text())
+    classes = tuple(card["labels"])
     if x.ndim != 6 or x.shape[4] != 2:
         raise DataError(paths["x.npy"], f"shape {x.shape} is not [windows, intervals, sensors, axes, 2, frequencies]")
     for name, arr in (("x.npy", x), ("signal.npy", signal)):
@@ -59,7 +67,7 @@ def load_windows(directory: Path) -> Windows:
     if len(bad):
         raise DataError(paths["windows.parquet"], f"label {meta['label'].iloc[bad[0]]} is outside the model's "
                         f"{len(classes)} classes {list(classes)}", f"window {bad[0]}")
-    return Windows(x, signal, meta, classes)
+    return Windows(x, signal, meta, classes, card, directory)
 
 
 def make_folds(meta: pd.DataFrame, cfg: TrainParams) -> list[Fold]:

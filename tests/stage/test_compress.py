@@ -44,6 +44,39 @@ def test_compress_writes_a_smaller_model_the_comparison_and_figures(make_params,
     assert "compress/ort-1t/model.safetensors" in logged and "compress/ort-1t/pareto.png" in logged
 
 
+def test_the_compressed_model_is_the_runs_logged_model_with_its_metrics_and_the_windows_it_read(make_params, inputs,
+                                                                                                 tmp_path):
+    import json
+
+    import mlflow
+    import numpy as np
+    import torch
+
+    ingest, train = inputs
+    params = _params(make_params, ingest, train, "compress.budget.params=0.5", "compress.max_accuracy_drop=1.0",
+                     "compress.baselines=[]", "compress.search.max_steps=20")
+    result = execute("compress", params, "ort-1t", out=Place(tmp_path / "c", tmp_path / "r"))
+    client = mlflow.MlflowClient()
+    run = client.get_run(result.run_id)
+    (output,) = run.outputs.model_outputs  # the run's Models column
+    model = client.get_logged_model(output.model_id)
+    seal = json.loads((result.model_dir / "checksums.json").read_text())["files"]
+    assert model.source_run_id == result.run_id and model.name == "compressed-ort-1t"
+    assert model.tags["weights_sha256"] == seal["model.safetensors"]["sha256"] and model.tags["device"] == "ort-1t"
+    linked = {m.key: m for m in model.metrics}  # logged with model_id, on the windows the run declared
+    deepiot = result.metrics["methods"]["deepiot"]
+    assert linked["methods.deepiot.test_accuracy"].value == pytest.approx(deepiot["test_accuracy"])
+    assert linked["params_kept"].run_id == result.run_id and linked["params_kept"].dataset_digest == "synthetic-0"
+    (entry,) = run.inputs.dataset_inputs
+    assert entry.dataset.digest == "synthetic-0" and {t.key: t.value for t in entry.tags}["mlflow.data.context"] == \
+        "training"
+    # it loads as a pyfunc (description + safetensors, nothing unpickled) and computes what the saved model does
+    x = np.load(ingest / "x.npy")[:4]
+    with torch.no_grad():
+        expected = models.load(result.model_dir)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(mlflow.pyfunc.load_model(f"models:/{output.model_id}").predict(x), expected, atol=1e-5)
+
+
 def test_a_budget_that_cannot_be_met_ends_with_the_best_model_and_says_so(make_params, inputs, tmp_path, caplog):
     ingest, train = inputs
     params = _params(make_params, ingest, train, "compress.budget.params=0.001", "compress.max_accuracy_drop=0.0")

@@ -78,6 +78,26 @@ def test_a_passing_model_is_registered_with_its_files_tags_and_aliases_and_loads
     assert {"artifacts/model.int16x8.tflite", "artifacts/report.json", "artifacts/report.html"} <= files
 
 
+def test_the_version_carries_its_model_card_and_an_empty_registered_model_gets_a_description(validated):
+    params, report, bundle = validated
+    name = register.model_name(params, report)
+    client = _client(params)
+    client.create_registered_model(name)  # made elsewhere, without a description
+    outcome = register.register_model(params, report, bundle, "nightly-2")
+    card = client.get_model_version(name, outcome.version).description
+    comp = report["models"]["compressed"]["tflite_int16x8"]
+    assert card.startswith(f"# {name} version {outcome.version}")
+    assert f"`{params.ingest.dataset}`" in card and "Held-out users: c" in card  # the synthetic task's one user
+    assert f"| compressed (tflite_int16x8) | {comp['accuracy']:.4f} (one user: no interval) |" in card
+    widths = report["architecture"]["compressed"]["widths"]
+    assert "Architecture: deepsense" in card and all(f"{layer} {w}" in card for layer, w in widths.items())
+    assert "| latency ms (computed) |" in card and "| flash bytes |" in card
+    assert all(f"| {g['name']} | {'PASS' if g['passed'] else 'n/a'} |" in card for g in report["gates"])
+    assert f'mlflow.pyfunc.load_model("models:/{name}/{outcome.version}")' in card
+    assert f"models:/{name}@champion" in card and "in **tflite**" in card
+    assert "cortex-m4" in client.get_registered_model(name).description
+
+
 def _variant(report: dict, key: str, accuracy: float, latency_ms: float) -> dict:
     other = copy.deepcopy(report)
     other["validation_id"] = key

@@ -24,6 +24,15 @@ def ingested(make_params):
     return params
 
 
+def _dataset_inputs(client, run_id: str) -> dict:
+    """context -> (dataset, the input's tags) of a run's dataset inputs."""
+    found = {}
+    for entry in client.get_run(run_id).inputs.dataset_inputs:
+        tags = {t.key: t.value for t in entry.tags}
+        found[tags["mlflow.data.context"]] = (entry.dataset, tags)
+    return found
+
+
 def test_short_real_training_beats_chance_by_a_clear_margin(ingested):
     result = execute("train", ingested)
     out = result.output_dir
@@ -75,6 +84,20 @@ def test_mlflow_gets_epochs_users_plots_and_a_loadable_model(ingested):
     assert logged.metadata.get_input_schema() is not None
     x = train.load_windows(ingested.path(ingested.ingest.output_dir)).x[:3].astype(np.float32)
     assert np.asarray(logged.predict(x)).shape == (3, 6)
+    # the windows it read, as an MLflow dataset: the data set, its data hash, the ingest folder and run
+    folder = ingested.path(ingested.ingest.output_dir).resolve()
+    data_hash = json.loads((folder / "data_card.json").read_text())["data_hash"]
+    (ingest_run,) = client.search_runs([run.info.experiment_id], "tags.stage = 'ingest'")
+    dataset, tags = _dataset_inputs(client, result.run_id)["training"]
+    assert (dataset.name, dataset.digest, dataset.source_type) == ("hhar_sa", data_hash[:16], "local")
+    assert json.loads(dataset.source)["uri"] == str(folder)
+    assert tags["data_hash"] == data_hash and tags["ingest_run_id"] == ingest_run.info.run_id
+    profile = json.loads(dataset.profile)
+    assert profile["windows"] == 2426 and profile["held_out_users"] == ["c"] and len(profile["x_shape"]) == 6
+    assert {"x", "label", "user", "split"} <= {c["name"] for c in json.loads(dataset.schema)["mlflow_colspec"]}
+    # ingest declares the same dataset, as what it produced
+    produced, tags = _dataset_inputs(client, ingest_run.info.run_id)["produced"]
+    assert (produced.name, produced.digest) == (dataset.name, dataset.digest)
 
 
 def test_window_file_with_the_wrong_shape_is_refused(ingested):
