@@ -124,15 +124,3 @@ def test_the_html_is_one_page_with_the_gates_of_every_device_and_its_images_insi
     assert "<td colspan='4'>FAILED in compress</td>" in page
     assert "<h3 class='FAILED'>cortex-m4: FAILED in compress</h3>" in page
 
-
-def test_the_figures_render_headless_with_failed_devices_and_empty_trends(tmp_path):
-    from components.summary_plots import pareto_png, trend_png
-    from tests.e2e.browser import png_size
-
-    pareto = pareto_png(night(), tmp_path / "pareto.png")
-    rows = trend([(1000, night_metrics(night())), (2000, {"ort-1t.accuracy": 0.92, "ort-1t.passed": 1.0})],
-                 [d.device for d in night().devices])
-    trend_file = trend_png(rows, tmp_path / "trend.png", 14)
-    for path in (pareto, trend_file):
-        width, height = png_size(path)
-        assert width >= 1000 and height >= 400 and path.stat().st_size > 10_000
