@@ -79,7 +79,10 @@ def trend_png(trend: Mapping[str, list[dict]], path: Path, nights: int) -> Path:
                     lw=0.8, label=device)
     acc_ax.set_ylabel("accuracy (compressed, on device)")
     lat_ax.set_ylabel("latency / the baseline's (measured)")
+    from matplotlib.dates import DateFormatter
+
     for ax in (acc_ax, lat_ax):
+        ax.xaxis.set_major_formatter(DateFormatter("%m-%d %H:%M"))
         ax.set_xlabel("night (UTC)")
         ax.grid(alpha=0.3)
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)

@@ -18,6 +18,7 @@ import base64
 import dataclasses
 import json
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -51,8 +52,7 @@ def summarise(params: Params, pipeline_key: str, *, file_params: Params, devices
     as written, so that the parent run's params are only what this night changed.
     """
     started = time.perf_counter()
-    mlflow = tracking.configured_mlflow(params)
-    client = mlflow.MlflowClient()
+    mlflow, client = _client(params)
     out = Path(out) if out is not None else summary_dir(stages.Layout(params))
     with tracking.reachable(mlflow, f"summarise the pipeline run {pipeline_key}"):
         experiment_id = _experiment_id(client, params)
@@ -67,6 +67,13 @@ def summarise(params: Params, pipeline_key: str, *, file_params: Params, devices
         client.log_metric(parent.info.run_id, "summary_s", round(took, 3))
     log.info("summary of %s on MLflow run %s in %.1f s", pipeline_key, parent.info.run_id, took)
     return night
+
+
+def _client(params: Params):
+    """The tracking client and mlflow, without the download progress bars a summary's few small files would draw."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    mlflow = tracking.configured_mlflow(params)
+    return mlflow, mlflow.MlflowClient()
 
 
 def _experiment_id(client, params: Params) -> str:
@@ -152,7 +159,7 @@ def _registered(client, name: str, validation_id: str) -> dict | None:
         raise
     if not found:
         return None
-    v = found[0]
+    v = client.get_model_version(name, found[0].version)  # a search's answer leaves the aliases out
     return {"name": name, "version": str(v.version), "aliases": sorted(v.aliases or ()),
             "decision": v.tags.get("champion_decision", "")}
 
@@ -223,8 +230,7 @@ def report(params: Params, run_id: str | None = None) -> int:
     """Print the per-device table of the latest night (or parent run `run_id`): 0 if every device passed, else 1."""
     from mlflow.exceptions import MlflowException
 
-    mlflow = tracking.configured_mlflow(params)
-    client = mlflow.MlflowClient()
+    mlflow, client = _client(params)
     with tracking.reachable(mlflow, "read the night's runs"):
         experiment_id = _experiment_id(client, params)
         if run_id:
