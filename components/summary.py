@@ -221,10 +221,11 @@ def title(night: Night) -> str:
 
 def description_markdown(night: Night, artifact: str = "summary/summary.html", limit: int = 7500) -> str:
     """The parent run's description (`mlflow.note.content`): the table, each device's verdict, what was changed."""
-    lines = [f"### {title(night)}", "", "| " + " | ".join(TABLE) + " |", "|" + "---|" * len(TABLE)]
-    lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in table_rows(night)]
-    for d in night.devices:
+    lines = [f"### {title(night)}"]
+    for d in night.devices:  # the verdicts first: the UI shows the description's first lines until "Show more"
         lines += ["", *device_paragraph(d)]
+    lines += ["", "| " + " | ".join(TABLE) + " |", "|" + "---|" * len(TABLE)]
+    lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in table_rows(night)]
     changed = ", ".join(f"`{k}` = {v}" for k, v in night.params_changed.items()) or "none"
     lines += ["", f"Settings that differ from the params file: {changed}.",
               f"Every device side by side, the Pareto view and the trend: `{artifact}`."]

@@ -11,6 +11,7 @@ from components.summary import Night, pareto_points
 
 # compress's methods are drawn hollow: torch test accuracy and predicted ratios, not the device's measurement
 MARKERS = {"baseline": "s", "compressed": "o", "deepiot": "D", "l1": "^", "uniform": "v"}
+BUDGET_SHOWN = 1.5  # a gate's budget above this ratio bounds nothing a compressed model reaches: not drawn
 LABELS = {"baseline": "baseline (on device)", "compressed": "compressed (on device)",
           "deepiot": "DeepIoT (compress: torch, predicted)", "l1": "l1 at the same budget (compress)",
           "uniform": "uniform at the same budget (compress)"}
@@ -38,7 +39,7 @@ def pareto_png(night: Night, path: Path) -> Path:
                 seen_methods.add(p["method"])
         for ax, gate in zip(axes, ("latency", "size")):
             limit = next((g["limit"] for g in (d.report or {}).get("gates", ()) if g["name"] == gate), None)
-            if limit is not None:
+            if limit is not None and limit <= BUDGET_SHOWN:
                 ax.axvline(limit, color=colour, ls="--", lw=0.8)
     for ax, what in zip(axes, ("latency", "file size")):
         ax.set_xlabel(f"{what} / the baseline's (dashed: the gate's budget)")

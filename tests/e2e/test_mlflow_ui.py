@@ -273,6 +273,9 @@ def _pipeline_summary(shots, tracked: Tracked, summary: dict) -> None:
     expect(page.get_by_role("heading", name="pipeline")).to_be_visible()
     _close_assistant(page)
     expect(page.get_by_text(f"Night {summary['key']}: {len(DEVICES)} of {len(DEVICES)} devices passed")).to_be_visible()
+    more = page.get_by_role("button", name="Show more")
+    if more.count():  # the description is folded after its first lines
+        more.first.click()
     for device in summary["devices"]:
         expect(page.get_by_text(f"{device['device']}: {device['verdict']}", exact=True)).to_be_visible()
         assert tracked.metrics("pipeline")[f"{device['device']}.passed"] == float(device["passed"])
@@ -287,8 +290,8 @@ def _pipeline_summary(shots, tracked: Tracked, summary: dict) -> None:
         expect(row).to_contain_text(device["verdict"])
     images = html.get_by_role("img")
     expect(images).to_have_count(2)
-    for i in range(2):
+    for i in range(2):  # decoded in the sandboxed frame (evaluated there: the page cannot reach into it)
         images.nth(i).scroll_into_view_if_needed()
         expect(images.nth(i)).to_be_visible()
-        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=images.nth(i).element_handle())
+        assert images.nth(i).evaluate("img => img.decode().then(() => img.naturalWidth)") >= 1000
     shots.take("pipeline-summary-html")

@@ -66,7 +66,7 @@ def test_params_diff_is_only_what_the_night_changed():
 
 def test_the_description_says_each_verdict_why_and_where_the_model_went():
     text = description_markdown(night())
-    assert text.startswith("### Night nightly-7: 1 of 3 devices passed")
+    assert text.startswith("### Night nightly-7: 1 of 3 devices passed\n\n**ort-1t: PASSED**")
     assert "| ort-1t | PASSED | 0.900 (0.880 to 0.920) | 0.910 | 0.010 | 0.3 | 0.4 | " \
            "iot-compress-hhar_sa-ort-1t v3 @candidate @champion |" in text
     assert "**tflite-1t: FAILED gates latency, size**" in text
