@@ -273,7 +273,7 @@ def _pipeline_summary(shots, tracked: Tracked, summary: dict) -> None:
     expect(page.get_by_role("heading", name="pipeline")).to_be_visible()
     _close_assistant(page)
     expect(page.get_by_text(f"Night {summary['key']}: {len(DEVICES)} of {len(DEVICES)} devices passed")).to_be_visible()
-    more = page.get_by_role("button", name="Show more")
+    more = page.get_by_text("Show more", exact=True)
     if more.count():  # the description is folded after its first lines
         more.first.click()
     for device in summary["devices"]:
