@@ -23,7 +23,9 @@ from components.config import ConfigError, default_params_path, load_params
 def _parser(table: tuple[stages.Stage, ...]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m components", description=__doc__,
                                 epilog="stages: " + "; ".join(f"{s.name}: {s.doc}" for s in table))
-    p.add_argument("command", choices=(*(s.name for s in table), "pipeline", "mlflow-ui"))
+    p.add_argument("command", choices=(*(s.name for s in table), "pipeline", "report", "mlflow-ui"),
+                   help="a stage; `pipeline`: every stage, then the night's summary on the parent run; `report`: "
+                        "the last night's per-device table (exit status 0 when every device passed, else 1)")
     p.add_argument("--params", default=None, help="params file (default: $IOT_COMPRESS_PARAMS or ./params.yaml)")
     p.add_argument("-p", "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one param, e.g. -p ingest.dataset=hhar_raw (repeatable)")
@@ -36,6 +38,7 @@ def _parser(table: tuple[stages.Stage, ...]) -> argparse.ArgumentParser:
     p.add_argument("--run-key", default=None,
                    help="lay the folders out under pipeline.runs_dir/<run key>/ (as an Airflow run does)")
     p.add_argument("--pipeline-key", default=None, help="nest the MLflow run under this pipeline run")
+    p.add_argument("--run", default=None, metavar="RUN_ID", help="report: this pipeline (parent) run, not the latest")
     p.add_argument("--port", type=int, default=5000, help="mlflow-ui: port on 127.0.0.1")
     return p
 
@@ -48,12 +51,17 @@ def main(argv: list[str] | None = None, table: tuple[stages.Stage, ...] | None =
     for noisy in ("alembic", "mlflow.store", "great_expectations"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        params = load_params(args.params or default_params_path(), args.overrides)
+        params_path = args.params or default_params_path()
+        params = load_params(params_path, args.overrides)
         if args.command == "mlflow-ui":
             return _mlflow_ui(params, args.port)
+        if args.command == "report":
+            from components.summary_run import report
+
+            return report(params, args.run)
         layout = stages.Layout(params, args.run_key, table)
         if args.command == "pipeline":
-            return _pipeline(params, layout)
+            return _pipeline(params, layout, load_params(params_path))
         return run_stage(stages.stage_named(args.command, table), params, layout, args.device,
                          _inputs(args.input), args.output, args.report, args.pipeline_key)
     except stages.final_errors() as exc:
@@ -100,26 +108,54 @@ def run_stage(stage: stages.Stage, params, layout: stages.Layout, device_names=(
     return 0
 
 
-def _pipeline(params, layout: stages.Layout) -> int:
-    """Every stage in order, nested under one MLflow pipeline run (the embedded default)."""
+def _pipeline(params, layout: stages.Layout, file_params) -> int:
+    """Every stage in order, nested under one MLflow pipeline run (the embedded default), then the night's summary.
+
+    The summary is written also when a stage failed (it says which and why); `file_params` is the params file
+    without this command's `-p` overrides, so the parent run's params are just those overrides.
+    """
     from components import tracking
 
     key = f"local-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    code = 0
     try:
         for stage in layout.table:
             code = run_stage(stage, params, layout, pipeline_key=key)
             if code:
-                tracking.end_pipeline_run(params, key, "FAILED")
-                return code
+                break
     except (KeyboardInterrupt, tracking.Terminated):  # stopped, not broken: the stage's run ended KILLED too
         tracking.end_pipeline_run(params, key, "KILLED")
         raise
     except BaseException:
+        _summarise(params, layout, key, file_params, quiet=True)
         tracking.end_pipeline_run(params, key, "FAILED")
         raise
-    tracking.end_pipeline_run(params, key)
+    summarised = _summarise(params, layout, key, file_params, quiet=bool(code))
+    tracking.end_pipeline_run(params, key, "FAILED" if code else "FINISHED")
+    if code:
+        return code
     print(f"pipeline {key}: done. Browse it with `make mlflow-ui` ({tracking.tracking_uri(params)})")
-    return 0
+    return 0 if summarised else 1
+
+
+def _summarise(params, layout: stages.Layout, key: str, file_params, quiet: bool) -> bool:
+    """The night's summary on the parent run, and its table here; `quiet`: a stage failed already, whose error is
+    the one that counts, so a summary that fails too is only logged."""
+    from components.devices.pool import chosen
+    from components.summary import table_text
+    from components.summary_run import summarise, summary_dir
+
+    try:
+        night = summarise(params, key, file_params=file_params, devices=[d.name for d in chosen(params)],
+                          out=summary_dir(layout), table=layout.table)
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        if quiet:
+            logging.getLogger(__name__).warning("the night's summary could not be written: %s", exc)
+        else:
+            print(f"error: the night's summary could not be written: {exc}", file=sys.stderr)
+        return False
+    print(table_text(night), end="")
+    return True
 
 
 def _mlflow_ui(params, port: int) -> int:

@@ -120,6 +120,37 @@ def run_in_airflow(stage_name: str, device: str | None, context: Mapping) -> str
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 
+def summarise_in_airflow(context: Mapping) -> str:
+    """The DAG's last task: the night's summary on its parent run, which it ends; returns the summary's folder.
+
+    It runs when every stage's task is done, whatever their states (trigger rule `all_done`). A device whose stage
+    failed fails this task after the summary is written (without retries): the summary is the DAG's one leaf, and
+    Airflow judges a run by its leaves. Failing gates are a result, not a failure, as in `validate`.
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from components import tracking
+    from components.summary_run import summarise, summary_dir
+
+    conf = context["params"]
+    run_id = str(context["run_id"])
+    params = run_params(conf["overrides"])
+    devices = [r["device"] for r in device_routes() if selected(r["device"], conf["devices"])]
+    out = summary_dir(stages.Layout(params, run_id))
+    try:
+        night = summarise(params, run_id, file_params=run_params(), devices=devices, out=out)
+    except stages.final_errors() as exc:
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+    failed = [f"{d.device} ({d.failed_stage})" for d in night.devices if d.failed_stage]
+    tracking.end_pipeline_run(params, run_id, "FAILED" if failed else "FINISHED")
+    if failed:
+        raise AirflowFailException(f"the night's summary is on MLflow run {night.run_id}; devices that failed a "
+                                   f"stage: {', '.join(failed)}")
+    log.info("the night's summary is on MLflow run %s: %d of %d devices passed", night.run_id,
+             sum(d.passed for d in night.devices), len(night.devices))
+    return str(out)
+
+
 def data_fingerprint(overrides: Sequence[str] = ()) -> dict:
     """Names, sizes and modification times of every file under the data root: changes when new data lands."""
     root = run_params(overrides).data_root()

@@ -121,6 +121,7 @@ class PipelineParams:
     experiment: str  # MLflow experiment every stage logs to
     state_dir: str  # ignored folder for tool homes, the default MLflow store, downloads
     runs_dir: str  # run-keyed outputs when the Airflow DAG runs the stages
+    summary_nights: int = checked(ge=1)  # the night's summary charts each device over this many nights
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ PARENT_TAG = "pipeline_parent"  # only on its parent run
 HOST_TAG, PID_NAMESPACE_TAG, PID_TAG, START_TAG = "process.host", "process.pid_namespace", "process.pid", \
     "process.start_ticks"
 ENDED_BY_TAG = "ended_by"  # on a run that another process ended for it
+ERROR_TAG = "error"  # on a stage run that ended FAILED or KILLED: what stopped it (the night's summary says it)
 STOP_SIGNALS = ("SIGTERM", "SIGHUP")  # the polite "stop now" signals; SIGINT is Python's KeyboardInterrupt already
 # MLflow's HTTP retry knobs (read on every request) in server mode: 4 retries waiting 0, 4, 8, 16 s (+ up to 1 s
 # jitter each; urllib3's first retry does not wait) ride out a ~30 s outage and fail within about a minute.
@@ -308,11 +309,21 @@ def stage_run(params: Params, stage: str, pipeline_key: str | None = None, devic
         if status == "KILLED":
             log.warning("%s stopped by %s: MLflow run %s ends KILLED", name,
                         signal.Signals(caught[0]).name if caught else "SIGINT", run.info.run_id)
+        with _best_effort(f"record the error of run {run.info.run_id}"):
+            mlflow.set_tag(ERROR_TAG, error_text(exc, caught))
         with _best_effort(f"mark run {run.info.run_id} {status}"):
             mlflow.end_run(status)  # pops the active run even when the server does not answer
         raise
     with reachable(mlflow, f"end the MLflow run {name}"):
         mlflow.end_run("FINISHED")
+
+
+def error_text(exc: BaseException, caught: list[int] | None = None, limit: int = 1000) -> str:
+    """`Type: message` of what stopped a stage, on one line and at most `limit` characters."""
+    if caught or isinstance(exc, KeyboardInterrupt):
+        return f"stopped by {signal.Signals(caught[0]).name if caught else 'SIGINT'}"
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}"[:limit] if text else type(exc).__name__
 
 
 @contextmanager

@@ -27,6 +27,11 @@ output. A run's params (from the UI's trigger form or the REST API's `conf`)
 pick a device subset and `section.key=value` overrides. A failed or retried
 task reports its stage and device (`failure_alert`); a run still going after
 6 hours triggers the deadline alert.
+
+After every stage's task, done or failed, one `summary` task (not a stage: it
+reads MLflow, not the stages' folders) writes the night's verdict per device
+on the MLflow parent run (components/summary_run.py) and ends that run; it
+fails when a device's stage failed, so the run is judged by it, its one leaf.
 """
 
 from __future__ import annotations
@@ -123,6 +128,15 @@ def compress_nightly():
         tasks[stage.name] = made.expand_kwargs(routes) if stage.per_device else made()
         for upstream in stage.reads:
             tasks[upstream] >> tasks[stage.name]
+    list(tasks.values()) >> summary()
+
+
+@task(task_id="summary", trigger_rule="all_done")
+def summary(**context) -> str:
+    """The night's summary on its MLflow parent run, once every stage is done (failed devices too)."""
+    from components.airflow_tasks import summarise_in_airflow
+
+    return summarise_in_airflow(context)
 
 
 def _device_routes() -> list[dict[str, str]]:

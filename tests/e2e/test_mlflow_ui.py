@@ -37,7 +37,8 @@ TIMEOUT_S = 1800
 
 # Playwright is imported inside the browser steps: without it the module still collects, and the `chromium` fixture
 # fails the browser test with what to install instead.
-SCREENSHOTS = ("runs", "compress-run", "compress-metrics", "compress-pareto", "validate-report", "registered-model")
+SCREENSHOTS = ("runs", "compress-run", "compress-metrics", "compress-pareto", "validate-report", "registered-model",
+               "pipeline-summary", "pipeline-summary-html")
 
 
 def free_port() -> int:
@@ -155,6 +156,7 @@ def test_mlflow_ui_in_a_browser_shows_runs_metrics_plots_report_and_model(chromi
         _compress_run(shots, tracked)
         _validate_report(shots, tracked, report)
         _registered_model(shots, tracked, model_name(params, report))
+        _pipeline_summary(shots, tracked, json.loads((params.path("reports/summary") / "summary.json").read_text()))
     assert [path.stem for path in shots.paths] == list(SCREENSHOTS)
     for path in shots.paths:
         width, height = png_size(path)
@@ -259,3 +261,37 @@ def _registered_model(shots, tracked: Tracked, name: str) -> None:
     for alias in ("candidate", "champion"):
         expect(version).to_contain_text(f"@ {alias}")
     shots.take("registered-model")
+
+
+def _pipeline_summary(shots, tracked: Tracked, summary: dict) -> None:
+    """The parent run is the night's summary: its description gives each device's verdict, its metrics the
+    headline numbers, and summary/summary.html shows every device with the figures inside the page."""
+    from playwright.sync_api import expect
+
+    page = shots.page
+    page.goto(f"{tracked.url}/#/experiments/{tracked.experiment_id}/runs/{tracked.run_id('pipeline')}")
+    expect(page.get_by_role("heading", name="pipeline")).to_be_visible()
+    _close_assistant(page)
+    expect(page.get_by_text(f"Night {summary['key']}: {len(DEVICES)} of {len(DEVICES)} devices passed")).to_be_visible()
+    more = page.get_by_text("Show more", exact=True)
+    if more.count():  # the description is folded after its first lines
+        more.first.click()
+    for device in summary["devices"]:
+        expect(page.get_by_text(f"{device['device']}: {device['verdict']}", exact=True)).to_be_visible()
+        assert tracked.metrics("pipeline")[f"{device['device']}.passed"] == float(device["passed"])
+    shots.take("pipeline-summary")
+    _open_artifact(page, "summary", "summary.html")
+    for other in ("pareto.png", "trend.png", "summary.json"):
+        expect(page.get_by_text(other, exact=True)).to_be_visible()
+    html = page.frame_locator("iframe")
+    expect(html.get_by_role("heading", level=1)).to_contain_text(f"Night {summary['key']}")
+    for device in summary["devices"]:
+        row = html.get_by_role("row").filter(has=html.get_by_role("cell", name=device["device"], exact=True)).first
+        expect(row).to_contain_text(device["verdict"])
+    images = html.get_by_role("img")
+    expect(images).to_have_count(2)
+    for i in range(2):  # decoded in the sandboxed frame (evaluated there: the page cannot reach into it)
+        images.nth(i).scroll_into_view_if_needed()
+        expect(images.nth(i)).to_be_visible()
+        assert images.nth(i).evaluate("img => img.decode().then(() => img.naturalWidth)") >= 1000
+    shots.take("pipeline-summary-html")

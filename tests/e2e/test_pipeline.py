@@ -41,6 +41,19 @@ def test_every_device_got_a_registered_champion(pipeline_run: PipelineRun):
         assert str(champion.version) == outcome["version"] and champion.tags["device"] == device
 
 
+def test_the_night_ends_with_its_summary_on_the_parent_run_and_report_prints_it(pipeline_run: PipelineRun):
+    """The pipeline prints the per-device table, keeps reports/summary/, and `report` prints the same table."""
+    summary = json.loads((pipeline_run.folder / "reports" / "summary" / "summary.json").read_text())
+    assert sorted(d["device"] for d in summary["devices"]) == sorted(DEVICES) and summary["passed"]
+    assert 0 < summary["metrics"]["devices_passed"] == len(DEVICES)
+    table = pipeline_run.stdout[pipeline_run.stdout.index("Night local-"):].split("pipeline local-")[0]
+    report = components_cli(pipeline_run.folder, "report", "--params", str(pipeline_run.params_path), timeout=300)
+    assert report.returncode == 0, report.stdout + report.stderr[-2000:]
+    assert report.stdout.startswith(table) and report.stdout.rstrip().endswith(summary["run_id"])
+    for device in DEVICES:
+        assert any(line.split()[:2] == [device, "PASSED"] for line in table.splitlines())
+
+
 @pytest.fixture
 def dvc_project(pipeline_run: PipelineRun, tmp_path):
     """A copy of the shared project (git, DVC and all), so a check may edit it."""

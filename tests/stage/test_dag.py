@@ -98,3 +98,11 @@ def test_parsing_the_dag_imports_no_stage_code():
                          capture_output=True, text=True, env=subprocess_env(Path("/nonexistent")), timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_nights_summary_runs_last_after_every_stage_whatever_their_states(dagbag):
+    dag = dagbag.dags["compress_nightly"]
+    summary = dag.get_task("summary")
+    assert summary.upstream_task_ids == {stage.name for stage in STAGES}
+    assert summary.trigger_rule == "all_done" and not summary.downstream_task_ids
+    assert [t.task_id for t in dag.tasks if not t.downstream_task_ids] == ["summary"]  # the run's one leaf
