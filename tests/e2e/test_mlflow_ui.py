@@ -191,7 +191,9 @@ def _close_assistant(page) -> None:
 
 
 def _metric_row(page, key: str):
-    return page.get_by_role("row").filter(has=page.get_by_text(key, exact=True))
+    """The metrics table's row of `key`; not a header row of another grid (the run's logged models list its
+    metrics as columns)."""
+    return page.locator('[role="row"]:not(.ag-header-row)').filter(has=page.get_by_text(key, exact=True))
 
 
 def _compress_run(shots, tracked: Tracked) -> None:
