@@ -161,7 +161,7 @@ def _register(params: Params, report: dict, bundle: Path, pipeline_key: str | No
     client = mlflow.MlflowClient()
     name = model_name(params, report)
     device = report["device"]
-    version = _existing_version(client, name, report["validation_id"])
+    version = tracking.version_of_validation(client, name, report["validation_id"])
     created = version is None
     if created:
         with tracking.stage_run(params, STAGE, pipeline_key, device=device) as mlrun:
@@ -195,18 +195,6 @@ def _describe(client, name: str, version: str, report: dict) -> None:
     client.update_model_version(name, version, description=model_card(report, name, version))
     if not client.get_registered_model(name).description:
         client.update_registered_model(name, description=registered_model_description(report, name))
-
-
-def _existing_version(client, name: str, validation_id: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        found = client.search_model_versions(f"name = '{name}' and tags.validation_id = '{validation_id}'")
-    except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
-    return str(found[0].version) if found else None
 
 
 def _version_tags(params: Params, report: dict, pipeline_key: str | None) -> dict[str, str]:

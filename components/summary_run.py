@@ -149,17 +149,10 @@ def _artifact(client, run, path: str) -> dict | None:
 
 
 def _registered(client, name: str, validation_id: str) -> dict | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        found = client.search_model_versions(f"name = '{name}' and tags.validation_id = '{validation_id}'")
-    except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
-    if not found:
+    version = tracking.version_of_validation(client, name, validation_id)
+    if version is None:
         return None
-    v = client.get_model_version(name, found[0].version)  # a search's answer leaves the aliases out
+    v = client.get_model_version(name, version)  # a search's answer leaves the aliases out
     return {"name": name, "version": str(v.version), "aliases": sorted(v.aliases or ()),
             "decision": v.tags.get("champion_decision", "")}
 

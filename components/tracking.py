@@ -426,6 +426,19 @@ def _sweep_dead_runs(mlflow, experiment_id: str, run_name: str, current_run_id: 
         client.set_terminated(run.info.run_id, status="KILLED")
 
 
+def version_of_validation(client, name: str, validation_id: str) -> str | None:
+    """The version of registered model `name` that holds validation `validation_id` (None: none, or no such model)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client.search_model_versions(f"name = '{name}' and tags.validation_id = '{validation_id}'")
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    return str(found[0].version) if found else None
+
+
 def end_pipeline_run(params: Params, pipeline_key: str, status: str = "FINISHED") -> None:
     """Mark the parent run of `pipeline_key` as ended; a failed pipeline's is marked on a best-effort basis."""
     mlflow = _mlflow(params)
