@@ -23,14 +23,17 @@ from components.config import ConfigError, default_params_path, load_params
 def _parser(table: tuple[stages.Stage, ...]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m components", description=__doc__,
                                 epilog="stages: " + "; ".join(f"{s.name}: {s.doc}" for s in table))
-    p.add_argument("command", choices=(*(s.name for s in table), "pipeline", "report", "mlflow-ui"),
-                   help="a stage; `pipeline`: every stage, then the night's summary on the parent run; `report`: "
-                        "the last night's per-device table (exit status 0 when every device passed, else 1)")
+    p.add_argument("command", choices=(*(s.name for s in table), "pipeline", "summary", "report", "mlflow-ui"),
+                   help="a stage; `pipeline`: every stage, then the night's summary on the parent run; `summary`: "
+                        "the summary of pipeline run --pipeline-key on its parent run, which it ends (a scheduler's "
+                        "last step; exit status 1 when a device failed a stage); `report`: the last night's "
+                        "per-device table (exit status 0 when every device passed, else 1)")
     p.add_argument("--params", default=None, help="params file (default: $IOT_COMPRESS_PARAMS or ./params.yaml)")
     p.add_argument("-p", "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one param, e.g. -p ingest.dataset=hhar_raw (repeatable)")
     p.add_argument("--device", action="append", default=[], metavar="NAME",
-                   help="per-device stages: this device of the pool (repeatable; default: profile.devices, else all)")
+                   help="per-device stages: this device of the pool (repeatable, or one JSON list as Kubeflow passes "
+                        "a list parameter; default: profile.devices, else all)")
     p.add_argument("--input", action="append", default=[], metavar="STAGE=DIR",
                    help="read that stage's output from DIR instead of the layout's folder (repeatable)")
     p.add_argument("--output", default=None, metavar="DIR", help="write the stage's data here")
@@ -60,13 +63,35 @@ def main(argv: list[str] | None = None, table: tuple[stages.Stage, ...] | None =
 
             return report(params, args.run)
         layout = stages.Layout(params, args.run_key, table)
+        devices = device_names(args.device)
         if args.command == "pipeline":
             return _pipeline(params, layout, load_params(params_path))
-        return run_stage(stages.stage_named(args.command, table), params, layout, args.device,
+        if args.command == "summary":
+            return _close(params, layout, load_params(params_path), args.pipeline_key, devices, args.report)
+        return run_stage(stages.stage_named(args.command, table), params, layout, devices,
                          _inputs(args.input), args.output, args.report, args.pipeline_key)
     except stages.final_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def device_names(items: list[str]) -> list[str]:
+    """`--device` values: names, or JSON lists of names (what Kubeflow substitutes for a list parameter)."""
+    import json
+
+    names = []
+    for item in items:
+        if not item.lstrip().startswith("["):
+            names.append(item)
+            continue
+        try:
+            listed = json.loads(item)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--device {item!r}: not a JSON list of device names ({exc})") from None
+        if not isinstance(listed, list) or not all(isinstance(n, str) for n in listed):
+            raise ConfigError(f"--device {item!r}: not a JSON list of device names")
+        names += listed
+    return names
 
 
 def _inputs(items: list[str]) -> dict[str, Path]:
@@ -156,6 +181,24 @@ def _summarise(params, layout: stages.Layout, key: str, file_params, quiet: bool
         return False
     print(table_text(night), end="")
     return True
+
+
+def _close(params, layout: stages.Layout, file_params, key: str | None, devices: list[str], report: str | None
+           ) -> int:
+    """`summary`: the night's summary of pipeline run `key` (every device it covered, or `devices`), its table
+    here; 1 when a device failed a stage, as the Airflow DAG's summary task fails."""
+    from components.summary import table_text
+    from components.summary_run import close_night, stage_failures, summary_dir
+
+    if not key:
+        raise ConfigError("summary needs --pipeline-key: the pipeline run whose parent run gets the summary")
+    night = close_night(params, key, file_params=file_params, devices=devices or None,
+                        out=Path(report) if report else summary_dir(layout))
+    print(table_text(night), end="")
+    failed = stage_failures(night)
+    if failed:
+        print(f"error: devices that failed a stage: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _mlflow_ui(params, port: int) -> int:

@@ -129,8 +129,7 @@ def summarise_in_airflow(context: Mapping) -> str:
     """
     from airflow.sdk.exceptions import AirflowFailException
 
-    from components import tracking
-    from components.summary_run import summarise, summary_dir
+    from components.summary_run import close_night, stage_failures, summary_dir
 
     conf = context["params"]
     run_id = str(context["run_id"])
@@ -138,11 +137,10 @@ def summarise_in_airflow(context: Mapping) -> str:
     devices = [r["device"] for r in device_routes() if selected(r["device"], conf["devices"])]
     out = summary_dir(stages.Layout(params, run_id))
     try:
-        night = summarise(params, run_id, file_params=run_params(), devices=devices, out=out)
+        night = close_night(params, run_id, file_params=run_params(), devices=devices, out=out)
     except stages.final_errors() as exc:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
-    failed = [f"{d.device} ({d.failed_stage})" for d in night.devices if d.failed_stage]
-    tracking.end_pipeline_run(params, run_id, "FAILED" if failed else "FINISHED")
+    failed = stage_failures(night)
     if failed:
         raise AirflowFailException(f"the night's summary is on MLflow run {night.run_id}; devices that failed a "
                                    f"stage: {', '.join(failed)}")

@@ -34,7 +34,7 @@ from components.data.outputs import write_text_atomic
 from components.data.checksums import ChecksumMismatch, verify_sealed
 from components.lineage import requirements
 from components.model_card import model_card, registered_model_description
-from components.tracking import TrackingUnavailable
+from components.tracking import NOT_PROMOTED, TrackingUnavailable
 from components.validate_report import failed_gates_text
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 STAGE = "register"
 CANDIDATE, CHAMPION = "candidate", "champion"
+CARD_FILE = "model_card.md"  # in the report folder: the registered version's card, as its description says
 log = logging.getLogger(__name__)
 EXPORTED = "compressed"  # validate's sub-folder holding the compressed model's exported files
 _PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "PERMISSION_DENIED",
@@ -105,6 +106,10 @@ def run(params: Params, device_name: str, *, validate: Path, out: Place, pipelin
         outcome = RegisterOutcome(device.name, False, name, None, (),
                                   f"not registered: failed {failed_gates_text(report)}")
         log.warning("%s: %s", device.name, outcome.reason)
+    if outcome.registered:  # the version's description, also as a file beside the outcome (a reviewer's copy)
+        write_text_atomic(reports / CARD_FILE, model_card(report, name, outcome.version))
+    else:
+        (reports / CARD_FILE).unlink(missing_ok=True)  # an earlier run's card is not this validation's
     write_text_atomic(reports / "registry.json", json.dumps(outcome.to_dict(), indent=2))
     return outcome
 
@@ -267,13 +272,13 @@ def beats(candidate: dict[str, str], champion: dict[str, str], tolerance: float)
             return True, f"more accurate than the champion on the same held-out users: {said}"
         if diff["mean"] >= -tolerance and lat_c < lat_h:
             return True, f"as accurate as the champion ({said}) and {faster}"
-        return False, f"does not beat the champion ({said}; latency {lat_c:.4g} vs {lat_h:.4g} ms)"
+        return False, f"{NOT_PROMOTED} ({said}; latency {lat_c:.4g} vs {lat_h:.4g} ms)"
     said = f"accuracy {acc_c:.4f}{_ci_text(candidate)} vs {acc_h:.4f}{_ci_text(champion)}, not on the same users"
     if acc_c > acc_h + tolerance:
         return True, f"more accurate than the champion ({said})"
     if acc_c >= acc_h - tolerance and lat_c < lat_h:
         return True, f"as accurate as the champion ({said}) and {faster}"
-    return False, f"does not beat the champion ({said}; latency {lat_c:.4g} vs {lat_h:.4g} ms)"
+    return False, f"{NOT_PROMOTED} ({said}; latency {lat_c:.4g} vs {lat_h:.4g} ms)"
 
 
 def _ci_text(tags: dict[str, str]) -> str:

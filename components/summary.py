@@ -15,6 +15,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -167,7 +168,8 @@ def gate_lines(d: DeviceNight) -> list[str]:
 
 
 def device_paragraph(d: DeviceNight) -> list[str]:
-    """The device's verdict in Markdown: why it failed, or what passed and where its model went."""
+    """The device's verdict as Markdown lines (plain text but for the bold first line and the bullets): why it
+    failed, or what passed and where its model went."""
     lines = [f"**{d.device}: {d.verdict}**"]
     if d.failed_stage:
         lines.append(f"- {d.failed_stage}: {d.error or 'no run recorded (it did not start; see the log)'}")
@@ -197,7 +199,12 @@ def _latency_method(report: dict) -> str:
 
 
 def _md(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    return _code_aliases(str(text).replace("|", "\\|").replace("\n", " "))
+
+
+def _code_aliases(text: str) -> str:
+    """`@champion` as code: MLflow's Markdown would link a bare @word to a GitHub user's page."""
+    return re.sub(r"(?<![`\w])@(\w+)", r"`@\1`", text)
 
 
 TABLE = ("device", "verdict", "accuracy (95 % CI)", "baseline", "drop per user", "latency ratio", "size ratio",
@@ -223,7 +230,7 @@ def description_markdown(night: Night, artifact: str = "summary/summary.html", l
     """The parent run's description (`mlflow.note.content`): the table, each device's verdict, what was changed."""
     lines = [f"### {title(night)}"]
     for d in night.devices:  # the verdicts first: the UI shows the description's first lines until "Show more"
-        lines += ["", *device_paragraph(d)]
+        lines += ["", *map(_code_aliases, device_paragraph(d))]
     lines += ["", "| " + " | ".join(TABLE) + " |", "|" + "---|" * len(TABLE)]
     lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in table_rows(night)]
     changed = ", ".join(f"`{k}` = {v}" for k, v in night.params_changed.items()) or "none"
@@ -280,16 +287,20 @@ def _point(method, latency_ratio, size_ratio, accuracy, low, high, on_device: bo
             "low": low, "high": high, "on_device": on_device}
 
 
-def trend(nights: Sequence[tuple[float, Mapping[str, float]]], devices: Sequence[str]) -> dict[str, list[dict]]:
-    """Per device, oldest first: each night's (start time in ms, its parent run's metrics) as the device's figures."""
+TREND_KEYS = ("accuracy", "champion_accuracy", "latency_ratio", "passed", "champion_version", "from_registry")
+
+
+def trend(nights: Sequence[tuple[float, Mapping[str, float]]], devices: Sequence[str], last: int | None = None
+          ) -> dict[str, list[dict]]:
+    """Per device, oldest first: each night's (start time in ms, its metrics) as the device's figures, the `last`
+    nights that name the device at most. A night read back from the registry has `from_registry` 1."""
     out: dict[str, list[dict]] = {d: [] for d in devices}
     for started_ms, metrics in sorted(nights, key=lambda n: n[0]):
         for device in devices:
-            row = {key: metrics.get(f"{device}.{key}") for key in ("accuracy", "champion_accuracy", "latency_ratio",
-                                                                    "passed", "champion_version")}
-            if any(v is not None for v in row.values()):
+            row = {key: metrics.get(f"{device}.{key}") for key in TREND_KEYS}
+            if any(row[key] is not None for key in TREND_KEYS[:-1]):
                 out[device].append({"time_ms": started_ms, **row})
-    return out
+    return {device: rows[-last:] if last else rows for device, rows in out.items()}
 
 
 # ---- HTML ----------------------------------------------------------------------------------------------------------

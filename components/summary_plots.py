@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from components.plots import _pyplot
@@ -58,40 +58,59 @@ def pareto_png(night: Night, path: Path) -> Path:
 
 
 def trend_png(trend: Mapping[str, list[dict]], path: Path, nights: int) -> Path:
-    """Per device over the last nights: the night's compressed accuracy (points; filled = passed), the
-    registry's champion after that night (line), and the measured latency ratio."""
+    """Per device over the last nights: the night's compressed accuracy (points; filled = passed; squares: read
+    back from the registry, for nights before the summary), the registry's champion after that night (line), and
+    the measured latency ratio."""
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+
     plt = _pyplot()
     fig, (acc_ax, lat_ax) = plt.subplots(1, 2, figsize=(13, 4.5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    times = []
     for i, (device, rows) in enumerate(trend.items()):
         colour = colours[i % len(colours)]
-        when = [datetime.fromtimestamp(r["time_ms"] / 1000, timezone.utc) for r in rows]
-        pairs = [(t, r) for t, r in zip(when, rows)]
+        pairs = [(datetime.fromtimestamp(r["time_ms"] / 1000, timezone.utc), r) for r in rows]
+        times += [t for t, _ in pairs]
         champion = [(t, r["champion_accuracy"]) for t, r in pairs if r["champion_accuracy"] is not None]
         if champion:
-            acc_ax.step(*zip(*champion), where="post", color=colour, lw=1.5, label=f"{device} champion")
+            acc_ax.step(*zip(*champion), where="post", color=colour, lw=1.5, marker="_", ms=16,
+                        label=f"{device} champion")
         for t, r in pairs:
+            marker = "s" if r.get("from_registry") else "o"
             if r["accuracy"] is not None:
-                acc_ax.plot([t], [r["accuracy"]], "o", color=colour, mfc=colour if r["passed"] else "none")
+                acc_ax.plot([t], [r["accuracy"]], marker, color=colour, mfc=colour if r["passed"] else "none")
             if r["latency_ratio"] is not None:
-                lat_ax.plot([t], [r["latency_ratio"]], "o", color=colour, mfc=colour if r["passed"] else "none")
-        lat_ax.plot([t for t, r in pairs if r["latency_ratio"] is not None],
-                    [r["latency_ratio"] for _, r in pairs if r["latency_ratio"] is not None], color=colour,
-                    lw=0.8, label=device)
+                lat_ax.plot([t], [r["latency_ratio"]], marker, color=colour, mfc=colour if r["passed"] else "none")
+        measured = [(t, r["latency_ratio"]) for t, r in pairs if r["latency_ratio"] is not None]
+        if measured:
+            lat_ax.plot(*zip(*measured), color=colour, lw=0.8, label=device)
     acc_ax.set_ylabel("accuracy (compressed, on device)")
     lat_ax.set_ylabel("latency / the baseline's (measured)")
-    from matplotlib.dates import DateFormatter
-
     for ax in (acc_ax, lat_ax):
-        ax.xaxis.set_major_formatter(DateFormatter("%m-%d %H:%M"))
-        ax.set_xlabel("night (UTC)")
+        _night_axis(ax, times, AutoDateLocator, ConciseDateFormatter)
         ax.grid(alpha=0.3)
-        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    fig.suptitle(f"The last {nights} nights per device (points: that night's model, filled if it passed; "
-                 "line: the registry's champion)", fontsize=10)
+    if not times:
+        acc_ax.text(0.5, 0.5, "no night recorded yet", ha="center", va="center", transform=acc_ax.transAxes)
+    fig.suptitle(f"The last {nights} nights per device (points: that night's model, filled if it passed, squares "
+                 "read from the registry; line: the registry's champion)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _night_axis(ax, times: list[datetime], locator, formatter) -> None:
+    """Dates on the x axis, spanning the nights with a margin (at least a day either side of a single night, so
+    its ticks name that day rather than matplotlib's default span of years)."""
+    ax.set_xlabel("night (UTC)")
+    if not times:
+        ax.set_xticks([])
+        return
+    first, last = min(times), max(times)
+    margin = max((last - first) * 0.05, timedelta(hours=12))
+    ax.set_xlim(first - margin, last + margin)
+    ticks = locator(minticks=3, maxticks=8, tz=timezone.utc)
+    ax.xaxis.set_major_locator(ticks)
+    ax.xaxis.set_major_formatter(formatter(ticks, tz=timezone.utc))

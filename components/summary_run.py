@@ -59,14 +59,32 @@ def summarise(params: Params, pipeline_key: str, *, file_params: Params, devices
         parent, night = read_night(client, experiment_id, pipeline_key, params, devices, table)
         night = dataclasses.replace(night, params_changed=params_diff(params.to_dict(), file_params.to_dict()))
         metrics = night_metrics(night)
-        nights = _trend_nights(client, experiment_id, params.pipeline.summary_nights, parent.info.run_id, metrics)
-        paths = write_summary(night, trend(nights, [d.device for d in night.devices]), out,
-                              params.pipeline.summary_nights)
+        count = params.pipeline.summary_nights
+        nights = _trend_nights(client, experiment_id, count, parent.info.run_id, metrics)
+        since = nights[-1][1] if len(nights) >= count else 0  # older versions would fall out of the chart
+        nights += _registry_nights(client, night, params, {key: m for key, _, m in nights}, since)
+        rows = trend([(started, m) for _, started, m in nights], [d.device for d in night.devices], last=count)
+        paths = write_summary(night, rows, out, count)
         _log(client, parent.info.run_id, night, metrics, paths)
+        _declare_lineage(client, experiment_id, pipeline_key, parent.info.run_id)
         took = time.perf_counter() - started
         client.log_metric(parent.info.run_id, "summary_s", round(took, 3))
     log.info("summary of %s on MLflow run %s in %.1f s", pipeline_key, parent.info.run_id, took)
     return night
+
+
+def close_night(params: Params, pipeline_key: str, *, file_params: Params, devices: Sequence[str] | None,
+                out: Path) -> Night:
+    """A scheduler's last step (the Airflow DAG's `summary` task, Kubeflow's exit handler): the night's summary on
+    its parent run, which it then ends, FAILED when a device failed a stage (failing gates are a result)."""
+    night = summarise(params, pipeline_key, file_params=file_params, devices=devices, out=out)
+    tracking.end_pipeline_run(params, pipeline_key, "FAILED" if stage_failures(night) else "FINISHED")
+    return night
+
+
+def stage_failures(night: Night) -> list[str]:
+    """`device (stage)` for every device whose stage failed or did not run."""
+    return [f"{d.device} ({d.failed_stage})" for d in night.devices if d.failed_stage]
 
 
 def _client(params: Params):
@@ -169,11 +187,74 @@ def _champion(client, name: str) -> dict | None:
     return {"version": str(v.version), "accuracy": v.tags.get("accuracy"), "latency_ms": v.tags.get("latency_ms")}
 
 
-def _trend_nights(client, experiment_id: str, count: int, run_id: str, metrics: dict) -> list[tuple[float, dict]]:
-    """(start time, metrics) of the last `count` parent runs; this night's metrics are not logged yet."""
+def _trend_nights(client, experiment_id: str, count: int, run_id: str, metrics: dict
+                  ) -> list[tuple[str, float, dict]]:
+    """(pipeline key, start time, metrics) of the last `count` parent runs, newest first; this night's metrics are
+    not logged yet."""
     runs = client.search_runs([experiment_id], f"tags.{tracking.PARENT_TAG} LIKE '%'", max_results=count,
                               order_by=["attributes.start_time DESC"])
-    return [(r.info.start_time, metrics if r.info.run_id == run_id else dict(r.data.metrics)) for r in runs]
+    return [(r.data.tags[tracking.PARENT_TAG], r.info.start_time,
+             metrics if r.info.run_id == run_id else dict(r.data.metrics)) for r in runs]
+
+
+def _registry_nights(client, night: Night, params: Params, summarised: dict[str, dict], since_ms: float
+                     ) -> list[tuple[str, float, dict]]:
+    """The nights the parent runs cannot tell (from before the summary existed, or whose summary was never
+    written), as the registry recorded them: each version since `since_ms` whose pipeline run's metrics
+    (`summarised`: pipeline key -> its parent run's metrics) say nothing of its device is a night that device passed, with its accuracy (tag) and the champion after it (replaying each version's
+    `champion_decision`). Their metrics carry `<device>.from_registry`."""
+    from mlflow.exceptions import MlflowException
+
+    found: dict[str, tuple[float, dict]] = {}
+    for d in night.devices:
+        name = d.model_name or f"{params.register.name_prefix}-{params.ingest.dataset}-{d.device}"
+        try:
+            versions = client.search_model_versions(f"name = '{name}'", max_results=1000)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                continue
+            raise
+        champion: tuple[float | None, float | None] = (None, None)  # (version, accuracy)
+        for v in sorted(versions, key=lambda v: int(v.version)):
+            accuracy = _tag_number(v.tags, "accuracy")
+            if tracking.was_promoted(v.tags.get("champion_decision", "")):
+                champion = (float(v.version), accuracy)
+            key = v.tags.get("pipeline_run", "")
+            if f"{d.device}.passed" in summarised.get(key, {}) or v.creation_timestamp < since_ms:
+                continue
+            when, metrics = found.setdefault(key or f"version {v.version}", (v.creation_timestamp, {}))
+            metrics |= {f"{d.device}.accuracy": accuracy, f"{d.device}.passed": 1.0,
+                        f"{d.device}.champion_version": champion[0], f"{d.device}.champion_accuracy": champion[1],
+                        f"{d.device}.from_registry": 1.0}
+    return [(key, when, {k: v for k, v in m.items() if v is not None}) for key, (when, m) in found.items()]
+
+
+def _tag_number(tags: dict, key: str) -> float | None:
+    try:
+        return float(tags[key])
+    except (KeyError, ValueError):
+        return None
+
+
+def _declare_lineage(client, experiment_id: str, key: str, run_id: str) -> None:
+    """On the parent run too, so that its page says what the night read and made: the windows the night's ingest
+    produced, as an input (context `pipeline`), and the models its train and compress runs logged, as outputs."""
+    from mlflow.entities import DatasetInput, InputTag, LoggedModelOutput
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    runs = client.search_runs([experiment_id], f"tags.{tracking.PIPELINE_KEY_TAG} = '{key}' and "
+                              "attributes.status = 'FINISHED'", max_results=5000)
+    stage = {r.info.run_id: r.data.tags.get("stage") for r in runs}
+    produced = [i for r in runs if stage[r.info.run_id] == "ingest" for i in r.inputs.dataset_inputs
+                if any(t.key == MLFLOW_DATASET_CONTEXT and t.value == "produced" for t in i.tags)]
+    if produced:
+        client.log_inputs(run_id, [DatasetInput(i.dataset, [InputTag(MLFLOW_DATASET_CONTEXT, "pipeline")]
+                                                + [t for t in i.tags if t.key != MLFLOW_DATASET_CONTEXT])
+                                   for i in produced[-1:]])
+    made = {m.model_id for r in runs if stage[r.info.run_id] in ("train", "compress") and r.outputs
+            for m in r.outputs.model_outputs}
+    if made:
+        client.log_outputs(run_id, [LoggedModelOutput(model_id, 0) for model_id in sorted(made)])
 
 
 def write_summary(night: Night, trend_rows: dict, out: Path, nights: int) -> list[Path]:

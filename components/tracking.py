@@ -217,24 +217,6 @@ class StageRun:
         with reachable(self._mlflow, f"log artifact {target}", target):
             self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
-    def log_torch_model(self, model, input_example, name: str = "model") -> str:
-        """Log a torch model as an MLflow model (ready to register) with its signature; return its URI.
-
-        The pip requirements are explicit: inference would take ~11 s and drop torch's `+cpu`.
-        """
-        import numpy
-        import torch
-        from mlflow.models import infer_signature
-
-        with torch.no_grad():
-            output = model(torch.from_numpy(input_example)).numpy()
-        with reachable(self._mlflow, f"log model {name!r} of run {self.run_id}"):
-            info = self._mlflow.pytorch.log_model(
-                model, name=name, input_example=input_example, signature=infer_signature(input_example, output),
-                pip_requirements=[f"torch=={torch.__version__}", f"numpy=={numpy.__version__}"],
-            )
-        return info.model_uri
-
 
 def _metric_key(key: str) -> str:
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in key)
@@ -424,6 +406,14 @@ def _sweep_dead_runs(mlflow, experiment_id: str, run_name: str, current_run_id: 
                     run.info.run_id, run_name)
         client.set_tag(run.info.run_id, ENDED_BY_TAG, why)
         client.set_terminated(run.info.run_id, status="KILLED")
+
+
+NOT_PROMOTED = "does not beat the champion"  # how a version's `champion_decision` starts when it was not promoted
+
+
+def was_promoted(decision: str) -> bool:
+    """Whether a version's `champion_decision` tag (register's) says it became the champion when registered."""
+    return bool(decision) and not decision.startswith(NOT_PROMOTED)
 
 
 def version_of_validation(client, name: str, validation_id: str) -> str | None:

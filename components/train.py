@@ -74,7 +74,7 @@ def run(params: Params, *, ingest: Path, out: Place, pipeline_key: str | None = 
             _write_outputs(staging, split, report, windows.classes)
         write_text_atomic(report_dir / "metrics.json", json.dumps(_dvc_metrics(report), indent=2))
         write_text_atomic(report_dir / "timings.json", json.dumps(timings, indent=2))
-        _log_run(mlrun, output_dir, report, timings, split["model"], windows)
+        _log_run(mlrun, output_dir, report, timings, windows)
         users = report["test"]["users"]
         log.info("train: %s accuracy %s, macro-F1 %s over held-out users %s; random forest %s", spec.arch,
                  interval_text(users["accuracy"]), interval_text(users["macro_f1"]), ", ".join(report["test_users"]),
@@ -204,7 +204,7 @@ def _dvc_metrics(report: dict) -> dict:
     return m
 
 
-def _log_run(mlrun, output_dir: Path, report: dict, timings: dict, model, windows: Windows) -> None:
+def _log_run(mlrun, output_dir: Path, report: dict, timings: dict, windows: Windows) -> None:
     flat = _dvc_metrics(report)
     metrics = {"held_out_users": flat.pop("held_out_users")}
     flat.pop("params")  # logged below with the MACs
@@ -216,12 +216,18 @@ def _log_run(mlrun, output_dir: Path, report: dict, timings: dict, model, window
     diff = report["deep_minus_classical"]["accuracy"]
     metrics |= {"deep_minus_classical.accuracy": diff["mean"], "deep_minus_classical.accuracy_ci_low": diff["low"],
                 "deep_minus_classical.accuracy_ci_high": diff["high"]}
-    mlrun.log_metrics(metrics | timings | {"params": report["params"], "macs_per_window": report["macs_per_window"]})
+    # the baseline as a LoggedModel (the run's Models column; `runs:/<run>/baseline` loads it, nothing pickled):
+    # its held-out scores are linked to it, as validate links the baseline's on-device figures
+    model_id = mlrun.log_model_folder(output_dir / "model", "baseline", {
+        "role": "baseline", "data_hash": windows.card.get("data_hash", "")})
+    linked = {k: v for k, v in metrics.items() if k.startswith("test.") and ".user." not in k}
+    mlrun.log_metrics(linked, model_id=model_id)
+    mlrun.log_metrics({k: v for k, v in metrics.items() if k not in linked} | timings
+                      | {"params": report["params"], "macs_per_window": report["macs_per_window"]})
     for name in ("metrics.json", "users.md", "history.json", "confusion_matrix.png", "learning_curve.png"):
         mlrun.log_artifact(output_dir / name, "train")
     mlrun.log_artifact(output_dir / "model" / models.SPEC_FILE, "train/model")
     mlrun.log_artifact(output_dir / "model" / models.WEIGHTS_FILE, "train/model")
-    mlrun.log_torch_model(model, np.ascontiguousarray(windows.x[:2], dtype=np.float32))
 
 
 def summary(result: TrainResult) -> str:

@@ -140,7 +140,7 @@ def run(params: Params, device_name: str, *, ingest: Path, train: Path, fit_late
         for path in paths[:1] + [reports / "report.html"]:  # what register reads, beside the files it registers
             write_text_atomic(out / path.name, path.read_text())
         seal(out)  # register checks the report and the files it registers against what was validated here
-        _log_metrics(mlrun, flat_metrics(report), model_dirs["compressed"])
+        _log_metrics(mlrun, flat_metrics(report), model_dirs)
         mlrun.set_tags({"validation_passed": str(report["passed"]).lower(), "deployed_format": formats[0],
                         "validation_id": report["validation_id"],
                         "registration": "eligible" if report["passed"]
@@ -155,16 +155,20 @@ def run(params: Params, device_name: str, *, ingest: Path, train: Path, fit_late
         return ValidateResult(device.name, reports / "report.json", report, mlrun.run_id)
 
 
-def _log_metrics(mlrun, metrics: dict, compressed_dir: Path) -> None:
-    """The compressed model's figures and the gates linked to the LoggedModel compress logged for it (found by its
-    weights; then it shows as this run's input model), the baseline's and the counts to the run alone."""
-    model_id = mlrun.find_logged_model(compressed_dir)
-    if model_id is None:
-        log.info("no logged model holds the weights in %s: the metrics are the run's alone", compressed_dir)
-        mlrun.log_metrics(metrics)
-        return
-    linked = {k: v for k, v in metrics.items() if k.startswith(("compressed.", "gate.")) or k == "passed"}
-    mlrun.log_metrics(linked, model_id=model_id)
+def _log_metrics(mlrun, metrics: dict, model_dirs: dict[str, Path]) -> None:
+    """Each model's figures linked to the LoggedModel logged for it upstream (train's baseline, compress's
+    compressed model, found by their weights; then each shows as this run's input model), the gates and the
+    verdict to the compressed one; what no logged model holds, and the counts, to the run alone."""
+    linked: set[str] = set()
+    for name, folder in model_dirs.items():
+        model_id = mlrun.find_logged_model(folder)
+        if model_id is None:
+            log.info("no logged model holds the weights in %s: its metrics are the run's alone", folder)
+            continue
+        mine = {k: v for k, v in metrics.items()
+                if k.startswith(f"{name}.") or (name == "compressed" and (k.startswith("gate.") or k == "passed"))}
+        mlrun.log_metrics(mine, model_id=model_id)
+        linked |= set(mine)
     mlrun.log_metrics({k: v for k, v in metrics.items() if k not in linked})
 
 

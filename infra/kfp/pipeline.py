@@ -13,6 +13,11 @@ Data moves between tasks as KFP artifacts, one per folder: a task gets
 and `--report <artifact>` for its own folders. For a per-device stage each is
 that device's folder itself, so the paths never depend on params.yaml.
 
+The pipeline's exit handler runs `python -m components summary` once every
+stage is done, failed ones included (as the Airflow DAG's `summary` task with
+trigger rule `all_done`): the night's summary onto the MLflow parent run,
+which it ends.
+
 Compile-time settings (the MLflow tracking URI, params overrides) are baked
 into the spec: kfp 2.16 cannot feed a pipeline parameter into an environment
 variable, and `-p` takes one `section.key=value` per flag, so a run-time list
@@ -101,6 +106,23 @@ def make_components(image: str = IMAGE, overrides: Sequence[str] = (),
     return {stage.name: make_component(stage, image, overrides) for stage in stages}
 
 
+def make_summary_component(image: str = IMAGE, overrides: Sequence[str] = ()) -> Callable:
+    """The night's summary (`python -m components summary`): the pipeline's exit handler, so it runs when every
+    stage is done, failed ones too, writes the summary onto the parent MLflow run and ends that run."""
+
+    def summary(pipeline_key: str, devices: list, report_dir: dsl.Output[dsl.Artifact]) -> dsl.ContainerSpec:
+        # a list parameter reaches the command as one JSON argument, which `--device` accepts
+        args = ["--pipeline-key", pipeline_key, "--device", devices, "--report", report_dir.path]
+        args += [arg for item in overrides for arg in ("-p", item)]
+        return dsl.ContainerSpec(image=image, command=["python", "-m", "components", "summary"], args=args)
+
+    summary.__doc__ = "The night's summary on the pipeline's MLflow parent run, every device side by side."
+    return dsl.container_component(summary)
+
+
+SUMMARY_RESOURCES = ("1", "2G")  # reads the night's runs and draws two figures
+
+
 def _configure(task: dsl.PipelineTask, stage: Stage, tracking_uri: str) -> dsl.PipelineTask:
     """Resources, retries, caching and the MLflow URI of one task.
 
@@ -128,17 +150,24 @@ def build_pipeline(default_devices: Sequence[str], tracking_uri: str = DEFAULT_T
         task = components[stage.name](pipeline_key=key, **device, **inputs)
         tasks[stage.name] = _configure(task, stage, tracking_uri)
 
+    summary = make_summary_component(image, overrides)
+
     @dsl.pipeline(name=PIPELINE_NAME, description=__doc__.splitlines()[0])
     def compress_nightly(devices: list = list(default_devices)):
-        tasks: dict[str, dsl.PipelineTask] = {}
-        for stage in stages:
-            if not stage.per_device:
-                step(stage, tasks)
-        per_device = [stage for stage in stages if stage.per_device]
-        if per_device:
-            with dsl.ParallelFor(devices, name="per-device") as device:
-                for stage in per_device:
-                    step(stage, tasks, device=device)
+        cpu, memory = SUMMARY_RESOURCES
+        last = (summary(pipeline_key=key, devices=devices).set_caching_options(False)
+                .set_cpu_request(cpu).set_cpu_limit(cpu).set_memory_request(memory).set_memory_limit(memory)
+                .set_env_variable("MLFLOW_TRACKING_URI", tracking_uri))
+        with dsl.ExitHandler(last, name="stages"):  # the summary runs after them, whether they failed or not
+            tasks: dict[str, dsl.PipelineTask] = {}
+            for stage in stages:
+                if not stage.per_device:
+                    step(stage, tasks)
+            per_device = [stage for stage in stages if stage.per_device]
+            if per_device:
+                with dsl.ParallelFor(devices, name="per-device") as device:
+                    for stage in per_device:
+                        step(stage, tasks, device=device)
 
     return compress_nightly
 

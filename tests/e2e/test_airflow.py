@@ -15,7 +15,7 @@ from tests.conftest import subprocess_env
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_airflow_dags_test_runs_ingest_then_train_and_profiles_and_fits_each_device(tmp_path, params_file):
+def test_airflow_dags_test_runs_every_stage_for_each_device_then_the_nights_summary(tmp_path, params_file):
     path = params_file()
     raw = yaml.safe_load(path.read_text())
     raw["profile"]["devices"] = ["ort-1t", "cortex-m4"]
@@ -52,5 +52,12 @@ def test_airflow_dags_test_runs_ingest_then_train_and_profiles_and_fits_each_dev
                             "order by map_index").fetchall()
         validated = db.execute("select rendered_map_index, queue, pool from task_instance where task_id = 'validate' "
                                "order by map_index").fetchall()
+        summarised = db.execute("select state from task_instance where task_id = 'summary'").fetchall()
     assert routed == [("ort-1t", "default", "local_cpu"), ("cortex-m4", "default", "analytic")]
     assert validated == routed  # the exported models ran on the device they were validated for
+    assert summarised == [("success",)]  # the run's one leaf, after every stage
+    # the night's summary, which the parent MLflow run carries too (tests/stage/test_summary.py reads it back)
+    [summary] = [json.loads(p.read_text()) for p in runs.glob("*/reports/summary/summary.json")]
+    assert [d["device"] for d in summary["devices"]] == ["ort-1t", "cortex-m4"]
+    assert all(d["failed_stage"] is None for d in summary["devices"]), summary["devices"]
+    assert (next(runs.glob("*/reports/summary/summary.json")).parent / "summary.html").exists()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -38,7 +39,7 @@ TIMEOUT_S = 1800
 # Playwright is imported inside the browser steps: without it the module still collects, and the `chromium` fixture
 # fails the browser test with what to install instead.
 SCREENSHOTS = ("runs", "compress-run", "compress-metrics", "compress-pareto", "validate-report", "registered-model",
-               "pipeline-summary", "pipeline-summary-html")
+               "registered-version", "pipeline-summary", "pipeline-summary-lineage", "pipeline-summary-html")
 
 
 def free_port() -> int:
@@ -156,7 +157,10 @@ def test_mlflow_ui_in_a_browser_shows_runs_metrics_plots_report_and_model(chromi
         _compress_run(shots, tracked)
         _validate_report(shots, tracked, report)
         _registered_model(shots, tracked, model_name(params, report))
-        _pipeline_summary(shots, tracked, json.loads((params.path("reports/summary") / "summary.json").read_text()))
+        _registered_version(shots, tracked, model_name(params, report), report)
+        card = json.loads((params.path(params.ingest.output_dir) / "data_card.json").read_text())
+        _pipeline_summary(shots, tracked, json.loads((params.path("reports/summary") / "summary.json").read_text()),
+                          card)
     assert [path.stem for path in shots.paths] == list(SCREENSHOTS)
     for path in shots.paths:
         width, height = png_size(path)
@@ -265,9 +269,30 @@ def _registered_model(shots, tracked: Tracked, name: str) -> None:
     shots.take("registered-model")
 
 
-def _pipeline_summary(shots, tracked: Tracked, summary: dict) -> None:
+def _registered_version(shots, tracked: Tracked, name: str, report: dict) -> None:
+    """The version's page is its model card: what it is, its accuracy and cost on the device, the gates, how to
+    load it; the aliases are code, not links to a GitHub user."""
+    from playwright.sync_api import expect
+
+    page = shots.page
+    page.goto(f"{tracked.url}/#/models/{name}/versions/1")
+    expect(page.get_by_role("heading", name="Version 1", exact=True)).to_be_visible()
+    _close_assistant(page)
+    expect(page.get_by_role("heading", name=f"{name} version 1", exact=True)).to_be_visible()
+    for heading in ("What it is", f"Accuracy on {DEVICE}", f"Latency and size on {DEVICE}", "How to load it"):
+        expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
+    expect(page.get_by_role("heading", name=re.compile(r"^Gates \("))).to_be_visible()
+    held_out = page.get_by_text(re.compile(r"^Held-out users: ")).first
+    for user in report["test_users"]:
+        expect(held_out).to_contain_text(user)
+    assert page.locator("a[href*='github.com/']").count() == 0
+    shots.take("registered-version")
+
+
+def _pipeline_summary(shots, tracked: Tracked, summary: dict, card: dict) -> None:
     """The parent run is the night's summary: its description gives each device's verdict, its metrics the
-    headline numbers, and summary/summary.html shows every device with the figures inside the page."""
+    headline numbers, its Datasets box the data the night read, its logged models what it made, and
+    summary/summary.html shows every device with the figures inside the page."""
     from playwright.sync_api import expect
 
     page = shots.page
@@ -281,7 +306,13 @@ def _pipeline_summary(shots, tracked: Tracked, summary: dict) -> None:
     for device in summary["devices"]:
         expect(page.get_by_text(f"{device['device']}: {device['verdict']}", exact=True)).to_be_visible()
         assert tracked.metrics("pipeline")[f"{device['device']}.passed"] == float(device["passed"])
+    expect(page.get_by_text(f"{card['dataset']} ({card['data_hash'][:16]})", exact=True)).to_be_visible()
     shots.take("pipeline-summary")
+    for device in DEVICES:  # compress's models, among the parent run's logged models
+        model = page.get_by_text(f"compressed-{device}", exact=True).first
+        model.scroll_into_view_if_needed()
+        expect(model).to_be_visible()
+    shots.take("pipeline-summary-lineage")
     _open_artifact(page, "summary", "summary.html")
     for other in ("pareto.png", "trend.png", "summary.json"):
         expect(page.get_by_text(other, exact=True)).to_be_visible()

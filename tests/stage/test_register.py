@@ -70,6 +70,8 @@ def test_a_passing_model_is_registered_with_its_files_tags_and_aliases_and_loads
     assert tags["validate_run_id"] == report["validate_run_id"] and tags["git_commit"]
     assert tags["format"] == "tflite_int16x8" and tags["validation_id"] == report["validation_id"]
     assert json.loads((tmp_path / "gr" / "registry.json").read_text())["version"] == str(version.version)
+    card = (tmp_path / "gr" / "model_card.md").read_text()  # the version's description, also as a file
+    assert card == version.description and card.startswith(f"# {outcome.name} version {version.version}")
     loaded = mlflow.pyfunc.load_model(f"models:/{outcome.name}@champion")
     x = np.load(tmp_path / "ingest" / "x.npy")[:8]
     logits = loaded.predict(x)

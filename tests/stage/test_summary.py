@@ -25,6 +25,10 @@ def _stage(params, key: str, name: str, device: str | None, folder: Path, artifa
     """One stage run as the stage logs it: nested under the key's parent run, its report as an artifact."""
     try:
         with tracking.stage_run(params, name, key, device=device) as run:
+            if name == "ingest":  # the windows it produced, as ingest declares them (components/lineage.py)
+                _declare_produced(params)
+            if name == "compress":  # its model, as a logged model is the run's output
+                _log_model(params, run.run_id, f"compressed-{device}")
             if artifact is not None:
                 path = folder / name / (device or "") / ("report.json" if name == "validate" else "metrics.json")
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,6 +39,23 @@ def _stage(params, key: str, name: str, device: str | None, folder: Path, artifa
             return run.run_id
     except RuntimeError:
         return ""
+
+
+def _declare_produced(params) -> None:
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+    dataset = MetaDataset(HTTPDatasetSource("http://127.0.0.1/hhar_sa"), name="hhar_sa", digest="0123456789abcdef")
+    tracking.configured_mlflow(params).log_input(dataset, context="produced", tags={"data_hash": "0123456789abcdef"})
+
+
+def _log_model(params, run_id: str, name: str) -> None:
+    from mlflow.entities import LoggedModelOutput
+
+    client = tracking.configured_mlflow(params).MlflowClient()
+    experiment_id = client.get_run(run_id).info.experiment_id
+    model = client.create_logged_model(experiment_id, name=name, source_run_id=run_id)
+    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, 0)])
 
 
 def _night(params, key: str, folder: Path, outcomes: dict[str, dict]) -> None:
@@ -65,7 +86,7 @@ def _register(params, client, key: str, folder: Path, device: str, outcome: dict
     except MlflowException:
         pass
     version = client.create_model_version(name, f"runs:/{run_id}/model", run_id=run_id, tags={
-        "validation_id": report["validation_id"], "champion_decision": outcome["decision"],
+        "validation_id": report["validation_id"], "champion_decision": outcome["decision"], "pipeline_run": key,
         "accuracy": str(report["models"]["compressed"]["onnx"]["accuracy"]), "latency_ms": "0.3"}).version
     for alias in outcome["aliases"]:
         client.set_registered_model_alias(name, alias, version)
@@ -116,8 +137,20 @@ def test_the_summary_of_a_night_reads_every_device_from_mlflow_and_writes_the_pa
     logged = {f.path for f in client.list_artifacts(night.run_id, "summary")}
     assert {"summary/summary.html", "summary/pareto.png", "summary/trend.png", "summary/summary.json"} <= logged
 
+    [declared] = parent.inputs.dataset_inputs  # the data the night's ingest produced, on the parent run's page
+    assert (declared.dataset.name, declared.dataset.digest) == ("hhar_sa", "0123456789abcdef")
+    assert {t.key: t.value for t in declared.tags} == {"mlflow.data.context": "pipeline",
+                                                        "data_hash": "0123456789abcdef"}
+
+    made = {client.get_logged_model(m.model_id).name for m in parent.outputs.model_outputs}
+    assert made == {"compressed-ort-1t"}  # night 2's compress of tflite-1t failed: no model
+
+    # night 1 has no summary metrics: the registry tells what passed then (tflite-1t's version 1), and the champion
     kept = json.loads((tmp_path / "summary" / "summary.json").read_text())
-    assert [r["accuracy"] for r in kept["trend"]["ort-1t"]] == [0.905]  # night 1 has no summary (metrics) yet
+    assert [(r["accuracy"], r["from_registry"]) for r in kept["trend"]["ort-1t"]] == [(0.9, 1.0), (0.905, None)]
+    assert [r["champion_accuracy"] for r in kept["trend"]["ort-1t"]] == [0.9, 0.9]
+    assert [(r["passed"], r["from_registry"]) for r in kept["trend"]["tflite-1t"]] == [(1.0, 1.0), (0.0, None)]
+    assert "`@candidate`" in note and " @candidate" not in note  # not a link to a GitHub user in the UI
     page = (tmp_path / "summary" / "summary.html").read_text()
     assert page.count("src='data:image/png;base64,") == 2
 
@@ -131,7 +164,7 @@ def test_the_trend_reads_the_earlier_nights_summary_and_the_report_command_print
     second = summarise(load_params(two_nights, ["compress.budget.latency=0.33"]), NIGHT_2, file_params=file_params,
                        devices=DEVICES, out=tmp_path / "s2")
     trend = json.loads((tmp_path / "s2" / "summary.json").read_text())["trend"]
-    assert [r["accuracy"] for r in trend["ort-1t"]] == [0.9, 0.905]
+    assert [(r["accuracy"], r["from_registry"]) for r in trend["ort-1t"]] == [(0.9, None), (0.905, None)]
     assert [r["champion_accuracy"] for r in trend["ort-1t"]] == [0.9, 0.9]
     assert [r["passed"] for r in trend["tflite-1t"]] == [1.0, 0.0]
 
@@ -187,6 +220,28 @@ def test_the_airflow_summary_task_ends_the_parent_run_and_fails_when_a_device_fa
     assert (tmp_path / ".state" / "runs" / NIGHT_2 / "reports" / "summary" / "summary.html").exists()
     conf = {"devices": DEVICES, "overrides": []}
     assert airflow_tasks.summarise_in_airflow({"params": conf, "run_id": NIGHT_1}).endswith("summary")
+
+
+def test_the_summary_command_writes_and_ends_the_night_as_kubeflows_exit_handler_runs_it(tmp_path, two_nights):
+    """`python -m components summary`, with the devices as the one JSON argument Kubeflow passes for a list."""
+    out = components_cli(tmp_path, "summary", "--params", str(two_nights), "-p", "compress.budget.latency=0.33",
+                         "--pipeline-key", NIGHT_2, "--device", json.dumps(DEVICES), "--report",
+                         str(tmp_path / "kfp-report"), timeout=120)
+    assert out.returncode == 1, out.stdout + out.stderr[-2000:]
+    assert out.stdout.startswith("Night nightly-2: 1 of 2 devices passed")
+    assert out.stderr.strip().endswith("error: devices that failed a stage: tflite-1t (compress)")
+    assert (tmp_path / "kfp-report" / "summary.html").exists()
+    params = load_params(two_nights)
+    client = tracking.configured_mlflow(params).MlflowClient()
+    experiment = client.get_experiment_by_name(params.pipeline.experiment)
+    [parent] = client.search_runs([experiment.experiment_id], f"tags.{tracking.PARENT_TAG} = '{NIGHT_2}'")
+    assert parent.info.status == "FAILED" and parent.data.params == {"compress.budget.latency": "0.33"}
+
+    bad = components_cli(tmp_path, "summary", "--params", str(two_nights), "--pipeline-key", NIGHT_1, "--device",
+                         '["ort-1t", 3]', timeout=120)
+    assert bad.returncode == 2 and "not a JSON list of device names" in bad.stderr
+    keyless = components_cli(tmp_path, "summary", "--params", str(two_nights), timeout=120)
+    assert keyless.returncode == 2 and "summary needs --pipeline-key" in keyless.stderr
 
 
 def test_the_figures_render_headless_with_failed_devices_and_empty_trends(tmp_path):

@@ -80,8 +80,13 @@ def test_mlflow_gets_epochs_users_plots_and_a_loadable_model(ingested):
     assert len(client.get_metric_history(result.run_id, "val_loss")) >= 1
     files = {f.path for f in client.list_artifacts(result.run_id, "train")}
     assert {"train/confusion_matrix.png", "train/learning_curve.png", "train/metrics.json", "train/users.md"} <= files
-    logged = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/model")
+    logged = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/baseline")
     assert logged.metadata.get_input_schema() is not None
+    # a LoggedModel of the saved folder (nothing pickled), its held-out scores linked to it
+    [model] = client.search_logged_models([run.info.experiment_id])
+    assert model.source_run_id == result.run_id and model.tags["role"] == "baseline"
+    linked = {m.key: m.value for m in model.metrics}
+    assert linked["test.accuracy"] == pytest.approx(result.accuracy) and "val_loss" not in linked
     x = train.load_windows(ingested.path(ingested.ingest.output_dir)).x[:3].astype(np.float32)
     assert np.asarray(logged.predict(x)).shape == (3, 6)
     # the windows it read, as an MLflow dataset: the data set, its data hash, the ingest folder and run

@@ -113,14 +113,15 @@ def test_validate_reports_every_gate_with_its_numbers_and_logs_the_run(make_para
     assert "1 held-out users (c) (one user: no interval)" in md
 
 
-def test_validate_declares_its_windows_and_links_the_compressed_models_figures_to_its_logged_model(make_params, task,
-                                                                                                 tmp_path):
+def test_validate_declares_its_windows_and_links_each_models_figures_to_its_logged_model(make_params, task, tmp_path):
     from mlflow import MlflowClient
 
     from components import tracking
 
     params = _params(make_params, task)
-    with tracking.stage_run(params, "compress", device="ort-1t") as compress_run:  # as compress logs it
+    with tracking.stage_run(params, "train") as train_run:  # as train logs the baseline
+        baseline_id = train_run.log_model_folder(task.baseline, "baseline")
+    with tracking.stage_run(params, "compress", device="ort-1t") as compress_run:  # as compress logs its model
         model_id = compress_run.log_model_folder(task.compressed, "compressed-ort-1t")
     result = _run(params, task, "ort-1t", tmp_path)
     client = MlflowClient()
@@ -128,13 +129,17 @@ def test_validate_declares_its_windows_and_links_the_compressed_models_figures_t
     (entry,) = run.inputs.dataset_inputs
     assert entry.dataset.digest == "synthetic-0"
     assert {t.key: t.value for t in entry.tags}["mlflow.data.context"] == "evaluation"
-    assert [m.model_id for m in run.inputs.model_inputs] == [model_id]  # the model it validated, as its input
+    assert {m.model_id for m in run.inputs.model_inputs} == {model_id, baseline_id}  # the models it validated
     linked = {m.key: m for m in client.get_logged_model(model_id).metrics}
     comp = result.report["models"]["compressed"]["onnx"]
     assert linked["compressed.onnx.accuracy"].value == pytest.approx(comp["accuracy"])
     assert linked["compressed.onnx.accuracy"].run_id == result.run_id and "gate.size" in linked
     assert not any(key.startswith("baseline.") for key in linked)
-    assert run.data.metrics["baseline.onnx.accuracy"] > 0  # the baseline's figures stay the run's alone
+    baseline = {m.key: m for m in client.get_logged_model(baseline_id).metrics}
+    assert baseline["baseline.onnx.accuracy"].value == pytest.approx(result.report["models"]["baseline"]["onnx"]
+                                                                     ["accuracy"])
+    assert not any(key.startswith(("compressed.", "gate.")) for key in baseline)
+    assert run.data.metrics["baseline.onnx.accuracy"] > 0 and run.data.metrics["test_windows"] > 0  # the run's too
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ is a fresh compile.
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.__main__ import _parser
+from components.__main__ import _parser, device_names
 from components.config import load_params
 from components.stages import STAGES, Stage
 from tests.conftest import PROJECT_ROOT
@@ -28,6 +29,8 @@ KFP_DIR = PROJECT_ROOT / "infra" / "kfp"
 COMMITTED = KFP_DIR / "compress_nightly.yaml"
 BY_NAME = {stage.name: stage for stage in STAGES}
 PER_DEVICE = tuple(stage.name for stage in STAGES if stage.per_device)
+SUMMARY = "summary"  # the exit handler's command: not a stage
+STAGES_DAG = "comp-exit-handler-1"  # every stage runs inside the exit handler, whose exit task is the summary
 PLACEHOLDER = re.compile(r"\{\{\$\.(inputs|outputs)\.(parameters|artifacts)\['([^']+)'\](?:\.path)?\}\}")
 
 
@@ -57,10 +60,12 @@ def spec(compiled) -> dict:
 
 
 def _executors(spec: dict) -> dict[str, dict]:
-    """Stage -> its executor's container, found by the stage its command runs."""
+    """Stage -> its executor's container, found by the stage its command runs (the summary is not a stage)."""
     out = {}
     for label, executor in spec["deploymentSpec"]["executors"].items():
         stage = executor["container"]["command"][3]
+        if stage == SUMMARY:
+            continue
         assert stage not in out, f"{label}: a second executor for {stage}"
         out[stage] = executor["container"]
     return out
@@ -74,7 +79,7 @@ def _tasks(spec: dict) -> dict[str, tuple[str, dict]]:
     for dag_name, dag in dags.items():
         for task in dag["tasks"].values():
             component = spec["components"][task["componentRef"]["name"]]
-            if "executorLabel" in component:
+            if "executorLabel" in component and executor_stage[component["executorLabel"]] != SUMMARY:
                 stage = executor_stage[component["executorLabel"]]
                 assert stage not in out, f"a second task for {stage}"
                 out[stage] = (dag_name, task)
@@ -91,8 +96,19 @@ def _producer(spec: dict, dag_name: str, artifact_input: dict) -> tuple[str, str
         label = spec["components"][task["componentRef"]["name"]]["executorLabel"]
         return spec["deploymentSpec"]["executors"][label]["container"]["command"][3], ref["outputArtifactKey"]
     name = artifact_input["componentInputArtifact"]  # handed into a loop: the loop task says by whom
-    (loop,) = [t for t in spec["root"]["dag"]["tasks"].values() if t["componentRef"]["name"] == dag_name]
-    return _producer(spec, "root", loop["inputs"]["artifacts"][name])
+    parent, loop = _parent(spec, dag_name)
+    return _producer(spec, parent, loop["inputs"]["artifacts"][name])
+
+
+def _dags(spec: dict) -> dict[str, dict]:
+    return {"root": spec["root"]["dag"]} | {name: c["dag"] for name, c in spec["components"].items() if "dag" in c}
+
+
+def _parent(spec: dict, dag_name: str) -> tuple[str, dict]:
+    """(the DAG holding the task that runs DAG `dag_name`, that task)."""
+    (found,) = [(name, t) for name, dag in _dags(spec).items() for t in dag["tasks"].values()
+                if t["componentRef"]["name"] == dag_name]
+    return found
 
 
 def _flag_values(args: list[str], flag: str) -> list[str]:
@@ -217,9 +233,10 @@ def test_data_dependencies_are_those_of_the_table_and_dvc_yaml(spec):
 def _loop(spec: dict, tasks: dict[str, tuple[str, dict]], per_device=PER_DEVICE) -> tuple[str, dict]:
     """(the loop's DAG name, the loop task in the root DAG) holding every per-device stage."""
     loops = {tasks[stage][0] for stage in per_device}
-    assert len(loops) == 1 and "root" not in loops
+    assert len(loops) == 1 and STAGES_DAG not in loops
     (name,) = loops
-    (loop,) = [t for t in spec["root"]["dag"]["tasks"].values() if t["componentRef"]["name"] == name]
+    parent, loop = _parent(spec, name)
+    assert parent == STAGES_DAG
     return name, loop
 
 
@@ -227,11 +244,13 @@ def test_per_device_stages_run_in_a_loop_over_the_devices_parameter(spec):
     tasks = _tasks(spec)
     for stage in STAGES:
         if not stage.per_device:
-            assert tasks[stage.name][0] == "root", stage.name
+            assert tasks[stage.name][0] == STAGES_DAG, stage.name
     _, loop = _loop(spec, tasks)
     item = loop["parameterIterator"]["itemInput"]
     channel = loop["parameterIterator"]["items"]["inputParameter"]
-    assert loop["inputs"]["parameters"][channel] == {"componentInputParameter": "devices"}
+    handed = loop["inputs"]["parameters"][channel]["componentInputParameter"]  # the exit handler hands it down
+    _, handler = _parent(spec, STAGES_DAG)
+    assert handler["inputs"]["parameters"][handed] == {"componentInputParameter": "devices"}
     for stage in PER_DEVICE:
         assert tasks[stage][1]["inputs"]["parameters"]["device"] == {"componentInputParameter": item}
     devices = spec["root"]["inputDefinitions"]["parameters"]["devices"]
@@ -258,6 +277,31 @@ def test_retries_caching_resources_and_environment(kfp_pipeline, spec):
         assert not re.search(r"//[^/@]*:[^/@]*@", env["MLFLOW_TRACKING_URI"]), "credentials in the URI"
     for timed in ("profile", "validate"):  # timings are never served from a cache
         assert tasks[timed][1]["cachingOptions"].get("enableCache", False) is False
+
+
+def test_the_nights_summary_runs_after_every_stage_whatever_their_states(kfp_pipeline, spec):
+    """The exit handler's task, as the Airflow DAG's `summary` task with trigger rule all_done: it runs
+    `python -m components summary` on the pipeline's key and devices, a command the CLI accepts."""
+    root = spec["root"]["dag"]["tasks"]
+    assert set(root) == {"exit-handler-1", SUMMARY}
+    assert root["exit-handler-1"]["componentRef"]["name"] == STAGES_DAG
+    task = root[SUMMARY]
+    assert task["dependentTasks"] == ["exit-handler-1"]
+    assert task["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert task["inputs"]["parameters"]["devices"] == {"componentInputParameter": "devices"}
+    assert task["cachingOptions"].get("enableCache", False) is False
+    [container] = [e["container"] for e in spec["deploymentSpec"]["executors"].values()
+                   if e["container"]["command"][3] == SUMMARY]
+    assert container["command"] == ["python", "-m", "components", SUMMARY]
+    assert container["env"] == [{"name": "MLFLOW_TRACKING_URI", "value": kfp_pipeline.DEFAULT_TRACKING_URI}]
+    devices = spec["root"]["inputDefinitions"]["parameters"]["devices"]["defaultValue"]
+    # KFP hands a list parameter to a command as its JSON text
+    values = {"pipeline_key": "kfp-run-0", "devices": json.dumps(devices)}
+    argv = [SUMMARY] + [PLACEHOLDER.sub(lambda m: values[m[3]] if m[2] == "parameters" else f"/kfp/{m[1]}/{m[3]}",
+                                        a) for a in container["args"]]
+    args = _parser(STAGES).parse_args(argv)
+    assert (args.command, args.pipeline_key, args.report) == (SUMMARY, "kfp-run-0", "/kfp/outputs/report_dir")
+    assert device_names(args.device) == devices
 
 
 def test_committed_spec_is_a_fresh_compile(compiled):

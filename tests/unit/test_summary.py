@@ -68,12 +68,12 @@ def test_the_description_says_each_verdict_why_and_where_the_model_went():
     text = description_markdown(night())
     assert text.startswith("### Night nightly-7: 1 of 3 devices passed\n\n**ort-1t: PASSED**")
     assert "| ort-1t | PASSED | 0.900 (0.880 to 0.920) | 0.910 | 0.010 | 0.3 | 0.4 | " \
-           "iot-compress-hhar_sa-ort-1t v3 @candidate @champion |" in text
+           "iot-compress-hhar_sa-ort-1t v3 `@candidate` `@champion` |" in text  # code: MLflow links @words
     assert "**tflite-1t: FAILED gates latency, size**" in text
     assert "- gate latency: timed 0.7 ms vs the baseline's 1 ms (0.7 vs limit 0.4)" in text
     assert "- gate size: 80000 bytes vs the baseline's 100000 (0.8 vs limit 0.6)" in text
     assert "**cortex-m4: FAILED in compress**\n- compress: ModelConfigError: no layer left to prune" in text
-    assert "registered iot-compress-hhar_sa-ort-1t v3 @candidate @champion: no champion yet" in text
+    assert "registered iot-compress-hhar_sa-ort-1t v3 `@candidate` `@champion`: no champion yet" in text
     assert "Settings that differ from the params file: `compress.budget.latency` = 0.33." in text
 
 
@@ -114,6 +114,8 @@ def test_trend_orders_nights_and_keeps_each_devices_own_figures():
     assert [r["accuracy"] for r in rows["ort-1t"]] == [0.88, 0.91]
     assert rows["ort-1t"][0]["champion_accuracy"] is None and rows["ort-1t"][1]["champion_accuracy"] == 0.91
     assert [r["accuracy"] for r in rows["tflite-1t"]] == [0.8] and rows["cortex-m4"] == []
+    last = trend(nights, ["ort-1t", "tflite-1t"], last=1)  # per device: its own last night
+    assert [r["time_ms"] for r in last["ort-1t"]] == [2000] and [r["time_ms"] for r in last["tflite-1t"]] == [1000]
 
 
 def test_the_html_is_one_page_with_the_gates_of_every_device_and_its_images_inside():
@@ -123,4 +125,5 @@ def test_the_html_is_one_page_with_the_gates_of_every_device_and_its_images_insi
     assert "<td class='FAIL' title='timed 0.7 ms vs the baseline&#x27;s 1 ms'>FAIL 0.7 / 0.4</td>" in page
     assert "<td colspan='4'>FAILED in compress</td>" in page
     assert "<h3 class='FAILED'>cortex-m4: FAILED in compress</h3>" in page
+    assert "`" not in page and "v3 @candidate @champion" in page  # Markdown's code marks stay in Markdown
 
