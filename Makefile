@@ -30,7 +30,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # The cluster policy that routes each device's mapped tasks to its queue and pool.
 export PYTHONPATH := $(CURDIR)/infra/airflow$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: install browser run test test-fast test-slow test-e2e test-deployment test-static lock dvc-repro airflow-test airflow-up airflow-down \
+.PHONY: install browser run kfp-local test test-fast test-slow test-e2e test-deployment test-static lock dvc-repro airflow-test airflow-up airflow-down \
         mlflow-server mlflow-server-stop mlflow-ui benchmark images clean
 
 install: $(VENV)/.installed
@@ -57,6 +57,11 @@ lock:
 # The whole pipeline on the embedded default: local files, SQLite, no server.
 run: install
 	$(PY) -m components pipeline
+
+# The Kubeflow pipeline, run here with KFP's local runner (each task a subprocess): the cluster's spec minus its
+# Kubernetes settings (infra/kfp/README.md).
+kfp-local: install
+	$(PY) infra/kfp/pipeline.py --local
 
 # The tiers (tests/conftest.py; a test over its tier's time fails, naming the tier):
 #   unit   pure logic: no subprocess, no MLflow store, no TensorFlow (~30 s)
@@ -114,6 +119,7 @@ mlflow-ui: install
 	$(PY) -m components mlflow-ui
 
 benchmark: install
+	$(PY) benchmarks/kfp_local.py
 	$(PY) benchmarks/ingest_throughput.py
 	$(PY) benchmarks/train_baseline.py
 	$(PY) benchmarks/profile_overhead.py

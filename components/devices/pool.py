@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from components.config import ConfigError, build_dataclass, checked, read_yaml
 
@@ -22,6 +23,29 @@ class McuSpec:
 
 
 @dataclass(frozen=True)
+class Toleration:
+    """A Kubernetes toleration (core/v1 Toleration) of a device's tasks."""
+
+    key: str
+    operator: Literal["Equal", "Exists"]
+    value: str  # "" with operator Exists
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute", ""]  # "": every effect
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a device's tasks run on a Kubernetes cluster (Kubeflow): the node labels they need and the taints
+    they tolerate. Empty: any node (a device reached over the network, or the cluster's own CPUs)."""
+
+    node_selector: dict[str, str] = field(hash=False)  # a Device stays hashable
+    tolerations: tuple[Toleration, ...] = ()
+
+    def to_kubernetes(self) -> tuple[dict[str, str], list[dict[str, str]]]:
+        """(nodeSelector, tolerations) as a pod spec spells them."""
+        return dict(self.node_selector), [{k: v for k, v in asdict(t).items() if v} for t in self.tolerations]
+
+
+@dataclass(frozen=True)
 class Device:
     name: str
     runtime: str
@@ -31,6 +55,7 @@ class Device:
     reach: str
     cpus: tuple[int, ...] = checked(ge=0, default=())
     mcu: McuSpec | None = None
+    kubernetes: Placement = Placement({})
 
     def pinned_cpus(self) -> tuple[int, ...]:
         """The cores timing runs on: `cpus`, else the first `threads` cores this process may use."""
@@ -44,6 +69,7 @@ class Device:
 
 
 _OPTIONAL = {"cpus": [], "mcu": None}
+_TOLERATION_OPTIONAL = {"operator": "Equal", "value": "", "effect": ""}
 
 
 def load_pool(path: Path) -> dict[str, Device]:
@@ -71,13 +97,26 @@ def device_from_dict(entry: dict, where: str) -> Device:
 
 
 def _device(name: str, entry: dict, where: str) -> Device:
-    data = {**_OPTIONAL, **entry, "name": name}
+    placement = _placement(entry.get("kubernetes"), f"{where}.kubernetes")
+    data = {**_OPTIONAL, **entry, "name": name, "kubernetes": placement}
     device = build_dataclass(Device, data, where)
     if device.cpus and len(device.cpus) != device.threads:
         raise ConfigError(f"{where}.cpus: {len(device.cpus)} cores listed for {device.threads} threads")
     if (device.runtime == "mcu") != (device.mcu is not None):
         raise ConfigError(f"{where}: an `mcu` section is required for runtime mcu and only there")
     return device
+
+
+def _placement(raw, where: str) -> dict:
+    """The `kubernetes` section with its optional keys filled in (absent: any node)."""
+    if raw is None:
+        return {"node_selector": {}, "tolerations": []}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping with node_selector and/or tolerations")
+    tolerations = raw.get("tolerations") or []  # a tuple in an entry `Device.to_dict` wrote
+    if not isinstance(tolerations, (list, tuple)) or not all(isinstance(t, dict) for t in tolerations):
+        raise ConfigError(f"{where}.tolerations: expected a list of mappings (key, operator, value, effect)")
+    return {"node_selector": {}, **raw, "tolerations": [{**_TOLERATION_OPTIONAL, **t} for t in tolerations]}
 
 
 def select(pool: dict[str, Device], names: tuple[str, ...] | list[str]) -> list[Device]:

@@ -1,37 +1,59 @@
-"""The nightly pipeline as a Kubeflow Pipelines (KFP v2) spec: one container component per stage.
+"""The nightly pipeline for Kubeflow Pipelines (KFP v2): one component per stage, run on a cluster or locally.
 
 A loop over the stage table `components.stages.STAGES`, as the Airflow DAG
 and dvc.yaml are: the stages that run once at the top level in table order,
-the per-device ones in one `dsl.ParallelFor` over the pipeline parameter
+the per-device ones in one `dsl.ParallelFor` over the run parameter
 `devices`, each fed its upstream stages' `output_dir` artifacts (the table is
-in topological order). Each component runs the project image with `python -m
-components <stage>`, the command DVC and the Makefile run, so Kubeflow stays
-a logic-free shell and a new stage in the table is a new component here.
+in topological order).
 
-Data moves between tasks as KFP artifacts, one per folder: a task gets
-`--input <upstream>=<artifact>` for each stage it reads, `--output <artifact>`
-and `--report <artifact>` for its own folders. For a per-device stage each is
-that device's folder itself, so the paths never depend on params.yaml.
+Each component is a lightweight Python component generated from its table
+entry: a function whose arguments are the run's parameters and its
+artifacts, and whose body calls `components.kfp_tasks.run_stage`, which runs
+`python -m components <stage>` in-process with `--input <upstream>=<path>`,
+`--output` and `--report` on the artifacts' local paths. Lightweight, not
+container components, because that is what KFP's local SubprocessRunner
+executes, so the pipeline that goes to a cluster is the one the end-to-end
+tier runs here (`run_local`). Data moves between tasks as artifacts, passed
+by URI; no path depends on params.yaml.
 
-The pipeline's exit handler runs `python -m components summary` once every
-stage is done, failed ones included (as the Airflow DAG's `summary` task with
-trigger rule `all_done`): the night's summary onto the MLflow parent run,
-which it ends.
+Run parameters (not compile-time constants): `devices` (default: the pool's
+`profile.devices`, else every device), `overrides` (params overrides, each
+`section.key=value`), `tracking_uri` (the MLflow server) and `run_key` (the
+key the MLflow runs nest under; empty: the KFP job's id).
 
-Compile-time settings (the MLflow tracking URI, params overrides) are baked
-into the spec: kfp 2.16 cannot feed a pipeline parameter into an environment
-variable, and `-p` takes one `section.key=value` per flag, so a run-time list
-parameter has nowhere to go (see infra/kfp/README.md). Run `python
-infra/kfp/pipeline.py` after changing this file or the stage table;
-tests/static/test_kfp.py checks that infra/kfp/compress_nightly.yaml is a fresh compile.
+For a cluster (`cluster=True`, the committed spec) the compiled spec also
+carries, through kfp-kubernetes:
+- node placement: a `placement` task per device reads the device's
+  `kubernetes` entry (node selector, tolerations) from the pool file in the
+  image, and the device's on-device stages (the table's `on_device`: profile,
+  validate) get them, so they run on the node the device is attached to;
+- volumes: the shared claim with the data sets mounted on ingest,
+  and an emptyDir where the launcher writes each task's output artifacts
+  before uploading them (the image runs as a non-root user, which cannot
+  create `/minio`, `/s3` or `/gcs`), plus a scratch `/tmp`;
+- the tracking server's credentials from the Kubernetes secret
+  `mlflow-tracking` (optional) as MLFLOW_TRACKING_USERNAME/PASSWORD;
+- the night's summary as the exit handler: once every stage is done,
+  failed ones too, `python -m components summary` writes the summary onto the
+  MLflow parent run and ends it.
+KFP's local runner supports none of these (it ignores platform settings and
+cannot run an exit handler or a task after a `ParallelFor`), so `run_local`
+compiles without them (the `placement` tasks still run) and runs the summary
+step itself after the pipeline.
+
+Run `python infra/kfp/pipeline.py` after changing this file, the stage table
+or the pool; tests/static/test_kfp.py checks that
+infra/kfp/compress_nightly.yaml is a fresh compile.
 """
 
 # No `from __future__ import annotations`: kfp reads the pipeline function's annotations as types.
 import argparse
-import inspect
+import linecache
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from kfp import compiler, dsl
 
@@ -41,12 +63,18 @@ PIPELINE_NAME = "compress-nightly"
 IMAGE = "iot-compress/pipeline:0.1.0"  # docker/pipeline.Dockerfile; the tag is the package version
 DEFAULT_OUTPUT = Path(__file__).with_name("compress_nightly.yaml")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-# The in-cluster MLflow service (infra/k8s). It serves artifacts itself, so tasks need no credentials.
-DEFAULT_TRACKING_URI = "http://mlflow:5000"
+DEFAULT_TRACKING_URI = "http://mlflow:5000"  # the in-cluster MLflow service (infra/k8s); it serves artifacts itself
 # As the Airflow DAG: 2 retries, 5 minutes apart, doubling. A retry starts a
 # fresh pod with empty outputs. A stage's own errors (bad data, an unknown
 # device) fail the same way again, so retries are for lost pods and flaky services.
 RETRIES, RETRY_BACKOFF, RETRY_FACTOR = 2, "300s", 2.0
+# Cluster settings (infra/k8s): the claim holding the data sets, where the image expects them, the secret with
+# the tracking server's credentials, and where KFP's launcher stages artifacts for upload.
+DATA_CLAIM, DATA_MOUNT = "iot-compress-shared", "/data"
+TRACKING_SECRET = "mlflow-tracking"
+TRACKING_SECRET_ENV = {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"}
+ARTIFACT_STAGING = ("/minio", "/s3", "/gcs")
+SMALL_TASK = ("1", "1G")  # placement and summary: a few MLflow calls and two figures
 
 
 def input_name(upstream: str) -> str:
@@ -54,120 +82,144 @@ def input_name(upstream: str) -> str:
     return f"{upstream}_dir"
 
 
-def _signature(stage: Stage) -> inspect.Signature:
-    """The component's interface, as kfp reads it from a decorated function's signature."""
-    def param(name: str, annotation) -> inspect.Parameter:
-        return inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=annotation)
-
-    outputs = ("output_dir", "report_dir") if stage.writes_data else ("report_dir",)
-    return inspect.Signature([
-        *([param("device", str)] if stage.per_device else []),
-        param("pipeline_key", str),
-        *(param(input_name(up), dsl.Input[dsl.Artifact]) for up in stage.reads),
-        *(param(name, dsl.Output[dsl.Artifact]) for name in outputs),
-    ])
+def _lightweight(source: str, name: str, image: str) -> Callable:
+    """A lightweight component from generated source: KFP embeds a component function's source in the spec (and the
+    local runner executes it), so the function is defined from text that `inspect.getsource` can read back."""
+    filename = f"<kfp component {name}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace = {"dsl": dsl, "NamedTuple": NamedTuple, "Input": dsl.Input, "Output": dsl.Output,
+                 "Artifact": dsl.Artifact}
+    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - our own text, from the stage table
+    return dsl.component(namespace[name], base_image=image, install_kfp_package=False)
 
 
-def make_component(stage: Stage, image: str = IMAGE, overrides: Sequence[str] = ()) -> Callable:
-    """The container component running `python -m components <stage>`, named and described after the stage.
+def stage_source(stage: Stage) -> str:
+    """The component function of a table entry: its run parameters and artifacts as arguments; the body runs it."""
+    args = [*(["device: str"] if stage.per_device else []), "run_key: str", "job_id: str", "overrides: list",
+            "tracking_uri: str", *(f"{input_name(up)}: Input[Artifact]" for up in stage.reads),
+            *(["output_dir: Output[Artifact]"] if stage.writes_data else []), "report_dir: Output[Artifact]"]
+    inputs = ", ".join(f"{up!r}: {input_name(up)}.path" for up in stage.reads)
+    return textwrap.dedent(f'''\
+        def {stage.name}({", ".join(args)}):
+            """{stage.doc}"""
+            from components import kfp_tasks
 
-    kfp's `container_component` calls the function once with a placeholder per
-    parameter of its signature; here the signature is built from the table
-    rather than written out, so every stage gets the same shape of command.
-    """
-    signature = _signature(stage)
-
-    def command(*placeholders) -> dsl.ContainerSpec:
-        given = signature.bind(*placeholders).arguments
-        args = ["--device", given["device"]] if stage.per_device else []
-        args += ["--pipeline-key", given["pipeline_key"]]
-        for up in stage.reads:
-            args += ["--input", f"{up}={given[input_name(up)].path}"]
-        if stage.writes_data:
-            args += ["--output", given["output_dir"].path]
-        args += ["--report", given["report_dir"].path]
-        args += [arg for item in overrides for arg in ("-p", item)]
-        return dsl.ContainerSpec(image=image, command=["python", "-m", "components", stage.name], args=args)
-
-    command.__name__ = command.__qualname__ = stage.name
-    command.__doc__ = stage.doc
-    command.__signature__ = signature
-    command.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
-    return dsl.container_component(command)
+            kfp_tasks.run_stage({stage.name!r}, pipeline_key=kfp_tasks.pipeline_key(run_key, job_id),
+                                overrides=overrides, tracking_uri=tracking_uri,
+                                device={"device" if stage.per_device else '""'}, inputs={{{inputs}}},
+                                output={"output_dir.path" if stage.writes_data else "None"}, report=report_dir.path)
+        ''')
 
 
-def make_components(image: str = IMAGE, overrides: Sequence[str] = (),
-                    stages: Sequence[Stage] = STAGES) -> dict[str, Callable]:
-    """One container component per stage, by stage name.
+PLACEMENT_SOURCE = '''\
+def placement(device: str, overrides: list) -> NamedTuple("Placement", [("node_selector", dict), ("tolerations", list)]):
+    """Where the device's on-device tasks run: its pool entry's node selector and tolerations."""
+    from collections import namedtuple
 
-    Made per compile rather than at import, so the image, the overrides and
-    the table are arguments and importing this module does no work.
-    """
-    return {stage.name: make_component(stage, image, overrides) for stage in stages}
+    from components import kfp_tasks
 
+    return namedtuple("Placement", ["node_selector", "tolerations"])(*kfp_tasks.placement(device, overrides))
+'''
 
-def make_summary_component(image: str = IMAGE, overrides: Sequence[str] = ()) -> Callable:
-    """The night's summary (`python -m components summary`): the pipeline's exit handler, so it runs when every
-    stage is done, failed ones too, writes the summary onto the parent MLflow run and ends that run."""
+SUMMARY_SOURCE = '''\
+def summary(run_key: str, job_id: str, devices: list, overrides: list, tracking_uri: str,
+            report_dir: Output[Artifact]):
+    """The night's summary on the pipeline's MLflow parent run, every device side by side; it ends that run."""
+    from components import kfp_tasks
 
-    def summary(pipeline_key: str, devices: list, report_dir: dsl.Output[dsl.Artifact]) -> dsl.ContainerSpec:
-        # a list parameter reaches the command as one JSON argument, which `--device` accepts
-        args = ["--pipeline-key", pipeline_key, "--device", devices, "--report", report_dir.path]
-        args += [arg for item in overrides for arg in ("-p", item)]
-        return dsl.ContainerSpec(image=image, command=["python", "-m", "components", "summary"], args=args)
-
-    summary.__doc__ = "The night's summary on the pipeline's MLflow parent run, every device side by side."
-    return dsl.container_component(summary)
+    kfp_tasks.summarise(pipeline_key=kfp_tasks.pipeline_key(run_key, job_id), devices=devices, overrides=overrides,
+                        tracking_uri=tracking_uri, report=report_dir.path)
+'''
 
 
-SUMMARY_RESOURCES = ("1", "2G")  # reads the night's runs and draws two figures
+def make_components(image: str = IMAGE, stages: Sequence[Stage] = STAGES) -> dict[str, Callable]:
+    """One component per stage, by stage name (made per compile, so importing this module does no work)."""
+    return {stage.name: _lightweight(stage_source(stage), stage.name, image) for stage in stages}
 
 
-def _configure(task: dsl.PipelineTask, stage: Stage, tracking_uri: str) -> dsl.PipelineTask:
-    """Resources, retries, caching and the MLflow URI of one task.
+def _configure(task: dsl.PipelineTask, resources: tuple[str, str], cache: bool, retries: bool = True
+               ) -> dsl.PipelineTask:
+    """Resources, retries and caching of one task.
 
     CPUs and memory are requested and capped alike, in whole CPUs: what the
     kubelet's static CPU manager needs to give a pod exclusive cores, which
     profile and validate time on. A stage that is not deterministic (it reads
     the data root, times a device or writes the registry) is never served from KFP's cache.
     """
-    cpu, memory = stage.resources
-    (task.set_cpu_request(cpu).set_cpu_limit(cpu).set_memory_request(memory).set_memory_limit(memory)
-     .set_retry(RETRIES, RETRY_BACKOFF, RETRY_FACTOR).set_caching_options(stage.deterministic)
-     .set_env_variable("MLFLOW_TRACKING_URI", tracking_uri))
+    cpu, memory = resources
+    task.set_cpu_request(cpu).set_cpu_limit(cpu).set_memory_request(memory).set_memory_limit(memory)
+    task.set_caching_options(cache)
+    if retries:
+        task.set_retry(RETRIES, RETRY_BACKOFF, RETRY_FACTOR)
     return task
 
 
+def _on_cluster(task: dsl.PipelineTask, stage: Stage | None = None, place: dsl.PipelineTask | None = None) -> None:
+    """The task's Kubernetes settings: credentials, artifact staging and scratch, the data sets for a stage that
+    reads them, and the device's node for an on-device stage."""
+    from kfp import kubernetes
+
+    kubernetes.use_secret_as_env(task, TRACKING_SECRET, TRACKING_SECRET_ENV, optional=True)
+    for path in ARTIFACT_STAGING:
+        kubernetes.empty_dir_mount(task, volume_name=f"artifacts-{path.strip('/')}", mount_path=path)
+    kubernetes.empty_dir_mount(task, volume_name="scratch", mount_path="/tmp")
+    if stage is not None and stage.data_deps:  # it reads the data root
+        kubernetes.mount_pvc(task, pvc_name=DATA_CLAIM, mount_path=DATA_MOUNT)
+    if place is not None:
+        kubernetes.add_node_selector_json(task, place.outputs["node_selector"])
+        kubernetes.add_toleration_json(task, place.outputs["tolerations"])
+
+
 def build_pipeline(default_devices: Sequence[str], tracking_uri: str = DEFAULT_TRACKING_URI, image: str = IMAGE,
-                   overrides: Sequence[str] = (), stages: Sequence[Stage] = STAGES):
-    """The `compress-nightly` pipeline function; `default_devices` is the default of its `devices` parameter."""
+                   overrides: Sequence[str] = (), stages: Sequence[Stage] = STAGES, cluster: bool = True):
+    """The `compress-nightly` pipeline function; the arguments are its run parameters' defaults.
+
+    `cluster`: with the Kubernetes settings and the summary as exit handler (the spec to upload); without, the
+    pipeline KFP's local runner can execute (see the module's docstring).
+    """
     check_table(stages)  # each stage reads only stages before it, so table order is a topological order
-    components = make_components(image, overrides, stages)
-    key = dsl.PIPELINE_JOB_ID_PLACEHOLDER  # nests every stage's MLflow run under this KFP run
-
-    def step(stage: Stage, tasks: dict[str, dsl.PipelineTask], **device) -> None:
-        inputs = {input_name(up): tasks[up].outputs["output_dir"] for up in stage.reads}
-        task = components[stage.name](pipeline_key=key, **device, **inputs)
-        tasks[stage.name] = _configure(task, stage, tracking_uri)
-
-    summary = make_summary_component(image, overrides)
+    components = make_components(image, stages)
+    placement = _lightweight(PLACEMENT_SOURCE, "placement", image)
+    summary = _lightweight(SUMMARY_SOURCE, "summary", image)
+    job_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 
     @dsl.pipeline(name=PIPELINE_NAME, description=__doc__.splitlines()[0])
-    def compress_nightly(devices: list = list(default_devices)):
-        cpu, memory = SUMMARY_RESOURCES
-        last = (summary(pipeline_key=key, devices=devices).set_caching_options(False)
-                .set_cpu_request(cpu).set_cpu_limit(cpu).set_memory_request(memory).set_memory_limit(memory)
-                .set_env_variable("MLFLOW_TRACKING_URI", tracking_uri))
-        with dsl.ExitHandler(last, name="stages"):  # the summary runs after them, whether they failed or not
+    def compress_nightly(devices: list = list(default_devices), overrides: list = list(overrides),
+                         tracking_uri: str = tracking_uri, run_key: str = ""):
+        run = {"run_key": run_key, "job_id": job_id, "overrides": overrides, "tracking_uri": tracking_uri}
+
+        def step(stage: Stage, tasks: dict, place=None, **device) -> None:
+            inputs = {input_name(up): tasks[up].outputs["output_dir"] for up in stage.reads}
+            task = _configure(components[stage.name](**run, **device, **inputs), stage.resources, stage.deterministic)
+            if stage.on_device and place is not None:
+                task.after(place)  # an unknown device fails in `placement`, before it is timed
+            if cluster:
+                _on_cluster(task, stage, place if stage.on_device else None)
+            tasks[stage.name] = task
+
+        def every_stage() -> None:
             tasks: dict[str, dsl.PipelineTask] = {}
             for stage in stages:
                 if not stage.per_device:
                     step(stage, tasks)
             per_device = [stage for stage in stages if stage.per_device]
             if per_device:
-                with dsl.ParallelFor(devices, name="per-device") as device:
+                # here one device at a time: the local devices are this machine's cores, timed one by one
+                with dsl.ParallelFor(devices, name="per-device", parallelism=0 if cluster else 1) as device:
+                    place = None
+                    if any(stage.on_device for stage in per_device):
+                        place = _configure(placement(device=device, overrides=overrides), SMALL_TASK, False)
                     for stage in per_device:
-                        step(stage, tasks, device=device)
+                        step(stage, tasks, place, device=device)
+
+        if not cluster:
+            every_stage()
+            return
+        last = _configure(summary(run_key=run_key, job_id=job_id, devices=devices, overrides=overrides,
+                                  tracking_uri=tracking_uri), SMALL_TASK, False, retries=False)
+        _on_cluster(last)
+        with dsl.ExitHandler(last, name="stages"):  # the summary runs after them, whether they failed or not
+            every_stage()
 
     return compress_nightly
 
@@ -181,31 +233,81 @@ def pool_devices(overrides: Sequence[str] = ()) -> list[str]:
 
 
 def compile_pipeline(output: Path = DEFAULT_OUTPUT, tracking_uri: str = DEFAULT_TRACKING_URI, image: str = IMAGE,
-                     overrides: Sequence[str] = (), stages: Sequence[Stage] = STAGES) -> Path:
+                     overrides: Sequence[str] = (), stages: Sequence[Stage] = STAGES, cluster: bool = True) -> Path:
     """Compile the pipeline to `output`; the overrides are checked against params.yaml first."""
-    pipeline = build_pipeline(pool_devices(overrides), tracking_uri, image, overrides, stages)
+    pipeline = build_pipeline(pool_devices(overrides), tracking_uri, image, overrides, stages, cluster)
     compiler.Compiler().compile(pipeline, str(output))
     return output
 
 
+def run_local(devices: Sequence[str], overrides: Sequence[str], tracking_uri: str, run_key: str, pipeline_root: Path,
+              stages: Sequence[Stage] = STAGES) -> None:
+    """Execute the pipeline with KFP's local SubprocessRunner (each task a subprocess of this Python, in this
+    environment), then the night's summary, as the cluster's exit handler would. Raises if a task failed.
+
+    The tasks read the params file the CLI would ($IOT_COMPRESS_PARAMS, else ./params.yaml).
+    """
+    from kfp import local
+
+    from components import kfp_tasks
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
+    pipeline = build_pipeline(list(devices), tracking_uri, overrides=overrides, stages=stages, cluster=False)
+    try:
+        pipeline(devices=list(devices), overrides=list(overrides), tracking_uri=tracking_uri, run_key=run_key)
+    finally:  # as the exit handler: failed devices too
+        kfp_tasks.summarise(pipeline_key=run_key, devices=devices, overrides=overrides, tracking_uri=tracking_uri,
+                            report=str(Path(pipeline_root) / "summary"))
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Compile the compress-nightly KFP pipeline spec.")
+    p = argparse.ArgumentParser(description="Compile the compress-nightly KFP pipeline spec, or run it locally.")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="where to write the YAML "
                    "(default: the committed infra/kfp/compress_nightly.yaml)")
     p.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI,
-                   help=f"MLFLOW_TRACKING_URI of every task (default: {DEFAULT_TRACKING_URI})")
+                   help=f"the default of the run parameter `tracking_uri` (default: {DEFAULT_TRACKING_URI})")
     p.add_argument("--image", default=IMAGE, help=f"the project image (default: {IMAGE})")
     p.add_argument("-p", "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="a params override given to every stage (repeatable), as `python -m components -p`")
+                   help="the default of the run parameter `overrides` (repeatable), as `python -m components -p`")
+    p.add_argument("--local", action="store_true",
+                   help="execute it here with KFP's local runner instead (tracking URI: $MLFLOW_TRACKING_URI or the "
+                        "params file's store; --output: the pipeline root folder, default .state/kfp)")
+    p.add_argument("--device", action="append", default=[], metavar="NAME",
+                   help="--local: a device to cover (repeatable; default: profile.devices, else the pool)")
     args = p.parse_args(argv)
     from components.config import ConfigError
 
     try:
+        if args.local:
+            return _main_local(args)
         path = compile_pipeline(args.output, args.tracking_uri, args.image, args.overrides)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{PIPELINE_NAME}: compiled to {path}")
+    return 0
+
+
+def _main_local(args) -> int:
+    import time
+    import uuid
+    from datetime import datetime, timezone
+
+    from components import kfp_tasks, tracking
+    from components.config import default_params_path, load_params
+    from components.devices.pool import chosen
+
+    params = load_params(default_params_path(), args.overrides)
+    devices = [d.name for d in chosen(params, args.device)]  # the params file the tasks read, not the checkout's
+    root = args.output if args.output != DEFAULT_OUTPUT else params.path(params.pipeline.state_dir) / "kfp"
+    key = f"kfp-local-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    started = time.perf_counter()
+    try:
+        run_local(devices, args.overrides, tracking.tracking_uri(params), key, root)
+    except (kfp_tasks.TaskFailed, RuntimeError) as exc:
+        print(f"error: {PIPELINE_NAME} {key}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{PIPELINE_NAME} {key}: done locally in {time.perf_counter() - started:.0f} s (artifacts under {root})")
     return 0
 
 

@@ -85,3 +85,32 @@ def pipeline_run(tmp_path_factory, data_root: Path, migrated_store: Path) -> Pip
 def git(folder: Path, *args: str) -> None:
     subprocess.run(["git", *args], cwd=folder, check=True, env=subprocess_env(folder), timeout=120,
                    capture_output=True)
+
+
+def night_runs(params_path: Path, key: str | None = None) -> tuple[str, dict[str, str]]:
+    """(its pipeline key, {run name: status}) of one night in a project's MLflow store: `key`, else the only one."""
+    from components import tracking
+    from components.config import load_params
+
+    params = load_params(params_path)
+    client = tracking.configured_mlflow(params).MlflowClient()
+    experiment = client.get_experiment_by_name(params.pipeline.experiment)
+    if key is None:
+        parents = client.search_runs([experiment.experiment_id], f"tags.{tracking.PARENT_TAG} LIKE '%'")
+        assert len(parents) == 1, [p.data.tags[tracking.PARENT_TAG] for p in parents]
+        key = parents[0].data.tags[tracking.PARENT_TAG]
+    runs = client.search_runs([experiment.experiment_id], f"tags.{tracking.PIPELINE_KEY_TAG} = '{key}'")
+    return key, {r.info.run_name: r.info.status for r in runs}
+
+
+def expected_runs(devices: list[str], registered: list[str]) -> set[str]:
+    """The MLflow runs of a night: the parent, every stage (per device where it runs per device); register opens
+    a run only for a device whose model it registers."""
+    from components.stages import STAGES
+
+    names = {"pipeline"}
+    for stage in STAGES:
+        for device in devices if stage.per_device else [None]:
+            if stage.name != "register" or device in registered:
+                names.add(f"{stage.name}/{device}" if device else stage.name)
+    return names

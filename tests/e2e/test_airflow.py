@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from tests.conftest import subprocess_env
+from tests.e2e.conftest import expected_runs, night_runs
 
 
 @pytest.mark.slow
@@ -56,6 +57,11 @@ def test_airflow_dags_test_runs_every_stage_for_each_device_then_the_nights_summ
     assert routed == [("ort-1t", "default", "local_cpu"), ("cortex-m4", "default", "analytic")]
     assert validated == routed  # the exported models ran on the device they were validated for
     assert summarised == [("success",)]  # the run's one leaf, after every stage
+    # the MLflow runs the embedded pipeline makes, nested under the DAG run's parent run, which the summary ended
+    outcomes = {p.parent.name: json.loads(p.read_text()) for p in runs.glob("*/reports/register/*/registry.json")}
+    _, night = night_runs(path)
+    assert set(night) == expected_runs(["ort-1t", "cortex-m4"], [d for d, o in outcomes.items() if o["registered"]])
+    assert set(night.values()) == {"FINISHED"}, night
     # the night's summary, which the parent MLflow run carries too (tests/stage/test_summary.py reads it back)
     [summary] = [json.loads(p.read_text()) for p in runs.glob("*/reports/summary/summary.json")]
     assert [d["device"] for d in summary["devices"]] == ["ort-1t", "cortex-m4"]

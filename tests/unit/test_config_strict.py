@@ -98,7 +98,8 @@ def test_every_number_has_a_range_and_every_mapping_its_keys():
     """A field added without a range (or a mapping without its keys) fails here, not in a nightly run."""
     fields = [*_fields(Params), *_fields(Device, "devices.<name>.")]
     no_range = [p for p, tp, f in fields if _holds(tp, (int, float)) and "range" not in f.metadata and p != "root"]
-    free = {"ingest.custom.sensors"}  # the sensors' names are the user's own
+    # the sensors' names are the user's own, node labels the cluster's
+    free = {"ingest.custom.sensors", "devices.<name>.kubernetes.node_selector"}
     no_keys = [p for p, tp, f in fields if typing.get_origin(tp) is dict and "keys" not in f.metadata and p not in free]
     assert not no_range and not no_keys, f"no range: {no_range}; no keys: {no_keys}"
     assert dataclasses.fields(McuSpec)[0].metadata["range"].gt == 0
@@ -151,6 +152,32 @@ def test_pool_threads_and_cores_are_ranges_too(tmp_path: Path):
     path = _pool_file(tmp_path, "devices:\n  ort:\n" + ENTRY + "    cpus: [-1]\n")
     with pytest.raises(ConfigError, match=re.escape("devices.ort.cpus[0]: must be at least 0, got -1")):
         load_pool(path)
+
+
+def test_a_devices_kubernetes_placement_is_typed_with_defaults_and_the_pools_example_parses(tmp_path: Path):
+    path = _pool_file(tmp_path, "devices:\n  nuc:\n" + ENTRY + "    kubernetes:\n"
+                      "      node_selector: {iot-compress.io/device: nuc}\n"
+                      "      tolerations: [{key: iot-compress.io/device, value: nuc, effect: NoSchedule},"
+                      " {key: gpu, operator: Exists}]\n  any:\n" + ENTRY)
+    pool = load_pool(path)
+    assert pool["nuc"].kubernetes.to_kubernetes() == ({"iot-compress.io/device": "nuc"}, [
+        {"key": "iot-compress.io/device", "operator": "Equal", "value": "nuc", "effect": "NoSchedule"},
+        {"key": "gpu", "operator": "Exists"}])
+    assert pool["any"].kubernetes.to_kubernetes() == ({}, [])  # absent: any node
+    assert len({pool["nuc"], pool["any"]}) == 2  # still hashable
+    example = "\n".join(line.replace("  # ", "  ", 1) for line in POOL.read_text().splitlines()
+                        if line.startswith("  # "))
+    assert "kubernetes:" in example  # the commented phone entry of infra/devices.yaml, uncommented, is valid
+    phone = _pool_file(tmp_path, "devices:\n" + example[example.index("  pixel7-ort-4t:"):] + "\n")
+    assert load_pool(phone)["pixel7-ort-4t"].kubernetes.node_selector == {"iot-compress/device": "pixel7"}
+    for bad, message in (("{node_selectr: {}}", "kubernetes.node_selectr: unknown key"),
+                         ("{tolerations: [{key: a, operator: Sometimes}]}",
+                          "kubernetes.tolerations[0].operator: 'Sometimes' is not one of"),
+                         ("{node_selector: {a: 1}}", "kubernetes.node_selector.a: expected str, got int"),
+                         ("[a]", "kubernetes: expected a mapping")):
+        path = _pool_file(tmp_path, "devices:\n  nuc:\n" + ENTRY + f"    kubernetes: {bad}\n")
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_pool(path)
 
 
 # ---- 3. YAML 1.2 floats --------------------------------------------------------------------------------------
