@@ -32,8 +32,8 @@ def _parser(table: tuple[stages.Stage, ...]) -> argparse.ArgumentParser:
     p.add_argument("-p", "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one param, e.g. -p ingest.dataset=hhar_raw (repeatable)")
     p.add_argument("--device", action="append", default=[], metavar="NAME",
-                   help="per-device stages: this device of the pool (repeatable, or one JSON list as Kubeflow passes "
-                        "a list parameter; default: profile.devices, else all)")
+                   help="per-device stages: this device of the pool (repeatable, or one JSON list, as a container "
+                        "step of Kubeflow or Argo passes a list parameter; default: profile.devices, else all)")
     p.add_argument("--input", action="append", default=[], metavar="STAGE=DIR",
                    help="read that stage's output from DIR instead of the layout's folder (repeatable)")
     p.add_argument("--output", default=None, metavar="DIR", help="write the stage's data here")
@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None, table: tuple[stages.Stage, ...] | None =
 
 
 def device_names(items: list[str]) -> list[str]:
-    """`--device` values: names, or JSON lists of names (what Kubeflow substitutes for a list parameter)."""
+    """`--device` values: names, or JSON lists of names (what a container step of Kubeflow or Argo substitutes
+    for a list parameter)."""
     import json
 
     names = []
@@ -190,10 +191,13 @@ def _close(params, layout: stages.Layout, file_params, key: str | None, devices:
     from components.summary import table_text
     from components.summary_run import close_night, stage_failures, summary_dir
 
+    from components.devices.pool import chosen
+
     if not key:
         raise ConfigError("summary needs --pipeline-key: the pipeline run whose parent run gets the summary")
-    night = close_night(params, key, file_params=file_params, devices=devices or None,
-                        out=Path(report) if report else summary_dir(layout))
+    devices = [d.name for d in chosen(params, devices)] if devices else None  # a typo is refused, not "failed"
+    night = close_night(params, key, file_params=file_params, devices=devices,
+                        out=Path(report) if report else summary_dir(layout), table=layout.table)
     print(table_text(night), end="")
     failed = stage_failures(night)
     if failed:

@@ -47,7 +47,6 @@ class Stage:
     reads: tuple[str, ...] = ()  # the stages whose data folders it reads, upstream first
     params: tuple[str, ...] = ()  # the params.yaml keys it reads (DVC re-runs it when they change)
     on_device: bool = False  # runs on the device itself: Airflow routes it to the device's queue and pool
-    deterministic: bool = True  # its result is a function of its inputs and params (KFP may serve a cached one)
     persist: bool = False  # its data folder survives a re-run (an append-only log or a checkpoint to resume)
     writes_data: bool = True  # False: it writes only reports (and elsewhere, e.g. the model registry)
     metrics: tuple[str, ...] = ("metrics.json",)  # report files DVC shows as metrics
@@ -59,12 +58,13 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("ingest", "components.ingest", "Read the raw data set, check it, cut windows and split users.",
-          params=("ingest",), deterministic=False, data_deps=("hhar", "uci_har", "uci_hapt", "wisdm"),
+          params=("ingest",), data_deps=("hhar", "uci_har", "uci_hapt", "wisdm"),
           resources=("2", "4G")),
     Stage("train", "components.train", "Train the baseline on ingest's windows.",
-          reads=("ingest",), params=("train",), resources=("2", "4G")),
+          reads=("ingest",), params=("train",), resources=("2", "4G"),
+          loads=("components.logged_model",)),  # its logged model's code (the baseline), loaded by path
     Stage("profile", "components.profile", "Time sampled layers and whole models on one device.",
-          per_device=True, on_device=True, deterministic=False, persist=True,
+          per_device=True, on_device=True, persist=True,
           # the whole models profiled share the baseline's structure and the data set's input shape
           params=("profile", "train.deepsense", "ingest.dataset", "ingest.hhar_raw", "ingest.hhar_sa",
                   "ingest.uci_hapt", "ingest.uci_har", "ingest.wisdm", "ingest.custom", "ingest.basic_motions"),
@@ -78,10 +78,10 @@ STAGES: tuple[Stage, ...] = (
                   "train.deepsense"), resources=("2", "4G"),
           loads=("components.logged_model",)),  # its logged model's code, loaded by path
     Stage("validate", "components.validate", "Export both models, run them on the device and apply the gates.",
-          per_device=True, on_device=True, deterministic=False, reads=("ingest", "train", "fit_latency", "compress"),
+          per_device=True, on_device=True, reads=("ingest", "train", "fit_latency", "compress"),
           params=("validate", "profile.timing", "train", "ingest.dataset"), resources=("2", "6G")),
     Stage("register", "components.register", "Register the device's model in MLflow if it passed every gate.",
-          per_device=True, deterministic=False, reads=("validate",), params=("register",), writes_data=False,
+          per_device=True, reads=("validate",), params=("register",), writes_data=False,
           metrics=("registry.json",), loads=("components.registry_model",)),  # MLflow loads it by path
 )
 

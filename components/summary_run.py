@@ -74,10 +74,15 @@ def summarise(params: Params, pipeline_key: str, *, file_params: Params, devices
 
 
 def close_night(params: Params, pipeline_key: str, *, file_params: Params, devices: Sequence[str] | None,
-                out: Path) -> Night:
+                out: Path, table: Sequence[stages.Stage] | None = None) -> Night:
     """A scheduler's last step (the Airflow DAG's `summary` task, Kubeflow's exit handler): the night's summary on
-    its parent run, which it then ends, FAILED when a device failed a stage (failing gates are a result)."""
-    night = summarise(params, pipeline_key, file_params=file_params, devices=devices, out=out)
+    its parent run, which it then ends, FAILED when a device failed a stage (failing gates are a result) or when
+    the summary itself could not be written: a night is never left RUNNING by its last step."""
+    try:
+        night = summarise(params, pipeline_key, file_params=file_params, devices=devices, out=out, table=table)
+    except BaseException:
+        tracking.end_pipeline_run(params, pipeline_key, "FAILED")  # best effort: the summary's error is raised
+        raise
     tracking.end_pipeline_run(params, pipeline_key, "FAILED" if stage_failures(night) else "FINISHED")
     return night
 
@@ -222,7 +227,7 @@ def _registry_nights(client, night: Night, params: Params, summarised: dict[str,
             key = v.tags.get("pipeline_run", "")
             if f"{d.device}.passed" in summarised.get(key, {}) or v.creation_timestamp < since_ms:
                 continue
-            when, metrics = found.setdefault(key or f"version {v.version}", (v.creation_timestamp, {}))
+            when, metrics = found.setdefault(key or f"{name} v{v.version}", (v.creation_timestamp, {}))
             metrics |= {f"{d.device}.accuracy": accuracy, f"{d.device}.passed": 1.0,
                         f"{d.device}.champion_version": champion[0], f"{d.device}.champion_accuracy": champion[1],
                         f"{d.device}.from_registry": 1.0}
@@ -238,23 +243,35 @@ def _tag_number(tags: dict, key: str) -> float | None:
 
 def _declare_lineage(client, experiment_id: str, key: str, run_id: str) -> None:
     """On the parent run too, so that its page says what the night read and made: the windows the night's ingest
-    produced, as an input (context `pipeline`), and the models its train and compress runs logged, as outputs."""
+    produced, as an input (context `pipeline`), and the models its train and compress runs logged, as outputs.
+    Once: a summary written again (an Airflow clear, a rerun) adds nothing the parent already declares. Best
+    effort: the verdicts and figures are logged already, and a missing link is said in the log."""
     from mlflow.entities import DatasetInput, InputTag, LoggedModelOutput
+    from mlflow.exceptions import MlflowException
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-    runs = client.search_runs([experiment_id], f"tags.{tracking.PIPELINE_KEY_TAG} = '{key}' and "
-                              "attributes.status = 'FINISHED'", max_results=5000)
-    stage = {r.info.run_id: r.data.tags.get("stage") for r in runs}
-    produced = [i for r in runs if stage[r.info.run_id] == "ingest" for i in r.inputs.dataset_inputs
-                if any(t.key == MLFLOW_DATASET_CONTEXT and t.value == "produced" for t in i.tags)]
-    if produced:
-        client.log_inputs(run_id, [DatasetInput(i.dataset, [InputTag(MLFLOW_DATASET_CONTEXT, "pipeline")]
-                                                + [t for t in i.tags if t.key != MLFLOW_DATASET_CONTEXT])
-                                   for i in produced[-1:]])
-    made = {m.model_id for r in runs if stage[r.info.run_id] in ("train", "compress") and r.outputs
-            for m in r.outputs.model_outputs}
-    if made:
-        client.log_outputs(run_id, [LoggedModelOutput(model_id, 0) for model_id in sorted(made)])
+    try:
+        runs = client.search_runs([experiment_id], f"tags.{tracking.PIPELINE_KEY_TAG} = '{key}' and "
+                                  "attributes.status = 'FINISHED'", max_results=5000)
+        parent = client.get_run(run_id)
+        stage = {r.info.run_id: r.data.tags.get("stage") for r in runs}
+        declared = {(i.dataset.name, i.dataset.digest) for i in parent.inputs.dataset_inputs}
+        produced = [i for r in runs if stage[r.info.run_id] == "ingest" for i in r.inputs.dataset_inputs
+                    if any(t.key == MLFLOW_DATASET_CONTEXT and t.value == "produced" for t in i.tags)
+                    and (i.dataset.name, i.dataset.digest) not in declared]
+        if produced:
+            client.log_inputs(run_id, [DatasetInput(i.dataset, [InputTag(MLFLOW_DATASET_CONTEXT, "pipeline")]
+                                                    + [t for t in i.tags if t.key != MLFLOW_DATASET_CONTEXT])
+                                       for i in produced[-1:]])
+        made = {m.model_id for r in runs if stage[r.info.run_id] in ("train", "compress") and r.outputs
+                for m in r.outputs.model_outputs}
+        made -= {m.model_id for m in (parent.outputs.model_outputs if parent.outputs else ())}
+        if made:
+            client.log_outputs(run_id, [LoggedModelOutput(model_id, 0) for model_id in sorted(made)])
+    except MlflowException as exc:
+        if tracking._unreachable(exc):  # the server is down: `reachable` says so once
+            raise
+        log.warning("the night's data and models could not be declared on its parent run %s: %s", run_id, exc)
 
 
 def write_summary(night: Night, trend_rows: dict, out: Path, nights: int) -> list[Path]:

@@ -69,7 +69,7 @@ class Device:
 
 
 _OPTIONAL = {"cpus": [], "mcu": None}
-_TOLERATION_OPTIONAL = {"operator": "Equal", "value": "", "effect": ""}
+_TOLERATION_OPTIONAL = {"key": "", "operator": "Equal", "value": "", "effect": ""}  # no key + Exists: every taint
 
 
 def load_pool(path: Path) -> dict[str, Device]:
@@ -116,7 +116,13 @@ def _placement(raw, where: str) -> dict:
     tolerations = raw.get("tolerations") or []  # a tuple in an entry `Device.to_dict` wrote
     if not isinstance(tolerations, (list, tuple)) or not all(isinstance(t, dict) for t in tolerations):
         raise ConfigError(f"{where}.tolerations: expected a list of mappings (key, operator, value, effect)")
-    return {"node_selector": {}, **raw, "tolerations": [{**_TOLERATION_OPTIONAL, **t} for t in tolerations]}
+    filled = [{**_TOLERATION_OPTIONAL, **t} for t in tolerations]
+    for i, t in enumerate(filled):  # what Kubernetes itself would refuse when the pod is created, mid-run
+        if t["operator"] == "Exists" and t["value"]:
+            raise ConfigError(f"{where}.tolerations[{i}]: operator Exists takes no value (got {t['value']!r})")
+        if t["operator"] == "Equal" and not t["key"]:
+            raise ConfigError(f"{where}.tolerations[{i}]: operator Equal needs a key")
+    return {"node_selector": {}, **raw, "tolerations": filled}
 
 
 def select(pool: dict[str, Device], names: tuple[str, ...] | list[str]) -> list[Device]:

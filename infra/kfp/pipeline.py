@@ -27,10 +27,8 @@ carries, through kfp-kubernetes:
   `kubernetes` entry (node selector, tolerations) from the pool file in the
   image, and the device's on-device stages (the table's `on_device`: profile,
   validate) get them, so they run on the node the device is attached to;
-- volumes: the shared claim with the data sets mounted on ingest,
-  and an emptyDir where the launcher writes each task's output artifacts
-  before uploading them (the image runs as a non-root user, which cannot
-  create `/minio`, `/s3` or `/gcs`), plus a scratch `/tmp`;
+- volumes: the shared claim with the data sets mounted on ingest, and a
+  scratch `/tmp` on every task;
 - the tracking server's credentials from the Kubernetes secret
   `mlflow-tracking` (optional) as MLFLOW_TRACKING_USERNAME/PASSWORD;
 - the night's summary as the exit handler: once every stage is done,
@@ -49,6 +47,7 @@ infra/kfp/compress_nightly.yaml is a fresh compile.
 # No `from __future__ import annotations`: kfp reads the pipeline function's annotations as types.
 import argparse
 import linecache
+import logging
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
@@ -63,17 +62,18 @@ PIPELINE_NAME = "compress-nightly"
 IMAGE = "iot-compress/pipeline:0.1.0"  # docker/pipeline.Dockerfile; the tag is the package version
 DEFAULT_OUTPUT = Path(__file__).with_name("compress_nightly.yaml")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_TRACKING_URI = "http://mlflow:5000"  # the in-cluster MLflow service (infra/k8s); it serves artifacts itself
+# The MLflow service of infra/k8s (namespace iot-compress), reachable from the namespace KFP runs pods in; it
+# serves artifacts itself, so the tasks need no S3 credentials.
+DEFAULT_TRACKING_URI = "http://mlflow.iot-compress.svc.cluster.local:5000"
 # As the Airflow DAG: 2 retries, 5 minutes apart, doubling. A retry starts a
 # fresh pod with empty outputs. A stage's own errors (bad data, an unknown
 # device) fail the same way again, so retries are for lost pods and flaky services.
 RETRIES, RETRY_BACKOFF, RETRY_FACTOR = 2, "300s", 2.0
 # Cluster settings (infra/k8s): the claim holding the data sets, where the image expects them, the secret with
-# the tracking server's credentials, and where KFP's launcher stages artifacts for upload.
+# the tracking server's credentials. Both are namespaced: they must exist in the namespace the runs' pods use.
 DATA_CLAIM, DATA_MOUNT = "iot-compress-shared", "/data"
 TRACKING_SECRET = "mlflow-tracking"
 TRACKING_SECRET_ENV = {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"}
-ARTIFACT_STAGING = ("/minio", "/s3", "/gcs")
 SMALL_TASK = ("1", "1G")  # placement and summary: a few MLflow calls and two figures
 
 
@@ -137,31 +137,31 @@ def make_components(image: str = IMAGE, stages: Sequence[Stage] = STAGES) -> dic
     return {stage.name: _lightweight(stage_source(stage), stage.name, image) for stage in stages}
 
 
-def _configure(task: dsl.PipelineTask, resources: tuple[str, str], cache: bool, retries: bool = True
-               ) -> dsl.PipelineTask:
+def _configure(task: dsl.PipelineTask, resources: tuple[str, str], retries: bool = True) -> dsl.PipelineTask:
     """Resources, retries and caching of one task.
 
     CPUs and memory are requested and capped alike, in whole CPUs: what the
     kubelet's static CPU manager needs to give a pod exclusive cores, which
-    profile and validate time on. A stage that is not deterministic (it reads
-    the data root, times a device or writes the registry) is never served from KFP's cache.
+    profile and validate time on. No task is served from KFP's cache: every
+    stage records its MLflow run under the night's parent run, which a cached
+    task would skip, leaving the summary to report that stage missing (and the
+    job id every task takes would defeat the cache anyway).
     """
     cpu, memory = resources
     task.set_cpu_request(cpu).set_cpu_limit(cpu).set_memory_request(memory).set_memory_limit(memory)
-    task.set_caching_options(cache)
+    task.set_caching_options(False)
     if retries:
         task.set_retry(RETRIES, RETRY_BACKOFF, RETRY_FACTOR)
     return task
 
 
 def _on_cluster(task: dsl.PipelineTask, stage: Stage | None = None, place: dsl.PipelineTask | None = None) -> None:
-    """The task's Kubernetes settings: credentials, artifact staging and scratch, the data sets for a stage that
-    reads them, and the device's node for an on-device stage."""
+    """The task's Kubernetes settings: credentials, a scratch volume, the data sets for a stage that reads them,
+    and the device's node for an on-device stage. (The launcher's own staging paths for artifacts, /gcs, /s3 and
+    /minio, are the backend's to mount: a second mount at the same path would be refused.)"""
     from kfp import kubernetes
 
     kubernetes.use_secret_as_env(task, TRACKING_SECRET, TRACKING_SECRET_ENV, optional=True)
-    for path in ARTIFACT_STAGING:
-        kubernetes.empty_dir_mount(task, volume_name=f"artifacts-{path.strip('/')}", mount_path=path)
     kubernetes.empty_dir_mount(task, volume_name="scratch", mount_path="/tmp")
     if stage is not None and stage.data_deps:  # it reads the data root
         kubernetes.mount_pvc(task, pvc_name=DATA_CLAIM, mount_path=DATA_MOUNT)
@@ -190,7 +190,7 @@ def build_pipeline(default_devices: Sequence[str], tracking_uri: str = DEFAULT_T
 
         def step(stage: Stage, tasks: dict, place=None, **device) -> None:
             inputs = {input_name(up): tasks[up].outputs["output_dir"] for up in stage.reads}
-            task = _configure(components[stage.name](**run, **device, **inputs), stage.resources, stage.deterministic)
+            task = _configure(components[stage.name](**run, **device, **inputs), stage.resources)
             if stage.on_device and place is not None:
                 task.after(place)  # an unknown device fails in `placement`, before it is timed
             if cluster:
@@ -208,7 +208,7 @@ def build_pipeline(default_devices: Sequence[str], tracking_uri: str = DEFAULT_T
                 with dsl.ParallelFor(devices, name="per-device", parallelism=0 if cluster else 1) as device:
                     place = None
                     if any(stage.on_device for stage in per_device):
-                        place = _configure(placement(device=device, overrides=overrides), SMALL_TASK, False)
+                        place = _configure(placement(device=device, overrides=overrides), SMALL_TASK)
                     for stage in per_device:
                         step(stage, tasks, place, device=device)
 
@@ -216,7 +216,7 @@ def build_pipeline(default_devices: Sequence[str], tracking_uri: str = DEFAULT_T
             every_stage()
             return
         last = _configure(summary(run_key=run_key, job_id=job_id, devices=devices, overrides=overrides,
-                                  tracking_uri=tracking_uri), SMALL_TASK, False, retries=False)
+                                  tracking_uri=tracking_uri), SMALL_TASK, retries=False)
         _on_cluster(last)
         with dsl.ExitHandler(last, name="stages"):  # the summary runs after them, whether they failed or not
             every_stage()
@@ -251,13 +251,21 @@ def run_local(devices: Sequence[str], overrides: Sequence[str], tracking_uri: st
 
     from components import kfp_tasks
 
+    if not run_key:
+        raise ValueError("run_local needs a run key: the summary step finds the night's MLflow runs by it")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
     pipeline = build_pipeline(list(devices), tracking_uri, overrides=overrides, stages=stages, cluster=False)
+    summary = {"pipeline_key": run_key, "devices": devices, "overrides": overrides, "tracking_uri": tracking_uri,
+               "report": str(Path(pipeline_root) / "summary")}
     try:
         pipeline(devices=list(devices), overrides=list(overrides), tracking_uri=tracking_uri, run_key=run_key)
-    finally:  # as the exit handler: failed devices too
-        kfp_tasks.summarise(pipeline_key=run_key, devices=devices, overrides=overrides, tracking_uri=tracking_uri,
-                            report=str(Path(pipeline_root) / "summary"))
+    except BaseException:  # as the exit handler: the failed devices' summary too; the task's error is the one raised
+        try:
+            kfp_tasks.summarise(**summary)
+        except Exception as exc:  # noqa: BLE001 - it says a device failed, which the task's error says better
+            logging.getLogger(__name__).warning("the night's summary after the failure: %s", exc)
+        raise
+    kfp_tasks.summarise(**summary)
 
 
 def main(argv: list[str] | None = None) -> int:

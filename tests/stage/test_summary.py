@@ -244,6 +244,30 @@ def test_the_summary_command_writes_and_ends_the_night_as_kubeflows_exit_handler
     assert keyless.returncode == 2 and "summary needs --pipeline-key" in keyless.stderr
 
 
+def test_a_summary_written_again_declares_nothing_twice_and_a_failing_one_still_ends_the_night(tmp_path, two_nights,
+                                                                                                monkeypatch):
+    from components import summary_run
+
+    params = load_params(two_nights, ["compress.budget.latency=0.33"])
+    for attempt in ("a", "b"):  # an Airflow clear, a rerun
+        night = summary_run.summarise(params, NIGHT_2, file_params=load_params(two_nights), devices=DEVICES,
+                                      out=tmp_path / attempt)
+    client = tracking.configured_mlflow(params).MlflowClient()
+    parent = client.get_run(night.run_id)
+    assert len(parent.inputs.dataset_inputs) == 1 and len(parent.outputs.model_outputs) == 1
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the figures could not be drawn")
+
+    monkeypatch.setattr(summary_run, "summarise", broken)
+    with pytest.raises(RuntimeError, match="could not be drawn"):
+        summary_run.close_night(load_params(two_nights), NIGHT_1, file_params=load_params(two_nights),
+                                devices=DEVICES, out=tmp_path / "c")
+    experiment = client.get_experiment_by_name(params.pipeline.experiment)
+    [first] = client.search_runs([experiment.experiment_id], f"tags.{tracking.PARENT_TAG} = '{NIGHT_1}'")
+    assert first.info.status == "FAILED"  # not left RUNNING by the step that was to end it
+
+
 def test_the_figures_render_headless_with_failed_devices_and_empty_trends(tmp_path):
     from components.summary import night_metrics, trend
     from components.summary_plots import pareto_png, trend_png

@@ -174,7 +174,10 @@ def test_a_devices_kubernetes_placement_is_typed_with_defaults_and_the_pools_exa
                          ("{tolerations: [{key: a, operator: Sometimes}]}",
                           "kubernetes.tolerations[0].operator: 'Sometimes' is not one of"),
                          ("{node_selector: {a: 1}}", "kubernetes.node_selector.a: expected str, got int"),
-                         ("[a]", "kubernetes: expected a mapping")):
+                         ("[a]", "kubernetes: expected a mapping"),
+                         ("{tolerations: [{key: a, operator: Exists, value: b}]}",
+                          "kubernetes.tolerations[0]: operator Exists takes no value"),
+                         ("{tolerations: [{value: b}]}", "kubernetes.tolerations[0]: operator Equal needs a key")):
         path = _pool_file(tmp_path, "devices:\n  nuc:\n" + ENTRY + f"    kubernetes: {bad}\n")
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_pool(path)
