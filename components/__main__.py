@@ -32,8 +32,7 @@ def _parser(table: tuple[stages.Stage, ...]) -> argparse.ArgumentParser:
     p.add_argument("-p", "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one param, e.g. -p ingest.dataset=hhar_raw (repeatable)")
     p.add_argument("--device", action="append", default=[], metavar="NAME",
-                   help="per-device stages: this device of the pool (repeatable, or one JSON list, as a container "
-                        "step of Kubeflow or Argo passes a list parameter; default: profile.devices, else all)")
+                   help="per-device stages: this device of the pool (repeatable; default: profile.devices, else all)")
     p.add_argument("--input", action="append", default=[], metavar="STAGE=DIR",
                    help="read that stage's output from DIR instead of the layout's folder (repeatable)")
     p.add_argument("--output", default=None, metavar="DIR", help="write the stage's data here")
@@ -63,36 +62,15 @@ def main(argv: list[str] | None = None, table: tuple[stages.Stage, ...] | None =
 
             return report(params, args.run)
         layout = stages.Layout(params, args.run_key, table)
-        devices = device_names(args.device)
         if args.command == "pipeline":
             return _pipeline(params, layout, load_params(params_path))
         if args.command == "summary":
-            return _close(params, layout, load_params(params_path), args.pipeline_key, devices, args.report)
-        return run_stage(stages.stage_named(args.command, table), params, layout, devices,
+            return _close(params, layout, load_params(params_path), args.pipeline_key, args.device, args.report)
+        return run_stage(stages.stage_named(args.command, table), params, layout, args.device,
                          _inputs(args.input), args.output, args.report, args.pipeline_key)
     except stages.final_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-
-
-def device_names(items: list[str]) -> list[str]:
-    """`--device` values: names, or JSON lists of names (what a container step of Kubeflow or Argo substitutes
-    for a list parameter)."""
-    import json
-
-    names = []
-    for item in items:
-        if not item.lstrip().startswith("["):
-            names.append(item)
-            continue
-        try:
-            listed = json.loads(item)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"--device {item!r}: not a JSON list of device names ({exc})") from None
-        if not isinstance(listed, list) or not all(isinstance(n, str) for n in listed):
-            raise ConfigError(f"--device {item!r}: not a JSON list of device names")
-        names += listed
-    return names
 
 
 def _inputs(items: list[str]) -> dict[str, Path]:
@@ -188,10 +166,9 @@ def _close(params, layout: stages.Layout, file_params, key: str | None, devices:
            ) -> int:
     """`summary`: the night's summary of pipeline run `key` (every device it covered, or `devices`), its table
     here; 1 when a device failed a stage, as the Airflow DAG's summary task fails."""
+    from components.devices.pool import chosen
     from components.summary import table_text
     from components.summary_run import close_night, stage_failures, summary_dir
-
-    from components.devices.pool import chosen
 
     if not key:
         raise ConfigError("summary needs --pipeline-key: the pipeline run whose parent run gets the summary")

@@ -34,7 +34,7 @@ from components.data.outputs import write_text_atomic
 from components.data.checksums import ChecksumMismatch, verify_sealed
 from components.lineage import requirements
 from components.model_card import model_card, registered_model_description
-from components.tracking import NOT_PROMOTED, TrackingUnavailable
+from components.tracking import NOT_PROMOTED, TrackingUnavailable, registered_model_name
 from components.validate_report import failed_gates_text
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class RegisterOutcome:
 
 
 def model_name(params: Params, report: dict) -> str:
-    return f"{params.register.name_prefix}-{report['dataset']}-{report['device']}"
+    return registered_model_name(params, report["dataset"], report["device"])
 
 
 def run(params: Params, device_name: str, *, validate: Path, out: Place, pipeline_key: str | None = None

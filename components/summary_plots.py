@@ -61,8 +61,6 @@ def trend_png(trend: Mapping[str, list[dict]], path: Path, nights: int) -> Path:
     """Per device over the last nights: the night's compressed accuracy (points; filled = passed; squares: read
     back from the registry, for nights before the summary), the registry's champion after that night (line), and
     the measured latency ratio."""
-    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
-
     plt = _pyplot()
     fig, (acc_ax, lat_ax) = plt.subplots(1, 2, figsize=(13, 4.5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -87,7 +85,7 @@ def trend_png(trend: Mapping[str, list[dict]], path: Path, nights: int) -> Path:
     acc_ax.set_ylabel("accuracy (compressed, on device)")
     lat_ax.set_ylabel("latency / the baseline's (measured)")
     for ax in (acc_ax, lat_ax):
-        _night_axis(ax, times, AutoDateLocator, ConciseDateFormatter)
+        _night_axis(ax, times)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
@@ -101,16 +99,18 @@ def trend_png(trend: Mapping[str, list[dict]], path: Path, nights: int) -> Path:
     return path
 
 
-def _night_axis(ax, times: list[datetime], locator, formatter) -> None:
+def _night_axis(ax, times: list[datetime]) -> None:
     """Dates on the x axis, spanning the nights with a margin (at least a day either side of a single night, so
     its ticks name that day rather than matplotlib's default span of years)."""
     ax.set_xlabel("night (UTC)")
     if not times:
         ax.set_xticks([])
         return
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+
     first, last = min(times), max(times)
     margin = max((last - first) * 0.05, timedelta(hours=12))
     ax.set_xlim(first - margin, last + margin)
-    ticks = locator(minticks=3, maxticks=8, tz=timezone.utc)
+    ticks = AutoDateLocator(minticks=3, maxticks=8, tz=timezone.utc)
     ax.xaxis.set_major_locator(ticks)
-    ax.xaxis.set_major_formatter(formatter(ticks, tz=timezone.utc))
+    ax.xaxis.set_major_formatter(ConciseDateFormatter(ticks, tz=timezone.utc))

@@ -133,7 +133,7 @@ def _device_night(client, runs: dict, device: str, params: Params, table) -> Dev
     night = DeviceNight(device, report, metrics, failed_stage=failed, error=error)
     if report is None:
         return night
-    name = f"{params.register.name_prefix}-{report['dataset']}-{device}"  # as register.model_name names it
+    name = tracking.registered_model_name(params, report["dataset"], device)
     registered = _registered(client, name, report["validation_id"]) if report["passed"] else None
     if report["passed"] and registered is None and failed is None:
         failed, error = "register", "no registered version holds this validation (see register's log)"
@@ -206,13 +206,14 @@ def _registry_nights(client, night: Night, params: Params, summarised: dict[str,
                      ) -> list[tuple[str, float, dict]]:
     """The nights the parent runs cannot tell (from before the summary existed, or whose summary was never
     written), as the registry recorded them: each version since `since_ms` whose pipeline run's metrics
-    (`summarised`: pipeline key -> its parent run's metrics) say nothing of its device is a night that device passed, with its accuracy (tag) and the champion after it (replaying each version's
-    `champion_decision`). Their metrics carry `<device>.from_registry`."""
+    (`summarised`: pipeline key -> its parent run's metrics) say nothing of its device is a night that device
+    passed, with its accuracy (tag) and the champion after it (replaying each version's `champion_decision`).
+    Their metrics carry `<device>.from_registry`."""
     from mlflow.exceptions import MlflowException
 
     found: dict[str, tuple[float, dict]] = {}
     for d in night.devices:
-        name = d.model_name or f"{params.register.name_prefix}-{params.ingest.dataset}-{d.device}"
+        name = d.model_name or tracking.registered_model_name(params, params.ingest.dataset, d.device)
         try:
             versions = client.search_model_versions(f"name = '{name}'", max_results=1000)
         except MlflowException as exc:

@@ -408,6 +408,11 @@ def _sweep_dead_runs(mlflow, experiment_id: str, run_name: str, current_run_id: 
         client.set_terminated(run.info.run_id, status="KILLED")
 
 
+def registered_model_name(params: Params, dataset: str, device: str) -> str:
+    """The registered model of one task and device: `<register.name_prefix>-<dataset>-<device>`."""
+    return f"{params.register.name_prefix}-{dataset}-{device}"
+
+
 NOT_PROMOTED = "does not beat the champion"  # how a version's `champion_decision` starts when it was not promoted
 
 
