@@ -5,27 +5,34 @@ parameter count, DeepIoT; a microcontroller's MACs with its flash and SRAM
 as hard limits) and say up front what the device can reach at all (one
 element per layer, predicted and, on a timed device, measured: a budget
 below it is not met, and the search aims at the best reachable instead).
-Then run the compressor-critic search on the training windows, distilling
-the baseline into the masked network (checkpointed: an interrupted run
-resumes). With a latency cost on a timed device, the latency model is made
-right where the search went: the structures it visited are profiled once
-each, the model is refitted on the profile table plus them, and the search
-goes on under it (`compress.refit`); the cheapest front candidates at the
-accuracy floor, each with FastDeepIoT's nudge, are then timed against the
-baseline in the same rounds and the fastest *measured* one is taken
-(`compress.select`). The chosen structure is sliced into a smaller dense
+Then run the compressor-critic search on the training users' windows,
+distilling the baseline into the masked network (checkpointed: an
+interrupted run resumes). Every accuracy decision (the floor, the candidate
+selection, the fine-tune's early stop) is judged on train's validation
+users: whole training users the compressed model is never trained on, each
+user counting once, compared with the baseline user by user. With a latency
+cost on a timed device, the latency model is made right where the search
+went: the structures it visited are profiled once each, the model is
+refitted on the profile table plus them, and the search goes on under it
+(`compress.refit`); the cheapest front candidates at the accuracy floor,
+each with FastDeepIoT's nudge, are then timed against the baseline in the
+same rounds and the fastest *measured* one is taken (`compress.select`). The chosen structure is sliced into a smaller dense
 model and fine-tuned (distilling the baseline), and compared with L1-norm
 pruning and uniform scaling at the same budget, fine-tuned the same way
 (`compress.baselines`). The budget is met when the fine-tuned model is
-within it (measured where it was timed) and its validation accuracy is at
-or above the floor (the baseline's minus `max_accuracy_drop`); otherwise the
-run ends with the best structure found and `budget_met: false`, said plainly.
+within it (measured where it was timed) and its accuracy on the validation
+users is at or above the floor (the baseline's minus `max_accuracy_drop`);
+otherwise the run ends with the best structure found and `budget_met:
+false`, said plainly. Beside the model, a fallback one step back along the
+search's path (`compress.fallback` times the aim, fine-tuned the same way)
+is what validate deploys if the model misses only the accuracy gate.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -41,6 +48,7 @@ if TYPE_CHECKING:
     from components.stages import Place
 
 STAGE = "compress"
+FALLBACK_DIR = "fallback"  # beside model/: the structure one step back along the search's path, fine-tuned
 log = logging.getLogger(__name__)
 
 
@@ -80,7 +88,7 @@ def run(params: Params, device_name: str, *, ingest: Path, train: Path, profile:
         raise ConfigError(f"compress.budget has no entry for the {cost.name} cost (has {', '.join(cfg.budget)})")
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
-    data = _data(windows, make_folds(windows.meta, params.train)[0], cfg)
+    data = _data(windows, make_folds(windows.meta, params.train)[0], params.train, Path(train))
     bench = _bench(params, device, cost, out, Path(profile))
     with tracking.stage_run(params, STAGE, pipeline_key, device=device.name) as mlrun:
         mlrun.log_params({"compress": asdict(cfg), "device": device.name, "cost": cost.name,
@@ -93,6 +101,11 @@ def run(params: Params, device_name: str, *, ingest: Path, train: Path, profile:
         metrics = _metrics(results, search, cost, cfg, device.name, time.perf_counter() - started, extra)
         with atomic_directory(out / "model") as staging:
             models.save(results["deepiot"]["model"], staging)
+        if "fallback" in results:  # what validate deploys if the model misses only the accuracy gate
+            with atomic_directory(out / FALLBACK_DIR) as staging:
+                models.save(results["fallback"]["model"], staging)
+        else:  # an earlier run's fallback is not this model's
+            shutil.rmtree(out / FALLBACK_DIR, ignore_errors=True)
         if extra["latency_model"] is not None:  # the model it steered by last (refitted on what it visited)
             from components.latency.model import REFITTED_DIR, save_in
 
@@ -103,10 +116,17 @@ def run(params: Params, device_name: str, *, ingest: Path, train: Path, profile:
         model_id = mlrun.log_model_folder(out / "model", f"compressed-{device.name}", {
             "device": device.name, "cost": cost.name, "budget_met": str(metrics["budget_met"]).lower(),
             "data_hash": windows.card.get("data_hash", "")})
-        mlrun.log_metrics(_flat_numbers(metrics), model_id=model_id)
+        mlrun.log_metrics(_flat_numbers({k: v for k, v in metrics.items() if k != "fallback"}), model_id=model_id)
         mlrun.set_tags({"cost": cost.name, "budget_met": str(metrics["budget_met"]).lower()})
         for path in [*sorted((out / "model").iterdir()), *artifacts]:
             mlrun.log_artifact(path, f"compress/{device.name}")
+        if "fallback" in results:
+            fallback_id = mlrun.log_model_folder(out / FALLBACK_DIR, f"compressed-{device.name}-fallback", {
+                "device": device.name, "cost": cost.name, "role": "fallback",
+                "data_hash": windows.card.get("data_hash", "")})
+            mlrun.log_metrics(_flat_numbers({"fallback": metrics["fallback"]}), model_id=fallback_id)
+            for path in sorted((out / FALLBACK_DIR).iterdir()):
+                mlrun.log_artifact(path, f"compress/{device.name}/{FALLBACK_DIR}")
         _say(device.name, metrics)
         return CompressResult(device.name, out / "model", metrics, mlrun.run_id)
 
@@ -153,23 +173,53 @@ class _Data:
     x_test: object
     y_test: object
     users_test: np.ndarray  # the held-out user of each test window
+    users_val: np.ndarray | None = None  # the validation user of each validation window (None: windows, no users)
+    validation: dict | None = None  # which users every decision here is judged on, and whether the baseline saw them
 
 
-def _data(windows, fold, cfg) -> _Data:
+def _data(windows, fold, train_cfg, train_dir: Path) -> _Data:
+    """The training users' windows split into fitting and validation users (train's group), and the test users'.
+
+    The validation users are whole training users the compressed model is
+    never trained on: the search's floor, the candidate selection and the
+    fine-tune's early stop are judged on them, user by user.
+    """
     import torch
 
     from components.training import validation_split
 
     labels = windows.meta["label"].to_numpy().astype(np.int64)
-    fit_idx, val_idx = validation_split(labels[fold.train], cfg.val_fraction, cfg.seed)
-    fit_idx, val_idx = fold.train[fit_idx], fold.train[val_idx]
+    users = windows.meta["user"].to_numpy().astype(str)
+    split = validation_split(labels[fold.train], users[fold.train], "users", train_cfg.validation_share,
+                             train_cfg.val_fraction, train_cfg.seed)
+    fit_idx, val_idx = fold.train[split.fit], fold.train[split.val]
+    validation = {"by": "users" if split.by_users else "windows", "users": list(split.users),
+                  "windows": int(len(val_idx)), "baseline_trained_on_them": _baseline_saw(split, train_dir)}
+    log.info("compress judges accuracy on %s; the baseline %s them", split.describe(),
+             "was trained on" if validation["baseline_trained_on_them"] else "never saw")
 
     def tensors(idx):
         return (torch.from_numpy(np.ascontiguousarray(windows.x[idx], dtype=np.float32)),
                 torch.from_numpy(labels[idx]))
 
-    users = windows.meta["user"].to_numpy().astype(str)
-    return _Data(*tensors(fit_idx), *tensors(val_idx), *tensors(fold.test), users[fold.test])
+    return _Data(*tensors(fit_idx), *tensors(val_idx), *tensors(fold.test), users[fold.test],
+                 users[val_idx] if split.by_users else None, validation)
+
+
+def _baseline_saw(split, train_dir: Path) -> bool:
+    """Whether train fitted the baseline on the validation users' windows (its own record says which users it
+    held out); a record naming other users than these means train ran with other settings: rerun it."""
+    path = Path(train_dir) / "metrics.json"
+    held = json.loads(path.read_text()).get("validation") if path.exists() else None
+    if not split.by_users or held is None:
+        return True  # windows of every training user, or a baseline from before train said: assume it saw them
+    if held["by"] != "users":
+        return True
+    if list(held["users"]) != list(split.users):
+        raise ConfigError(f"train's baseline was early-stopped on validation users {held['users']}, but the settings "
+                          f"now give {list(split.users)} (train.validation_share, train.seed): run `python -m "
+                          "components train` again")
+    return False
 
 
 def _compress(baseline, cost, latency_model, data: _Data, cfg, augmentation, out: Path, mlrun, bench=None,
@@ -189,7 +239,7 @@ def _compress(baseline, cost, latency_model, data: _Data, cfg, augmentation, out
     from components.pruning.finetune import FineTuneSettings, accuracy, fine_tune
     from components.pruning.slicing import slice_model
 
-    floor = accuracy(baseline, data.x_val, data.y_val) - cfg.max_accuracy_drop
+    floor = accuracy(baseline, data.x_val, data.y_val, data.users_val) - cfg.max_accuracy_drop
     s = cfg.search
     budget = cfg.budget[cost.name]
     settings = SearchSettings(budget, floor, s.lambda_cost, s.critic_decay, Schedule(**asdict(s.threshold)),
@@ -197,7 +247,7 @@ def _compress(baseline, cost, latency_model, data: _Data, cfg, augmentation, out
                               s.compressor_hidden, s.init_keep, s.eval_every, cfg.seed, s.distill,
                               cfg.fine_tune.temperature)
     search = DeepIoTSearch(copy.deepcopy(baseline), cost, data.x_fit, data.y_fit, data.x_val, data.y_val, settings,
-                           augmentation, teacher=baseline if s.distill > 0 else None)
+                           augmentation, teacher=baseline if s.distill > 0 else None, val_users=data.users_val)
     extra = {"floor": _floor_check(search, bench, baseline, budget, cost)}
     if bench is not None and cost.name == "latency" and cfg.budget_margin > 0:  # judged on a measurement: a margin
         extra["floor"]["aim"] *= 1 - cfg.budget_margin
@@ -238,7 +288,10 @@ def _compress(baseline, cost, latency_model, data: _Data, cfg, augmentation, out
     keep, extra["selection"] = _select(search, cost, bench, baseline, cfg, floor)
     tune = FineTuneSettings(cfg.fine_tune.epochs, cfg.fine_tune.patience, cfg.fine_tune.batch_size,
                             cfg.fine_tune.learning_rate, cfg.fine_tune.distill, cfg.fine_tune.temperature, cfg.seed)
+    extra["fallback"] = _fallback(search, keep, cost, bench, baseline, cfg)
     candidates = {"deepiot": slice_model(search.model, keep)}
+    if extra["fallback"].get("keep") is not None:
+        candidates["fallback"] = slice_model(search.model, extra["fallback"].pop("keep"))
     # the baselines get the cost the search reached (the budget, or more where it was not met): same footing
     target = max(search.s.budget, cost.relative(candidates["deepiot"].spec))
     if "l1" in cfg.baselines:
@@ -252,12 +305,15 @@ def _compress(baseline, cost, latency_model, data: _Data, cfg, augmentation, out
         log.info("fine-tuning %s (%d parameters)", name, model.spec.params)
         model, epochs = fine_tune(model, data.x_fit, data.y_fit, data.x_val, data.y_val, tune,
                                   teacher=baseline if tune.distill > 0 else None, label=f"[{name}] ",
-                                  augmentation=augmentation)
+                                  augmentation=augmentation, val_users=data.users_val)
         results[name] = _describe(model, cost, steering["model"], data) | {"model": model, "fine_tune_epochs": epochs}
     chosen = next((c for c in extra["selection"].get("timed", []) if c["chosen"]), None)
     if chosen is not None:
         results["deepiot"]["measured_ratio"] = chosen["measured_ratio"]
+    if "fallback" in results and extra["fallback"].get("measured_ratio") is not None:
+        results["fallback"]["measured_ratio"] = extra["fallback"]["measured_ratio"]
     extra["latency_model"] = steering["model"]
+    extra["validation"] = data.validation or {}
     return results, search, extra
 
 
@@ -436,6 +492,57 @@ def _nudged(search, keep: dict, cost, radius: int) -> dict:
     return nudged
 
 
+def _fallback(search, keep: dict, cost, bench, baseline, cfg) -> dict:
+    """The structure one step back along the search's path, at `compress.fallback` times the aim.
+
+    validate deploys it instead when the chosen model misses only the
+    accuracy gate. The search removed elements least wanted first, so
+    walking back adds the removed elements its compressor wants most, while
+    the cost stays within the looser aim (and, on a microcontroller, the
+    part's limits). On a timed device it is timed against the baseline.
+    """
+    from components.pruning.costs import resized_spec
+
+    if cfg.fallback <= 0:
+        return {"why": "compress.fallback is 0: no fallback"}
+    aim = min(1.0, search.s.budget * cfg.fallback)
+    widths = {name: len(idx) for name, idx in keep.items()}
+    here = cost.relative(resized_spec(search.spec, widths))
+    if here >= aim:
+        log.info("no fallback: the chosen structure is at %.3f of the baseline's %s, already at or past the "
+                 "fallback's aim %.3f", here, cost.name, aim)
+        return {"aim": aim, "why": f"the chosen structure is at {here:.3f}, at or past the fallback's aim {aim:.3f}"}
+    grown = _grown(search, keep, cost, aim)
+    spec = resized_spec(search.spec, {name: len(idx) for name, idx in grown.items()})
+    out = {"aim": aim, "keep": grown, "relative_cost": cost.relative(spec)}
+    if bench is not None and cost.name == "latency":
+        out["measured_ratio"] = bench.time({"fallback": spec}, baseline.spec)["fallback"]["ratio"]
+    log.info("fallback: one step back along the search's path, %d parameters at %.3f of the baseline's %s "
+             "(aim %.3f)%s", spec.params, out["relative_cost"], cost.name, aim,
+             f", measured {out['measured_ratio']:.3f}" if "measured_ratio" in out else "")
+    return out
+
+
+def _grown(search, keep: dict, cost, aim: float) -> dict:
+    """`keep` with removed elements added back, most wanted by the compressor first, while within `aim`."""
+    import torch
+
+    from components.pruning.costs import resized_spec
+
+    probs = [p.detach() for p in search.compressor()]
+    kept = {name: set(idx.tolist()) for name, idx in keep.items()}
+    order = sorted(((float(p[i]), name, i) for name, p in zip(search.names, probs) for i in range(len(p))
+                    if i not in kept[name]), reverse=True)
+    widths = {name: len(idx) for name, idx in kept.items()}
+    for _, name, i in order:
+        trial = {**widths, name: widths[name] + 1}
+        spec = resized_spec(search.spec, trial)
+        if cost.relative(spec) <= aim and cost.fits(spec):
+            kept[name].add(i)
+            widths = trial
+    return {name: torch.tensor(sorted(kept[name]), dtype=torch.long) for name in search.names}
+
+
 def _l1_order(model) -> dict:
     import torch
 
@@ -446,7 +553,7 @@ def _l1_order(model) -> dict:
 
 def _describe(model, cost, latency_model, data: _Data) -> dict:
     from components.evaluation import mean_ci
-    from components.pruning.finetune import accuracy, predictions
+    from components.pruning.finetune import predictions
 
     predicted = {} if latency_model is None else {"predicted_latency_ms": latency_model.predict_model(model.spec)}
     right = (predictions(model, data.x_test) == data.y_test).numpy()
@@ -456,8 +563,19 @@ def _describe(model, cost, latency_model, data: _Data) -> dict:
             **predicted,
             **cost.describe(model.spec), "fits": cost.fits(model.spec),
             "test_accuracy": test["mean"], "test_accuracy_ci": test, "test_accuracy_per_user": per_user,
-            "val_accuracy": accuracy(model, data.x_val, data.y_val),
+            **_validation_scores(model, data),
             "widths": {layer.name: layer.out_features for layer in model.spec.layers}}
+
+
+def _validation_scores(model, data: _Data) -> dict:
+    """Accuracy on the validation users: the mean over them (each counts once), and each one's."""
+    from components.pruning.finetune import judged_accuracy, per_user_accuracy, predictions
+
+    predicted = predictions(model, data.x_val)
+    out = {"val_accuracy": judged_accuracy(predicted, data.y_val, data.users_val)}
+    if data.users_val is not None:
+        out["val_accuracy_per_user"] = per_user_accuracy(predicted, data.y_val, data.users_val)
+    return out
 
 
 def _metrics(results: dict, search, cost, cfg, device: str, wall_s: float, extra: dict | None = None) -> dict:
@@ -495,16 +613,35 @@ def _metrics(results: dict, search, cost, cfg, device: str, wall_s: float, extra
         "search_steps": search.step_index, "wall_s": round(wall_s, 1),
         "accuracy_change": deepiot["test_accuracy"] - base["test_accuracy"],
         "accuracy_change_ci": _paired(deepiot, base),
+        "validation": extra.get("validation", {}),
+        "val_accuracy_change_ci": _paired(deepiot, base, "val_accuracy_per_user"),
         "params_kept": deepiot["params"] / base["params"],
-        "methods": {name: {k: v for k, v in r.items() if k != "model"} for name, r in results.items()},
+        "methods": {name: _figures(r) for name, r in results.items() if name != "fallback"},
+        "fallback": _fallback_metrics(results, base, extra.get("fallback", {})),
     }
 
 
-def _paired(model: dict, base: dict) -> dict:
-    """The model's test accuracy minus the baseline's, user by user over the held-out users, with its interval."""
+def _figures(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k != "model"}
+
+
+def _fallback_metrics(results: dict, base: dict, fallback: dict) -> dict:
+    """The fallback's figures beside the chosen model's (validate deploys it only after a missed accuracy gate)."""
+    if "fallback" not in results:
+        return {k: v for k, v in fallback.items() if k != "keep"}
+    r = results["fallback"]
+    return {"aim": fallback["aim"], **_figures(r), "accuracy_change_ci": _paired(r, base),
+            "val_accuracy_change_ci": _paired(r, base, "val_accuracy_per_user")}
+
+
+def _paired(model: dict, base: dict, key: str = "test_accuracy_per_user") -> dict:
+    """The model's accuracy minus the baseline's, user by user (held-out users; `val_accuracy_per_user`: the
+    validation users), with its interval; empty where there are no users."""
     from components.evaluation import paired_ci
 
-    return paired_ci(model["test_accuracy_per_user"], base["test_accuracy_per_user"])
+    if key not in model or key not in base:
+        return {}
+    return paired_ci(model[key], base[key])
 
 
 def _write_report(results: dict, search, metrics: dict, device: str, reports: Path) -> list[Path]:
@@ -527,8 +664,9 @@ def comparison_markdown(device: str, metrics: dict) -> str:
              f"Test accuracy is the mean over {methods['baseline']['test_accuracy_ci']['users']} held-out users; "
              f"DeepIoT's change against the baseline, user by user: "
              f"{interval_text(metrics['accuracy_change_ci'], 4)}.", "",
-             f"Accuracy floor (validation): {metrics['accuracy_floor']:.3f}; the lowest {metrics['cost']} width "
-             f"pruning can reach: {metrics['cost_floor']:.3f} of the baseline's.", "",
+             *_validation_lines(metrics),
+             f"Accuracy floor (mean over the validation users): {metrics['accuracy_floor']:.3f}; the lowest "
+             f"{metrics['cost']} width pruning can reach: {metrics['cost_floor']:.3f} of the baseline's.", "",
              "| method | params | relative cost |" + (" predicted ms |" if latency else "")
              + " test accuracy (95 % CI over users) | validation accuracy | fits |",
              "|---|---|---|" + ("---|" if latency else "") + "---|---|---|"]
@@ -536,8 +674,38 @@ def comparison_markdown(device: str, metrics: dict) -> str:
         lines.append(f"| {name} | {r['params']} | {r['relative_cost']:.3f} | "
                      + (f"{r['predicted_latency_ms']:.3f} | " if latency else "")
                      + f"{_with_ci(r['test_accuracy_ci'])} | {r['val_accuracy']:.3f} | {r['fits']} |")
+    lines += _fallback_lines(metrics.get("fallback", {}), metrics["cost"])
     lines += _refit_lines(metrics.get("refit", [])) + _selection_lines(metrics.get("selection", {}))
     return "\n".join(lines) + "\n"
+
+
+def _validation_lines(metrics: dict) -> list[str]:
+    v = metrics.get("validation") or {}
+    if not v:
+        return []
+    if v["by"] != "users":
+        return [f"Decisions here (the floor, the selection, the fine-tune's early stop) rest on {v['windows']} "
+                "windows of the training users (the set has too few users for a validation group): they "
+                "flatter the model.", ""]
+    saw = "the baseline was trained on them" if v["baseline_trained_on_them"] else "nor was the baseline"
+    return [f"Every decision here (the search's floor, the candidate selection, the fine-tune's early stop) is "
+            f"judged on the validation users {', '.join(v['users'])} ({v['windows']} windows): whole training users "
+            f"the compressed model is never trained on ({saw}). DeepIoT's change against the baseline on them, "
+            f"user by user: {interval_text(metrics.get('val_accuracy_change_ci') or {}, 4)}.", ""]
+
+
+def _fallback_lines(fallback: dict, cost: str) -> list[str]:
+    if not fallback:
+        return []
+    if "params" not in fallback:
+        return ["", f"No fallback: {fallback.get('why', 'none was made')}."]
+    measured = f", measured {fallback['measured_ratio']:.3f}" if fallback.get("measured_ratio") is not None else ""
+    return ["", "## Fallback (one step back along the search's path)", "",
+            f"Deployed by validate instead if the model misses only the accuracy gate: {fallback['params']} "
+            f"parameters at {fallback['relative_cost']:.3f} of the baseline's {cost} (aim {fallback['aim']:.3f}"
+            f"{measured}); change against the baseline on the validation users "
+            f"{interval_text(fallback.get('val_accuracy_change_ci') or {}, 4)}, on the held-out users "
+            f"{interval_text(fallback.get('accuracy_change_ci') or {}, 4)}."]
 
 
 def _floor_lines(floor: dict, cost: str) -> list[str]:
@@ -608,9 +776,10 @@ def reached(metrics: dict) -> str:
 def _say(device: str, metrics: dict) -> None:
     d = metrics["methods"]["deepiot"]
     log.info("%s: %s; %d parameters (%.1f %% of the baseline), %s %s of the baseline's, test accuracy %.3f "
-             "(change per held-out user %s)", device, "budget met" if metrics["budget_met"] else "BUDGET NOT MET",
-             d["params"], 100 * metrics["params_kept"], metrics["cost"], reached(metrics), d["test_accuracy"],
-             interval_text(metrics["accuracy_change_ci"], 4))
+             "(change per held-out user %s; per validation user %s)", device,
+             "budget met" if metrics["budget_met"] else "BUDGET NOT MET", d["params"], 100 * metrics["params_kept"],
+             metrics["cost"], reached(metrics), d["test_accuracy"], interval_text(metrics["accuracy_change_ci"], 4),
+             interval_text(metrics.get("val_accuracy_change_ci") or {}, 4))
 
 
 def summary(result: CompressResult) -> str:

@@ -11,7 +11,7 @@ among the version's artifacts.
 from __future__ import annotations
 
 from components.evaluation import interval_text
-from components.validate_report import fmt_value
+from components.validate_report import fmt_value, retry_sentence
 
 MAX_CHARS = 5000  # MLflow's model_versions.description is a VARCHAR(5000)
 _VERDICT = {True: "PASS", False: "**FAIL**", None: "n/a"}
@@ -84,6 +84,13 @@ def _accuracy(report: dict, comp: dict, base: dict) -> list[str]:
                      f"{fmt_value(r.get('agreement'))} |")
     if comp.get("accuracy_drop"):
         lines += ["", f"Accuracy drop against the baseline, user by user: {interval_text(comp['accuracy_drop'], 4)}."]
+    if report.get("accuracy_rule"):
+        lines += ["", f"The accuracy gate {report['accuracy_rule']}: \"no loss\" on users this model never saw, "
+                  "with evidence (how often this rule passes a model that loses more than a point on further users "
+                  "is measured by the project's `benchmarks/gate_errors.py`)."]
+    retry = retry_sentence(report)
+    if retry:
+        lines += ["", retry]
     return lines + [""]
 
 

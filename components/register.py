@@ -44,7 +44,6 @@ STAGE = "register"
 CANDIDATE, CHAMPION = "candidate", "champion"
 CARD_FILE = "model_card.md"  # in the report folder: the registered version's card, as its description says
 log = logging.getLogger(__name__)
-EXPORTED = "compressed"  # validate's sub-folder holding the compressed model's exported files
 _PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "PERMISSION_DENIED",
               "UNAUTHENTICATED", "BAD_REQUEST", "INVALID_STATE"}
 
@@ -152,9 +151,14 @@ def _short(exc: Exception) -> str:
 def _verify_exports(report: dict, bundle: Path) -> None:
     from components.data.checksums import verify
 
-    folder = bundle / EXPORTED
+    folder = exported_dir(report, bundle)
     for entry in report["exports"]["compressed"]["files"].values():
         verify(folder / entry["file"], entry["sha256"])
+
+
+def exported_dir(report: dict, bundle: Path) -> Path:
+    """validate's sub-folder holding the deployed model's exported files (`fallback` after a retry)."""
+    return bundle / report["exports"]["compressed"]["dir"]
 
 
 def _register(params: Params, report: dict, bundle: Path, pipeline_key: str | None) -> RegisterOutcome:
@@ -226,7 +230,7 @@ def _log_model(mlflow, report: dict, bundle: Path):
     import numpy as np
 
     exports = report["exports"]["compressed"]
-    folder = bundle / EXPORTED
+    folder = exported_dir(report, bundle)
     deployed = exports["files"][report["deployed_format"]]
     artifacts = {"deployed": str(folder / deployed["file"])}
     artifacts |= {f"export_{fmt}": str(folder / e["file"]) for fmt, e in exports["files"].items()

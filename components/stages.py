@@ -74,8 +74,10 @@ STAGES: tuple[Stage, ...] = (
     # the refit rounds fit as fit_latency does and time as profile does, against its reference model
     Stage("compress", "components.compress", "Compress the baseline for one device under its latency model.",
           per_device=True, reads=("ingest", "train", "profile", "fit_latency"), persist=True,
+          # train's validation group (its share and seed) is the users compress judges accuracy on
           params=("compress", "fit_latency", "profile.timing", "profile.sampler.model_input_shape",
-                  "train.deepsense"), resources=("2", "4G"),
+                  "train.deepsense", "train.validation_share", "train.val_fraction", "train.seed"),
+          resources=("2", "4G"),
           loads=("components.logged_model",)),  # its logged model's code, loaded by path
     Stage("validate", "components.validate", "Export both models, run them on the device and apply the gates.",
           per_device=True, on_device=True, reads=("ingest", "train", "fit_latency", "compress"),

@@ -54,7 +54,8 @@ class DeviceNight:
             return f"FAILED in {self.failed_stage}"
         if self.report is None:
             return "NO RESULT"
-        return "PASSED" if self.report["passed"] else f"FAILED gates {', '.join(self.failed_gates)}"
+        retried = " (after a retry with the fallback)" if self.report.get("retry") else ""
+        return ("PASSED" if self.report["passed"] else f"FAILED gates {', '.join(self.failed_gates)}") + retried
 
 
 @dataclass(frozen=True)

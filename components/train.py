@@ -2,8 +2,10 @@
 
 Reads `x.npy`, `signal.npy` and `windows.parquet` from the ingest output,
 trains the configured architecture (DeepSense by default) on the training
-users and scores it on the held-out users, next to a classical reference (per
-axis statistics + random forest) on the same users. Accuracy and macro-F1 are
+users, early-stopped on a validation group of whole training users that it
+never trains on (`train.validation: users`; compress judges its accuracy
+floor on the same users), and scores it on the held-out users, next to a
+classical reference (per axis statistics + random forest) on the same users. Accuracy and macro-F1 are
 means over the held-out users, each with its 95 % bootstrap interval over
 those users (components/evaluation.py), and the deep model's paired
 difference to the forest. With `train.evaluation: kfold` every fold of users
@@ -94,6 +96,7 @@ def _run_fold(fold: Fold, spec, windows: Windows, cfg: TrainParams, mlrun) -> di
              len(fold.test), sorted(set(users[fold.test].tolist())))
     model, history = training.fit(spec, windows.x[fold.train], y[fold.train], cfg, label=f"[{fold.name}] ",
                                   users=users[fold.train])
+    log.info("fold %s: early stopping judged on %s", fold.name, history.validation.describe())
     if mlrun is not None:
         for row in history.epochs:
             mlrun.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
@@ -115,6 +118,7 @@ def _report(spec, results: dict, classes, cfg: TrainParams) -> dict:
         "classical": split["classical"] | {"users": _users(split["classical"]["per_user"], cfg)},
         "deep_minus_classical": _paired(split["deep"]["per_user"], split["classical"]["per_user"], cfg),
         "best_epoch": split["history"].best_epoch, "epochs_run": len(split["history"].epochs),
+        "validation": validation_record(split["history"].validation),
     }
     kfolds = {name: r for name, r in results.items() if r["kfold_id"] is not None}
     if cfg.evaluation == "kfold":
@@ -135,6 +139,12 @@ def _report(spec, results: dict, classes, cfg: TrainParams) -> dict:
             "deep_minus_classical": _paired(deep, forest, cfg),
         }
     return report
+
+
+def validation_record(validation) -> dict:
+    """What early stopping judged on: whole training users never trained on, or a share of the windows."""
+    return {"by": "users" if validation.by_users else "windows", "users": list(validation.users),
+            "windows": int(len(validation.val)), "said": validation.describe()}
 
 
 def _users(per_user_scores: dict, cfg: TrainParams) -> dict:

@@ -24,6 +24,7 @@ class History:
     epochs: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
     seconds: float = 0.0
+    validation: ValidationSet | None = None  # what early stopping judged on
 
 
 def seed_everything(seed: int, threads: int) -> None:
@@ -33,45 +34,79 @@ def seed_everything(seed: int, threads: int) -> None:
     torch.use_deterministic_algorithms(True)
 
 
-def validation_split(labels: np.ndarray, fraction: float, seed: int,
-                     users: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, validation) among the training users' windows.
+@dataclass(frozen=True)
+class ValidationSet:
+    """Which training windows are fitted and which judge the model (early stopping, compress's floor)."""
 
-    With `users` (and at least three of them) one training user, drawn with
-    `seed`, is the validation set, so early stopping rewards generalising to
-    an unseen user; otherwise a `fraction` of the windows, stratified by label.
+    fit: np.ndarray  # window indices trained on
+    val: np.ndarray  # window indices judged on
+    users: tuple[str, ...] = ()  # the validation users; empty: `val` is a share of the windows
+
+    @property
+    def by_users(self) -> bool:
+        return bool(self.users)
+
+    def describe(self) -> str:
+        if self.by_users:
+            return f"{len(self.users)} whole training user(s) never trained on ({', '.join(self.users)})"
+        return f"{len(self.val)} windows drawn from the users trained on"
+
+
+def validation_split(labels: np.ndarray, users: np.ndarray, mode: str, share: float, fraction: float,
+                     seed: int) -> ValidationSet:
+    """Split the training windows into a fitting part and a validation part.
+
+    mode "users": every window of a group of whole training users
+    (`data.windows.validation_users`), so that what is judged on them is
+    judged on people the model never saw; "windows": a `fraction` of the
+    windows, stratified by label (those users are also trained on, so the
+    figure flatters the model). With fewer than three users (a set without
+    user ids) "users" falls back to "windows", saying so.
     """
+    from components.data.windows import validation_users
+
     idx = np.arange(len(labels))
-    if users is not None and len(set(users.tolist())) >= 3:
-        held = np.random.default_rng(seed).choice(sorted(set(users.tolist())))
-        return idx[users != held], idx[users == held]
+    if mode == "users":
+        held = validation_users(users, share, seed)
+        if held:
+            inside = np.isin(np.asarray(users).astype(str), held)
+            return ValidationSet(idx[~inside], idx[inside], tuple(held))
+        log.warning("fewer than three training users: the validation set is a share of the windows of users the "
+                    "model trains on, which flatters it")
     if fraction <= 0 or len(idx) < 4:
-        return idx, idx[:0]
+        return ValidationSet(idx, idx[:0])
     counts = np.bincount(labels)
     stratify = labels if counts[counts > 0].min() >= 2 else None
     train, val = train_test_split(idx, test_size=fraction, random_state=seed, stratify=stratify)
-    return np.sort(train), np.sort(val)
+    return ValidationSet(np.sort(train), np.sort(val))
+
+
+def train_validation(labels: np.ndarray, users: np.ndarray, cfg: TrainParams) -> ValidationSet:
+    """train's own split of its training windows (`train.validation`)."""
+    return validation_split(labels, users, cfg.validation, cfg.validation_share, cfg.val_fraction, cfg.seed)
 
 
 def fit(spec: ModelSpec, x: np.ndarray, y: np.ndarray, cfg: TrainParams, label: str = "",
         users: np.ndarray | None = None) -> tuple[SensingModel, History]:
     """Train a fresh model of `spec` on (x, y); return the weights of the best validation epoch.
 
-    `users` (per window) makes the validation set a held-out training user when `cfg.validation` is "user".
+    `users` (per window) lets `train.validation: users` judge on whole training users; without them the
+    validation set is a share of the windows. `History.validation` says which.
     """
     seed_everything(cfg.seed, cfg.threads)
     model = build(spec)
-    train_idx, val_idx = validation_split(y, cfg.val_fraction, cfg.seed,
-                                          users if cfg.validation == "user" else None)
+    split = train_validation(y, users if users is not None else np.full(len(y), "unknown"), cfg)
+    train_idx, val_idx = split.fit, split.val
     xt = torch.from_numpy(np.ascontiguousarray(x[train_idx], dtype=np.float32))
     yt = torch.from_numpy(y[train_idx].astype(np.int64))
     xv = torch.from_numpy(np.ascontiguousarray(x[val_idx], dtype=np.float32))
     yv = torch.from_numpy(y[val_idx].astype(np.int64))
+    history = History(validation=split)
     model.set_input_stats(*input_stats(xt, cfg.input_norm))
     loss_fn = torch.nn.CrossEntropyLoss(weight=_class_weights(yt, len(spec.classes)) if cfg.class_weights else None)
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed)
-    history, best, best_loss, waited = History(), None, float("inf"), 0
+    best, best_loss, waited = None, float("inf"), 0
     started = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()

@@ -14,9 +14,15 @@ accuracy, its flash is that file's size, its SRAM peak comes from the file's gra
 (activations alive at once), and its latency from the analytic model.
 
 The gates (`validate.gates`) decide on the compressed model in the deployed
-format; the report (JSON, Markdown, HTML) shows every gate with its numbers,
-pass or fail, and every format. Failing gates are a result, not an error: the
-stage ends normally and `register` leaves the model out, saying why.
+format. The accuracy gate asks for "no loss" with evidence: the drop against
+the baseline, paired user by user over the held-out users, must be small on
+the mean *and* at the upper end of its 95 % interval. A model that misses
+only that gate is retried once with compress's fallback (the structure one
+step back along the search's path, at a looser aim); if the fallback passes,
+it is what the report deploys, and the first try is kept in the report. The
+report (JSON, Markdown, HTML) shows every gate with its numbers, pass or
+fail, and every format. Failing gates are a result, not an error: the stage
+ends normally and `register` leaves the model out, saying why.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -43,6 +50,9 @@ if TYPE_CHECKING:
     from components.stages import Place
 
 STAGE = "validate"
+# compress's folder for its fallback model (beside model/; compress.FALLBACK_DIR, no stage imports another),
+# and validate's for the fallback's exported files
+FALLBACK_DIR = "fallback"
 log = logging.getLogger(__name__)
 
 
@@ -94,11 +104,7 @@ def run(params: Params, device_name: str, *, ingest: Path, train: Path, fit_late
             raise ConfigError(f"validate {device.name}: no {name} model at {folder}; run `python -m components "
                               f"{stage}` first")
     windows = load_windows(ingest)
-    fold = make_folds(windows.meta, params.train)[0]
-    rng = np.random.default_rng(cfg.seed)
-    test = fold.test if not cfg.max_test_windows or len(fold.test) <= cfg.max_test_windows else \
-        np.sort(rng.choice(fold.test, cfg.max_test_windows, replace=False))
-    calibration = np.sort(rng.choice(fold.train, min(cfg.calibration_windows, len(fold.train)), replace=False))
+    test, calibration = test_and_calibration(params, make_folds(windows.meta, params.train)[0])
     x_test = np.ascontiguousarray(windows.x[test], dtype=np.float32)
     y_test = windows.meta["label"].to_numpy()[test].astype(np.int64)
     users_test = windows.meta["user"].to_numpy().astype(str)[test]
@@ -111,30 +117,39 @@ def run(params: Params, device_name: str, *, ingest: Path, train: Path, fit_late
         mlrun.log_params({"validate": asdict(cfg), "device": device.to_dict(), "test_windows": len(test)})
         mlrun.log_windows_input(windows, "evaluation")
         started = time.perf_counter()
+        shutil.rmtree(out / FALLBACK_DIR, ignore_errors=True)  # an earlier run's retry is not this one's
         exports = {}
         for name, folder in model_dirs.items():
             log.info("%s: exporting the %s model to %s", device.name, name, ", ".join(formats))
             exports[name] = _export(folder, formats, out / name, windows.x[calibration], cfg.convert_timeout_s)
-        results = {name: {} for name in MODELS}
+        test_set = _TestSet(x_test, y_test, users_test, len(windows.classes))
         with tempfile.TemporaryDirectory(prefix="validate-") as work:  # test windows and outputs, not kept
             np.save(Path(work) / "test_windows.npy", x_test)
-            for fmt in formats:
-                log.info("%s: running both models as %s on %d test windows", device.name, fmt, len(test))
-                ran = _run_on_device(params, device, fmt, exports, Path(work), out / "logs")
-                for name in MODELS:
-                    results[name][fmt] = _score(ran[name], exports[name]["files"].get(fmt), y_test, users_test,
-                                                torch_predictions[name], len(windows.classes),
-                                                params.train.bootstrap, cfg.seed)
-                base, comp = results["baseline"][fmt], results["compressed"][fmt]
-                if base["ok"] and comp["ok"]:
-                    comp["accuracy_drop"] = accuracy_drop(base, comp, params.train.bootstrap, cfg.seed)
-        for name in MODELS:
-            _add_predictions(results[name], loaded[name].spec, device, latency_model)
-        _add_ratios(results)
-        gates = check_gates(results["baseline"][formats[0]], results["compressed"][formats[0]], device,
-                            cfg.gates)
+            results, gates = _assess(params, device, formats, exports, loaded, torch_predictions, test_set,
+                                     latency_model, Path(work), out)
+            retry = None
+            fallback = Path(compress) / FALLBACK_DIR
+            if _only_accuracy_failed(gates) and (fallback / models.SPEC_FILE).exists():
+                first = {"model_dir": os.path.relpath(model_dirs["compressed"], out),
+                         "exports": _relative_exports(exports["compressed"], out),
+                         "models": results["compressed"], "gates": [g.to_dict() for g in gates],
+                         "failed_gates": [g.name for g in gates if g.passed is False]}
+                log.warning("%s: the compressed model missed only the accuracy gate (%s); retrying once with "
+                            "compress's fallback, one step back along the search's path", device.name,
+                            next(g.detail for g in gates if g.name == "accuracy_drop"))
+                model_dirs["compressed"] = fallback
+                loaded["compressed"] = models.load(fallback)
+                torch_predictions["compressed"] = training.predict(loaded["compressed"], x_test)
+                exports["compressed"] = _export(fallback, formats, out / FALLBACK_DIR, windows.x[calibration],
+                                                cfg.convert_timeout_s)
+                results, gates = _assess(params, device, formats, exports, loaded, torch_predictions, test_set,
+                                         latency_model, Path(work), out)
+                retry = {"reason": "the compressed model missed only the accuracy gate", "first_try": first,
+                         "passed": all(g.passed is not False for g in gates)}
         report = _report(params, device, formats, results, gates, exports, model_dirs, ingest, test, windows,
                          mlrun.run_id, pipeline_key, time.perf_counter() - started, out)
+        report["retry"] = retry
+        report["accuracy_rule"] = accuracy_rule(cfg.gates)
         report["architecture"] = {name: architecture(model.spec) for name, model in loaded.items()}
         paths = write_report(report, reports)
         for path in paths[:1] + [reports / "report.html"]:  # what register reads, beside the files it registers
@@ -148,11 +163,65 @@ def run(params: Params, device_name: str, *, ingest: Path, train: Path, fit_late
         for path in paths:
             mlrun.log_artifact(path, f"validate/{device.name}")
         for name in MODELS:
-            for path in sorted((out / name).iterdir()):
+            for path in sorted(exports[name]["dir"].iterdir()):
                 if path.is_file():
                     mlrun.log_artifact(path, f"validate/{device.name}/{name}")
         _say(report)
         return ValidateResult(device.name, reports / "report.json", report, mlrun.run_id)
+
+
+@dataclass(frozen=True)
+class _TestSet:
+    x: np.ndarray
+    y: np.ndarray
+    users: np.ndarray  # the held-out user of each window
+    classes: int
+
+
+def _assess(params: Params, device, formats, exports: dict, loaded: dict, torch_predictions: dict, test: _TestSet,
+            latency_model, work: Path, out: Path) -> tuple[dict, list[Gate]]:
+    """Run both exported models on the device in every format, score them and apply the gates to the deployed one."""
+    cfg = params.validate
+    results = {name: {} for name in MODELS}
+    for fmt in formats:
+        log.info("%s: running both models as %s on %d test windows", device.name, fmt, len(test.y))
+        ran = _run_on_device(params, device, fmt, exports, work, out / "logs")
+        for name in MODELS:
+            results[name][fmt] = _score(ran[name], exports[name]["files"].get(fmt), test.y, test.users,
+                                        torch_predictions[name], test.classes, params.train.bootstrap, cfg.seed)
+        base, comp = results["baseline"][fmt], results["compressed"][fmt]
+        if base["ok"] and comp["ok"]:
+            comp["accuracy_drop"] = accuracy_drop(base, comp, params.train.bootstrap, cfg.seed)
+    for name in MODELS:
+        _add_predictions(results[name], loaded[name].spec, device, latency_model)
+    _add_ratios(results)
+    return results, check_gates(results["baseline"][formats[0]], results["compressed"][formats[0]], device,
+                                cfg.gates)
+
+
+def _only_accuracy_failed(gates: list[Gate]) -> bool:
+    return [g.name for g in gates if g.passed is False] == ["accuracy_drop"]
+
+
+def _relative_exports(export: dict, out: Path) -> dict:
+    return {"dir": os.path.relpath(export["dir"], out), "files": {f: x.to_dict() for f, x in export["files"].items()},
+            "failed": export["failed"]}
+
+
+def test_and_calibration(params: Params, fold) -> tuple[np.ndarray, np.ndarray]:
+    """The windows validate runs (the held-out users', at most `max_test_windows`) and the training windows
+    that calibrate integer quantization, drawn with `validate.seed`: the same ones every time."""
+    cfg = params.validate
+    rng = np.random.default_rng(cfg.seed)
+    test = fold.test if not cfg.max_test_windows or len(fold.test) <= cfg.max_test_windows else \
+        np.sort(rng.choice(fold.test, cfg.max_test_windows, replace=False))
+    calibration = np.sort(rng.choice(fold.train, min(cfg.calibration_windows, len(fold.train)), replace=False))
+    return test, calibration
+
+
+def export_for_device(model_dir: Path, formats, folder: Path, calibration: np.ndarray, params: Params) -> dict:
+    """Export a model as validate does (each conversion in a child process); {dir, files, failed}."""
+    return _export(model_dir, formats, folder, calibration, params.validate.convert_timeout_s)
 
 
 def _log_metrics(mlrun, metrics: dict, model_dirs: dict[str, Path]) -> None:
@@ -206,11 +275,32 @@ def _export(model_dir: Path, formats, folder: Path, calibration: np.ndarray, tim
     return {"dir": folder, "files": files, "failed": failures}
 
 
-def _run_on_device(params: Params, device, fmt: str, exports: dict, work: Path, logs: Path) -> dict[str, dict]:
+def score_exported(params: Params, device, fmt: str, folders: dict[str, Path], x: np.ndarray, y: np.ndarray,
+                   users: np.ndarray, classes: int) -> dict[str, dict]:
+    """Run exported files on other windows, scored per user as validate scores them (no timing).
+
+    `folders`: {name: an export folder} whose manifest names the `fmt` file,
+    checked against its sha256 before the device's worker loads it. For
+    scoring what a night validated on users it never saw
+    (benchmarks/gate_errors.py).
+    """
+    from components.export import read_manifest
+
+    exports = {name: {"dir": Path(folder), "files": read_manifest(Path(folder)), "failed": {}}
+               for name, folder in folders.items()}
+    with tempfile.TemporaryDirectory(prefix="score-") as work:
+        np.save(Path(work) / "test_windows.npy", np.ascontiguousarray(x, dtype=np.float32))
+        ran = _run_on_device(params, device, fmt, exports, Path(work), Path(work) / "logs", timed=False)
+        return {name: _score(ran[name], exports[name]["files"].get(fmt), y, users, None, classes,
+                             params.train.bootstrap, params.validate.seed) for name in folders}
+
+
+def _run_on_device(params: Params, device, fmt: str, exports: dict, work: Path, logs: Path,
+                   timed: bool = True) -> dict[str, dict]:
     """Each model's answer from the device's worker processes: outputs, peak memory, timing, or what went wrong.
 
     Each model runs on the test windows in a fresh worker (its peak memory is
-    its own), then the models that ran are timed together in one more, round-robin.
+    its own), then (`timed`) the models that ran are timed together in one more, round-robin.
     """
     from components.devices.worker import Worker, WorkerFailed
 
@@ -228,7 +318,7 @@ def _run_on_device(params: Params, device, fmt: str, exports: dict, work: Path, 
 
     answers: dict[str, dict] = {}
     ran = []
-    for name in MODELS:
+    for name in exports:
         exported = exports[name]["files"].get(fmt)
         if exported is None:
             answers[name] = {"ok": False, "error": f"not exported: {exports[name]['failed'].get(fmt, 'unknown')}"}
@@ -241,7 +331,7 @@ def _run_on_device(params: Params, device, fmt: str, exports: dict, work: Path, 
             answer["outputs"] = np.load(entry["outputs"])
             ran.append((name, entry))
         answers[name] = answer
-    if ran:
+    if ran and timed:
         reply = call({"models": [entry for _, entry in ran], "predict": False}, f"{fmt}.timing.log")
         for i, (name, _) in enumerate(ran):
             timed = reply["results"][i] if reply.get("ok") else {"ok": False, "error": reply["error"]}
@@ -252,9 +342,10 @@ def _run_on_device(params: Params, device, fmt: str, exports: dict, work: Path, 
     return answers
 
 
-def _score(answer: dict, exported, y_test: np.ndarray, users: np.ndarray, torch_predicted: np.ndarray,
+def _score(answer: dict, exported, y_test: np.ndarray, users: np.ndarray, torch_predicted: np.ndarray | None,
            classes: int, resamples: int, seed: int) -> dict:
-    """Accuracy and macro-F1 as means over the held-out users (with 95 % intervals), per user, and pooled."""
+    """Accuracy and macro-F1 as means over the held-out users (with 95 % intervals), per user, and pooled;
+    agreement with the torch model's predictions where they are given."""
     from components.evaluation import summary
     from components.training import scores
 
@@ -273,7 +364,7 @@ def _score(answer: dict, exported, y_test: np.ndarray, users: np.ndarray, torch_
         "accuracy_pooled": s["accuracy"], "macro_f1_pooled": s["macro_f1"],
         "per_user_accuracy": {u: v["accuracy"] for u, v in s["per_user"].items()},
         "per_user_macro_f1": {u: v["macro_f1"] for u, v in s["per_user"].items()},
-        "agreement": float(np.mean(predicted == torch_predicted)),
+        "agreement": float(np.mean(predicted == torch_predicted)) if torch_predicted is not None else None,
         "latency_ms": timing.get("latency_ms"), "latency_iqr_ms": timing.get("iqr_ms"),
         "latency_stable": timing.get("stable"), "latency_method": "timed",
         "peak_memory_bytes": answer.get("peak_memory_bytes"), "load_s": answer.get("load_s"),
@@ -372,15 +463,28 @@ def accuracy_drop(base: dict, comp: dict, resamples: int = 10000, seed: int = 0)
 
 
 def accuracy_gate(base: dict, comp: dict, g) -> Gate:
-    """The mean drop over the held-out users (or the top of its interval, `accuracy_drop_bound: upper`)."""
+    """"No loss", with evidence: the mean paired per-user drop at most `max_accuracy_drop` and the upper end of
+    its 95 % interval at most `max_accuracy_drop_upper`. The gate's value is the mean drop."""
     from components.evaluation import interval_text
 
     drop = comp.get("accuracy_drop") or accuracy_drop(base, comp)
-    value = drop["high"] if g.accuracy_drop_bound == "upper" else drop["mean"]
-    judged = "the top of its 95 % interval" if g.accuracy_drop_bound == "upper" else "the mean"
-    return Gate("accuracy_drop", value <= g.max_accuracy_drop + 1e-12, value, g.max_accuracy_drop,
+    mean_ok = drop["mean"] <= g.max_accuracy_drop + 1e-12
+    upper_ok = drop["high"] <= g.max_accuracy_drop_upper + 1e-12
+    missed = [] if mean_ok else [f"mean drop {100 * drop['mean']:.2f} points > {100 * g.max_accuracy_drop:g}"]
+    if not upper_ok:
+        missed.append(f"upper end {100 * drop['high']:.2f} points > {100 * g.max_accuracy_drop_upper:g}")
+    return Gate("accuracy_drop", mean_ok and upper_ok, drop["mean"], g.max_accuracy_drop,
                 f"on-device accuracy {comp['accuracy']:.4f} vs the baseline's {base['accuracy']:.4f} (means over "
-                f"held-out users); drop per user {interval_text(drop, 4)}; judged on {judged}")
+                f"held-out users); drop per user {interval_text(drop, 4)}; {accuracy_rule(g)}"
+                + (f": missed ({'; '.join(missed)})" if missed else ""))
+
+
+def accuracy_rule(g) -> str:
+    """The accuracy gate's rule in words (the report and the model card say it)."""
+    rule = f"passes when the mean drop is at most {100 * g.max_accuracy_drop:g} point(s)"
+    if g.max_accuracy_drop_upper < 1:
+        rule += f" and the upper end of its 95 % interval at most {100 * g.max_accuracy_drop_upper:g}"
+    return rule
 
 
 def _report(params, device, formats, results, gates, exports, model_dirs, ingest: Path, test, windows,
@@ -398,9 +502,7 @@ def _report(params, device, formats, results, gates, exports, model_dirs, ingest
         "deployed_format": deployed, "formats": list(formats),
         "passed": not failed, "failed_gates": failed, "gates": [g.to_dict() for g in gates],
         "models": results,
-        "exports": {name: {"dir": os.path.relpath(e["dir"], out),
-                           "files": {f: x.to_dict() for f, x in e["files"].items()},
-                           "failed": e["failed"]} for name, e in exports.items()},
+        "exports": {name: _relative_exports(e, out) for name, e in exports.items()},
         "model_dirs": {name: os.path.relpath(folder, out) for name, folder in model_dirs.items()},
         "test_windows": int(len(test)), "test_users": sorted(set(users[test].tolist())),
         "classes": list(windows.classes), "input_shape": list(windows.x.shape[1:]),
@@ -419,8 +521,8 @@ def architecture(spec) -> dict:
 def _say(report: dict) -> None:
     comp = report["models"]["compressed"][report["deployed_format"]]
     if report["passed"]:
-        log.info("%s: every gate passed (%s: accuracy %.3f, %.4g ms)", report["device"], report["deployed_format"],
-                 comp["accuracy"], comp["latency_ms"])
+        log.info("%s: every gate passed%s (%s: accuracy %.3f, %.4g ms)", report["device"], _retried(report),
+                 report["deployed_format"], comp["accuracy"], comp["latency_ms"])
     else:
         log.warning("%s: VALIDATION FAILED, the model will not be registered: %s", report["device"],
                     failed_gates_text(report))
@@ -433,5 +535,10 @@ def summary(result: ValidateResult) -> str:
     figures = (f"accuracy {comp['accuracy']:.3f}, {comp['latency_ms']:.4g} ms, {comp['bytes']} bytes"
                if comp["ok"] else f"did not run: {comp['error']}")
     verdict = "every gate passed" if r["passed"] else f"FAILED {', '.join(r['failed_gates'])}"
+    verdict += _retried(r)
     return (f"validate {result.device}: {verdict} ({r['deployed_format']}: {figures}) -> {result.report_path} "
             f"(MLflow run {result.run_id})")
+
+
+def _retried(report: dict) -> str:
+    return " after a retry with compress's fallback" if report.get("retry") else ""

@@ -68,11 +68,26 @@ def users_sentence(report: dict) -> str:
             "the accuracy gate judges the per-user drop")
 
 
+def retry_sentence(report: dict) -> str:
+    """What the first try failed and what was retried, or '' when nothing was."""
+    retry = report.get("retry")
+    if not retry:
+        return ""
+    first = retry["first_try"]
+    gate = next((g for g in first["gates"] if g["name"] == "accuracy_drop"), None)
+    outcome = "it passed every gate and is the model deployed here" if retry["passed"] else \
+        "it did not pass either"
+    return (f"First try: the compressed model missed only the accuracy gate ({gate['detail'] if gate else ''}); "
+            f"retried once with compress's fallback (one step back along the search's path, a looser aim): "
+            f"{outcome}.")
+
+
 def report_markdown(report: dict) -> str:
     verdict = "PASSED" if report["passed"] else f"FAILED ({', '.join(report['failed_gates'])})"
+    retry = retry_sentence(report)
     lines = [f"# Validation on {report['device']} ({report['runtime']}, {report['threads']} thread(s)): {verdict}",
              "", f"{users_sentence(report)}; deployed format {report['deployed_format']}; data hash "
-             f"`{report['data_hash'][:16]}`.", "",
+             f"`{report['data_hash'][:16]}`.", "", *([retry, ""] if retry else []),
              "| gate | result | value | limit | detail |", "|---|---|---|---|---|"]
     for g in report["gates"]:
         lines.append(f"| {g['name']} | {_verdict(g['passed'])} | {fmt_value(g['value'])} | {fmt_value(g['limit'])} | "
@@ -100,12 +115,18 @@ def report_html(report: dict) -> str:
             f"{colour['PASS' if report['passed'] else 'FAIL']}'>{verdict}</span></h1>"
             f"<p>{esc(users_sentence(report))}; runtime {esc(report['runtime'])}, deployed format "
             f"{esc(report['deployed_format'])}.</p>"
-            f"<h2>Gates</h2><table><tr><th>gate</th><th>result</th><th>value</th><th>limit</th><th>detail</th></tr>"
+            + (f"<p>{esc(retry_sentence(report))}</p>" if report.get("retry") else "")
+            + f"<h2>Gates</h2><table><tr><th>gate</th><th>result</th><th>value</th><th>limit</th><th>detail</th></tr>"
             f"{gate_rows}</table><h2>Every format</h2><table><tr>{header}</tr>{body}</table></body></html>\n")
 
 
 def flat_metrics(report: dict) -> dict:
-    flat = {"passed": float(report["passed"]), "test_windows": float(report["test_windows"])}
+    flat = {"passed": float(report["passed"]), "test_windows": float(report["test_windows"]),
+            "retried": float(bool(report.get("retry")))}
+    if report.get("retry"):  # the first try's accuracy drop, beside the deployed fallback's
+        first = report["retry"]["first_try"]["models"].get(report["deployed_format"], {}).get("accuracy_drop") or {}
+        if first.get("mean") is not None:
+            flat["first_try.accuracy_drop"] = float(first["mean"])
     for name in MODELS:
         for fmt, r in report["models"][name].items():
             for key, _ in COLUMNS:

@@ -167,8 +167,9 @@ def components_cli(folder: Path, *args: str, timeout: int = 300, **env: str):
 CLASSES = ("sit", "walk", "run")
 
 
-def synthetic_task(folder: Path, widths: tuple[int, ...] = (12, 10, 12)) -> tuple[Path, Path]:
-    """A small learnable task: an ingest folder (users a, b train; c test) and a DeepSense trained on it.
+def synthetic_task(folder: Path, widths: tuple[int, ...] = (12, 10, 12), users: str = "abc") -> tuple[Path, Path]:
+    """A small learnable task: an ingest folder (one user per letter of `users`, the last one held out: by
+    default a, b train, c test) and a DeepSense trained on it.
 
     `widths` are the sensor filters, merge filters and GRU units of the model saved in <folder>/train/model.
     """
@@ -186,12 +187,13 @@ def synthetic_task(folder: Path, widths: tuple[int, ...] = (12, 10, 12)) -> tupl
     n = 240
     x = rng.standard_normal((n, 4, 1, 3, 2, 8)).astype(np.float32)
     y = (x[:, :, 0, 0, 0, :2].mean(axis=(1, 2)) > 0).astype(np.int64) + (x[:, 0, 0, 1, 0, 0] > 1).astype(np.int64)
-    users = np.array(["a", "b", "c"])[np.arange(n) % 3]
+    held_out = users[-1]
+    users = np.array(list(users))[np.arange(n) % len(users)]
     ingest = folder / "ingest"
     ingest.mkdir(parents=True, exist_ok=True)
     np.save(ingest / "x.npy", x)
     np.save(ingest / "signal.npy", np.zeros((n, 1, 3, 16), np.float32))
-    pd.DataFrame({"label": y, "user": users, "split": np.where(users == "c", "test", "train")}).to_parquet(
+    pd.DataFrame({"label": y, "user": users, "split": np.where(users == held_out, "test", "train")}).to_parquet(
         ingest / "windows.parquet")
     (ingest / "data_card.json").write_text(json.dumps({"labels": list(CLASSES), "data_hash": "synthetic-0"}))
     seal(ingest)  # as the ingest stage seals what it writes

@@ -54,9 +54,11 @@ def split_by_user(meta: pd.DataFrame, params: SplitParams) -> tuple[np.ndarray, 
             raise DataError("params.yaml", f"ingest.split.test_fold {params.test_fold} is not one of the {k} folds "
                             f"(0..{k - 1})", "ingest.split.test_fold")
         test = sorted(u for u, f in fold_of.items() if f == params.test_fold)
-    split = np.where(meta["user"].isin(test), "test", "train")
+    reserved = _reserved(users, test, params)
+    split = np.where(meta["user"].isin(test), "test", np.where(meta["user"].isin(reserved), "reserved", "train"))
     fold = meta["user"].map(fold_of).to_numpy().astype(np.int16)
-    info = {"strategy": "leave-users-out", "train_users": [u for u in users if u not in test], "test_users": test,
+    info = {"strategy": "leave-users-out", "train_users": [u for u in users if u not in test and u not in reserved],
+            "test_users": test, "reserved_users": reserved,
             "seed": params.seed, "folds": {str(i): sorted(u for u, f in fold_of.items() if f == i) for i in range(k)},
             "test_fold": None if params.test_users else params.test_fold}
     if not test:
@@ -67,9 +69,24 @@ def split_by_user(meta: pd.DataFrame, params: SplitParams) -> tuple[np.ndarray, 
     return split, fold, _with_counts(info, pd.Series(split, index=meta.index))
 
 
+def _reserved(users: list[str], test: list[str], params: SplitParams) -> list[str]:
+    """The users kept out of every stage (`reserve_users`): known users, none of them held out tonight."""
+    reserved = sorted(params.reserve_users)
+    unknown = sorted(set(reserved) - set(users))
+    if unknown:
+        raise DataError("params.yaml", f"ingest.split.reserve_users names users not in the data: {unknown}; the data "
+                        f"has {users}", "ingest.split.reserve_users")
+    both = sorted(set(reserved) & set(test))
+    if both:
+        raise DataError("params.yaml", f"user(s) {both} are both held out tonight and reserved; a reserved user is "
+                        "kept out of every stage, the held-out users decide the gates", "ingest.split.reserve_users")
+    return reserved
+
+
 def _with_counts(info: dict[str, Any], split: pd.Series) -> dict[str, Any]:
     counts = split.value_counts()
-    return info | {"windows": {k: int(counts.get(k, 0)) for k in ("train", "test")}}
+    kinds = ("train", "test", "reserved") if info.get("reserved_users") else ("train", "test")
+    return info | {"windows": {k: int(counts.get(k, 0)) for k in kinds}}
 
 
 def build_card(*, dataset: str, meta: pd.DataFrame, label_names, sensors, units, sources, notes, stats,
@@ -118,6 +135,8 @@ def card_markdown(card: dict[str, Any]) -> str:
     split = card["split"]
     lines += ["## Held-out users", "", f"strategy: {split['strategy']}; test users: "
               f"{', '.join(split['test_users']) or 'none'}", ""]
+    if split.get("reserved_users"):
+        lines += [f"Reserved (kept out of every stage): {', '.join(split['reserved_users'])}", ""]
     if split.get("folds"):
         lines += ["| fold | users |", "|---|---|"]
         lines += [f"| {k}{' (held out tonight)' if str(split.get('test_fold')) == k else ''} | {', '.join(v)} |"

@@ -3,7 +3,10 @@
 `load_windows` opens `x.npy`, `signal.npy`, `windows.parquet` and
 `data_card.json` and checks that they agree, naming the file at fault;
 `make_folds` deals the windows into the nightly split and, for k-fold
-evaluation, every other fold of users ingest dealt.
+evaluation, every other fold of users ingest dealt; `validation_users` picks
+the group of whole training users that every decision before `validate`
+(early stopping, compress's accuracy floor, its selection and fine-tuning)
+is judged on.
 """
 
 from __future__ import annotations
@@ -72,14 +75,20 @@ def load_windows(directory: Path, verify: bool = True) -> Windows:
 
 def make_folds(meta: pd.DataFrame, cfg: TrainParams) -> list[Fold]:
     """The nightly split first (ingest's held-out users, or train.test_users), then, for `kfold`, every other
-    fold of users ingest dealt, so that each user is held out exactly once across the folds."""
+    fold of users ingest dealt, so that each user is held out exactly once across the folds. Users ingest
+    reserved (`ingest.split.reserve_users`) are in none of them."""
     users = meta["user"].to_numpy().astype(str)
     known = sorted(set(users.tolist()))
+    reserved = meta["split"].to_numpy() == "reserved"  # kept out of every stage: never trained on, never judged on
     if cfg.test_users:
         empty = [u for u in cfg.test_users if u not in known]
         if empty:
             raise DataError("params.yaml", f"held-out user(s) {empty} have no windows; users with windows: {known}",
                             "train.test_users")
+        kept_out = sorted(set(cfg.test_users) & set(users[reserved].tolist()))
+        if kept_out:
+            raise DataError("params.yaml", f"held-out user(s) {kept_out} are reserved by ingest "
+                            "(ingest.split.reserve_users): no stage may use them", "train.test_users")
         test_mask = np.isin(users, cfg.test_users)
     else:
         test_mask = meta["split"].to_numpy() == "test"
@@ -88,12 +97,13 @@ def make_folds(meta: pd.DataFrame, cfg: TrainParams) -> list[Fold]:
         if "fold" not in meta or (meta["fold"].to_numpy() < 0).all():
             raise DataError("windows.parquet", "no folds of users (ingest deals them: rerun ingest; a data set "
                             "without user ids has none)", "fold")
-        fold_ids = meta["fold"].to_numpy()
+        fold_ids = np.where(reserved, -1, meta["fold"].to_numpy())
         kfolds = {int(f): fold_ids == f for f in sorted(set(fold_ids.tolist())) if f >= 0}
     same = [f for f, mask in kfolds.items() if np.array_equal(mask, test_mask)]
-    folds = [Fold("split", np.flatnonzero(~test_mask), np.flatnonzero(test_mask), same[0] if same else None)]
-    folds += [Fold(f"fold{f}", np.flatnonzero(~mask), np.flatnonzero(mask), f) for f, mask in kfolds.items()
-              if f not in same]
+    folds = [Fold("split", np.flatnonzero(~test_mask & ~reserved), np.flatnonzero(test_mask),
+                  same[0] if same else None)]
+    folds += [Fold(f"fold{f}", np.flatnonzero(~mask & ~reserved), np.flatnonzero(mask), f)
+              for f, mask in kfolds.items() if f not in same]
     for fold in folds:
         if len(fold.test) == 0:
             raise DataError("windows.parquet", f"fold {fold.name}: no held-out windows (ingest held out no user; "
@@ -101,3 +111,19 @@ def make_folds(meta: pd.DataFrame, cfg: TrainParams) -> list[Fold]:
         if len(fold.train) == 0:
             raise DataError("windows.parquet", f"fold {fold.name}: no training windows left")
     return folds
+
+
+def validation_users(users: np.ndarray, share: float, seed: int) -> list[str]:
+    """The validation group: `share` of the distinct training users in `users`, dealt with `seed`.
+
+    At least one user, and at least two are left to train on; none (an empty
+    list) when there are fewer than three users (a set without user ids has
+    one, "unknown"), where the caller falls back to a share of the windows and
+    says so. The group depends only on the set of users, the share and the
+    seed, so train and compress pick the same users from the same fold.
+    """
+    known = sorted(set(np.asarray(users).astype(str).tolist()))
+    if len(known) < 3 or share <= 0:
+        return []
+    count = min(max(1, round(share * len(known))), len(known) - 2)
+    return sorted(np.random.default_rng(seed).choice(known, size=count, replace=False).tolist())

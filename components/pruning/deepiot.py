@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from components.pruning.costs import resized_spec
+from components.pruning.finetune import judged_accuracy
 from components.pruning.groups import groups
 from components.pruning.masked import set_masks
 from components.training import augment
@@ -160,7 +161,7 @@ def marginal_costs(cost, spec, sizes: dict[str, int]) -> list[float]:
 @dataclass(frozen=True)
 class SearchSettings:
     budget: float  # relative cost to reach (0.07: 7 % of the baseline's)
-    accuracy_floor: float  # validation accuracy the kept structure must keep
+    accuracy_floor: float  # validation accuracy (mean over the validation users) the kept structure must keep
     lambda_cost: float  # weight of the relative cost against the task loss in the reward
     critic_decay: float
     schedule: Schedule
@@ -184,7 +185,7 @@ class StepRecord:
     sampled_cost: float  # relative cost of the sampled masks
     kept_cost: float  # relative cost of everything not removed
     kept_params: int
-    accuracy: float | None = None  # of the kept structure on the validation windows (every eval_every)
+    accuracy: float | None = None  # of the kept structure, mean over the validation users (every eval_every)
 
 
 @dataclass
@@ -225,9 +226,10 @@ class DeepIoTSearch:
     """One compressor-critic run over a task model; `run()` steps until the budget is met or max_steps."""
 
     def __init__(self, model, cost, x_train, y_train, x_val, y_val, settings: SearchSettings, augmentation=None,
-                 teacher=None):
+                 teacher=None, val_users=None):
         """`augmentation`: train's settings (rotation, scale, noise) to augment batches as the baseline was;
-        `teacher`: the baseline, distilled into the task network when `settings.distill > 0`."""
+        `teacher`: the baseline, distilled into the task network when `settings.distill > 0`; `val_users`: the
+        user of each validation window, so that accuracy is the mean over users (each counts once)."""
         if settings.distill > 0 and teacher is None:
             raise ValueError("distillation during the search needs the baseline as teacher")
         self.model, self.cost, self.s, self.augmentation = model, cost, settings, augmentation
@@ -236,6 +238,7 @@ class DeepIoTSearch:
         self.groups = groups(self.spec)
         self.names = [g.layer for g in self.groups]
         self.x_train, self.y_train, self.x_val, self.y_val = x_train, y_train, x_val, y_val
+        self.val_users = val_users
         torch.manual_seed(settings.seed)
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.compressor = Compressor([g.size for g in self.groups], settings.compressor_hidden, settings.init_keep)
@@ -348,7 +351,7 @@ class DeepIoTSearch:
             predicted = torch.cat([self.model(self.x_val[i:i + 1024]).argmax(dim=1)
                                    for i in range(0, len(self.x_val), 1024)])
         set_masks(self.model, None)
-        return float((predicted == self.y_val).float().mean())
+        return judged_accuracy(predicted, self.y_val, self.val_users)
 
     def done(self, record: StepRecord) -> bool:
         """The budget is met (under the cost steering now) and the record's accuracy is at the floor."""

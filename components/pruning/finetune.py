@@ -1,7 +1,8 @@
 """Fine-tuning a sliced model, optionally distilling the baseline into it (Hinton et al.'s soft targets).
 
-Early-stopped on a validation split of the training windows; the weights of
-the best validation epoch are kept. With `distill > 0` the loss is
+Early-stopped on the validation users (whole training users it never trains
+on; each user's mean loss counts once); the weights of the best validation
+epoch are kept. With `distill > 0` the loss is
 `(1 - distill) * cross-entropy + distill * T^2 * KL(teacher_T || student_T)`
 with temperature T: the compressed model learns the baseline's full output
 distribution, not only the labels.
@@ -13,6 +14,7 @@ import copy
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -33,11 +35,12 @@ class FineTuneSettings:
 
 
 def fine_tune(model, x, y, x_val, y_val, settings: FineTuneSettings, teacher=None, label: str = "",
-              augmentation=None):
+              augmentation=None, val_users: np.ndarray | None = None):
     """Train `model` further in place and return it with the best validation weights, and the epochs run.
 
     `augmentation`: train's settings, to augment each batch as the baseline was trained (the teacher sees
-    the same augmented batch).
+    the same augmented batch). `val_users`: the user of each validation window (each user's loss counts
+    once); without them the windows are pooled.
     """
     if settings.distill > 0 and teacher is None:
         raise ValueError("distillation needs the baseline model as teacher")
@@ -45,7 +48,7 @@ def fine_tune(model, x, y, x_val, y_val, settings: FineTuneSettings, teacher=Non
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     if settings.distill > 0:
         teacher.eval()
-    best, best_loss, waited, epochs = copy.deepcopy(model.state_dict()), _val_loss(model, x_val, y_val), 0, 0
+    best, best_loss, waited, epochs = copy.deepcopy(model.state_dict()), _val_loss(model, x_val, y_val, val_users), 0, 0
     for epoch in range(1, settings.epochs + 1):
         epochs = epoch
         model.train()
@@ -66,7 +69,7 @@ def fine_tune(model, x, y, x_val, y_val, settings: FineTuneSettings, teacher=Non
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-        val_loss = _val_loss(model, x_val, y_val)
+        val_loss = _val_loss(model, x_val, y_val, val_users)
         if val_loss < best_loss - 1e-4:
             best, best_loss, waited = copy.deepcopy(model.state_dict()), val_loss, 0
         else:
@@ -79,14 +82,38 @@ def fine_tune(model, x, y, x_val, y_val, settings: FineTuneSettings, teacher=Non
 
 
 @torch.no_grad()
-def _val_loss(model, x, y) -> float:
+def _val_loss(model, x, y, users: np.ndarray | None = None) -> float:
     model.eval()
-    return float(F.cross_entropy(model(x), y))
+    if len(x) == 0:
+        return float("nan")
+    losses = torch.cat([F.cross_entropy(model(x[i:i + 1024]), y[i:i + 1024], reduction="none")
+                        for i in range(0, len(x), 1024)]).numpy()
+    return float(user_mean(losses, users))
 
 
 @torch.no_grad()
-def accuracy(model, x, y) -> float:
-    return float((predictions(model, x) == y).float().mean())
+def accuracy(model, x, y, users: np.ndarray | None = None) -> float:
+    """Accuracy as every decision reads it: the mean over users of each user's accuracy (pooled without users)."""
+    return judged_accuracy(predictions(model, x), y, users)
+
+
+def judged_accuracy(predicted: torch.Tensor, y: torch.Tensor, users: np.ndarray | None = None) -> float:
+    return float(user_mean((predicted == y).numpy().astype(np.float64), users))
+
+
+def per_user_accuracy(predicted: torch.Tensor, y: torch.Tensor, users: np.ndarray) -> dict[str, float]:
+    right = (predicted == y).numpy()
+    return {str(u): float(right[users == u].mean()) for u in sorted(set(users.tolist()))}
+
+
+def user_mean(values: np.ndarray, users: np.ndarray | None) -> float:
+    """The mean of each user's mean (every user counts once, whatever their windows); the plain mean without
+    users. NaN for no values."""
+    if len(values) == 0:
+        return float("nan")
+    if users is None:
+        return float(values.mean())
+    return float(np.mean([values[users == u].mean() for u in np.unique(users)]))
 
 
 @torch.no_grad()

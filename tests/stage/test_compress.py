@@ -58,7 +58,10 @@ def test_the_compressed_model_is_the_runs_logged_model_with_its_metrics_and_the_
     result = execute("compress", params, "ort-1t", out=Place(tmp_path / "c", tmp_path / "r"))
     client = mlflow.MlflowClient()
     run = client.get_run(result.run_id)
-    (output,) = run.outputs.model_outputs  # the run's Models column
+    # the run's Models column: the compressed model, and its fallback
+    outputs = {client.get_logged_model(o.model_id).name: o for o in run.outputs.model_outputs}
+    assert set(outputs) == {"compressed-ort-1t", "compressed-ort-1t-fallback"}
+    output = outputs["compressed-ort-1t"]
     model = client.get_logged_model(output.model_id)
     seal = json.loads((result.model_dir / "checksums.json").read_text())["files"]
     assert model.source_run_id == result.run_id and model.name == "compressed-ort-1t"
@@ -86,6 +89,45 @@ def test_a_budget_that_cannot_be_met_ends_with_the_best_model_and_says_so(make_p
     # one element per layer still costs more than 0.001 of the baseline: said before the search starts
     assert result.metrics["cost_floor"] > 0.001 and "below what width pruning can reach" in caplog.text
     assert "NOT MET" in (tmp_path / "r" / "comparison.md").read_text()
+
+
+def test_accuracy_is_judged_on_whole_validation_users_and_a_fallback_is_made_one_step_back(make_params, tmp_path):
+    ingest, train = synthetic_task(tmp_path, users="abcdef")  # a-e train (one of them validates), f held out
+    params = _params(make_params, ingest, train, "compress.budget.params=0.4", "compress.max_accuracy_drop=1.0",
+                     "compress.baselines=[]")
+    result = execute("compress", params, "ort-1t", out=Place(tmp_path / "c", tmp_path / "r"))
+    m, deepiot = result.metrics, result.metrics["methods"]["deepiot"]
+    validation = m["validation"]
+    assert validation["by"] == "users" and len(validation["users"]) == 1 and validation["users"][0] in "abcde"
+    assert validation["baseline_trained_on_them"]  # this baseline was trained on every user, and nothing says not
+    assert set(deepiot["val_accuracy_per_user"]) == set(validation["users"])
+    assert m["val_accuracy_change_ci"]["paired_users"] == validation["users"]
+    fallback = m["fallback"]
+    assert fallback["aim"] == pytest.approx(0.4 * 1.25)
+    assert deepiot["relative_cost"] < fallback["relative_cost"] <= fallback["aim"]
+    assert deepiot["params"] < models.load(tmp_path / "c" / "fallback").spec.params == fallback["params"]
+    comparison = (tmp_path / "r" / "comparison.md").read_text()
+    assert "## Fallback (one step back along the search's path)" in comparison
+    assert f"judged on the validation users {validation['users'][0]} (" in comparison
+    import mlflow
+
+    names = {m.name for m in mlflow.MlflowClient().search_logged_models(
+        experiment_ids=[mlflow.MlflowClient().get_run(result.run_id).info.experiment_id])}
+    assert {"compressed-ort-1t", "compressed-ort-1t-fallback"} <= names
+    execute("compress", _params(make_params, ingest, train, "compress.budget.params=0.4", "compress.fallback=0",
+                                "compress.max_accuracy_drop=1.0", "compress.baselines=[]"),
+            "ort-1t", out=Place(tmp_path / "c", tmp_path / "r"))
+    assert not (tmp_path / "c" / "fallback").exists()  # none made: the earlier run's is not left for validate
+
+
+def test_a_baseline_early_stopped_on_other_validation_users_is_refused(make_params, tmp_path):
+    import json
+
+    ingest, train = synthetic_task(tmp_path, users="abcdef")
+    (train / "metrics.json").write_text(json.dumps({"validation": {"by": "users", "users": ["zz"]}}))
+    with pytest.raises(ConfigError, match=r"early-stopped on validation users \['zz'\].*run `python -m components "
+                                          "train` again"):
+        execute("compress", _params(make_params, ingest, train), "ort-1t", out=Place(tmp_path / "c", tmp_path / "r"))
 
 
 def test_the_microcontroller_is_compressed_against_its_own_resources(make_params, inputs, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -54,6 +55,26 @@ def test_explicit_test_users_are_honoured_and_unknown_ones_refused(make_params):
     from components.data.errors import DataError
     with pytest.raises(DataError, match=r"test_users names users not in the data: \['z'\]"):
         execute("ingest", make_params("ingest.split.test_users=[z]"))
+
+
+def test_reserved_users_are_kept_out_of_every_fold_and_cannot_also_be_held_out(make_params):
+    from components.data.errors import DataError
+    from components.data.windows import load_windows, make_folds
+
+    params = make_params("ingest.split.test_users=[b]", "ingest.split.reserve_users=[e]")
+    execute("ingest", params)
+    _, meta, card, split = outputs(params)
+    assert split["reserved_users"] == ["e"] and "e" not in split["train_users"]
+    assert set(meta.loc[meta.split == "reserved", "user"]) == {"e"} and card["split"]["windows"]["reserved"] > 0
+    windows = load_windows(params.path(params.ingest.output_dir))
+    users = windows.meta["user"].to_numpy()
+    for train in (params.train, dataclasses.replace(params.train, evaluation="kfold")):
+        for fold in make_folds(windows.meta, train):  # the nightly split, then every fold of users
+            assert "e" not in set(users[fold.train]) | set(users[fold.test])
+    with pytest.raises(DataError, match=r"reserved by ingest"):
+        make_folds(windows.meta, dataclasses.replace(params.train, test_users=("e",)))
+    with pytest.raises(DataError, match=r"\['b'\] are both held out tonight and reserved"):
+        execute("ingest", make_params("ingest.split.test_users=[b]", "ingest.split.reserve_users=[b]"))
 
 
 @pytest.mark.slow

@@ -38,6 +38,9 @@ def test_short_real_training_beats_chance_by_a_clear_margin(ingested):
     out = result.output_dir
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_users"] == ["c"] and metrics["test"]["per_user"]["c"]["windows"] == 475
+    # early stopping judged one whole training user (a fifth of a, b, d, e) that the model never trained on
+    validation = metrics["validation"]
+    assert validation["by"] == "users" and len(validation["users"]) == 1 and validation["users"][0] in "abde"
     assert result.accuracy > 0.4 and metrics["classical"]["accuracy"] > 0.4  # chance is 1/6; 4 epochs only
     assert np.array(metrics["test"]["confusion_matrix"]).sum() == 475
     # one held-out user: the mean over users is that user's accuracy, and there is no interval

@@ -112,6 +112,9 @@ def test_every_number_has_a_range_and_every_mapping_its_keys():
     ("train.epochs=-5", "train.epochs: must be at least 1, got -5"),
     ("train.learning_rate=0", "train.learning_rate: must be more than 0, got 0.0"),
     ("train.val_fraction=1", "train.val_fraction: must be at least 0 and less than 1, got 1.0"),
+    ("train.validation_share=0", "train.validation_share: must be more than 0 and less than 1, got 0.0"),
+    ("compress.fallback=0.8", "compress.fallback: must be 0 (no fallback) or more than 1 (an aim looser than the "
+                              "budget's), got 0.8"),
     ("train.deepsense.sensor_kernels=[3, 0, 3]", "train.deepsense.sensor_kernels[1]: must be at least 1, got 0"),
     ("train.classical.max_depth=0", "train.classical.max_depth: must be at least 1, got 0"),
     ("compress.budget.latency=1.5", "compress.budget.latency: must be more than 0 and at most 1, got 1.5"),
@@ -130,6 +133,7 @@ def test_a_number_out_of_range_is_refused_before_any_work(override: str, message
     "compress.max_accuracy_drop=0.0", "validate.gates.min_agreement=0.0", "validate.gates.latency_budget=100.0",
     "profile.max_failed_share=0.0", "ingest.expectations.min_windows_per_class=0", "train.classical.max_depth=null",
     "train.deepsense.sensor_filters=0",  # a layer without units is the model builder's to refuse, naming the layer
+    "compress.fallback=0", "validate.gates.max_accuracy_drop_upper=1.0", "train.validation=windows",
 ])
 def test_the_edges_the_tests_and_users_rely_on_are_in_range(override: str):
     load_params(PARAMS, [override])

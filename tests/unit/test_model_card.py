@@ -66,6 +66,22 @@ def test_the_card_says_what_it_is_how_good_how_fast_which_gates_and_how_to_load_
     assert "pipeline run `nightly-7`" in card and "`feedbeef00112233`" in card
 
 
+def test_the_card_says_the_accuracy_rule_and_a_retry_with_the_fallback():
+    report = _report()
+    report["accuracy_rule"] = "passes when the mean drop is at most 1 point(s) and the upper end of its 95 % " \
+                              "interval at most 2"
+    first_gate = report["gates"][1] | {"passed": False, "detail": "drop per user 0.0150; missed (mean drop 1.50 > 1)"}
+    report["retry"] = {"reason": "the compressed model missed only the accuracy gate", "passed": True,
+                       "first_try": {"gates": [first_gate], "failed_gates": ["accuracy_drop"], "models": {}}}
+    card = model_card(report, NAME, "5")
+    assert "The accuracy gate passes when the mean drop is at most 1 point(s) and the upper end of its 95 % " \
+           "interval at most 2: \"no loss\" on users this model never saw" in card
+    assert "First try: the compressed model missed only the accuracy gate (drop per user 0.0150; missed (mean " \
+           "drop 1.50 > 1)); retried once with compress's fallback" in card
+    assert "it passed every gate and is the model deployed here" in card
+    assert "First try" not in model_card(_report(), NAME, "5")  # no retry: nothing said
+
+
 def test_a_failed_gate_and_a_model_that_did_not_run_are_said():
     report = _report()
     report["passed"], report["failed_gates"] = False, ["latency"]

@@ -29,6 +29,8 @@ def test_a_device_passes_only_when_every_stage_ran_and_every_gate_passed():
     assert ok.verdict == "PASSED"
     assert gates.verdict == "FAILED gates latency, size"
     assert broken.verdict == "FAILED in compress"
+    retried = DeviceNight("ort-1t", validate_report("ort-1t") | {"retry": {"passed": True}})
+    assert retried.passed and retried.verdict == "PASSED (after a retry with the fallback)"
     assert not night().passed and Night("k", "r", (ok,)).passed
     assert not Night("k", "r", ()).passed  # a night that covered no device did not pass
 

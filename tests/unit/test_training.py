@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from components.config import load_params
+from components.data.windows import validation_users
 from components.training import (
     augment,
     input_stats,
@@ -57,14 +58,25 @@ def test_input_stats_per_feature_and_per_sensor():
     assert 8 < float(std[0, 1, 0, 0, 0]) / float(std[0, 0, 0, 0, 0]) < 12
 
 
-def test_validation_split_holds_out_a_training_user_or_a_stratified_share():
+def test_validation_split_holds_out_a_group_of_whole_training_users_or_a_stratified_share():
     labels = np.repeat(np.arange(3), 40)
-    users = np.tile(np.array(["a", "b", "c", "d"]), 30)
-    train, val = validation_split(labels, 0.2, seed=0, users=users)
-    assert len(set(users[val])) == 1 and not set(users[val]) & set(users[train])
-    train, val = validation_split(labels, 0.25, seed=0)
-    assert len(val) == 30 and np.bincount(labels[val]).tolist() == [10, 10, 10]
-    assert not set(train) & set(val)
+    users = np.tile(np.array(["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"]), 12)
+    split = validation_split(labels, users, "users", 0.2, 0.15, seed=0)
+    assert split.by_users and len(split.users) == 2 and set(users[split.val]) == set(split.users)
+    assert not set(users[split.val]) & set(users[split.fit]) and len(split.fit) + len(split.val) == len(labels)
+    assert validation_split(labels, users, "users", 0.2, 0.15, seed=0).users == split.users  # same seed, same group
+    windows = validation_split(labels, users, "windows", 0.2, 0.25, seed=0)
+    assert not windows.by_users and len(windows.val) == 30 and np.bincount(labels[windows.val]).tolist() == [10] * 3
+    assert not set(windows.fit) & set(windows.val)
+
+
+def test_validation_users_leave_two_to_train_on_and_fall_back_to_windows_without_users():
+    assert len(validation_users(np.array(["a", "b", "c", "d"]), 0.9, seed=0)) == 2
+    assert len(validation_users(np.array(["a", "b", "c", "d", "e"]), 0.01, seed=0)) == 1
+    assert validation_users(np.array(["a", "b"]), 0.5, seed=0) == []
+    labels = np.repeat(np.arange(2), 20)
+    split = validation_split(labels, np.full(40, "unknown"), "users", 0.2, 0.25, seed=0)
+    assert not split.by_users and len(split.val) == 10  # a set without user ids: a share of the windows
 
 
 def test_scores_per_user_and_macro_f1_over_present_classes():
