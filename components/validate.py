@@ -219,11 +219,6 @@ def test_and_calibration(params: Params, fold) -> tuple[np.ndarray, np.ndarray]:
     return test, calibration
 
 
-def export_for_device(model_dir: Path, formats, folder: Path, calibration: np.ndarray, params: Params) -> dict:
-    """Export a model as validate does (each conversion in a child process); {dir, files, failed}."""
-    return _export(model_dir, formats, folder, calibration, params.validate.convert_timeout_s)
-
-
 def _log_metrics(mlrun, metrics: dict, model_dirs: dict[str, Path]) -> None:
     """Each model's figures linked to the LoggedModel logged for it upstream (train's baseline, compress's
     compressed model, found by their weights; then each shows as this run's input model), the gates and the
