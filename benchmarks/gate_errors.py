@@ -25,7 +25,7 @@ Printed per data set and device, and over all:
 
     python benchmarks/gate_errors.py [--datasets uci_hapt uci_har] [--folds 0 1 2 3 4]
         [--devices ort-1t tflite-1t cortex-m4] [-p section.key=value] [--work DIR]
-    python benchmarks/gate_errors.py --rows .state/benchmarks/gate_errors/results.json   # the tables again
+    python benchmarks/gate_errors.py --rows A/results.json B/results.json   # the tables of saved rows again
 
 Work folders are kept: a rerun reuses every finished night and scoring (delete a fold's folder to redo it).
 """
@@ -69,11 +69,12 @@ def main() -> None:
     parser.add_argument("--devices", nargs="*", default=["ort-1t", "tflite-1t", "cortex-m4"])
     parser.add_argument("--work", type=Path, default=ROOT / ".state" / "benchmarks" / "gate_errors")
     parser.add_argument("-p", dest="overrides", action="append", default=[], help="section.key=value")
-    parser.add_argument("--rows", type=Path, default=None, help="print the tables of saved rows and stop")
+    parser.add_argument("--rows", type=Path, nargs="+", default=None,
+                        help="print the tables of rows saved by earlier runs (results.json files) and stop")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.rows is not None:
-        report(json.loads(args.rows.read_text()))
+        report([row for path in args.rows for row in json.loads(path.read_text())])
         return
     rows: list[dict] = []
     started = time.perf_counter()
