@@ -288,7 +288,7 @@ def _compress(baseline, cost, latency_model, data: _Data, cfg, augmentation, out
     keep, extra["selection"] = _select(search, cost, bench, baseline, cfg, floor)
     tune = FineTuneSettings(cfg.fine_tune.epochs, cfg.fine_tune.patience, cfg.fine_tune.batch_size,
                             cfg.fine_tune.learning_rate, cfg.fine_tune.distill, cfg.fine_tune.temperature, cfg.seed)
-    extra["fallback"] = _fallback(search, keep, cost, bench, baseline, cfg)
+    extra["fallback"] = _fallback(search, keep, cost, bench, baseline, cfg, extra["floor"])
     candidates = {"deepiot": slice_model(search.model, keep)}
     if extra["fallback"].get("keep") is not None:
         candidates["fallback"] = slice_model(search.model, extra["fallback"].pop("keep"))
@@ -495,7 +495,7 @@ def _nudged(search, keep: dict, cost, radius: int) -> dict:
 FALLBACK_STEPS = (1.0, 0.75, 0.5, 0.25)  # timed device: shares of the way back timed together, the largest within
 
 
-def _fallback(search, keep: dict, cost, bench, baseline, cfg) -> dict:
+def _fallback(search, keep: dict, cost, bench, baseline, cfg, floor: dict) -> dict:
     """The structure one step back along the search's path, at `compress.fallback` times the aim.
 
     validate deploys it instead when the chosen model misses only the
@@ -512,6 +512,9 @@ def _fallback(search, keep: dict, cost, bench, baseline, cfg) -> dict:
 
     if cfg.fallback <= 0:
         return {"why": "compress.fallback is 0: no fallback"}
+    if floor.get("above_budget"):  # said up front: the budget is out of reach, and a step back is further from it
+        return {"why": f"the device cannot reach the budget (one element per layer is at {floor['predicted']:.3f}), "
+                       "so a step back cannot either"}
     aim = min(1.0, search.s.budget * cfg.fallback)
     widths = {name: len(idx) for name, idx in keep.items()}
     here = cost.relative(resized_spec(search.spec, widths))
