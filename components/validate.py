@@ -132,7 +132,7 @@ def run(params: Params, device_name: str, *, ingest: Path, train: Path, fit_late
             if _only_accuracy_failed(gates) and (fallback / models.SPEC_FILE).exists():
                 first = {"model_dir": os.path.relpath(model_dirs["compressed"], out),
                          "exports": _relative_exports(exports["compressed"], out),
-                         "models": results["compressed"], "gates": [g.to_dict() for g in gates],
+                         "models": results, "gates": [g.to_dict() for g in gates],
                          "failed_gates": [g.name for g in gates if g.passed is False]}
                 log.warning("%s: the compressed model missed only the accuracy gate (%s); retrying once with "
                             "compress's fallback, one step back along the search's path", device.name,

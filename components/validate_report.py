@@ -124,7 +124,8 @@ def flat_metrics(report: dict) -> dict:
     flat = {"passed": float(report["passed"]), "test_windows": float(report["test_windows"]),
             "retried": float(bool(report.get("retry")))}
     if report.get("retry"):  # the first try's accuracy drop, beside the deployed fallback's
-        first = report["retry"]["first_try"]["models"].get(report["deployed_format"], {}).get("accuracy_drop") or {}
+        first = report["retry"]["first_try"]["models"]["compressed"].get(report["deployed_format"], {}).get(
+            "accuracy_drop") or {}
         if first.get("mean") is not None:
             flat["first_try.accuracy_drop"] = float(first["mean"])
     for name in MODELS:

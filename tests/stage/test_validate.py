@@ -177,7 +177,10 @@ def test_a_model_that_misses_only_the_accuracy_gate_is_retried_once_with_compres
     deployed = report["exports"]["compressed"]["files"]["tflite_int16x8"]["file"]
     assert (register.exported_dir(report, tmp_path / "v") / deployed).exists()
     assert "First try: the compressed model missed only the accuracy gate" in (tmp_path / "r" / "report.md").read_text()
-    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["retried"] == 1.0
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    lost = first["models"]["compressed"]["tflite_int16x8"]["accuracy_drop"]["mean"]  # both models' first figures
+    assert metrics["retried"] == 1.0 and metrics["first_try.accuracy_drop"] == pytest.approx(lost) and lost > 0
+    assert first["models"]["baseline"]["tflite_int16x8"]["ok"]
     # a fallback that also misses is not retried again: the night ends without a model for the device
     shutil.rmtree(compress / "fallback")
     shutil.copytree(compress / "model", compress / "fallback")

@@ -72,7 +72,7 @@ def test_the_card_says_the_accuracy_rule_and_a_retry_with_the_fallback():
                               "interval at most 2"
     first_gate = report["gates"][1] | {"passed": False, "detail": "drop per user 0.0150; missed (mean drop 1.50 > 1)"}
     report["retry"] = {"reason": "the compressed model missed only the accuracy gate", "passed": True,
-                       "first_try": {"gates": [first_gate], "failed_gates": ["accuracy_drop"], "models": {}}}
+                       "first_try": {"gates": [first_gate], "failed_gates": ["accuracy_drop"], "models": {"compressed": {}}}}
     card = model_card(report, NAME, "5")
     assert "The accuracy gate passes when the mean drop is at most 1 point(s) and the upper end of its 95 % " \
            "interval at most 2: \"no loss\" on users this model never saw" in card
