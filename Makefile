@@ -125,6 +125,7 @@ benchmark: install
 	$(PY) benchmarks/profile_overhead.py
 	$(PY) benchmarks/latency_model.py
 	$(PY) benchmarks/compression.py
+	$(PY) benchmarks/gate_errors.py
 	$(PY) benchmarks/on_device.py
 	$(PY) benchmarks/deployment.py
 
