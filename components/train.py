@@ -101,10 +101,10 @@ def _run_fold(fold: Fold, spec, windows: Windows, cfg: TrainParams, mlrun) -> di
         for row in history.epochs:
             mlrun.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
     predicted = training.predict(model, windows.x[fold.test])
-    deep = training.scores(y[fold.test], predicted, users[fold.test], len(windows.classes))
+    deep = training.scores(y[fold.test], predicted, users[fold.test], len(windows.classes), tuple(windows.classes))
     forest = classical.fit_predict(windows.signal[fold.train], y[fold.train], windows.signal[fold.test],
                                    cfg.classical, cfg.seed, cfg.threads)
-    reference = training.scores(y[fold.test], forest, users[fold.test], len(windows.classes))
+    reference = training.scores(y[fold.test], forest, users[fold.test], len(windows.classes), tuple(windows.classes))
     return {"model": model, "history": history, "deep": deep, "classical": reference, "seconds": history.seconds,
             "test_users": sorted(set(users[fold.test].tolist())), "kfold_id": fold.kfold_id}
 
@@ -133,6 +133,7 @@ def _report(spec, results: dict, classes, cfg: TrainParams) -> dict:
                 for r in sorted(kfolds.values(), key=lambda r: r["kfold_id"])},
             "per_user": {u: {"fold": fold_of[u], "windows": deep[u]["windows"],
                              "deep_accuracy": deep[u]["accuracy"], "deep_macro_f1": deep[u]["macro_f1"],
+                             "deep_errors": deep[u]["errors"],
                              "classical_accuracy": forest[u]["accuracy"], "classical_macro_f1": forest[u]["macro_f1"]}
                          for u in sorted(deep)},
             "deep": _users(deep, cfg), "classical": _users(forest, cfg),
@@ -174,9 +175,11 @@ def users_markdown(report: dict) -> str:
     """The per-user table: each held-out user's accuracy and macro-F1, deep model and forest, with the means."""
     def table(rows: dict, deep: dict, forest: dict, diff: dict, what: str) -> list[str]:
         lines = [f"| {what} | windows | {report['arch']} accuracy | {report['arch']} macro-F1 | forest accuracy | "
-                 "forest macro-F1 |", "|---|---|---|---|---|---|"]
+                 f"forest macro-F1 | {report['arch']}'s commonest errors (windows) |", "|---|---|---|---|---|---|---|"]
         lines += [f"| {u} | {r['windows']} | {r['deep_accuracy']:.4f} | {r['deep_macro_f1']:.4f} | "
-                  f"{r['classical_accuracy']:.4f} | {r['classical_macro_f1']:.4f} |" for u, r in rows.items()]
+                  f"{r['classical_accuracy']:.4f} | {r['classical_macro_f1']:.4f} | "
+                  f"{', '.join(f'{k} ({n})' for k, n in r.get('deep_errors', {}).items()) or '-'} |"
+                  for u, r in rows.items()]
         lines += ["", f"- {report['arch']}: accuracy {interval_text(deep['accuracy'])}, macro-F1 "
                   f"{interval_text(deep['macro_f1'])}",
                   f"- forest: accuracy {interval_text(forest['accuracy'])}, macro-F1 {interval_text(forest['macro_f1'])}",
@@ -185,6 +188,7 @@ def users_markdown(report: dict) -> str:
 
     test, forest = report["test"]["per_user"], report["classical"]["per_user"]
     rows = {u: {"windows": s["windows"], "deep_accuracy": s["accuracy"], "deep_macro_f1": s["macro_f1"],
+                "deep_errors": s.get("errors", {}),
                 "classical_accuracy": forest[u]["accuracy"], "classical_macro_f1": forest[u]["macro_f1"]}
             for u, s in test.items()}
     lines = ["# Held-out users", "", "Means over users (each user counts once) with 95 % percentile-bootstrap "

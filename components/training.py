@@ -232,13 +232,16 @@ def _class_weights(y: torch.Tensor, classes: int) -> torch.Tensor:
     return weights
 
 
-def scores(y_true: np.ndarray, y_pred: np.ndarray, users: np.ndarray, classes: int) -> dict:
-    """Accuracy and macro-F1 overall and per held-out user, and the confusion matrix."""
+def scores(y_true: np.ndarray, y_pred: np.ndarray, users: np.ndarray, classes: int,
+           names: tuple[str, ...] | None = None) -> dict:
+    """Accuracy and macro-F1 overall and per held-out user, each user's commonest errors, and the confusion
+    matrix."""
     labels = list(range(classes))
     per_user = {
         str(u): {"accuracy": float(accuracy_score(y_true[users == u], y_pred[users == u])),
                  "macro_f1": float(f1_score(y_true[users == u], y_pred[users == u], average="macro", zero_division=0)),
-                 "windows": int((users == u).sum())}
+                 "windows": int((users == u).sum()),
+                 "errors": commonest_errors(y_true[users == u], y_pred[users == u], names)}
         for u in sorted(set(users.tolist()))
     }
     return {
@@ -248,3 +251,13 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray, users: np.ndarray, classes: i
         "per_user": per_user,
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
+
+
+def commonest_errors(y_true: np.ndarray, y_pred: np.ndarray, names: tuple[str, ...] | None = None,
+                     top: int = 3) -> dict[str, int]:
+    """{"true -> predicted": windows} for the `top` commonest mistakes, commonest first."""
+    wrong = y_true != y_pred
+    pairs, counts = np.unique(np.stack([y_true[wrong], y_pred[wrong]], axis=1), axis=0, return_counts=True)
+    name = (lambda c: names[c]) if names else str
+    return {f"{name(int(t))} -> {name(int(p))}": int(n)
+            for (t, p), n in sorted(zip(pairs.tolist(), counts.tolist()), key=lambda pc: -pc[1])[:top]}

@@ -173,6 +173,7 @@ def test_kfold_holds_every_user_out_once_and_reports_means_with_intervals(make_p
     k = report["kfold"]
     assert sorted(k["folds"]) == ["fold0", "fold1", "fold2", "fold3", "fold4"]
     assert sorted(k["per_user"]) == ["a", "b", "c", "d", "e"]  # every user scored once, by a model that never saw them
+    assert all(isinstance(u["deep_errors"], dict) for u in k["per_user"].values())  # why a user scores low
     assert sorted(u for f in k["folds"].values() for u in f["users"]) == ["a", "b", "c", "d", "e"]
     # the nightly model is fold 0's (user c): trained once, not twice
     assert k["per_user"]["c"]["deep_accuracy"] == pytest.approx(report["test"]["per_user"]["c"]["accuracy"])

@@ -11,6 +11,7 @@ from components.config import load_params
 from components.data.windows import validation_users
 from components.training import (
     augment,
+    commonest_errors,
     input_stats,
     random_rotations,
     scores,
@@ -85,5 +86,15 @@ def test_scores_per_user_and_macro_f1_over_present_classes():
     users = np.array(["a", "a", "a", "b", "b", "b"])
     s = scores(y, pred, users, classes=4)
     assert s["accuracy"] == 5 / 6
-    assert s["per_user"]["a"] == {"accuracy": 1.0, "macro_f1": 1.0, "windows": 3}
+    assert s["per_user"]["a"] == {"accuracy": 1.0, "macro_f1": 1.0, "windows": 3, "errors": {}}
+    assert s["per_user"]["b"]["errors"] == {"1 -> 2": 1}
     assert np.array(s["confusion_matrix"]).shape == (4, 4)
+
+
+def test_commonest_errors_name_the_classes_commonest_first_and_keep_the_top():
+    y = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    pred = np.array([1, 1, 0, 0, 1, 0, 1, 1, 1])
+    names = ("walk", "jog", "sit")
+    assert commonest_errors(y, pred, names) == {"sit -> jog": 3, "walk -> jog": 2, "jog -> walk": 1}
+    assert commonest_errors(y, pred, names, top=1) == {"sit -> jog": 3}
+    assert commonest_errors(y, y, names) == {}
