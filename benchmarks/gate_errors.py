@@ -20,14 +20,18 @@ Printed per data set and device, and over all:
   the models it refused;
 - the mean drop of the registered models on the reserved users, with a 95 % bootstrap interval over models;
 - candidate accuracy rules judged on every model made (chosen and fallback, each by the rule alone, on the
-  held-out users' paired drops): how many each passes and how often it is wrong. The default rule was chosen
-  from this table.
+  held-out users' paired drops): how many each passes and how often it is wrong;
+- the same rules replayed over the nights (the chosen model, else after a missed accuracy gate the fallback,
+  each also needing every other gate): what each rule would have registered.
 
     python benchmarks/gate_errors.py [--datasets uci_hapt uci_har] [--folds 0 1 2 3 4]
         [--devices ort-1t tflite-1t cortex-m4] [-p section.key=value] [--work DIR]
-    python benchmarks/gate_errors.py --rows A/results.json B/results.json   # the tables of saved rows again
+    python benchmarks/gate_errors.py --rows   # the tables of every night measured so far, and stop
 
-Work folders are kept: a rerun reuses every finished night and scoring (delete a fold's folder to redo it).
+Each finished night's rows (one file per data set, fold and device) go to --rows-dir, by default
+benchmarks/results/gate_errors/, which is committed: a rerun skips every night found there, so the
+benchmark can be finished over several sittings (delete a file to redo that night). Work folders are kept
+too: a rerun also reuses a night's finished stages.
 """
 
 from __future__ import annotations
@@ -71,24 +75,33 @@ def main() -> None:
     parser.add_argument("--devices", nargs="*", default=["ort-1t", "tflite-1t", "cortex-m4"])
     parser.add_argument("--work", type=Path, default=ROOT / ".state" / "benchmarks" / "gate_errors")
     parser.add_argument("-p", dest="overrides", action="append", default=[], help="section.key=value")
-    parser.add_argument("--rows", type=Path, nargs="+", default=None,
-                        help="print the tables of rows saved by earlier runs (results.json files) and stop")
+    parser.add_argument("--rows-dir", type=Path, default=ROOT / "benchmarks" / "results" / "gate_errors",
+                        help="where each finished night's rows are kept (nights found there are not rerun)")
+    parser.add_argument("--rows", action="store_true", help="print the tables of every night in --rows-dir and stop")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.rows is not None:
-        report([row for path in args.rows for row in json.loads(path.read_text())])
+    if args.rows:
+        report(saved_rows(args.rows_dir))
         return
-    rows: list[dict] = []
     started = time.perf_counter()
     for dataset in args.datasets:
-        rows += run_dataset(dataset, args)
-        out = args.work.resolve() / "results.json"
-        out.write_text(json.dumps(rows, indent=2))
-    report(rows)
-    print(f"\nevery row: {out} ({time.perf_counter() - started:.0f} s)")
+        run_dataset(dataset, args)
+    report(saved_rows(args.rows_dir, args.datasets))
+    print(f"\nevery row: {args.rows_dir} ({time.perf_counter() - started:.0f} s)")
 
 
-def run_dataset(dataset: str, args) -> list[dict]:
+def saved_rows(rows_dir: Path, datasets: list[str] | None = None) -> list[dict]:
+    """Every night's rows kept in `rows_dir` (`<data set>/fold<f>_<device>.json`), of `datasets` if given."""
+    files = sorted(rows_dir.glob("*/fold*_*.json"))
+    return [row for path in files if datasets is None or path.parent.name in datasets
+            for row in json.loads(path.read_text())]
+
+
+def _rows_file(rows_dir: Path, dataset: str, fold: int, device: str) -> Path:
+    return rows_dir / dataset / f"fold{fold}_{device}.json"
+
+
+def run_dataset(dataset: str, args) -> None:
     work = args.work.resolve() / dataset
     shared = [f"ingest.dataset={dataset}", f"pipeline.state_dir={work / 'state'}",
               f"profile.output_dir={work / 'profile'}", f"profile.report_dir={work / 'r/profile'}",
@@ -103,12 +116,12 @@ def run_dataset(dataset: str, args) -> list[dict]:
         if not (work / "fit_latency" / device.name).exists():
             execute("profile", everyone, device.name)
             execute("fit_latency", everyone, device.name)
-    rows = []
     for f in args.folds if args.folds is not None else sorted(folds):
+        files = {d: _rows_file(args.rows_dir, dataset, f, d) for d in args.devices}
+        if all(path.exists() for path in files.values()):
+            continue
         further = folds[(f + 1) % len(folds)]
-        rows += run_night(dataset, f, further, shared, args.devices, work / f"fold{f}")
-        print_nights([r for r in rows if r["fold"] == f and r["dataset"] == dataset])
-    return rows
+        print_nights(run_night(dataset, f, further, shared, files, work / f"fold{f}"))
 
 
 def night_params(shared: list[str], fold: int, further: list[str], here: Path):
@@ -118,7 +131,7 @@ def night_params(shared: list[str], fold: int, further: list[str], here: Path):
                                               f"ingest.split.reserve_users=[{', '.join(further)}]"])
 
 
-def run_night(dataset: str, fold: int, further: list[str], shared: list[str], devices: list[str],
+def run_night(dataset: str, fold: int, further: list[str], shared: list[str], files: dict[str, Path],
               here: Path) -> list[dict]:
     """One night with `fold` held out and `further` reserved; each model it made scored on both groups of users."""
     params = night_params(shared, fold, further, here)
@@ -128,8 +141,7 @@ def run_night(dataset: str, fold: int, further: list[str], shared: list[str], de
             started = time.perf_counter()
             execute(stage, params)
             print(f"{dataset} fold {fold}: {stage} in {time.perf_counter() - started:.0f} s", flush=True)
-    for device in devices:
-        done = here / "rows" / f"{device}.json"
+    for device, done in files.items():
         if done.exists():
             rows += json.loads(done.read_text())
             continue
@@ -289,8 +301,12 @@ def _others_pass(row: dict) -> bool:
 def report(rows: list[dict]) -> None:
     print_nights(rows)
     print("\n## The nights as they ran (the default rule, retry included), scored on the reserved users\n")
-    _decisions_table(rows, [(dataset, device) for dataset, device in sorted({(r["dataset"], r["device"])
-                                                                            for r in rows})] + [("all", "all")])
+    pairs = sorted({(r["dataset"], r["device"]) for r in rows})
+    _decisions_table(rows, pairs + [("all", device) for device in sorted({d for _, d in pairs})] + [("all", "all")])
+    print("\n## What the held-out users tell about the reserved users\n")
+    evidence(rows)
+    print("\n## Each rule on every model made, the accuracy gate alone, scored on the reserved users\n")
+    rules_alone(rows)
     print("\n## Each rule replayed over every night (every gate of both models known), scored on the reserved "
           "users\n")
     print("| rule | nights | registered | false passes (> 1 point lost) | refused by accuracy | false rejections "
@@ -306,6 +322,37 @@ def report(rows: list[dict]) -> None:
         print(f"| {name} | {len(nights)} | {len(registered)} | {_share(sum(lost), len(lost))} | {len(by_accuracy)} | "
               f"{_share(sum(kept), len(kept))} | {_models_ci(registered)} | "
               f"{'-' if worst is None else f'{100 * worst:+.1f}'} |")
+
+
+def evidence(rows: list[dict]) -> None:
+    """How much the held-out users' drop says about the reserved users': what any rule on them can do."""
+    test = np.array([_mean(r["test_drop"]) for r in rows])
+    further = np.array([_mean(r["further_drop"]) for r in rows])
+    spread = np.median([np.std(list(r["test_drop"].values()), ddof=1) for r in rows])
+    users = np.median([len(r["test_drop"]) for r in rows])
+    print(f"{len(rows)} models: mean drop {100 * test.mean():+.2f} points on the held-out users, "
+          f"{100 * further.mean():+.2f} on the reserved; correlation over models of the two "
+          f"{np.corrcoef(test, further)[0, 1]:+.2f}; "
+          f"one user's drop varies by {100 * spread:.1f} points (median standard deviation over models), so the mean "
+          f"over {users:.0f} held-out users is known to about {100 * spread / np.sqrt(users):.1f} points")
+    print("\n| device | models | mean drop on the reserved users, points (95 % CI over models) |\n|---|---|---|")
+    for device in sorted({r["device"] for r in rows}):
+        print(f"| {device} | {sum(r['device'] == device for r in rows)} | "
+              f"{_models_ci([r for r in rows if r['device'] == device])} |")
+
+
+def rules_alone(rows: list[dict]) -> None:
+    """Each rule on every model made (chosen and fallback), the accuracy gate alone: the timed gates are left
+    out, since a busy machine moves them and not the accuracy."""
+    print("| rule | models | passed | false passes (> 1 point lost) | refused | false rejections (within 1 point) | "
+          "mean drop of passed, points (95 % CI over models) |\n|---|---|---|---|---|---|---|")
+    for name, rule in RULES.items():
+        passed = [r for r in rows if rule(np.array(list(r["test_drop"].values())))]
+        refused = [r for r in rows if r not in passed]
+        lost = [_mean(r["further_drop"]) > LOSS for r in passed]
+        kept = [_mean(r["further_drop"]) <= LOSS for r in refused]
+        print(f"| {name} | {len(rows)} | {len(passed)} | {_share(sum(lost), len(lost))} | {len(refused)} | "
+              f"{_share(sum(kept), len(kept))} | {_models_ci(passed)} |")
 
 
 def _decisions_table(rows: list[dict], groups: list[tuple[str, str]]) -> None:

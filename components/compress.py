@@ -213,8 +213,8 @@ def _baseline_saw(split, train_dir: Path) -> bool:
     held = json.loads(path.read_text()).get("validation") if path.exists() else None
     if not split.by_users or held is None:
         return True  # windows of every training user, or a baseline from before train said: assume it saw them
-    if held["by"] != "users":
-        return True
+    if held["by"] != "users" or held.get("refit_epochs"):
+        return True  # early-stopped on windows, or trained again on every training user (train.refit_below_users)
     if list(held["users"]) != list(split.users):
         raise ConfigError(f"train's baseline was early-stopped on validation users {held['users']}, but the settings "
                           f"now give {list(split.users)} (train.validation_share, train.seed): run `python -m "

@@ -292,6 +292,9 @@ class TrainParams:
     # users) or windows (a share of every training user's windows, which the model also trains on: flattering)
     validation: Literal["users", "windows"]
     validation_share: float = checked(gt=0, lt=1)  # validation: users: this share of the training users
+    # validation: users: with fewer users than this left to fit on, train again on every training user (the
+    # validation group too) for the epochs early stopping chose; the baseline has then seen the validation users
+    refit_below_users: int = checked(ge=0)
     # validation: windows (and sets without user ids): this share of the training windows; 0: no validation set
     val_fraction: float = checked(ge=0, lt=1)
     class_weights: bool

@@ -118,7 +118,7 @@ def _report(spec, results: dict, classes, cfg: TrainParams) -> dict:
         "classical": split["classical"] | {"users": _users(split["classical"]["per_user"], cfg)},
         "deep_minus_classical": _paired(split["deep"]["per_user"], split["classical"]["per_user"], cfg),
         "best_epoch": split["history"].best_epoch, "epochs_run": len(split["history"].epochs),
-        "validation": validation_record(split["history"].validation),
+        "validation": validation_record(split["history"].validation, split["history"].refit_epochs),
     }
     kfolds = {name: r for name, r in results.items() if r["kfold_id"] is not None}
     if cfg.evaluation == "kfold":
@@ -142,10 +142,13 @@ def _report(spec, results: dict, classes, cfg: TrainParams) -> dict:
     return report
 
 
-def validation_record(validation) -> dict:
-    """What early stopping judged on: whole training users never trained on, or a share of the windows."""
+def validation_record(validation, refit_epochs: int = 0) -> dict:
+    """What early stopping judged on: whole training users never trained on, or a share of the windows; and
+    whether the model was then trained again on every training user (refit_epochs > 0: it has seen them)."""
+    said = validation.describe() + (f"; then trained again on every training user for {refit_epochs} epochs"
+                                    if refit_epochs else "")
     return {"by": "users" if validation.by_users else "windows", "users": list(validation.users),
-            "windows": int(len(validation.val)), "said": validation.describe()}
+            "windows": int(len(validation.val)), "refit_epochs": refit_epochs, "said": said}
 
 
 def _users(per_user_scores: dict, cfg: TrainParams) -> dict:

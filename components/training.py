@@ -25,6 +25,7 @@ class History:
     best_epoch: int = 0
     seconds: float = 0.0
     validation: ValidationSet | None = None  # what early stopping judged on
+    refit_epochs: int = 0  # > 0: the returned model was trained again on every window for this many epochs
 
 
 def seed_everything(seed: int, threads: int) -> None:
@@ -128,8 +129,32 @@ def fit(spec: ModelSpec, x: np.ndarray, y: np.ndarray, cfg: TrainParams, label: 
     if best is None:  # the validation loss never became finite
         raise ValueError(f"{label}training diverged: validation loss {history.epochs[-1]['val_loss']} at every epoch")
     model.load_state_dict(best)
+    left = len(set(np.asarray(users)[split.fit].tolist())) if split.by_users else 0
+    if split.by_users and left < cfg.refit_below_users:
+        log.info("%sonly %d user(s) left to fit on (train.refit_below_users %d): training again on every training "
+                 "user for the %d epochs early stopping chose", label, left, cfg.refit_below_users, history.best_epoch)
+        model = _refit(spec, x, y, cfg, history)
     model.eval()
     return model, history
+
+
+def _refit(spec: ModelSpec, x: np.ndarray, y: np.ndarray, cfg: TrainParams, history: History) -> SensingModel:
+    """A fresh model trained on every window (the validation users' too) for the epochs early stopping chose:
+    with few training users, leaving a group out of the baseline costs more than judging on it saves."""
+    seed_everything(cfg.seed, cfg.threads)
+    model = build(spec)
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    yt = torch.from_numpy(y.astype(np.int64))
+    model.set_input_stats(*input_stats(xt, cfg.input_norm))
+    loss_fn = torch.nn.CrossEntropyLoss(weight=_class_weights(yt, len(spec.classes)) if cfg.class_weights else None)
+    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    started = time.perf_counter()
+    for _ in range(history.best_epoch):
+        _epoch(model, xt, yt, loss_fn, optimiser, cfg, generator)
+    history.seconds += time.perf_counter() - started
+    history.refit_epochs = history.best_epoch
+    return model
 
 
 def _epoch(model, xt, yt, loss_fn, optimiser, cfg: TrainParams, generator) -> tuple[float, float]:

@@ -99,14 +99,14 @@ def test_a_train_param_change_re_runs_train_and_what_reads_it_and_dvc_shows_its_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dataset, users, sensors, stages", [
-    ("uci_hapt", 24, 2, ("ingest", "train", "compress")),
-    # compress reads windows whatever set they came from: uci_har has uci_hapt's input shape, wisdm hhar_sa's
-    ("uci_har", 24, 2, ("ingest", "train")),
-    ("wisdm", 30, 1, ("ingest", "train")),
+@pytest.mark.parametrize("dataset, users, shape, stages", [
+    ("uci_hapt", 24, [8, 2, 3, 2, 16], ("ingest", "train", "compress")),
+    # compress reads windows whatever set they came from: uci_har has uci_hapt's input shape
+    ("uci_har", 24, [8, 2, 3, 2, 16], ("ingest", "train")),
+    ("wisdm", 30, [4, 1, 3, 2, 32], ("ingest", "train")),  # 4 intervals of 32 points at 20 Hz
 ])
 def test_each_data_set_ingests_trains_and_compresses_with_one_param_change(tmp_path, params_file, dataset, users,
-                                                                           sensors, stages):
+                                                                           shape, stages):
     params = params_file(train={"epochs": 1, "patience": 1, "classical": {"n_estimators": 10, "max_depth": None}})
     change = ("-p", f"ingest.dataset={dataset}")
     for stage in stages:
@@ -114,9 +114,9 @@ def test_each_data_set_ingests_trains_and_compresses_with_one_param_change(tmp_p
         out = components_cli(tmp_path, stage, *device, "--params", str(params), *change, timeout=900)
         assert out.returncode == 0, out.stderr[-3000:]
     card = json.loads((tmp_path / "data" / "ingest" / "data_card.json").read_text())
-    assert card["dataset"] == dataset and len(card["counts"]["user"]) == users and len(card["sensors"]) == sensors
+    assert card["dataset"] == dataset and len(card["counts"]["user"]) == users and len(card["sensors"]) == shape[1]
     report = json.loads((tmp_path / "data" / "train" / "metrics.json").read_text())
-    assert report["input_shape"] == [8, sensors, 3, 2, 16]
+    assert report["input_shape"] == shape
     assert report["test"]["users"]["accuracy"]["users"] == len(card["split"]["test_users"]) >= 5
     if "compress" in stages:
         compressed = json.loads((tmp_path / "reports" / "compress" / "cortex-m4" / "metrics.json").read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from components import models
@@ -128,6 +129,20 @@ def test_a_baseline_early_stopped_on_other_validation_users_is_refused(make_para
     with pytest.raises(ConfigError, match=r"early-stopped on validation users \['zz'\].*run `python -m components "
                                           "train` again"):
         execute("compress", _params(make_params, ingest, train), "ort-1t", out=Place(tmp_path / "c", tmp_path / "r"))
+
+
+def test_a_baseline_trained_again_on_every_user_is_said_to_have_seen_the_validation_users(tmp_path):
+    import json
+
+    from components.compress import _baseline_saw
+    from components.training import ValidationSet
+
+    split = ValidationSet(np.arange(3), np.arange(3, 5), ("b",))
+    record = {"by": "users", "users": ["b"], "refit_epochs": 0}
+    (tmp_path / "metrics.json").write_text(json.dumps({"validation": record}))
+    assert _baseline_saw(split, tmp_path) is False
+    (tmp_path / "metrics.json").write_text(json.dumps({"validation": record | {"refit_epochs": 7}}))
+    assert _baseline_saw(split, tmp_path) is True
 
 
 def test_the_microcontroller_is_compressed_against_its_own_resources(make_params, inputs, tmp_path):

@@ -106,7 +106,7 @@ def test_wisdm_users_merge_their_files_and_the_card_says_what_is_missing(make_pa
     assert card["users_missing_classes"]["user08"] == ["downstairs", "jogging", "sitting", "standing", "upstairs"]
     markdown = (out / "data_card.md").read_text()
     assert "## Users lacking classes" in markdown and "Standardised values are not physical units" in markdown
-    assert len(split["test_users"]) == 6 and np.load(out / "x.npy", mmap_mode="r").shape[1:] == (8, 1, 3, 2, 16)
+    assert len(split["test_users"]) == 6 and np.load(out / "x.npy", mmap_mode="r").shape[1:] == (4, 1, 3, 2, 32)
 
 
 def test_folds_are_seeded_and_a_user_is_never_on_both_sides(make_params):

@@ -108,7 +108,7 @@ def test_sampler_is_seeded_and_covers_widths_around_multiples_and_model_layers(p
 
 
 @pytest.mark.parametrize("dataset, shape", [("uci_hapt", (8, 2, 3, 2, 16)), ("uci_har", (8, 2, 3, 2, 16)),
-                                            ("wisdm", (8, 1, 3, 2, 16)), ("hhar_sa", (8, 1, 3, 2, 16))])
+                                            ("wisdm", (4, 1, 3, 2, 32)), ("hhar_sa", (8, 1, 3, 2, 16))])
 def test_profiled_whole_models_take_the_configured_data_sets_input_shape(dataset, shape):
     from components.config import load_params
 

@@ -41,6 +41,8 @@ def test_short_real_training_beats_chance_by_a_clear_margin(ingested):
     # early stopping judged one whole training user (a fifth of a, b, d, e) that the model never trained on
     validation = metrics["validation"]
     assert validation["by"] == "users" and len(validation["users"]) == 1 and validation["users"][0] in "abde"
+    # three users left to fit on (below train.refit_below_users): trained again on all four for the chosen epochs
+    assert validation["refit_epochs"] == metrics["best_epoch"] > 0 and "trained again on every" in validation["said"]
     assert result.accuracy > 0.4 and metrics["classical"]["accuracy"] > 0.4  # chance is 1/6; 4 epochs only
     assert np.array(metrics["test"]["confusion_matrix"]).sum() == 475
     # one held-out user: the mean over users is that user's accuracy, and there is no interval
