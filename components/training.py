@@ -94,19 +94,12 @@ def fit(spec: ModelSpec, x: np.ndarray, y: np.ndarray, cfg: TrainParams, label: 
     `users` (per window) lets `train.validation: users` judge on whole training users; without them the
     validation set is a share of the windows. `History.validation` says which.
     """
-    seed_everything(cfg.seed, cfg.threads)
-    model = build(spec)
     split = train_validation(y, users if users is not None else np.full(len(y), "unknown"), cfg)
     train_idx, val_idx = split.fit, split.val
-    xt = torch.from_numpy(np.ascontiguousarray(x[train_idx], dtype=np.float32))
-    yt = torch.from_numpy(y[train_idx].astype(np.int64))
-    xv = torch.from_numpy(np.ascontiguousarray(x[val_idx], dtype=np.float32))
-    yv = torch.from_numpy(y[val_idx].astype(np.int64))
+    xt, yt = _tensors(x[train_idx], y[train_idx])
+    xv, yv = _tensors(x[val_idx], y[val_idx])
     history = History(validation=split)
-    model.set_input_stats(*input_stats(xt, cfg.input_norm))
-    loss_fn = torch.nn.CrossEntropyLoss(weight=_class_weights(yt, len(spec.classes)) if cfg.class_weights else None)
-    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    model, loss_fn, optimiser, generator = _start(spec, xt, yt, cfg)
     best, best_loss, waited = None, float("inf"), 0
     started = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
@@ -141,20 +134,28 @@ def fit(spec: ModelSpec, x: np.ndarray, y: np.ndarray, cfg: TrainParams, label: 
 def _refit(spec: ModelSpec, x: np.ndarray, y: np.ndarray, cfg: TrainParams, history: History) -> SensingModel:
     """A fresh model trained on every window (the validation users' too) for the epochs early stopping chose:
     with few training users, leaving a group out of the baseline costs more than judging on it saves."""
-    seed_everything(cfg.seed, cfg.threads)
-    model = build(spec)
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    yt = torch.from_numpy(y.astype(np.int64))
-    model.set_input_stats(*input_stats(xt, cfg.input_norm))
-    loss_fn = torch.nn.CrossEntropyLoss(weight=_class_weights(yt, len(spec.classes)) if cfg.class_weights else None)
-    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    xt, yt = _tensors(x, y)
+    model, loss_fn, optimiser, generator = _start(spec, xt, yt, cfg)
     started = time.perf_counter()
     for _ in range(history.best_epoch):
         _epoch(model, xt, yt, loss_fn, optimiser, cfg, generator)
     history.seconds += time.perf_counter() - started
     history.refit_epochs = history.best_epoch
     return model
+
+
+def _tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(y.astype(np.int64))
+
+
+def _start(spec: ModelSpec, xt: torch.Tensor, yt: torch.Tensor, cfg: TrainParams):
+    """A fresh seeded model standardised on (xt, yt), with its loss, optimiser and batch-order generator."""
+    seed_everything(cfg.seed, cfg.threads)
+    model = build(spec)
+    model.set_input_stats(*input_stats(xt, cfg.input_norm))
+    loss_fn = torch.nn.CrossEntropyLoss(weight=_class_weights(yt, len(spec.classes)) if cfg.class_weights else None)
+    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    return model, loss_fn, optimiser, torch.Generator().manual_seed(cfg.seed)
 
 
 def _epoch(model, xt, yt, loss_fn, optimiser, cfg: TrainParams, generator) -> tuple[float, float]:
