@@ -38,8 +38,8 @@ def main() -> None:
     names = list(ws.label_names)
     amplitude = ws.signal[:, 0].std(axis=2).mean(axis=1)
     per_class = np.array([np.median(amplitude[ws.label == c]) for c in range(len(names))])
-    loud = int(per_class.argmax())  # jogging on WISDM, biking on HHAR_SA
-    walk = names.index("walking") if "walking" in names else int(np.argsort(per_class)[-2])
+    loud = int(per_class.argmax())  # the most energetic class: jogging on WISDM, stairsdown on HHAR_SA
+    walk = next(i for i, n in enumerate(names) if n in ("walking", "walk"))  # WISDM's name, HHAR_SA's
     accuracy, errors = _accuracies(args.kfold, args.dataset)
 
     print(f"{args.dataset}: {len(ws.label)} windows, {len(set(ws.user))} users; median amplitude per class over "

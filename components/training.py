@@ -89,7 +89,8 @@ def train_validation(labels: np.ndarray, users: np.ndarray, cfg: TrainParams) ->
 
 def fit(spec: ModelSpec, x: np.ndarray, y: np.ndarray, cfg: TrainParams, label: str = "",
         users: np.ndarray | None = None) -> tuple[SensingModel, History]:
-    """Train a fresh model of `spec` on (x, y); return the weights of the best validation epoch.
+    """Train a fresh model of `spec` on (x, y); return the weights of the best validation epoch (or, where
+    `train.refit_below_users` applies, a fresh model trained on every window for that many epochs).
 
     `users` (per window) lets `train.validation: users` judge on whole training users; without them the
     validation set is a share of the windows. `History.validation` says which.
