@@ -626,6 +626,7 @@ def _metrics(results: dict, search, cost, cfg, device: str, wall_s: float, extra
     allowed = budget * (1 + cfg.measured_tolerance) if "measured_ratio" in deepiot else budget
     within = reached <= allowed + 1e-9 and deepiot["fits"]
     met = within and deepiot["val_accuracy"] >= floor
+    why = ""
     if not met:
         what = "measured" if "measured_ratio" in deepiot else "predicted"
         why = (f"validation accuracy {deepiot['val_accuracy']:.3f} is below the floor {floor:.3f}" if within else
@@ -638,7 +639,7 @@ def _metrics(results: dict, search, cost, cfg, device: str, wall_s: float, extra
         log.warning("%s: BUDGET NOT MET (budget %.3f of the baseline's %s): %s; the best structure found is kept",
                     device, budget, cost.name, why)
     return {
-        "device": device, "cost": cost.name, "budget": budget, "budget_met": met,
+        "device": device, "cost": cost.name, "budget": budget, "budget_met": met, "budget_not_met": why,
         "accuracy_floor": floor, "cost_floor": search.cost_floor,
         "floor": extra.get("floor", {}), "refit": extra.get("refit", []),
         "selection": extra.get("selection", {}),
@@ -819,7 +820,8 @@ def _say(device: str, metrics: dict) -> None:
 def summary(result: CompressResult) -> str:
     """A budget not met is a result (said plainly in the line), not a failure."""
     m, d = result.metrics, result.metrics["methods"]["deepiot"]
-    return (f"compress {result.device}: {'budget met' if m['budget_met'] else 'BUDGET NOT MET'} "
+    verdict = "budget met" if m["budget_met"] else f"BUDGET NOT MET: {m.get('budget_not_met') or 'see the log'}"
+    return (f"compress {result.device}: {verdict} "
             f"({m['cost']} {reached(m)} of the baseline's, budget {m['budget']}); "
             f"{d['params']} parameters, test accuracy {d['test_accuracy']:.3f} ({m['accuracy_change']:+.3f}) "
             f"-> {result.model_dir} (MLflow run {result.run_id})")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components import models
+from components import compress, models
 from components.config import ConfigError
 from components.stages import Place, execute
 from tests.conftest import synthetic_task
@@ -87,6 +87,8 @@ def test_a_budget_that_cannot_be_met_ends_with_the_best_model_and_says_so(make_p
     result = execute("compress", params, "ort-1t", out=Place(tmp_path / "c", tmp_path / "r"))
     assert result.metrics["budget_met"] is False and result.model_dir.exists()
     assert "BUDGET NOT MET" in caplog.text
+    # the one-line summary says why, not only that
+    assert "BUDGET NOT MET: the compressed model is at" in compress.summary(result)
     # one element per layer still costs more than 0.001 of the baseline: said before the search starts
     assert result.metrics["cost_floor"] > 0.001 and "below what width pruning can reach" in caplog.text
     assert "NOT MET" in (tmp_path / "r" / "comparison.md").read_text()
