@@ -77,6 +77,16 @@ RAW_SMALL = (
 )
 
 
+def benchmark_module(name: str):
+    """A script of benchmarks/ imported as a module (they are run by path, not installed)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, PROJECT_ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def replace(params: Params, **sections) -> Params:
     return dataclasses.replace(params, **sections)
 

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def gate_errors():
-    spec = importlib.util.spec_from_file_location("gate_errors", PROJECT_ROOT / "benchmarks" / "gate_errors.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_module("gate_errors")
 
 
 def _row(fold: int, role: str, drops: list[float], further: list[float], **gates) -> dict:

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def verdicts():
-    spec = importlib.util.spec_from_file_location("nightly_verdicts",
-                                                  PROJECT_ROOT / "benchmarks" / "nightly_verdicts.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_module("nightly_verdicts")
 
 
 def _night(tmp_path, name: str, devices: dict[str, tuple[bool, float]], retried: str | None = None):

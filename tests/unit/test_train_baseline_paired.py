@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 
 import pytest
 
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("train_baseline", PROJECT_ROOT / "benchmarks" / "train_baseline.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_module("train_baseline")
 
 
 def _run(dataset: str, accuracies: dict[str, float]) -> dict:
