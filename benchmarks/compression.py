@@ -57,11 +57,11 @@ from components.config import load_params
 from components.data.windows import load_windows
 from components.devices.base import get_backend
 from components.devices.pool import chosen
-from components.evaluation import mean_ci, paired_ci
 from components.profiling.items import Item
 from components.profiling.runner import TimedProfiler
 from components.pruning.costs import resized_spec
 from components.stages import Place, execute
+from components.stats.intervals import mean_ci, paired_ci
 
 ROOT = Path(__file__).resolve().parents[1]
 

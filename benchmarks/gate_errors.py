@@ -49,8 +49,8 @@ from components import validate
 from components.config import load_params
 from components.data.windows import load_windows
 from components.devices.pool import chosen
-from components.evaluation import mean_ci
 from components.stages import execute
+from components.stats.intervals import mean_ci
 
 ROOT = Path(__file__).resolve().parents[1]
 LOSS = 0.01  # "no loss": at most 1 point lost on the mean over users

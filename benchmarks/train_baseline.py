@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from components.config import load_params
-from components.evaluation import interval_text
 from components.stages import execute
+from components.stats.intervals import interval_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ("uci_hapt", "uci_har", "wisdm", "hhar_sa")
@@ -93,7 +93,7 @@ def table(results: list[dict]) -> str:
 
 def paired(a: list[dict], b: list[dict]) -> str:
     """Two runs' DeepSense accuracy per set and their paired per-user difference (A - B), where both ran it."""
-    from components.evaluation import mean_ci, paired_ci
+    from components.stats.intervals import mean_ci, paired_ci
 
     rows = ["| data set | users | A (95 % CI) | B (95 % CI) | A - B, paired over users (95 % CI) |",
             "|---|---|---|---|---|"]

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None, table: tuple[stages.Stage, ...] | None =
         if args.command == "mlflow-ui":
             return _mlflow_ui(params, args.port)
         if args.command == "report":
-            from components.summary_run import report
+            from components.tracking.night import report
 
             return report(params, args.run)
         layout = stages.Layout(params, args.run_key, table)
@@ -118,7 +118,8 @@ def _pipeline(params, layout: stages.Layout, file_params) -> int:
     The summary is written also when a stage failed (it says which and why); `file_params` is the params file
     without this command's `-p` overrides, so the parent run's params are just those overrides.
     """
-    from components import tracking
+    from components.tracking import runs as tracking
+    from components.tracking import server
 
     key = f"local-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     code = 0
@@ -138,7 +139,7 @@ def _pipeline(params, layout: stages.Layout, file_params) -> int:
     tracking.end_pipeline_run(params, key, "FAILED" if code else "FINISHED")
     if code:
         return code
-    print(f"pipeline {key}: done. Browse it with `make mlflow-ui` ({tracking.tracking_uri(params)})")
+    print(f"pipeline {key}: done. Browse it with `make mlflow-ui` ({server.tracking_uri(params)})")
     return 0 if summarised else 1
 
 
@@ -146,8 +147,8 @@ def _summarise(params, layout: stages.Layout, key: str, file_params, quiet: bool
     """The night's summary on the parent run, and its table here; `quiet`: a stage failed already, whose error is
     the one that counts, so a summary that fails too is only logged."""
     from components.devices.pool import chosen
-    from components.summary import table_text
-    from components.summary_run import summarise, summary_dir
+    from components.reports.night import table_text
+    from components.tracking.night import summarise, summary_dir
 
     try:
         night = summarise(params, key, file_params=file_params, devices=[d.name for d in chosen(params)],
@@ -167,8 +168,8 @@ def _close(params, layout: stages.Layout, file_params, key: str | None, devices:
     """`summary`: the night's summary of pipeline run `key` (every device it covered, or `devices`), its table
     here; 1 when a device failed a stage, as the Airflow DAG's summary task fails."""
     from components.devices.pool import chosen
-    from components.summary import table_text
-    from components.summary_run import close_night, stage_failures, summary_dir
+    from components.reports.night import table_text
+    from components.tracking.night import close_night, stage_failures, summary_dir
 
     if not key:
         raise ConfigError("summary needs --pipeline-key: the pipeline run whose parent run gets the summary")
@@ -183,9 +184,9 @@ def _close(params, layout: stages.Layout, file_params, key: str | None, devices:
 
 
 def _mlflow_ui(params, port: int) -> int:
-    from components import tracking
+    from components.tracking import server
 
-    uri = tracking.tracking_uri(params)
+    uri = server.tracking_uri(params)
     print(f"MLflow UI for {uri} on http://127.0.0.1:{port}")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
     # no job-consumer processes: the pipeline submits no server-side jobs, and they slow the start

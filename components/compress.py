@@ -40,9 +40,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from components.artifacts.atomic import atomic_directory, write_text_atomic
 from components.config import ConfigError, Params
-from components.data.outputs import atomic_directory, write_text_atomic
-from components.evaluation import interval_text
+from components.stats.intervals import interval_text
 
 if TYPE_CHECKING:
     from components.stages import Place
@@ -68,10 +68,11 @@ def run(params: Params, device_name: str, *, ingest: Path, train: Path, profile:
     """
     import torch
 
-    from components import models, tracking
+    from components import models
     from components.data.windows import load_windows, make_folds
     from components.devices.pool import chosen
     from components.latency.model import load_in
+    from components.tracking import runs as tracking
 
     cfg = params.compress
     (device,) = chosen(params, [device_name])
@@ -186,7 +187,7 @@ def _data(windows, fold, train_cfg, train_dir: Path) -> _Data:
     """
     import torch
 
-    from components.training import validation_split
+    from components.models.training import validation_split
 
     labels = windows.meta["label"].to_numpy().astype(np.int64)
     users = windows.meta["user"].to_numpy().astype(str)
@@ -382,8 +383,7 @@ def _floor_check(search, bench, baseline, budget: float, cost) -> dict:
 def _refit_rounds(search, bench, baseline, latency_model, cfg, params, device, search_on) -> tuple[list, object]:
     """Profile what the search visited, score the model on it, refit, swap the cost, search on; bounded rounds."""
     from components.pruning.costs import LatencyCost
-    from components.pruning.on_device import (neighbours, prediction_errors, refit, visited_items,
-                                              within_shares)
+    from components.pruning.on_device import neighbours, prediction_errors, refit, visited_items, within_shares
 
     rounds = []
     for r in range(1, cfg.refit.rounds + 1):
@@ -585,8 +585,8 @@ def _l1_order(model) -> dict:
 
 
 def _describe(model, cost, latency_model, data: _Data) -> dict:
-    from components.evaluation import mean_ci
     from components.pruning.finetune import predictions
+    from components.stats.intervals import mean_ci
 
     predicted = {} if latency_model is None else {"predicted_latency_ms": latency_model.predict_model(model.spec)}
     right = (predictions(model, data.x_test) == data.y_test).numpy()
@@ -671,7 +671,7 @@ def _fallback_metrics(results: dict, base: dict, fallback: dict) -> dict:
 def _paired(model: dict, base: dict, key: str = "test_accuracy_per_user") -> dict:
     """The model's accuracy minus the baseline's, user by user (held-out users; `val_accuracy_per_user`: the
     validation users), with its interval; empty where there are no users."""
-    from components.evaluation import paired_ci
+    from components.stats.intervals import paired_ci
 
     if key not in model or key not in base:
         return {}
@@ -795,7 +795,7 @@ def _with_ci(ci: dict) -> str:
 
 
 def _flat_numbers(metrics: dict) -> dict:
-    from components.tracking import flatten
+    from components.tracking.runs import flatten
 
     return {k: float(v) for k, v in flatten(metrics).items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)}

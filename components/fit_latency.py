@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from components.artifacts.atomic import atomic_directory, write_text_atomic
 from components.config import ConfigError, FitLatencyParams, Params
-from components.data.outputs import atomic_directory, write_text_atomic
 from components.latency import fit as fitting
 from components.latency.features import check_names
 from components.latency.fit import LatencyDataError, Rows
@@ -79,9 +79,9 @@ def check_params(cfg: FitLatencyParams) -> None:
 def run(params: Params, device_name: str, *, profile: Path, out: Place, pipeline_key: str | None = None
         ) -> FitResult:
     """Fit and evaluate device `device_name`'s latency model from its profile folder `profile`; write into `out`."""
-    from components import tracking
     from components.devices.base import get_backend
     from components.devices.pool import chosen
+    from components.tracking import runs as tracking
 
     cfg = params.fit_latency
     check_params(cfg)
@@ -118,7 +118,7 @@ def _read_table(path: Path, device: str) -> list[dict]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from components.data.checksums import verify_sealed
+    from components.artifacts.seals import verify_sealed
 
     if not path.exists():
         raise LatencyDataError(f"device {device}: no profile table at {path}; run "
@@ -235,7 +235,7 @@ def evaluation_markdown(device: str, table: list[dict]) -> str:
 
 
 def _log(mlrun, metrics: dict, artifacts: list[Path], device: str) -> None:
-    from components.tracking import flatten
+    from components.tracking.runs import flatten
 
     flat = {k: v for k, v in flatten(metrics).items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)}

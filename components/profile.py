@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from components.artifacts.atomic import write_text_atomic
 from components.config import ConfigError, Params
-from components.data.outputs import write_text_atomic
 from components.devices.base import Backend, get_backend
 from components.devices.pool import Device, chosen
 from components.profiling.items import Item
@@ -67,7 +67,7 @@ def run(params: Params, device_name: str, *, out: Place, pipeline_key: str | Non
 
 def _profile(params: Params, device: Device, backend: Backend, items: list[Item], out: Path, reports: Path,
              pipeline_key: str | None, reference: Item | None) -> ProfileResult:
-    from components import tracking
+    from components.tracking import runs as tracking
 
     version = _version(backend)
     profile_log = ProfileLog(out, fingerprint(params, device, version, reference))

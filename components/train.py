@@ -7,7 +7,7 @@ never trains on (`train.validation: users`; compress judges its accuracy
 floor on the same users), and scores it on the held-out users, next to a
 classical reference (per axis statistics + random forest) on the same users. Accuracy and macro-F1 are
 means over the held-out users, each with its 95 % bootstrap interval over
-those users (components/evaluation.py), and the deep model's paired
+those users (components/stats/intervals.py), and the deep model's paired
 difference to the forest. With `train.evaluation: kfold` every fold of users
 that ingest dealt is held out once (k models; the nightly one is the held-out
 fold's), so every user is scored exactly once. Writes, all or nothing, into
@@ -32,11 +32,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from components import classical, evaluation, models, plots, tracking, training
+from components import models
+from components.artifacts.atomic import atomic_directory, write_text_atomic
 from components.config import Params, TrainParams
-from components.data.outputs import atomic_directory, write_text_atomic
 from components.data.windows import Fold, Windows, load_windows, make_folds
-from components.evaluation import interval_text
+from components.models import classical, training
+from components.reports import figures as plots
+from components.stats import intervals as evaluation
+from components.stats.intervals import interval_text
+from components.tracking import runs as tracking
 
 if TYPE_CHECKING:
     from components.stages import Place

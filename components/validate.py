@@ -40,11 +40,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from components.artifacts.atomic import write_text_atomic
+from components.artifacts.seals import seal
 from components.config import ConfigError, Params
-from components.data.checksums import seal
-from components.data.outputs import write_text_atomic
 from components.devices.base import get_backend
-from components.validate_report import MODELS, failed_gates_text, flat_metrics, write_report
+from components.reports.validate import MODELS, failed_gates_text, flat_metrics, write_report
 
 if TYPE_CHECKING:
     from components.stages import Place
@@ -87,10 +87,12 @@ def run(params: Params, device_name: str, *, ingest: Path, train: Path, fit_late
     Writes the exported files and the report (report.json, report.html: what register reads) into
     `out.data`, the full report and DVC's metrics into `out.report`.
     """
-    from components import models, tracking, training
+    from components import models
     from components.data.windows import load_windows, make_folds
     from components.devices.pool import chosen
     from components.latency.model import REFITTED_DIR, load_in
+    from components.models import training
+    from components.tracking import runs as tracking
 
     cfg = params.validate
     (device,) = chosen(params, [device_name])
@@ -242,7 +244,7 @@ def host_runtime(device) -> tuple[str, int]:
 
 
 def _formats(cfg, device) -> tuple[str, ...]:
-    from components.export import FORMATS
+    from components.devices.export import FORMATS
 
     key = device.runtime
     formats = tuple(cfg.formats.get(key, ()))
@@ -262,7 +264,7 @@ def _formats(cfg, device) -> tuple[str, ...]:
 
 
 def _export(model_dir: Path, formats, folder: Path, calibration: np.ndarray, timeout_s: float) -> dict:
-    from components.export import export
+    from components.devices.export import export
 
     files, failures = export(model_dir, formats, folder, calibration, timeout_s)
     for fmt, why in failures.items():
@@ -279,7 +281,7 @@ def score_exported(params: Params, device, fmt: str, folders: dict[str, Path], x
     scoring what a night validated on users it never saw
     (benchmarks/gate_errors.py).
     """
-    from components.export import read_manifest
+    from components.devices.export import read_manifest
 
     exports = {name: {"dir": Path(folder), "files": read_manifest(Path(folder)), "failed": {}}
                for name, folder in folders.items()}
@@ -341,8 +343,8 @@ def _score(answer: dict, exported, y_test: np.ndarray, users: np.ndarray, torch_
            classes: int, resamples: int, seed: int) -> dict:
     """Accuracy and macro-F1 as means over the held-out users (with 95 % intervals), per user, and pooled;
     agreement with the torch model's predictions where they are given."""
-    from components.evaluation import summary
-    from components.training import scores
+    from components.models.training import scores
+    from components.stats.intervals import summary
 
     record = {"ok": bool(answer.get("ok")), "error": answer.get("error", "")}
     if exported is not None:
@@ -449,7 +451,7 @@ def accuracy_drop(base: dict, comp: dict, resamples: int = 10000, seed: int = 0)
 
     Records without per-user accuracies (one pooled figure) give the plain difference and no interval.
     """
-    from components import evaluation
+    from components.stats import intervals as evaluation
 
     if base.get("per_user_accuracy") and comp.get("per_user_accuracy"):
         return evaluation.paired_ci(base["per_user_accuracy"], comp["per_user_accuracy"], resamples, seed)
@@ -460,7 +462,7 @@ def accuracy_drop(base: dict, comp: dict, resamples: int = 10000, seed: int = 0)
 def accuracy_gate(base: dict, comp: dict, g) -> Gate:
     """"No loss", with evidence: the mean paired per-user drop at most `max_accuracy_drop` and the upper end of
     its 95 % interval at most `max_accuracy_drop_upper`. The gate's value is the mean drop."""
-    from components.evaluation import interval_text
+    from components.stats.intervals import interval_text
 
     drop = comp.get("accuracy_drop") or accuracy_drop(base, comp)
     mean_ok = drop["mean"] <= g.max_accuracy_drop + 1e-12

@@ -30,7 +30,7 @@ task reports its stage and device (`failure_alert`); a run still going after
 
 After every stage's task, done or failed, one `summary` task (not a stage: it
 reads MLflow, not the stages' folders) writes the night's verdict per device
-on the MLflow parent run (components/summary_run.py) and ends that run; it
+on the MLflow parent run (components/tracking/night.py) and ends that run; it
 fails when a device's stage failed, so the run is judged by it, its one leaf.
 """
 
@@ -44,17 +44,17 @@ from airflow.sdk.definitions.deadline import AsyncCallback, DeadlineAlert, Deadl
 
 from components import stages
 
-SENSING_DATA = Asset("iot-compress-sensing-data")  # = components.airflow_tasks.SENSING_DATA_ASSET
+SENSING_DATA = Asset("iot-compress-sensing-data")  # = components.drivers.airflow_tasks.SENSING_DATA_ASSET
 
 
 def _alert(context):
-    from components.airflow_tasks import failure_alert
+    from components.drivers.airflow_tasks import failure_alert
 
     failure_alert(context, "failed")
 
 
 def _retry_alert(context):
-    from components.airflow_tasks import failure_alert
+    from components.drivers.airflow_tasks import failure_alert
 
     failure_alert(context, "up for retry")
 
@@ -80,7 +80,7 @@ def _deadline() -> list[DeadlineAlert]:
     if hours <= 0:
         return []
     return [DeadlineAlert(reference=DeadlineReference.DAGRUN_QUEUED_AT, interval=timedelta(hours=hours),
-                          callback=AsyncCallback("components.airflow_tasks.nightly_deadline_missed",
+                          callback=AsyncCallback("components.drivers.airflow_tasks.nightly_deadline_missed",
                                                  kwargs={"message": f"not finished {hours:g} h after it was queued"}))]
 
 
@@ -88,7 +88,7 @@ def _stage_task(stage):
     """The task of one stage: a lazy import and one call (mapped over the pool where the stage runs per device)."""
 
     def body(device: str | None = None, queue: str | None = None, pool: str | None = None, **context) -> str:
-        from components.airflow_tasks import run_in_airflow
+        from components.drivers.airflow_tasks import run_in_airflow
 
         return run_in_airflow(stage.name, device, context)
 
@@ -134,13 +134,13 @@ def compress_nightly():
 @task(task_id="summary", trigger_rule="all_done")
 def summary(**context) -> str:
     """The night's summary on its MLflow parent run, once every stage is done (failed devices too)."""
-    from components.airflow_tasks import summarise_in_airflow
+    from components.drivers.airflow_tasks import summarise_in_airflow
 
     return summarise_in_airflow(context)
 
 
 def _device_routes() -> list[dict[str, str]]:
-    from components.airflow_tasks import device_routes
+    from components.drivers.airflow_tasks import device_routes
 
     return device_routes()
 

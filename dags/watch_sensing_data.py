@@ -14,7 +14,7 @@ from datetime import datetime
 
 from airflow.sdk import Asset, dag, task
 
-SENSING_DATA = Asset("iot-compress-sensing-data")  # = components.airflow_tasks.SENSING_DATA_ASSET
+SENSING_DATA = Asset("iot-compress-sensing-data")  # = components.drivers.airflow_tasks.SENSING_DATA_ASSET
 FINGERPRINT_VARIABLE = "iot_compress_sensing_data_fingerprint"
 
 
@@ -33,7 +33,7 @@ def watch_sensing_data():
         from airflow.sdk import Variable
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from components.airflow_tasks import data_fingerprint
+        from components.drivers.airflow_tasks import data_fingerprint
 
         now = data_fingerprint()
         if Variable.get(FINGERPRINT_VARIABLE, default=None) == now["fingerprint"]:

@@ -190,7 +190,7 @@ def synthetic_task(folder: Path, widths: tuple[int, ...] = (12, 10, 12), users: 
     import torch
 
     from components import models
-    from components.data.checksums import seal
+    from components.artifacts.seals import seal
     from components.models.deepsense import deepsense_spec
 
     rng = np.random.default_rng(0)

@@ -1,1 +1,1 @@
-"""Loaders, one per published data format, and the windowed result they share."""
+"""Loaders, one per published data format, the windowed result they share, and its Great Expectations checks."""

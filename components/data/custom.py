@@ -32,12 +32,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from components.artifacts.atomic import WindowWriter
+from components.artifacts.seals import sha256_of
 from components.config import CustomParams, Params
-from components.data.checksums import sha256_of
 from components.data.errors import DataError
-from components.data.outputs import WindowWriter
+from components.data.expectations import ValidationFailed, Validator
 from components.data.runs import run_bounds, sample_starts, take_samples
-from components.validation import ValidationFailed, Validator
 
 log = logging.getLogger(__name__)
 UNIT_LIMITS = {"m/s^2": "accel", "g": "accel_g", "rad/s": "gyro", "deg/s": "gyro_deg", "standardised": None,

@@ -17,9 +17,9 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from components.data.checksums import sha256_of
+from components.artifacts.atomic import atomic_directory
+from components.artifacts.seals import sha256_of
 from components.data.errors import DataError
-from components.data.outputs import atomic_directory
 
 log = logging.getLogger(__name__)
 _CHUNK = 1 << 20

@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from components.artifacts.atomic import WindowWriter
+from components.artifacts.seals import sha256_of
 from components.config import IngestParams, Params
-from components.data.checksums import sha256_of
 from components.data.errors import DataError
-from components.data.outputs import WindowWriter
+from components.data.expectations import ValidationFailed, Validator
 from components.data.runs import sample_starts, take_samples
 from components.data.text_rows import read_numeric
-from components.validation import ValidationFailed, Validator
 
 log = logging.getLogger(__name__)
 SAMPLE_RATE_HZ = 50.0

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.data.checksums import sha256_of
+from components.artifacts.seals import sha256_of
 from components.data.errors import DataError
 
 HHAR_LABELS = ("bike", "sit", "stairsdown", "stairsup", "stand", "walk")  # alphabetical, as HHAR_SA numbers them

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from components.artifacts.seals import verify_sealed
 from components.config import TrainParams
-from components.data.checksums import verify_sealed
 from components.data.errors import DataError
 
 

@@ -1,1 +1,1 @@
-"""The device pool and one backend per runtime (convert, load, run, time); see base.py for the interface."""
+"""The device pool, one backend per runtime (convert, load, run, time), the exports; see base.py for the interface."""

@@ -195,9 +195,9 @@ def _validate_files(backend, threads: int, request: dict) -> dict:
     """
     import numpy as np
 
+    from components.artifacts.seals import verify
     from components.config import TimingParams
     from components.devices.timing import measure_many
-    from components.data.checksums import verify
 
     backend.version()  # imports the runtime before anything is measured
     x = np.load(request["windows"])  # read whole, so the windows' pages are resident before measuring

@@ -1,0 +1,1 @@
+"""Latency models per device: the tree-structured regression (FastDeepIoT), fitting, baselines, figures."""

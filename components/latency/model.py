@@ -200,7 +200,7 @@ class LatencyModel:
                 "overhead": asdict(self.overhead), "residuals": self.residuals.to_dict(), "info": self.info}
 
     def save(self, path: Path) -> None:
-        from components.data.outputs import write_text_atomic
+        from components.artifacts.atomic import write_text_atomic
 
         write_text_atomic(Path(path), json.dumps(self.to_dict(), indent=1))
 
@@ -241,7 +241,7 @@ class AnalyticLatencyModel:
                 "pool_entry": self.pool_entry.to_dict()}
 
     def save(self, path: Path) -> None:
-        from components.data.outputs import write_text_atomic
+        from components.artifacts.atomic import write_text_atomic
 
         write_text_atomic(Path(path), json.dumps(self.to_dict(), indent=1))
 
@@ -264,7 +264,7 @@ def save_in(folder: Path, model) -> None:
 
 def load_in(folder: Path) -> LatencyModel | AnalyticLatencyModel | None:
     """The latency model saved (and sealed) in `folder`, or None where none was written there."""
-    from components.data.checksums import verify_sealed
+    from components.artifacts.seals import verify_sealed
 
     path = Path(folder) / MODEL_FILE
     if not path.exists():
@@ -276,7 +276,7 @@ def load_in(folder: Path) -> LatencyModel | AnalyticLatencyModel | None:
 
 def load(path: Path) -> LatencyModel | AnalyticLatencyModel:
     """A saved latency model (JSON; nothing executable is read); DamagedArtifact names a file it cannot read."""
-    from components.data.checksums import DamagedArtifact
+    from components.artifacts.seals import DamagedArtifact
 
     remedy = "run fit_latency for its device again (or delete the file where compress refitted it)"
     try:

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from components.latency.tree import LinearTree, leaf_formula, split_text
-from components.plots import _pyplot
 from components.profiling.plots import _save
+from components.reports.figures import _pyplot
 
 _COLORS = {"tree": "tab:blue", "linear_flops": "tab:gray", "boosted": "tab:orange", "forest": "tab:green"}
 

@@ -1,4 +1,4 @@
-"""Models built from a layer description; saved as description (JSON) + weights (safetensors).
+"""Models built from a layer description (JSON + safetensors weights), their training, the forest reference.
 
 Importing the package does not import torch: the descriptions (`spec`) are
 read by processes that never build a model (the profiler's timing workers
@@ -70,7 +70,7 @@ def save(model, directory: Path) -> None:
     """Write model.json (the description) and model.safetensors (weights and buffers), sealed (checksums.json)."""
     from safetensors.torch import save_file
 
-    from components.data.checksums import seal
+    from components.artifacts.seals import seal
 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / SPEC_FILE).write_text(model.spec.to_json())
@@ -88,7 +88,7 @@ def load(directory: Path):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from components.data.checksums import DamagedArtifact, verify_sealed
+    from components.artifacts.seals import DamagedArtifact, verify_sealed
 
     directory = Path(directory)
     remedy = "run the stage that wrote this model folder again (train, or compress for a compressed model)"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from components.plots import _pyplot
 from components.profiling.items import LAYER_KINDS
+from components.reports.figures import _pyplot
 
 
 def _title(device, what: str, method: str) -> str:

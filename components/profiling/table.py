@@ -20,8 +20,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from components.data.checksums import seal
-from components.data.outputs import write_text_atomic
+from components.artifacts.atomic import write_text_atomic
+from components.artifacts.seals import seal
 
 log = logging.getLogger(__name__)
 

@@ -46,11 +46,11 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from components.models.training import augment
 from components.pruning.costs import resized_spec
 from components.pruning.finetune import judged_accuracy
 from components.pruning.groups import groups
 from components.pruning.masked import set_masks
-from components.training import augment
 
 
 class Compressor(nn.Module):

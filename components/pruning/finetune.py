@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from components.training import augment
+from components.models.training import augment
 
 log = logging.getLogger(__name__)
 

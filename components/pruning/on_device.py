@@ -66,7 +66,7 @@ class DeviceBench:
             if self.profile_table is not None and self.profile_table.exists():
                 import pyarrow.parquet as pq
 
-                from components.data.checksums import verify_sealed
+                from components.artifacts.seals import verify_sealed
 
                 verify_sealed(self.profile_table.parent, [self.profile_table.name],
                               f"run `python -m components profile --device {self.device.name}` again")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from components.plots import _pyplot
 from components.profiling.plots import _save
+from components.reports.figures import _pyplot
 
 _COLORS = {"baseline": "k", "deepiot": "tab:blue", "l1": "tab:orange", "uniform": "tab:green"}
 

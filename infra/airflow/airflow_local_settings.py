@@ -24,7 +24,7 @@ def task_instance_mutation_hook(task_instance, dag_run=None):
 
     if task_instance.task_id not in {s.name for s in STAGES if s.on_device}:
         return
-    from components.airflow_tasks import device_routes
+    from components.drivers.airflow_tasks import device_routes
 
     routes = device_routes()
     if task_instance.map_index < len(routes):

@@ -115,7 +115,7 @@ class Stack:
 
     def queues(self) -> list[str]:
         """`default` and every queue the device pool names, in pool order."""
-        out = subprocess.run([sys.executable, "-c", "import json; from components.airflow_tasks import "
+        out = subprocess.run([sys.executable, "-c", "import json; from components.drivers.airflow_tasks import "
                               "device_routes; print(json.dumps([r['queue'] for r in device_routes()]))"],
                              env=self.env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
         if out.returncode != 0:
@@ -212,8 +212,8 @@ class Stack:
 
         A cluster sets MLFLOW_TRACKING_URI to an MLflow server (infra/mlflow/server.py); SQLite is for one machine.
         """
-        init = subprocess.run([sys.executable, "-c", "from components.airflow_tasks import run_params; "
-                               "from components.tracking import configured_mlflow; "
+        init = subprocess.run([sys.executable, "-c", "from components.drivers.airflow_tasks import run_params; "
+                               "from components.tracking.server import configured_mlflow; "
                                "configured_mlflow(run_params()).search_experiments()"],
                               env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
         if init.returncode != 0:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from components.airflow_tasks import device_routes  # noqa: E402
+from components.drivers.airflow_tasks import device_routes  # noqa: E402
 
 
 def main() -> int:

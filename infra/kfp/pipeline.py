@@ -8,7 +8,7 @@ in topological order).
 
 Each component is a lightweight Python component generated from its table
 entry: a function whose arguments are the run's parameters and its
-artifacts, and whose body calls `components.kfp_tasks.run_stage`, which runs
+artifacts, and whose body calls `components.drivers.kfp_tasks.run_stage`, which runs
 `python -m components <stage>` in-process with `--input <upstream>=<path>`,
 `--output` and `--report` on the artifacts' local paths. Lightweight, not
 container components, because that is what KFP's local SubprocessRunner
@@ -102,7 +102,7 @@ def stage_source(stage: Stage) -> str:
     return textwrap.dedent(f'''\
         def {stage.name}({", ".join(args)}):
             """{stage.doc}"""
-            from components import kfp_tasks
+            from components.drivers import kfp_tasks
 
             kfp_tasks.run_stage({stage.name!r}, pipeline_key=kfp_tasks.pipeline_key(run_key, job_id),
                                 overrides=overrides, tracking_uri=tracking_uri,
@@ -116,7 +116,7 @@ def placement(device: str, overrides: list) -> NamedTuple("Placement", [("node_s
     """Where the device's on-device tasks run: its pool entry's node selector and tolerations."""
     from collections import namedtuple
 
-    from components import kfp_tasks
+    from components.drivers import kfp_tasks
 
     return namedtuple("Placement", ["node_selector", "tolerations"])(*kfp_tasks.placement(device, overrides))
 '''
@@ -125,7 +125,7 @@ SUMMARY_SOURCE = '''\
 def summary(run_key: str, job_id: str, devices: list, overrides: list, tracking_uri: str,
             report_dir: Output[Artifact]):
     """The night's summary on the pipeline's MLflow parent run, every device side by side; it ends that run."""
-    from components import kfp_tasks
+    from components.drivers import kfp_tasks
 
     kfp_tasks.summarise(pipeline_key=kfp_tasks.pipeline_key(run_key, job_id), devices=devices, overrides=overrides,
                         tracking_uri=tracking_uri, report=report_dir.path)
@@ -249,7 +249,7 @@ def run_local(devices: Sequence[str], overrides: Sequence[str], tracking_uri: st
     """
     from kfp import local
 
-    from components import kfp_tasks
+    from components.drivers import kfp_tasks
 
     if not run_key:
         raise ValueError("run_local needs a run key: the summary step finds the night's MLflow runs by it")
@@ -301,9 +301,10 @@ def _main_local(args) -> int:
     import uuid
     from datetime import datetime, timezone
 
-    from components import kfp_tasks, tracking
     from components.config import default_params_path, load_params
     from components.devices.pool import chosen
+    from components.drivers import kfp_tasks
+    from components.tracking import server
 
     params = load_params(default_params_path(), args.overrides)
     devices = [d.name for d in chosen(params, args.device)]  # the params file the tasks read, not the checkout's
@@ -311,7 +312,7 @@ def _main_local(args) -> int:
     key = f"kfp-local-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     started = time.perf_counter()
     try:
-        run_local(devices, args.overrides, tracking.tracking_uri(params), key, root)
+        run_local(devices, args.overrides, server.tracking_uri(params), key, root)
     except (kfp_tasks.TaskFailed, RuntimeError) as exc:
         print(f"error: {PIPELINE_NAME} {key}: {exc}", file=sys.stderr)
         return 1

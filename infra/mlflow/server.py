@@ -19,7 +19,7 @@ laptop, CI and production, and no credential is ever written to a file:
   reads: a profile, an instance role). The server's own S3 retries are
   botocore's, kept short here (`AWS_RETRY_MODE=standard`,
   `AWS_MAX_ATTEMPTS=3` unless set): the client retries a failed proxied
-  upload with backoff and reports it (components/tracking.py).
+  upload with backoff and reports it (components/tracking/runs.py).
 - `MLFLOW_SERVER_PORT`: the port when `--port` is not given (default 5000).
 
 `--with-moto` also starts `moto_server`, an in-memory S3, on loopback, and

@@ -40,7 +40,6 @@ def _free_port() -> int:
 def stack(tmp_path_factory, data_root):
     import psycopg2
     import redis
-
     from celery_stack import Stack
 
     folder = tmp_path_factory.mktemp("deployment")
@@ -170,7 +169,7 @@ def _assert_nothing_duplicated(stack, run_id: str) -> None:
     import mlflow
 
     from components.config import load_params
-    from components.tracking import PIPELINE_KEY_TAG, tracking_uri
+    from components.tracking.runs import PIPELINE_KEY_TAG, tracking_uri
 
     params = load_params(stack.params)
     mlflow.set_tracking_uri(tracking_uri(params))

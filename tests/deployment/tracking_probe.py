@@ -1,4 +1,4 @@
-"""One tracking call through `components.tracking`, in its own process, reported as one JSON line.
+"""One tracking call through `components.tracking.runs`, in its own process, reported as one JSON line.
 
     python -m tests.deployment.tracking_probe PARAMS upload FILE
     python -m tests.deployment.tracking_probe PARAMS download ARTIFACT_URI DIR
@@ -17,8 +17,8 @@ from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
-    from components import tracking
     from components.config import load_params
+    from components.tracking import runs as tracking
 
     params_path, action, *rest = argv
     params = load_params(Path(params_path))

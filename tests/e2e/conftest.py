@@ -89,11 +89,12 @@ def git(folder: Path, *args: str) -> None:
 
 def night_runs(params_path: Path, key: str | None = None) -> tuple[str, dict[str, str]]:
     """(its pipeline key, {run name: status}) of one night in a project's MLflow store: `key`, else the only one."""
-    from components import tracking
     from components.config import load_params
+    from components.tracking import runs as tracking
+    from components.tracking import server
 
     params = load_params(params_path)
-    client = tracking.configured_mlflow(params).MlflowClient()
+    client = server.configured_mlflow(params).MlflowClient()
     experiment = client.get_experiment_by_name(params.pipeline.experiment)
     if key is None:
         parents = client.search_runs([experiment.experiment_id], f"tags.{tracking.PARENT_TAG} LIKE '%'")

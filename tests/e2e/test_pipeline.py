@@ -31,7 +31,7 @@ def test_the_pipeline_command_runs_every_stage_for_every_device(pipeline_run: Pi
 
 def test_every_device_got_a_registered_champion(pipeline_run: PipelineRun):
     from components.config import load_params
-    from components.tracking import configured_mlflow
+    from components.tracking.server import configured_mlflow
 
     client = configured_mlflow(load_params(pipeline_run.params_path)).MlflowClient()
     for device in DEVICES:
@@ -70,7 +70,7 @@ def _stale(pipeline_run: PipelineRun, folder) -> set[str]:
 
 def test_dvc_sees_the_run_up_to_date_and_an_edit_of_training_code_re_runs_compress(pipeline_run, dvc_project):
     assert _stale(pipeline_run, dvc_project) == set()
-    training = dvc_project / "components" / "training.py"
+    training = dvc_project / "components" / "models" / "training.py"
     training.write_text(training.read_text() + "\n# an edit of the augmentation compress also runs\n")
     stale = _stale(pipeline_run, dvc_project)
     assert {"train", *(f"compress@{d}" for d in DEVICES)} <= stale

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from components import airflow_tasks
+from components.drivers import airflow_tasks
 
 
 @pytest.fixture

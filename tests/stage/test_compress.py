@@ -137,7 +137,7 @@ def test_a_baseline_trained_again_on_every_user_is_said_to_have_seen_the_validat
     import json
 
     from components.compress import _baseline_saw
-    from components.training import ValidationSet
+    from components.models.training import ValidationSet
 
     split = ValidationSet(np.arange(3), np.arange(3, 5), ("b",))
     record = {"by": "users", "users": ["b"], "refit_epochs": 0}

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 
 from components.data.errors import DataError
+from components.data.expectations import ValidationFailed
 from components.data.uci_hapt import LABELS
 from components.stages import execute
-from components.validation import ValidationFailed
 
 RAW = "uci_hapt/RawData"
 USERS = {1: (1, 2), 2: (3, 4)}  # user -> experiments

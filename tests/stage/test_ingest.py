@@ -160,9 +160,9 @@ def test_run_is_tracked_in_mlflow_with_card_validation_and_tags(make_params):
 
     params = make_params()
     result = execute("ingest", params)
-    from components import tracking
+    from components.tracking import server
 
-    mlflow.set_tracking_uri(tracking.tracking_uri(params))
+    mlflow.set_tracking_uri(server.tracking_uri(params))
     run = mlflow.get_run(result.run_id)
     assert run.info.run_name == "ingest" and run.info.status == "FINISHED"
     assert run.data.tags["data_hash"] == result.data_hash and len(result.data_hash) == 64
@@ -178,12 +178,12 @@ def test_run_is_tracked_in_mlflow_with_card_validation_and_tags(make_params):
 def test_pipeline_key_nests_stage_runs_under_one_parent(make_params):
     import mlflow
 
-    from components import tracking
+    from components.tracking import server
 
     params = make_params()
     first = execute("ingest", params, pipeline_key="manual__1")
     second = execute("ingest", params, pipeline_key="manual__1")
-    mlflow.set_tracking_uri(tracking.tracking_uri(params))
+    mlflow.set_tracking_uri(server.tracking_uri(params))
     parents = {mlflow.get_run(r.run_id).data.tags["mlflow.parentRunId"] for r in (first, second)}
     assert len(parents) == 1
     assert mlflow.get_run(parents.pop()).info.run_name == "pipeline"

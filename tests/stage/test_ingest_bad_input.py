@@ -16,8 +16,8 @@ import pytest
 
 from components.data import hhar_csv, window_sets
 from components.data.errors import DataError
+from components.data.expectations import ValidationFailed
 from components.stages import execute
-from components.validation import ValidationFailed
 from tests.conftest import RAW_SMALL
 
 ACC = "hhar/raw/Phones_accelerometer.csv.gz"

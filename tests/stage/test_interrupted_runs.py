@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from components import tracking
+from components.tracking import runs as tracking
+from components.tracking import server
 from tests.conftest import PROJECT_ROOT
 
 # A stage run held open in a process of its own: prints its run id, then waits to be stopped.
 HOLDER = textwrap.dedent("""
     import sys, time
-    from components import tracking
+    from components.tracking import runs as tracking
     from components.config import load_params
 
     params = load_params(sys.argv[1], [f"pipeline.state_dir={sys.argv[2]}"])
@@ -37,7 +38,7 @@ def params(make_params):
 
 
 def client(params):
-    return tracking.configured_mlflow(params).MlflowClient()
+    return server.configured_mlflow(params).MlflowClient()
 
 
 def hold_open(state_dir: Path) -> tuple[subprocess.Popen, str]:
@@ -93,8 +94,8 @@ def test_the_sweep_leaves_live_and_foreign_runs_alone_and_sees_through_pid_reuse
 
 def started(params, tags: dict[str, str]) -> str:
     """A RUNNING `toy` run carrying `tags`, as a process that ran stage_run leaves it."""
-    mlflow = tracking.configured_mlflow(params)
-    experiment_id = tracking._experiment_id(mlflow, params)
+    mlflow = server.configured_mlflow(params)
+    experiment_id = server.experiment_id(mlflow, params)
     return mlflow.MlflowClient().create_run(experiment_id, run_name="toy", tags=tags).info.run_id
 
 

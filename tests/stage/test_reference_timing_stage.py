@@ -48,7 +48,7 @@ def test_a_table_without_ratios_fits_on_ms_and_says_so(project_params, make_para
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from components.data.checksums import seal
+    from components.artifacts.seals import seal
     from components.profiling.table import OPTIONAL_COLUMNS, SCHEMA
 
     params = make_params()

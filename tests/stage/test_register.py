@@ -12,9 +12,10 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from components import register, validate
+from components.artifacts.seals import ChecksumMismatch, DamagedArtifact, seal
 from components.config import load_params
-from components.data.checksums import ChecksumMismatch, DamagedArtifact, seal
 from components.stages import Place
+from components.tracking import registry
 from tests.conftest import PROJECT_ROOT, synthetic_task
 
 # The microcontroller: its latency is computed (no latency model needed) and its integer (16x8) file is what is registered.
@@ -51,7 +52,7 @@ def validated(validation, tmp_path):
 
 
 def _client(params):
-    from components.tracking import configured_mlflow
+    from components.tracking.server import configured_mlflow
 
     return configured_mlflow(params).MlflowClient()
 
@@ -124,6 +125,9 @@ def test_a_worse_model_never_takes_champion(validated):
     better = register.register_model(params, _variant(report, "v5", 0.85, 2.0), reports, None)
     assert tie_faster.aliases == better.aliases == ("candidate", "champion")
     assert str(client.get_model_version_by_alias(first.name, "champion").version) == better.version
+    promoted = {str(v.version): v.tags["promoted"] for v in client.search_model_versions(f"name = '{first.name}'")}
+    assert promoted == {first.version: "true", worse.version: "false", slower.version: "false",
+                        tie_faster.version: "true", better.version: "true"}  # a boolean tag, not a sentence to parse
 
 
 def test_registering_the_same_validation_twice_makes_no_second_version(validated):
@@ -266,17 +270,17 @@ def test_the_champion_decision_is_paired_over_the_same_held_out_users():
     champion = _tags(0.84, 1.0, users)
     # a point better on every held-out user: a real gain, whatever the spread between users
     better = _tags(0.85, 2.0, {u: v + 0.01 for u, v in users.items()})
-    promote, why = register.beats(better, champion, 0.005)
+    promote, why = registry.beats(better, champion, 0.005)
     assert promote and "more accurate than the champion on the same held-out users" in why and "5 users" in why
     # the same mean gain from one lucky user: the interval reaches below zero, so it is only "as accurate"
     lucky = _tags(0.85, 2.0, users | {"u3": 0.75})
-    promote, why = register.beats(lucky, champion, 0.005)
+    promote, why = registry.beats(lucky, champion, 0.005)
     assert not promote and "does not beat the champion" in why and "95 % CI" in why
-    promote, why = register.beats(_tags(0.85, 0.5, users | {"u3": 0.75}), champion, 0.005)
+    promote, why = registry.beats(_tags(0.85, 0.5, users | {"u3": 0.75}), champion, 0.005)
     assert promote and "as accurate as the champion" in why and "faster" in why
 
 
 def test_without_shared_users_the_means_are_compared_and_their_intervals_said():
     champion = _tags(0.80, 1.0, {"a": 0.8}) | {"accuracy_ci95": "0.750000,0.850000"}
-    promote, why = register.beats(_tags(0.90, 1.0, {"b": 0.9}), champion, 0.005)
+    promote, why = registry.beats(_tags(0.90, 1.0, {"b": 0.9}), champion, 0.005)
     assert promote and "not on the same users" in why and "95 % CI 0.7500 to 0.8500" in why

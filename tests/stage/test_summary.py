@@ -1,5 +1,5 @@
 """The night's summary read back from an MLflow store: two nights of stage runs (faked: the tags, metrics and
-artifacts the summary reads, logged through components.tracking as the stages log them), the registry, the
+artifacts the summary reads, logged through components.tracking.runs as the stages log them), the registry, the
 trend across both nights, `python -m components report`, and the Airflow task's verdict."""
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from components import tracking
 from components.config import load_params
 from components.stages import STAGES
+from components.tracking import runs as tracking
+from components.tracking import server
 from tests.conftest import components_cli
 from tests.night_reports import compress_metrics, validate_report
 
@@ -25,7 +26,7 @@ def _stage(params, key: str, name: str, device: str | None, folder: Path, artifa
     """One stage run as the stage logs it: nested under the key's parent run, its report as an artifact."""
     try:
         with tracking.stage_run(params, name, key, device=device) as run:
-            if name == "ingest":  # the windows it produced, as ingest declares them (components/lineage.py)
+            if name == "ingest":  # the windows it produced, as ingest declares them (components/tracking/lineage.py)
                 _declare_produced(params)
             if name == "compress":  # its model, as a logged model is the run's output
                 _log_model(params, run.run_id, f"compressed-{device}")
@@ -42,17 +43,17 @@ def _stage(params, key: str, name: str, device: str | None, folder: Path, artifa
 
 
 def _declare_produced(params) -> None:
-    from mlflow.data.meta_dataset import MetaDataset
     from mlflow.data.http_dataset_source import HTTPDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
 
     dataset = MetaDataset(HTTPDatasetSource("http://127.0.0.1/hhar_sa"), name="hhar_sa", digest="0123456789abcdef")
-    tracking.configured_mlflow(params).log_input(dataset, context="produced", tags={"data_hash": "0123456789abcdef"})
+    server.configured_mlflow(params).log_input(dataset, context="produced", tags={"data_hash": "0123456789abcdef"})
 
 
 def _log_model(params, run_id: str, name: str) -> None:
     from mlflow.entities import LoggedModelOutput
 
-    client = tracking.configured_mlflow(params).MlflowClient()
+    client = server.configured_mlflow(params).MlflowClient()
     experiment_id = client.get_run(run_id).info.experiment_id
     model = client.create_logged_model(experiment_id, name=name, source_run_id=run_id)
     client.log_outputs(run_id, [LoggedModelOutput(model.model_id, 0)])
@@ -60,7 +61,7 @@ def _log_model(params, run_id: str, name: str) -> None:
 
 def _night(params, key: str, folder: Path, outcomes: dict[str, dict]) -> None:
     """Every stage of the table for each device; `outcomes[device]`: its validate report, or the stage that fails."""
-    client = tracking.configured_mlflow(params).MlflowClient()
+    client = server.configured_mlflow(params).MlflowClient()
     for stage in STAGES:
         for device in DEVICES if stage.per_device else [None]:
             outcome = outcomes.get(device, {})
@@ -86,7 +87,8 @@ def _register(params, client, key: str, folder: Path, device: str, outcome: dict
     except MlflowException:
         pass
     version = client.create_model_version(name, f"runs:/{run_id}/model", run_id=run_id, tags={
-        "validation_id": report["validation_id"], "champion_decision": outcome["decision"], "pipeline_run": key,
+        "validation_id": report["validation_id"], "champion_decision": outcome["decision"],
+        "promoted": str("champion" in outcome["aliases"]).lower(), "pipeline_run": key,
         "accuracy": str(report["models"]["compressed"]["onnx"]["accuracy"]), "latency_ms": "0.3"}).version
     for alias in outcome["aliases"]:
         client.set_registered_model_alias(name, alias, version)
@@ -111,7 +113,7 @@ def two_nights(tmp_path, params_file):
 
 
 def test_the_summary_of_a_night_reads_every_device_from_mlflow_and_writes_the_parent_run(tmp_path, two_nights):
-    from components.summary_run import summarise
+    from components.tracking.night import summarise
 
     params = load_params(two_nights, ["compress.budget.latency=0.33"])
     started = time.perf_counter()
@@ -124,7 +126,7 @@ def test_the_summary_of_a_night_reads_every_device_from_mlflow_and_writes_the_pa
                               "decision": "does not beat the champion"}
     assert ort.champion["version"] == "1"
 
-    client = tracking.configured_mlflow(params).MlflowClient()
+    client = server.configured_mlflow(params).MlflowClient()
     parent = client.get_run(night.run_id)
     assert parent.data.tags[tracking.PARENT_TAG] == NIGHT_2
     note = parent.data.tags["mlflow.note.content"]
@@ -156,7 +158,7 @@ def test_the_summary_of_a_night_reads_every_device_from_mlflow_and_writes_the_pa
 
 
 def test_the_trend_reads_the_earlier_nights_summary_and_the_report_command_prints_the_table(tmp_path, two_nights):
-    from components.summary_run import summarise
+    from components.tracking.night import summarise
 
     file_params = load_params(two_nights)
     first = summarise(file_params, NIGHT_1, file_params=file_params, devices=DEVICES, out=tmp_path / "s1")
@@ -191,7 +193,7 @@ def test_the_trend_reads_the_earlier_nights_summary_and_the_report_command_print
 
 
 def _child_run(params) -> str:
-    client = tracking.configured_mlflow(params).MlflowClient()
+    client = server.configured_mlflow(params).MlflowClient()
     experiment = client.get_experiment_by_name(params.pipeline.experiment)
     return client.search_runs([experiment.experiment_id], "attributes.run_name = 'ingest'")[0].info.run_id
 
@@ -206,14 +208,14 @@ def test_the_airflow_summary_task_ends_the_parent_run_and_fails_when_a_device_fa
                                                                                       monkeypatch):
     from airflow.sdk.exceptions import AirflowFailException
 
-    from components import airflow_tasks
+    from components.drivers import airflow_tasks
 
     monkeypatch.setenv("IOT_COMPRESS_PARAMS", str(two_nights))
     conf = {"devices": DEVICES, "overrides": ["compress.budget.latency=0.33"]}
     with pytest.raises(AirflowFailException, match=r"devices that failed a stage: tflite-1t \(compress\)"):
         airflow_tasks.summarise_in_airflow({"params": conf, "run_id": NIGHT_2})
     params = load_params(two_nights)
-    client = tracking.configured_mlflow(params).MlflowClient()
+    client = server.configured_mlflow(params).MlflowClient()
     experiment = client.get_experiment_by_name(params.pipeline.experiment)
     [parent] = client.search_runs([experiment.experiment_id], f"tags.{tracking.PARENT_TAG} = '{NIGHT_2}'")
     assert parent.info.status == "FAILED" and parent.data.params == {"compress.budget.latency": "0.33"}
@@ -223,7 +225,7 @@ def test_the_airflow_summary_task_ends_the_parent_run_and_fails_when_a_device_fa
 
 
 def test_the_summary_command_writes_and_ends_the_night_as_kubeflows_exit_handler_runs_it(tmp_path, two_nights):
-    """`python -m components summary`, as the Kubeflow pipeline's exit handler (components/kfp_tasks.py) calls it."""
+    """`python -m components summary`, as the Kubeflow pipeline's exit handler (components/drivers/kfp_tasks.py) calls it."""
     out = components_cli(tmp_path, "summary", "--params", str(two_nights), "-p", "compress.budget.latency=0.33",
                          "--pipeline-key", NIGHT_2, *(arg for d in DEVICES for arg in ("--device", d)), "--report",
                          str(tmp_path / "kfp-report"), timeout=120)
@@ -232,7 +234,7 @@ def test_the_summary_command_writes_and_ends_the_night_as_kubeflows_exit_handler
     assert out.stderr.strip().endswith("error: devices that failed a stage: tflite-1t (compress)")
     assert (tmp_path / "kfp-report" / "summary.html").exists()
     params = load_params(two_nights)
-    client = tracking.configured_mlflow(params).MlflowClient()
+    client = server.configured_mlflow(params).MlflowClient()
     experiment = client.get_experiment_by_name(params.pipeline.experiment)
     [parent] = client.search_runs([experiment.experiment_id], f"tags.{tracking.PARENT_TAG} = '{NIGHT_2}'")
     assert parent.info.status == "FAILED" and parent.data.params == {"compress.budget.latency": "0.33"}
@@ -246,13 +248,13 @@ def test_the_summary_command_writes_and_ends_the_night_as_kubeflows_exit_handler
 
 def test_a_summary_written_again_declares_nothing_twice_and_a_failing_one_still_ends_the_night(tmp_path, two_nights,
                                                                                                 monkeypatch):
-    from components import summary_run
+    from components.tracking import night as summary_run
 
     params = load_params(two_nights, ["compress.budget.latency=0.33"])
     for attempt in ("a", "b"):  # an Airflow clear, a rerun
         night = summary_run.summarise(params, NIGHT_2, file_params=load_params(two_nights), devices=DEVICES,
                                       out=tmp_path / attempt)
-    client = tracking.configured_mlflow(params).MlflowClient()
+    client = server.configured_mlflow(params).MlflowClient()
     parent = client.get_run(night.run_id)
     assert len(parent.inputs.dataset_inputs) == 1 and len(parent.outputs.model_outputs) == 1
 
@@ -269,8 +271,8 @@ def test_a_summary_written_again_declares_nothing_twice_and_a_failing_one_still_
 
 
 def test_the_figures_render_headless_with_failed_devices_and_empty_trends(tmp_path):
-    from components.summary import night_metrics, trend
-    from components.summary_plots import pareto_png, trend_png
+    from components.reports.night import night_metrics, trend
+    from components.reports.night_plots import pareto_png, trend_png
     from tests.e2e.browser import png_size
     from tests.unit.test_summary import night
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from components import models, train
-from components.data.checksums import DamagedArtifact, seal
+from components.artifacts.seals import DamagedArtifact, seal
 from components.data.errors import DataError
 from components.models.spec import ModelConfigError
 from components.stages import Place, execute
@@ -55,7 +55,7 @@ def test_short_real_training_beats_chance_by_a_clear_margin(ingested):
     model = models.load(out / "model")  # the saved model reproduces the reported accuracy
     windows = train.load_windows(ingested.path(ingested.ingest.output_dir))
     test = np.flatnonzero(windows.meta["split"] == "test")
-    from components.training import predict
+    from components.models.training import predict
     predicted = predict(model, windows.x[test])
     assert np.isclose((predicted == windows.meta["label"].to_numpy()[test]).mean(), result.accuracy)
 
@@ -72,10 +72,10 @@ def test_training_is_deterministic(ingested, tmp_path):
 def test_mlflow_gets_epochs_users_plots_and_a_loadable_model(ingested):
     import mlflow
 
-    from components import tracking
+    from components.tracking import server
 
     result = execute("train", ingested)
-    mlflow.set_tracking_uri(tracking.tracking_uri(ingested))
+    mlflow.set_tracking_uri(server.tracking_uri(ingested))
     client = mlflow.MlflowClient()
     run = client.get_run(result.run_id)
     assert run.info.run_name == "train"
@@ -156,7 +156,7 @@ def test_no_held_out_user_is_refused(ingested):
     ("train.deepsense.sensor_kernels=[20, 3, 3]", "kernel 20 is longer than its input"),
 ])
 def test_bad_model_config_fails_before_training_starts(make_params, override, message, monkeypatch):
-    from components import training
+    from components.models import training
 
     params = make_params(*FAST, override)
     execute("ingest", params)

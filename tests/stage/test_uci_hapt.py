@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from components.data.errors import DataError
+from components.data.expectations import ValidationFailed
 from components.stages import execute
-from components.validation import ValidationFailed
 
 RAW = "uci_hapt/RawData"
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from components import models, validate
+from components.artifacts.seals import ChecksumMismatch, verify
 from components.config import ConfigError, GateParams
-from components.data.checksums import ChecksumMismatch, verify
 from components.devices.base import get_backend
-from components.export import export, read_manifest
+from components.devices.export import export, read_manifest
 from components.stages import Place
 from tests.conftest import synthetic_task
 
@@ -116,7 +116,7 @@ def test_validate_reports_every_gate_with_its_numbers_and_logs_the_run(make_para
 def test_validate_declares_its_windows_and_links_each_models_figures_to_its_logged_model(make_params, task, tmp_path):
     from mlflow import MlflowClient
 
-    from components import tracking
+    from components.tracking import runs as tracking
 
     params = _params(make_params, task)
     with tracking.stage_run(params, "train") as train_run:  # as train logs the baseline
@@ -306,7 +306,7 @@ def test_a_microcontroller_model_too_big_for_the_part_fails_fits_device():
 
 
 def test_a_report_cell_with_a_pipe_does_not_break_the_markdown_table():
-    from components.validate_report import report_markdown
+    from components.reports.validate import report_markdown
 
     gates = [{"name": "runs", "passed": False, "value": None, "limit": None, "detail": "died: a | b"}]
     report = {"passed": False, "failed_gates": ["runs"], "gates": gates, "device": "d", "runtime": "r",

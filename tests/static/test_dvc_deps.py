@@ -2,7 +2,7 @@
 
 `dvc repro` re-runs a stage when any code it runs changes, so its deps list
 every module it imports, read from the source transitively (also imports
-inside functions); `components/dvc_yaml.py` writes them.
+inside functions); `components/drivers/dvc_yaml.py` writes them.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from components import dvc_yaml
+from components.drivers import dvc_yaml
 from components.stages import STAGES, Stage
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_committed_dvc_yaml_is_what_the_stage_table_generates():
     assert (ROOT / "dvc.yaml").read_text() == dvc_yaml.render(), \
-        "dvc.yaml disagrees with components/stages.py: run `python -m components.dvc_yaml` and commit the result"
+        "dvc.yaml disagrees with components/stages.py: run `python -m components.drivers.dvc_yaml` and commit the result"
 
 
 def test_every_module_a_stage_imports_is_a_code_dep():
@@ -34,23 +34,23 @@ def test_every_module_a_stage_imports_is_a_code_dep():
 
 
 def test_compress_re_runs_when_training_code_changes():
-    """compress augments as train does (components.training): the dep the hand-written file once missed."""
+    """compress augments as train does (components.models.training): the dep the hand-written file once missed."""
     deps = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["compress"]["do"]["deps"]
-    assert "components/training.py" in deps and "components/stages.py" not in deps  # annotations-only import
+    assert "components/models/training.py" in deps and "components/stages.py" not in deps  # annotations-only import
 
 
 def test_a_function_level_import_counts_and_an_annotation_only_one_does_not():
-    assert "components.data.windows" in dvc_yaml.direct_imports("components.compress")
-    assert "components.training" in dvc_yaml.closure("components.compress")
+    assert "components.data.windows" in dvc_yaml.closure("components.compress")
+    assert "components.models.training" in dvc_yaml.closure("components.compress")
     assert "components.stages" not in dvc_yaml.closure("components.ingest")  # under `if TYPE_CHECKING:`
 
 
 def test_a_toy_stage_in_the_table_gets_its_dvc_stage():
-    toy = Stage("toy", "components.plots", "A toy stage.", per_device=True, reads=("train", "compress"),
+    toy = Stage("toy", "components.reports.figures", "A toy stage.", per_device=True, reads=("train", "compress"),
                 params=("train.seed",))
     entry = yaml.safe_load(dvc_yaml.render((*STAGES, toy)))["stages"]["toy"]
     assert entry["foreach"] == "${devices}"
     body = entry["do"]
     assert body["cmd"] == "python -m components toy --device ${key}"
-    assert {"data/train", "data/compress/${key}", "components/plots.py"} <= set(body["deps"])
+    assert {"data/train", "data/compress/${key}", "components/reports/figures.py"} <= set(body["deps"])
     assert body["outs"] == ["data/toy/${key}"] and body["params"][0] == "train.seed"

@@ -198,9 +198,9 @@ class _Artifact(SimpleNamespace):
 
 
 def _run_source(container: dict, monkeypatch, **arguments) -> list[str]:
-    """Execute a component's embedded source as KFP's executor would, with `components.kfp_tasks` handing the
+    """Execute a component's embedded source as KFP's executor would, with `components.drivers.kfp_tasks` handing the
     command line to a recorder instead of running it: the argv the task would run."""
-    from components import kfp_tasks
+    from components.drivers import kfp_tasks
 
     seen = []
     monkeypatch.setattr(kfp_tasks, "_main", lambda argv, overrides, uri, what: seen.append((argv, overrides, uri)))
@@ -237,7 +237,7 @@ def test_each_components_source_runs_the_cli_on_its_own_artifacts(spec, monkeypa
     args = _parser(STAGES).parse_args(argv)  # a given run key wins over the job's id
     assert (args.command, args.pipeline_key, args.device) == ("summary", "nightly-7", ["ort-1t", "cortex-m4"])
 
-    from components import kfp_tasks
+    from components.drivers import kfp_tasks
 
     monkeypatch.setattr(kfp_tasks, "placement", lambda device, overrides: ({"node": device}, [{"key": "k"}]))
     namespace: dict = {}
@@ -325,7 +325,7 @@ def test_on_device_tasks_run_on_the_devices_node_from_its_pool_entry(spec, platf
             assert "nodeSelector" not in settings and "tolerations" not in settings, stage.name
     assert {s.name for s in STAGES if s.on_device} == {"profile", "validate"}
 
-    from components import kfp_tasks
+    from components.drivers import kfp_tasks
 
     pool = yaml.safe_load((PROJECT_ROOT / "infra" / "devices.yaml").read_text())
     pool["devices"]["ort-1t"]["kubernetes"] = {

@@ -14,7 +14,7 @@ MOVE = "the unit tier runs pure logic only; move this test to tests/stage"
 
 @pytest.fixture(autouse=True)
 def pure_logic(monkeypatch):
-    from components import tracking
+    from components.tracking import server
 
     def refuse(what):
         def refused(*args, **kwargs):
@@ -23,7 +23,7 @@ def pure_logic(monkeypatch):
 
     monkeypatch.setattr(subprocess.Popen, "__init__", refuse("a subprocess"))
     monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", refuse("a child process"))
-    monkeypatch.setattr(tracking, "_mlflow", refuse("an MLflow store"))
+    monkeypatch.setattr(server, "configured_mlflow", refuse("an MLflow store"))
     had_tensorflow = "tensorflow" in sys.modules
     yield
     if not had_tensorflow and "tensorflow" in sys.modules:

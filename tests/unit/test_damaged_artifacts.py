@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from components import models
+from components.artifacts.atomic import atomic_directory
+from components.artifacts.seals import SEAL_FILE, DamagedArtifact, seal, sha256_of
 from components.compress import _resume
-from components.data.checksums import SEAL_FILE, DamagedArtifact, seal, sha256_of
-from components.data.outputs import atomic_directory
 from components.latency.model import MODEL_FILE, load, load_in, save_in
 from components.models import SPEC_FILE, WEIGHTS_FILE
 from components.models.plain import mlp_spec

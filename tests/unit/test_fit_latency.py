@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from components import fit_latency
+from components.artifacts.seals import DamagedArtifact, seal
 from components.config import ConfigError
-from components.data.checksums import DamagedArtifact, seal
 from components.latency import fit as fitting
 from components.latency.model import LatencyModel, Overhead, load
 from components.latency.tree import LinearTree

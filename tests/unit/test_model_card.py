@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 
-from components.model_card import MAX_CHARS, model_card, registered_model_description
+from components.reports.model_card import MAX_CHARS, model_card, registered_model_description
 
 NAME = "iot-compress-uci_hapt-ort-1t"
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from components import models
+from components.artifacts.seals import DamagedArtifact, seal
 from components.config import load_params
-from components.data.checksums import DamagedArtifact, seal
 from components.models.spec import LayerSpec, ModelConfigError, ModelSpec
 from tests.conftest import PROJECT_ROOT
 

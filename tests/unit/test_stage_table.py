@@ -14,8 +14,9 @@ from types import SimpleNamespace
 import pytest
 
 from components import __main__ as cli
-from components import airflow_tasks, stages
+from components import stages
 from components.config import ConfigError
+from components.drivers import airflow_tasks
 from components.stages import STAGES, Layout, Place, Stage, check_table
 from tests.toy_stage import TOY
 

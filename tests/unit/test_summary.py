@@ -5,8 +5,18 @@ from __future__ import annotations
 import pytest
 
 from components.config import load_params
-from components.summary import (DeviceNight, Night, description_markdown, headline, night_metrics, pareto_points,
-                                params_diff, summary_html, table_text, trend)
+from components.reports.night import (
+    DeviceNight,
+    Night,
+    description_markdown,
+    headline,
+    night_metrics,
+    params_diff,
+    pareto_points,
+    summary_html,
+    table_text,
+    trend,
+)
 from tests.conftest import PROJECT_ROOT
 from tests.night_reports import compress_metrics, validate_report
 

@@ -9,7 +9,7 @@ import torch
 
 from components.config import load_params
 from components.data.windows import validation_users
-from components.training import (
+from components.models.training import (
     augment,
     commonest_errors,
     input_stats,

@@ -102,7 +102,7 @@ def atomic_directory(target: Path, sealed: bool = False) -> Iterator[Path]:
     sha256 of every file it holds is recorded beside them first
     (`checksums.seal`), for the stages that read it to check.
     """
-    from components.data.checksums import seal
+    from components.artifacts.seals import seal
 
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,34 +1,37 @@
-"""`dvc.yaml`, generated from the stage table: `python -m components.dvc_yaml` rewrites it.
+"""`dvc.yaml`, generated from the stage table: `python -m components.drivers.dvc_yaml` rewrites it.
 
 Each stage lists the params it reads (from the table), the folders of the
 stages it reads and its own (from `Layout`, with `${key}` for the device of a
 per-device stage), and as code every module it runs: the `components.*`
-modules it imports, read from the source transitively (also imports inside
-functions; not those under `if TYPE_CHECKING:`, which never run). A module
-inside a sub-package (`components/devices/...`) stands for its whole folder,
-since modules there are also loaded by name at run time (the runtimes, the
-export and worker child processes). tests/static/test_dvc_deps.py fails when
-the committed file is not what this writes.
+modules it imports, directly or not, from grimp's import graph (the one
+import-linter checks: also imports inside functions; not those under `if
+TYPE_CHECKING:`, which never run). A module of `LOADED_BY_NAME` stands for
+its whole folder, since modules there are also loaded by name at run time
+(the device runtimes, the export and worker child processes), where no
+import says so. tests/static/test_dvc_deps.py fails when the committed file
+is not what this writes.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
+import functools
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
+import grimp
 import yaml
 
 from components.config import load_params
 from components.stages import STAGES, Layout, Stage, check_table
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DVC_FILE = ROOT / "dvc.yaml"
+LOADED_BY_NAME = ("components/devices",)  # packages whose modules are also loaded by name: a dep as a whole
 DEVICE_KEY = "${key}"  # DVC's foreach key: the device
 HEADER = """\
-# Generated from components/stages.py by `python -m components.dvc_yaml`: edit the stage table, not this file
+# Generated from components/stages.py by `python -m components.drivers.dvc_yaml`: edit the stage table, not this file
 # (tests/static/test_dvc_deps.py fails when they disagree). Each stage lists the params it reads, the folders
 # of the stages it reads, and as code every module it imports. The device pool is loaded as variables, so a
 # per-device stage has one stage per device (profile@ort-1t, ...).
@@ -42,57 +45,26 @@ def module_file(module: str, root: Path = ROOT) -> Path | None:
     return path.with_suffix(".py") if path.with_suffix(".py").exists() else None
 
 
-def _nodes(tree: ast.AST) -> Iterator[ast.AST]:
-    """Every node, skipping the bodies of `if TYPE_CHECKING:` (imports for annotations only)."""
-    todo = [tree]
-    while todo:
-        node = todo.pop()
-        yield node
-        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING":
-            todo += node.orelse
-            continue
-        todo += ast.iter_child_nodes(node)
+@functools.cache
+def _graph():
+    """grimp's import graph of the package (import-linter's; every import, also inside functions)."""
+    return grimp.build_graph("components", exclude_type_checking_imports=True, cache_dir=None)
 
 
-def direct_imports(module: str, root: Path = ROOT) -> set[str]:
-    """The components.* modules `module` imports anywhere in its file, with their parent packages."""
-    path = module_file(module, root)
-    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
-    found: set[str] = set()
-    for node in _nodes(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(parts + ([base] if base else []))
-            names = [base] + [f"{base}.{alias.name}" for alias in node.names]
-        else:
-            continue
-        for name in names:
-            parts = name.split(".")
-            found |= {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
-    return {m for m in found if m.split(".")[0] == "components" and module_file(m, root) is not None}
-
-
-def closure(module: str, root: Path = ROOT) -> set[str]:
-    seen, todo = set(), [module]
-    while todo:
-        m = todo.pop()
-        if m not in seen:
-            seen.add(m)
-            todo += direct_imports(m, root) - seen
-    return seen
+def closure(module: str) -> set[str]:
+    """`module` and every components.* module it imports, directly or not, with their parent packages (whose
+    `__init__` runs first)."""
+    found = {module} | _graph().find_upstream_modules(module)
+    return {".".join(m.split(".")[:i]) for m in found for i in range(1, m.count(".") + 2)}
 
 
 def code_deps(stage: Stage, root: Path = ROOT) -> list[str]:
-    """The files and sub-package folders of every module the stage runs, relative to the project root."""
+    """The files of every module the stage runs (the folders of `LOADED_BY_NAME`), relative to the project root."""
     deps = set()
-    for module in closure(stage.module, root) | set(stage.loads):
-        rel = module_file(module, root).relative_to(root)
-        deps.add(rel.parts[0] + "/" + rel.parts[1] if len(rel.parts) > 2 else rel.as_posix())
-    return sorted(deps, key=lambda d: (d.count("/") > 1 or not d.endswith(".py"), d))
+    for module in closure(stage.module) | set(stage.loads):
+        rel = module_file(module, root).relative_to(root).as_posix()
+        deps.add(next((folder for folder in LOADED_BY_NAME if rel.startswith(folder + "/")), rel))
+    return sorted(deps, key=lambda d: (d.count("/"), not d.endswith(".py"), d))
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -147,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render()
     if args.check:
         same = DVC_FILE.read_text() == text
-        print("dvc.yaml is up to date" if same else "dvc.yaml is stale: run `python -m components.dvc_yaml`")
+        print("dvc.yaml is up to date" if same else "dvc.yaml is stale: run `python -m components.drivers.dvc_yaml`")
         return 0 if same else 1
     DVC_FILE.write_text(text)
     print(f"wrote {DVC_FILE.relative_to(ROOT)} ({len(yaml.safe_load(text)['stages'])} stages)")

@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+
 @dataclass
 class Outcome:
     """One expectation over one input, accumulated across blocks."""

@@ -10,8 +10,8 @@ among the version's artifacts.
 
 from __future__ import annotations
 
-from components.evaluation import interval_text
-from components.validate_report import fmt_value, retry_sentence
+from components.reports.validate import fmt_value, retry_sentence
+from components.stats.intervals import interval_text
 
 MAX_CHARS = 5000  # MLflow's model_versions.description is a VARCHAR(5000)
 _VERDICT = {True: "PASS", False: "**FAIL**", None: "n/a"}

@@ -1,7 +1,7 @@
 """What a logged model of a saved model folder loads: the torch model rebuilt from its description and weights.
 
 MLflow executes this file (a "model from code") when a LoggedModel that
-components/lineage.py logged (`models:/m-...`) is loaded with
+components/tracking/lineage.py logged (`models:/m-...`) is loaded with
 `mlflow.pyfunc.load_model`; nothing is unpickled. The model's artifacts hold
 the folder `components.models.save` wrote (model.json, model.safetensors and
 their seal), and `components.models.load` rebuilds it after checking the seal.

@@ -20,8 +20,8 @@ from mlflow.pyfunc import PythonModel
 
 class DeviceModel(PythonModel):
     def load_context(self, context):
+        from components.artifacts.seals import verify
         from components.devices.base import get_backend
-        from components.data.checksums import verify
 
         config = context.model_config
         path = Path(context.artifacts["deployed"])

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from components.plots import _pyplot
-from components.summary import Night, pareto_points
+from components.reports.figures import _pyplot
+from components.reports.night import Night, pareto_points
 
 # compress's methods are drawn hollow: torch test accuracy and predicted ratios, not the device's measurement
 MARKERS = {"baseline": "s", "compressed": "o", "deepiot": "D", "l1": "^", "uniform": "v"}

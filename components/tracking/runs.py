@@ -1,20 +1,10 @@
-"""The one module that talks to MLflow.
+"""MLflow runs: one per stage execution, nested under one parent run per pipeline key.
 
-Default store: SQLite and a local artifact folder under `pipeline.state_dir`
-(ignored by git), so a run needs no server. `MLFLOW_TRACKING_URI` in the
-environment switches to a server. One run per stage execution, named after the
-stage; when a pipeline key is given (the Airflow run id, or the one
-`python -m components pipeline` makes), the stage run is nested under one
-parent run per key.
-
-Server mode (an http(s) tracking URI, see infra/mlflow/server.py): the server
-proxies every artifact to its store (S3), so this process needs no S3
-credentials, and every call can meet an unreachable server or a server whose
-S3 is down (it answers 5xx). MLflow's own HTTP client retries both with
-exponential backoff; its defaults (7 retries, ~4 min) are lowered here to
-SERVER_RETRY_DEFAULTS unless the environment sets them, and when the retries
-run out the call fails with one `TrackingUnavailable` that names the
-endpoint, the attempts, the time spent and what to check.
+Each run is named after the stage (`stage/device` for a per-device stage);
+when a pipeline key is given (the Airflow run id, or the one `python -m
+components pipeline` makes), the stage run is nested under the parent run of
+that key. Where the store is and what happens when a server stays down:
+server.py.
 
 Interrupted runs end: while a stage run is open, SIGTERM and SIGHUP (`kill`,
 Airflow, Kubernetes, a closed terminal) unwind the stage like Ctrl-C does, and
@@ -32,15 +22,14 @@ import signal
 import socket
 import subprocess
 import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from components.config import Params
+from components.tracking import server
+from components.tracking.server import best_effort, reachable
 
 log = logging.getLogger(__name__)
 PIPELINE_KEY_TAG = "pipeline_run_key"  # on every run of one pipeline execution
@@ -52,11 +41,6 @@ HOST_TAG, PID_NAMESPACE_TAG, PID_TAG, START_TAG = "process.host", "process.pid_n
 ENDED_BY_TAG = "ended_by"  # on a run that another process ended for it
 ERROR_TAG = "error"  # on a stage run that ended FAILED or KILLED: what stopped it (the night's summary says it)
 STOP_SIGNALS = ("SIGTERM", "SIGHUP")  # the polite "stop now" signals; SIGINT is Python's KeyboardInterrupt already
-# MLflow's HTTP retry knobs (read on every request) in server mode: 4 retries waiting 0, 4, 8, 16 s (+ up to 1 s
-# jitter each; urllib3's first retry does not wait) ride out a ~30 s outage and fail within about a minute.
-SERVER_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
-                         "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
-_MLFLOW_DEFAULT_RETRIES = 7
 
 
 class Terminated(SystemExit):
@@ -73,64 +57,6 @@ class Terminated(SystemExit):
 
     def __str__(self) -> str:
         return f"stopped by {signal.Signals(self.signum).name}"
-
-
-class TrackingUnavailable(ConnectionError):
-    """The tracking server, or the artifact store behind it, failed through every retry.
-
-    A ConnectionError, so callers that retry connection trouble (register) retry this too.
-    """
-
-    def __init__(self, message: str, server_answers: bool):
-        super().__init__(message)
-        self.server_answers = server_answers
-
-
-def tracking_uri(params: Params) -> str:
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    db = params.path(params.pipeline.state_dir).resolve() / "mlflow" / "mlflow.db"
-    return f"sqlite:///{db}"
-
-
-def _is_server(uri: str) -> bool:
-    return uri.startswith(("http://", "https://"))
-
-
-def _mlflow(params: Params):
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    import mlflow
-
-    uri = tracking_uri(params)
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    if _is_server(uri):
-        for key, value in SERVER_RETRY_DEFAULTS.items():
-            os.environ.setdefault(key, value)  # in the environment, so child processes retry alike
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    # mlflow also exports the URI to the environment; undo that, so that the
-    # environment keeps meaning "the user chose a server" (and a later call
-    # with other params, or a child process, is not silently pointed here).
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    return mlflow
-
-
-def configured_mlflow(params: Params):
-    """The mlflow module, pointed at this pipeline's tracking store (for registry calls outside a stage run)."""
-    return _mlflow(params)
-
-
-def _experiment_id(mlflow, params: Params) -> str:
-    name = params.pipeline.experiment
-    found = mlflow.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    location = None
-    if mlflow.get_tracking_uri().startswith("sqlite:"):  # the embedded default: artifacts beside the DB
-        location = (params.path(params.pipeline.state_dir).resolve() / "mlflow" / "artifacts").as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
 
 
 def git_commit(root: Path) -> str:
@@ -177,7 +103,7 @@ class StageRun:
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, model_id: str | None = None
                     ) -> None:
         """Log metrics; with `model_id`, linked to that LoggedModel (and to the windows this run declared)."""
-        clean = {_metric_key(k): float(v) for k, v in metrics.items()}
+        clean = {metric_key(k): float(v) for k, v in metrics.items()}
         linked = {"model_id": model_id, "dataset": self._dataset} if model_id else {}
         with reachable(self._mlflow, f"log the metrics of run {self.run_id}"):
             self._mlflow.log_metrics(clean, step=step, **linked)
@@ -187,7 +113,7 @@ class StageRun:
         name the data set, digest its data hash, source the ingest folder (see lineage.py). `context` says how
         the run used them (`training`, `evaluation`, `produced`); the ingest run that wrote them is found by data
         hash unless given."""
-        from components import lineage
+        from components.tracking import lineage
 
         with reachable(self._mlflow, f"log the dataset input of run {self.run_id}"):
             self._dataset = lineage.log_windows_input(self._mlflow, self.run, windows, context, ingest_run_id)
@@ -195,7 +121,7 @@ class StageRun:
     def log_model_folder(self, model_dir: Path, name: str = "model", tags: Mapping[str, str] | None = None) -> str:
         """Log a saved model folder (components.models.save) as a LoggedModel of this run, loadable with
         `mlflow.pyfunc.load_model` and nothing pickled; return its model_id (for `log_metrics(model_id=...)`)."""
-        from components import lineage
+        from components.tracking import lineage
 
         with reachable(self._mlflow, f"log model {name!r} of run {self.run_id}"):
             info = lineage.log_model_folder(self._mlflow, Path(model_dir), name, dict(tags or {}))
@@ -203,7 +129,7 @@ class StageRun:
 
     def find_logged_model(self, model_dir: Path) -> str | None:
         """The id of the LoggedModel an earlier run logged from a folder with these weights (None: none was)."""
-        from components import lineage
+        from components.tracking import lineage
 
         with reachable(self._mlflow, f"find the logged model of {model_dir}"):
             return lineage.find_model(self._mlflow, self.run.info.experiment_id, Path(model_dir))
@@ -218,7 +144,7 @@ class StageRun:
             self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
-def _metric_key(key: str) -> str:
+def metric_key(key: str) -> str:
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in key)
 
 
@@ -264,7 +190,7 @@ def stage_run(params: Params, stage: str, pipeline_key: str | None = None, devic
     It ends FINISHED, FAILED if the stage raises, KILLED if a signal stops it (SIGINT, SIGTERM, SIGHUP).
     Earlier runs of the same stage that a vanished process left RUNNING end KILLED first.
     """
-    mlflow = _mlflow(params)
+    mlflow = server.configured_mlflow(params)
     commit = git_commit(params.root)
     tags = {"stage": stage, "git_commit": commit, **_process_tags()}
     if pipeline_key:
@@ -273,11 +199,11 @@ def stage_run(params: Params, stage: str, pipeline_key: str | None = None, devic
         tags["device"] = device
     name = f"{stage}/{device}" if device else stage
     with reachable(mlflow, f"start the MLflow run {name}"):
-        experiment_id = _experiment_id(mlflow, params)
+        experiment_id = server.experiment_id(mlflow, params)
         parent = _pipeline_run_id(mlflow, experiment_id, pipeline_key, commit) if pipeline_key else None
         run = mlflow.start_run(run_name=name, experiment_id=experiment_id, parent_run_id=parent,
                                nested=parent is not None, tags=tags)
-    log.info("MLflow run %s (%s) in %s", run.info.run_id, stage, tracking_uri(params))
+    log.info("MLflow run %s (%s) in %s", run.info.run_id, stage, server.tracking_uri(params))
     caught: list[int] = []
     try:
         with _signals_unwind(caught):
@@ -291,9 +217,9 @@ def stage_run(params: Params, stage: str, pipeline_key: str | None = None, devic
         if status == "KILLED":
             log.warning("%s stopped by %s: MLflow run %s ends KILLED", name,
                         signal.Signals(caught[0]).name if caught else "SIGINT", run.info.run_id)
-        with _best_effort(f"record the error of run {run.info.run_id}"):
+        with best_effort(f"record the error of run {run.info.run_id}"):
             mlflow.set_tag(ERROR_TAG, error_text(exc, caught))
-        with _best_effort(f"mark run {run.info.run_id} {status}"):
+        with best_effort(f"mark run {run.info.run_id} {status}"):
             mlflow.end_run(status)  # pops the active run even when the server does not answer
         raise
     with reachable(mlflow, f"end the MLflow run {name}"):
@@ -408,38 +334,12 @@ def _sweep_dead_runs(mlflow, experiment_id: str, run_name: str, current_run_id: 
         client.set_terminated(run.info.run_id, status="KILLED")
 
 
-def registered_model_name(params: Params, dataset: str, device: str) -> str:
-    """The registered model of one task and device: `<register.name_prefix>-<dataset>-<device>`."""
-    return f"{params.register.name_prefix}-{dataset}-{device}"
-
-
-NOT_PROMOTED = "does not beat the champion"  # how a version's `champion_decision` starts when it was not promoted
-
-
-def was_promoted(decision: str) -> bool:
-    """Whether a version's `champion_decision` tag (register's) says it became the champion when registered."""
-    return bool(decision) and not decision.startswith(NOT_PROMOTED)
-
-
-def version_of_validation(client, name: str, validation_id: str) -> str | None:
-    """The version of registered model `name` that holds validation `validation_id` (None: none, or no such model)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        found = client.search_model_versions(f"name = '{name}' and tags.validation_id = '{validation_id}'")
-    except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
-    return str(found[0].version) if found else None
-
-
 def end_pipeline_run(params: Params, pipeline_key: str, status: str = "FINISHED") -> None:
     """Mark the parent run of `pipeline_key` as ended; a failed pipeline's is marked on a best-effort basis."""
-    mlflow = _mlflow(params)
+    mlflow = server.configured_mlflow(params)
 
     def end() -> None:
-        experiment_id = _experiment_id(mlflow, params)
+        experiment_id = server.experiment_id(mlflow, params)
         run_id = _pipeline_run_id(mlflow, experiment_id, pipeline_key, git_commit(params.root))
         mlflow.MlflowClient().set_terminated(run_id, status=status)
 
@@ -447,117 +347,15 @@ def end_pipeline_run(params: Params, pipeline_key: str, status: str = "FINISHED"
         with reachable(mlflow, f"end the pipeline run {pipeline_key}"):
             end()
     else:  # the pipeline is failing already: its own error is the one to show
-        with _best_effort(f"mark the pipeline run {pipeline_key} {status}"):
+        with best_effort(f"mark the pipeline run {pipeline_key} {status}"):
             end()
 
 
 def download_artifacts(params: Params, artifact_uri: str, dst_dir: Path) -> Path:
     """Download an artifact (file or folder) by URI (`runs:/...`, `models:/...`, `mlflow-artifacts:/...`)."""
-    mlflow = _mlflow(params)
+    mlflow = server.configured_mlflow(params)
     Path(dst_dir).mkdir(parents=True, exist_ok=True)
     with reachable(mlflow, f"download {artifact_uri}", artifact_uri):
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(dst_dir)))
 
 
-# ---- server mode: one clear error once MLflow's retries are spent ----------------------------------
-
-
-@contextmanager
-def reachable(mlflow, what: str, artifact_uri: str | None = None) -> Iterator[None]:
-    """Turn MLflow's "retries exhausted" into one TrackingUnavailable that says where and what to check."""
-    start = time.monotonic()
-    try:
-        yield
-    except Exception as exc:
-        uri = mlflow.get_tracking_uri()
-        if isinstance(exc, TrackingUnavailable) or not _is_server(uri) or not _unreachable(exc):
-            raise
-        raise unavailable(what, uri, time.monotonic() - start, exc, artifact_uri) from exc
-
-
-def unavailable(what: str, tracking_uri: str, elapsed_s: float, exc: BaseException,
-                artifact_uri: str | None = None) -> TrackingUnavailable:
-    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(_MLFLOW_DEFAULT_RETRIES))
-    attempts = int(retries) + 1 if retries.isdigit() else "several"
-    answers = _server_answers(tracking_uri)
-    where = _s3_location(artifact_uri)
-    if answers:
-        check = ("the tracking server answers /health, so the artifact store behind it failed: check the server's "
-                 "MLFLOW_ARTIFACTS_DESTINATION, MLFLOW_S3_ENDPOINT_URL, bucket and AWS credentials, and its log")
-    else:
-        check = ("the tracking server does not answer /health: check that it runs (python infra/mlflow/server.py "
-                 "status) and MLFLOW_TRACKING_URI")
-    backoff = os.environ.get("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "2")
-    message = (f"could not {what}{f' ({where})' if where else ''} via {tracking_uri} after {attempts} attempts over "
-               f"{elapsed_s:.0f} s ({_reason(exc)}); {check} (retries: MLFLOW_HTTP_REQUEST_MAX_RETRIES={retries}, "
-               f"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR={backoff})")
-    return TrackingUnavailable(message, server_answers=answers)
-
-
-def _chain(exc: BaseException | None) -> Iterator[BaseException]:
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
-
-
-def _unreachable(exc: BaseException) -> bool:
-    """Connection trouble, timeouts, or 5xx answers that outlived the retries; not a refused request."""
-    import requests
-
-    for link in _chain(exc):
-        if isinstance(link, requests.exceptions.HTTPError):
-            return link.response is not None and link.response.status_code >= 500
-        if isinstance(link, (requests.exceptions.ConnectionError, requests.exceptions.RetryError,
-                             requests.exceptions.Timeout)):
-            return True
-    return False
-
-
-def _reason(exc: BaseException) -> str:
-    """The innermost cause in a few words: `too many 500 error responses`, `connection refused`, a timeout."""
-    from urllib3.exceptions import MaxRetryError
-
-    for link in _chain(exc):
-        inner = link.args[0] if link.args and isinstance(link.args[0], MaxRetryError) else link
-        if isinstance(inner, MaxRetryError) and inner.reason is not None:
-            if "Connection refused" in str(inner.reason):
-                return "connection refused"
-            args = getattr(inner.reason, "args", ())
-            return str(args[0] if args else inner.reason)[:200]
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
-
-
-def _server_answers(tracking_uri: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=5) as resp:
-            return resp.status == 200
-    except (OSError, ValueError):
-        return False
-
-
-def _s3_location(artifact_uri: str | None) -> str | None:
-    """Where a proxied artifact lives in the server's store, when this environment knows the destination."""
-    destination = os.environ.get("MLFLOW_ARTIFACTS_DESTINATION")
-    if not artifact_uri or not destination or not artifact_uri.startswith("mlflow-artifacts:"):
-        return None
-    return f"{destination.rstrip('/')}/{artifact_uri.removeprefix('mlflow-artifacts:').lstrip('/')}"
-
-
-@contextmanager
-def _best_effort(what: str) -> Iterator[None]:
-    """One quick try (no retries), a warning if it fails: for clean-up while an earlier error is on its way."""
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-    os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"})
-    try:
-        yield
-    except Exception as exc:
-        log.warning("could not %s (%s)", what, _reason(exc))
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value

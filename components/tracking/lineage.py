@@ -153,7 +153,7 @@ def find_model(mlflow, experiment_id: str, model_dir: Path) -> str | None:
 
 def _weights_sha256(model_dir: Path) -> str:
     """The weights' sha256 as `models.save` sealed it beside them ("" without a seal)."""
-    from components.data.checksums import SEAL_FILE
+    from components.artifacts.seals import SEAL_FILE
     from components.models import WEIGHTS_FILE
 
     seal = Path(model_dir) / SEAL_FILE

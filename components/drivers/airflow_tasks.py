@@ -24,7 +24,7 @@ from pathlib import Path
 from components import stages
 from components.config import PARAMS_ENV, Params, load_params
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SENSING_DATA_ASSET = "iot-compress-sensing-data"  # the Airflow asset whose update triggers compress_nightly
 ALERT_WEBHOOK_ENV = "IOT_COMPRESS_ALERT_WEBHOOK"  # optional: POST each failure alert here as JSON
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def summarise_in_airflow(context: Mapping) -> str:
     """
     from airflow.sdk.exceptions import AirflowFailException
 
-    from components.summary_run import close_night, stage_failures, summary_dir
+    from components.tracking.night import close_night, stage_failures, summary_dir
 
     conf = context["params"]
     run_id = str(context["run_id"])

@@ -15,11 +15,11 @@ Formats (`FORMATS`):
 Every export takes a batch of one window, the way a sensing device runs. The
 backend that owns a format writes it (`Backend.write`, components/devices) and
 loads it back for validate (`Backend.load_file`); this module names the files,
-checksums them and isolates the converters. Each conversion runs in its own child process (`python -m components.export`), so a
+checksums them and isolates the converters. Each conversion runs in its own child process (`python -m components.devices.export`), so a
 converter that crashes (TensorFlow's int8 converter on a looped GRU dies with
 SIGSEGV, see STACK.md) fails that one format with a message, not the stage.
 `manifest.json` beside the files lists each file's format, size and sha256;
-`components.data.checksums.verify` checks a file against it before anything loads it.
+`components.artifacts.seals.verify` checks a file against it before anything loads it.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from components.data.checksums import sha256_of
-from components.data.outputs import write_text_atomic
+from components.artifacts.atomic import write_text_atomic
+from components.artifacts.seals import sha256_of
 from components.devices.base import format_backend
 from components.devices.worker import describe_exit
 
@@ -104,14 +104,14 @@ def export(model_dir: Path, formats: list[str] | tuple[str, ...], out_dir: Path,
 
 def _convert_in_child(model_dir: Path, fmt: str, target: Path, calibration: Path | None, timeout_s: float,
                       log_path: Path) -> None:
-    cmd = [sys.executable, "-m", "components.export", fmt, str(model_dir), str(target)]
+    cmd = [sys.executable, "-m", "components.devices.export", fmt, str(model_dir), str(target)]
     if calibration is not None:
         cmd.append(str(calibration))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
     with open(log_path, "wb") as log:
         try:
             proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout_s,
-                                  cwd=Path(__file__).resolve().parents[1])
+                                  cwd=Path(__file__).resolve().parents[2])
         except subprocess.TimeoutExpired:
             raise ExportFailed(f"{fmt}: the conversion overran {timeout_s:.0f} s and was killed") from None
     if proc.returncode != 0 or not target.exists():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.data.outputs import write_text_atomic
+from components.artifacts.atomic import write_text_atomic
 
 MODELS = ("baseline", "compressed")
 

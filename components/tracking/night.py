@@ -24,11 +24,21 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from components import stages, tracking
+from components import stages
+from components.artifacts.atomic import write_text_atomic
 from components.config import ConfigError, Params
-from components.data.outputs import write_text_atomic
-from components.summary import (DeviceNight, Night, description_markdown, night_metrics, params_diff, summary_html,
-                                table_text, trend)
+from components.reports.night import (
+    DeviceNight,
+    Night,
+    description_markdown,
+    night_metrics,
+    params_diff,
+    summary_html,
+    table_text,
+    trend,
+)
+from components.tracking import registry, server
+from components.tracking import runs as tracking
 
 log = logging.getLogger(__name__)
 ARTIFACT_DIR = "summary"  # on the parent run
@@ -54,8 +64,8 @@ def summarise(params: Params, pipeline_key: str, *, file_params: Params, devices
     started = time.perf_counter()
     mlflow, client = _client(params)
     out = Path(out) if out is not None else summary_dir(stages.Layout(params))
-    with tracking.reachable(mlflow, f"summarise the pipeline run {pipeline_key}"):
-        experiment_id = _experiment_id(client, params)
+    with server.reachable(mlflow, f"summarise the pipeline run {pipeline_key}"):
+        experiment_id = server.experiment_id(mlflow, params, create=False)
         parent, night = read_night(client, experiment_id, pipeline_key, params, devices, table)
         night = dataclasses.replace(night, params_changed=params_diff(params.to_dict(), file_params.to_dict()))
         metrics = night_metrics(night)
@@ -95,16 +105,8 @@ def stage_failures(night: Night) -> list[str]:
 def _client(params: Params):
     """The tracking client and mlflow, without the download progress bars a summary's few small files would draw."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    mlflow = tracking.configured_mlflow(params)
+    mlflow = server.configured_mlflow(params)
     return mlflow, mlflow.MlflowClient()
-
-
-def _experiment_id(client, params: Params) -> str:
-    found = client.get_experiment_by_name(params.pipeline.experiment)
-    if found is None:
-        raise ConfigError(f"no MLflow experiment {params.pipeline.experiment!r} at {tracking.tracking_uri(params)}; "
-                          "run the pipeline first (python -m components pipeline)")
-    return found.experiment_id
 
 
 def read_night(client, experiment_id: str, key: str, params: Params, devices: Sequence[str] | None = None,
@@ -133,7 +135,7 @@ def _device_night(client, runs: dict, device: str, params: Params, table) -> Dev
     night = DeviceNight(device, report, metrics, failed_stage=failed, error=error)
     if report is None:
         return night
-    name = tracking.registered_model_name(params, report["dataset"], device)
+    name = registry.registered_model_name(params, report["dataset"], device)
     registered = _registered(client, name, report["validation_id"]) if report["passed"] else None
     if report["passed"] and registered is None and failed is None:
         failed, error = "register", "no registered version holds this validation (see register's log)"
@@ -164,7 +166,7 @@ def _artifact(client, run, path: str) -> dict | None:
         try:
             local = client.download_artifacts(run.info.run_id, path, tmp)
         except (MlflowException, OSError) as exc:  # a missing artifact is a gap in the summary, said in the log
-            if tracking._unreachable(exc):  # the server is down: `reachable` says so once
+            if server.transient(exc):  # the server is down: `reachable` says so once
                 raise
             log.warning("run %s has no artifact %s (%s)", run.info.run_id, path, exc)
             return None
@@ -172,23 +174,18 @@ def _artifact(client, run, path: str) -> dict | None:
 
 
 def _registered(client, name: str, validation_id: str) -> dict | None:
-    version = tracking.version_of_validation(client, name, validation_id)
+    version = registry.version_of_validation(client, name, validation_id)
     if version is None:
         return None
     v = client.get_model_version(name, version)  # a search's answer leaves the aliases out
     return {"name": name, "version": str(v.version), "aliases": sorted(v.aliases or ()),
-            "decision": v.tags.get("champion_decision", "")}
+            "decision": v.tags.get(registry.DECISION_TAG, "")}
 
 
 def _champion(client, name: str) -> dict | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        v = client.get_model_version_by_alias(name, "champion")
-    except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            return None
-        raise
+    v = registry.alias_version(client, name, registry.CHAMPION)
+    if v is None:
+        return None
     return {"version": str(v.version), "accuracy": v.tags.get("accuracy"), "latency_ms": v.tags.get("latency_ms")}
 
 
@@ -213,7 +210,7 @@ def _registry_nights(client, night: Night, params: Params, summarised: dict[str,
 
     found: dict[str, tuple[float, dict]] = {}
     for d in night.devices:
-        name = d.model_name or tracking.registered_model_name(params, params.ingest.dataset, d.device)
+        name = d.model_name or registry.registered_model_name(params, params.ingest.dataset, d.device)
         try:
             versions = client.search_model_versions(f"name = '{name}'", max_results=1000)
         except MlflowException as exc:
@@ -223,7 +220,7 @@ def _registry_nights(client, night: Night, params: Params, summarised: dict[str,
         champion: tuple[float | None, float | None] = (None, None)  # (version, accuracy)
         for v in sorted(versions, key=lambda v: int(v.version)):
             accuracy = _tag_number(v.tags, "accuracy")
-            if tracking.was_promoted(v.tags.get("champion_decision", "")):
+            if registry.was_promoted(v.tags):
                 champion = (float(v.version), accuracy)
             key = v.tags.get("pipeline_run", "")
             if f"{d.device}.passed" in summarised.get(key, {}) or v.creation_timestamp < since_ms:
@@ -270,14 +267,14 @@ def _declare_lineage(client, experiment_id: str, key: str, run_id: str) -> None:
         if made:
             client.log_outputs(run_id, [LoggedModelOutput(model_id, 0) for model_id in sorted(made)])
     except MlflowException as exc:
-        if tracking._unreachable(exc):  # the server is down: `reachable` says so once
+        if server.transient(exc):  # the server is down: `reachable` says so once
             raise
         log.warning("the night's data and models could not be declared on its parent run %s: %s", run_id, exc)
 
 
 def write_summary(night: Night, trend_rows: dict, out: Path, nights: int) -> list[Path]:
     """summary.html (the figures embedded), pareto.png, trend.png, summary.md, summary.json in `out`."""
-    from components.summary_plots import pareto_png, trend_png
+    from components.reports.night_plots import pareto_png, trend_png
 
     out.mkdir(parents=True, exist_ok=True)
     figures = {"Accuracy against latency and size, every device": pareto_png(night, out / "pareto.png"),
@@ -306,7 +303,7 @@ def _log(client, run_id: str, night: Night, metrics: dict, paths: list[Path]) ->
     tags = [RunTag(NOTE_TAG, description_markdown(night)),
             RunTag(DEVICES_TAG, json.dumps([d.device for d in night.devices])),
             RunTag("summary.passed", str(night.passed).lower())]
-    client.log_batch(run_id, metrics=[Metric(tracking._metric_key(k), v, now, 0) for k, v in metrics.items()],
+    client.log_batch(run_id, metrics=[Metric(tracking.metric_key(k), v, now, 0) for k, v in metrics.items()],
                      tags=tags)
     params = [Param(k, v[:6000]) for k, v in night.params_changed.items()]
     for i in range(0, len(params), 100):
@@ -323,8 +320,8 @@ def report(params: Params, run_id: str | None = None) -> int:
     from mlflow.exceptions import MlflowException
 
     mlflow, client = _client(params)
-    with tracking.reachable(mlflow, "read the night's runs"):
-        experiment_id = _experiment_id(client, params)
+    with server.reachable(mlflow, "read the night's runs"):
+        experiment_id = server.experiment_id(mlflow, params, create=False)
         if run_id:
             try:
                 run = client.get_run(run_id)

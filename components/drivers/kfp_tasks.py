@@ -9,7 +9,7 @@ So the stage code is the same in every driver, and Kubeflow stays a shell:
 a stage that fails raises here, which fails the task.
 
 The tracking URI is a run parameter rather than a compile-time setting: it
-becomes this process's MLFLOW_TRACKING_URI, which components.tracking reads
+becomes this process's MLFLOW_TRACKING_URI, which components.tracking.runs reads
 before the params file. In a cluster, the tracking server's credentials
 arrive as MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD from a
 Kubernetes secret (see infra/kfp/README.md), never as arguments.

@@ -2,7 +2,7 @@
 
 Pure logic on plain dicts (validate's `report.json`, compress's `metrics.json`,
 the registry's answer, the failed stage and its error), so that it is tested
-without a store; `components/summary_run.py` reads those from MLflow and
+without a store; `components/tracking/night.py` reads those from MLflow and
 writes what this module makes onto the pipeline's parent run, and
 `summary_plots.py` draws it.
 
@@ -19,7 +19,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from components.tracking import flatten
+from components.tracking.runs import flatten
 
 # The headline numbers of a device, logged on the parent run as `<device>.<key>` so nights sort and chart alike.
 HEADLINE = ("accuracy", "accuracy_low", "accuracy_high", "baseline_accuracy", "accuracy_drop", "accuracy_drop_low",

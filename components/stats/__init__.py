@@ -1,0 +1,1 @@
+"""Statistics over users: means and paired differences with bootstrap intervals."""
