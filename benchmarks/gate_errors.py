@@ -48,6 +48,7 @@ import numpy as np
 from components import validate
 from components.config import load_params
 from components.data.windows import load_windows
+from components.devices import scoring
 from components.devices.pool import chosen
 from components.stages import execute
 from components.stats.intervals import mean_ci
@@ -179,7 +180,7 @@ def score_night(params, dataset: str, fold: int, device_name: str, here: Path) -
     reserved = np.flatnonzero(windows.meta["split"].to_numpy() == "reserved")
     labels = windows.meta["label"].to_numpy().astype(np.int64)
     users = windows.meta["user"].to_numpy().astype(str)
-    further = validate.score_exported(params, device, fmt, folders, windows.x[reserved], labels[reserved],
+    further = scoring.score_exported(params, device, fmt, folders, windows.x[reserved], labels[reserved],
                                       users[reserved], len(windows.classes))
     registered = "fallback" if retry and report["passed"] else ("chosen" if report["passed"] else None)
     rows = []

@@ -90,7 +90,7 @@ def main() -> int:
                 print(f"round {r + 1}: {driver}: {walls[driver][-1]:.0f} s", flush=True)
     base = statistics.median(walls[DRIVERS[0]])
     print(f"\ndevices {', '.join(args.devices)}; {args.rounds} round(s); median wall time, and its ratio to the CLI's")
-    print(f"| driver | wall s (median) | runs | / CLI |\n|---|---|---|---|")
+    print("| driver | wall s (median) | runs | / CLI |\n|---|---|---|---|")
     for driver, times in walls.items():
         print(f"| {driver} | {statistics.median(times):.0f} | {', '.join(f'{t:.0f}' for t in times)} | "
               f"{statistics.median(times) / base:.2f} |")

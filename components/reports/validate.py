@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from components.artifacts.atomic import write_text_atomic
-
-MODELS = ("baseline", "compressed")
+from components.devices.scoring import MODELS
 
 
 def write_report(report: dict, reports: Path) -> list[Path]:

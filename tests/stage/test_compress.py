@@ -136,8 +136,8 @@ def test_a_baseline_early_stopped_on_other_validation_users_is_refused(make_para
 def test_a_baseline_trained_again_on_every_user_is_said_to_have_seen_the_validation_users(tmp_path):
     import json
 
-    from components.compress import _baseline_saw
     from components.models.training import ValidationSet
+    from components.pruning.split import _baseline_saw
 
     split = ValidationSet(np.arange(3), np.arange(3, 5), ("b",))
     record = {"by": "users", "users": ["b"], "refit_epochs": 0}

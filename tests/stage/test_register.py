@@ -14,8 +14,8 @@ from mlflow.exceptions import MlflowException
 from components import register, validate
 from components.artifacts.seals import ChecksumMismatch, DamagedArtifact, seal
 from components.config import load_params
+from components.decisions.champion import beats
 from components.stages import Place
-from components.tracking import registry
 from tests.conftest import PROJECT_ROOT, synthetic_task
 
 # The microcontroller: its latency is computed (no latency model needed) and its integer (16x8) file is what is registered.
@@ -270,17 +270,17 @@ def test_the_champion_decision_is_paired_over_the_same_held_out_users():
     champion = _tags(0.84, 1.0, users)
     # a point better on every held-out user: a real gain, whatever the spread between users
     better = _tags(0.85, 2.0, {u: v + 0.01 for u, v in users.items()})
-    promote, why = registry.beats(better, champion, 0.005)
+    promote, why = beats(better, champion, 0.005)
     assert promote and "more accurate than the champion on the same held-out users" in why and "5 users" in why
     # the same mean gain from one lucky user: the interval reaches below zero, so it is only "as accurate"
     lucky = _tags(0.85, 2.0, users | {"u3": 0.75})
-    promote, why = registry.beats(lucky, champion, 0.005)
+    promote, why = beats(lucky, champion, 0.005)
     assert not promote and "does not beat the champion" in why and "95 % CI" in why
-    promote, why = registry.beats(_tags(0.85, 0.5, users | {"u3": 0.75}), champion, 0.005)
+    promote, why = beats(_tags(0.85, 0.5, users | {"u3": 0.75}), champion, 0.005)
     assert promote and "as accurate as the champion" in why and "faster" in why
 
 
 def test_without_shared_users_the_means_are_compared_and_their_intervals_said():
     champion = _tags(0.80, 1.0, {"a": 0.8}) | {"accuracy_ci95": "0.750000,0.850000"}
-    promote, why = registry.beats(_tags(0.90, 1.0, {"b": 0.9}), champion, 0.005)
+    promote, why = beats(_tags(0.90, 1.0, {"b": 0.9}), champion, 0.005)
     assert promote and "not on the same users" in why and "95 % CI 0.7500 to 0.8500" in why

@@ -14,6 +14,7 @@ import torch
 from components import models, validate
 from components.artifacts.seals import ChecksumMismatch, verify
 from components.config import ConfigError, GateParams
+from components.decisions import gates
 from components.devices.base import get_backend
 from components.devices.export import export, read_manifest
 from components.stages import Place
@@ -249,7 +250,7 @@ DEVICE = SimpleNamespace(runtime="onnxruntime", mcu=None)
 
 
 def _verdicts(base, comp, device=DEVICE):
-    return {g.name: g.passed for g in validate.check_gates(base, comp, device, GATES)}
+    return {g.name: g.passed for g in gates.check_gates(base, comp, device, GATES)}
 
 
 def test_each_gate_passes_at_its_limit_and_fails_beyond_it():
@@ -269,23 +270,23 @@ def test_the_accuracy_gate_judges_the_drop_user_by_user_with_its_interval():
     # one point worse on every user but one, which lost four: mean drop 1.6 points
     worse = {u: v - (0.04 if u == "u3" else 0.01) for u, v in users.items()}
     comp = _record(accuracy=np.mean(list(worse.values())), per_user_accuracy=worse)
-    gate = next(g for g in validate.check_gates(base, comp, DEVICE, GATES) if g.name == "accuracy_drop")
+    gate = next(g for g in gates.check_gates(base, comp, DEVICE, GATES) if g.name == "accuracy_drop")
     assert gate.passed and gate.value == pytest.approx(0.016)
     assert "drop per user 0.0160 (95 % CI 0.0100 to 0.0280, 5 users); passes when the mean drop is at most 2 " \
            "point(s)" in gate.detail and "missed" not in gate.detail
     with_evidence = dataclasses.replace(GATES, max_accuracy_drop_upper=0.02)
-    gate = next(g for g in validate.check_gates(base, comp, DEVICE, with_evidence) if g.name == "accuracy_drop")
+    gate = next(g for g in gates.check_gates(base, comp, DEVICE, with_evidence) if g.name == "accuracy_drop")
     assert not gate.passed and gate.value == pytest.approx(0.016)  # the mean is within, the interval's top is not
     assert "missed (upper end 2.80 points > 2)" in gate.detail
     no_loss = dataclasses.replace(GATES, max_accuracy_drop=0.01, max_accuracy_drop_upper=0.03)
-    gate = next(g for g in validate.check_gates(base, comp, DEVICE, no_loss) if g.name == "accuracy_drop")
+    gate = next(g for g in gates.check_gates(base, comp, DEVICE, no_loss) if g.name == "accuracy_drop")
     assert not gate.passed and "missed (mean drop 1.60 points > 1)" in gate.detail
 
 
 def test_a_model_that_did_not_run_fails_and_a_missing_latency_model_is_said():
     assert _verdicts(_record(), {"ok": False, "error": "boom"}) == {"runs": False}
     assert _verdicts({"ok": False, "error": "boom"}, _record())["baseline_runs"] is False
-    verdicts = validate.check_gates(_record(), _record(latency_error=None, predicted_latency_ms=None), DEVICE, GATES)
+    verdicts = gates.check_gates(_record(), _record(latency_error=None, predicted_latency_ms=None), DEVICE, GATES)
     gate = next(g for g in verdicts if g.name == "latency_prediction")
     assert gate.passed is False and "run fit_latency" in gate.detail
 
@@ -300,7 +301,7 @@ def test_a_microcontroller_model_too_big_for_the_part_fails_fits_device():
     too_big = fits | {"peak_sram_bytes": 101}
     verdicts = _verdicts(base, too_big, part)
     assert verdicts["fits_device"] is False and verdicts["latency_prediction"] is None
-    gate = next(g for g in validate.check_gates(base, too_big, part, GATES) if g.name == "fits_device")
+    gate = next(g for g in gates.check_gates(base, too_big, part, GATES) if g.name == "fits_device")
     assert gate.detail == "flash bytes 400 of 1000; peak sram bytes 101 of 100"
     assert "fits_device" not in _verdicts(base, fits)  # a timed runtime has no hard limits
 

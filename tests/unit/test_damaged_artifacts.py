@@ -17,12 +17,12 @@ import torch
 from components import models
 from components.artifacts.atomic import atomic_directory
 from components.artifacts.seals import SEAL_FILE, DamagedArtifact, seal, sha256_of
-from components.compress import _resume
 from components.latency.model import MODEL_FILE, load, load_in, save_in
 from components.models import SPEC_FILE, WEIGHTS_FILE
 from components.models.plain import mlp_spec
 from components.pruning.costs import ParamsCost
 from components.pruning.deepiot import DeepIoTSearch, Schedule, SearchSettings
+from components.pruning.rounds import resume as _resume
 from tests.unit.test_deepiot import _task
 
 

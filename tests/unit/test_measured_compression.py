@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from components import compress
 from components.models import build
 from components.models.plain import mlp_spec
 from components.pruning.costs import ParamsCost, resized_spec
@@ -21,6 +20,8 @@ from components.pruning.deepiot import (
     SearchSettings,
     front,
 )
+from components.pruning.floor import floor_check
+from components.pruning.selection import select
 from tests.unit.test_deepiot import _spec, _task
 
 
@@ -124,19 +125,20 @@ def test_the_fastest_measured_candidate_at_the_floor_is_taken_not_the_cheapest_p
     search.run()
     # the device disagrees with the model: the last kept structure is measured slow, every other one fast
     bench = _FakeBench(lambda name, spec: 0.9 if name == "last" else 0.2 + spec.params * 1e-6)
-    keep, selection = compress._select(search, search.cost, bench, search.model, _cfg(), floor=0.0)
-    rows = {r["name"]: r for r in selection["timed"]}
+    selection = select(search, search.cost, bench, search.model, _cfg(), floor=0.0)
+    keep = selection.keep
+    rows = {r["name"]: r for r in selection.timed}
     chosen = [r for r in rows.values() if r["chosen"]]
     assert len(chosen) == 1 and chosen[0]["name"] != "last"
     assert chosen[0]["measured_ratio"] == min(r["measured_ratio"] for r in rows.values())
     assert {k: len(v) for k, v in keep.items()} == chosen[0]["widths"]
-    assert "within_10_pct" in selection["prediction"]
+    assert "within_10_pct" in selection.prediction and selection.chosen is chosen[0]
     # above the floor only: with a floor nothing but the last structure reaches, the last is taken
     floor = rows["last"]["accuracy"]
     others = [r for r in rows.values() if r["name"] != "last"]
     if all(r["accuracy"] < floor for r in others):
-        _, again = compress._select(search, search.cost, bench, search.model, _cfg(), floor=floor)
-        assert next(r for r in again["timed"] if r["chosen"])["name"] == "last"
+        again = select(search, search.cost, bench, search.model, _cfg(), floor=floor)
+        assert again.chosen["name"] == "last"
 
 
 def test_a_nudge_is_kept_only_where_the_device_confirms_it():
@@ -152,16 +154,14 @@ def test_a_nudge_is_kept_only_where_the_device_confirms_it():
 
     search.set_cost(Stepped(search.spec))
     nudged_is_slow = _FakeBench(lambda name, spec: 0.5 if name.endswith("+nudge") else 0.3)
-    _, selection = compress._select(search, search.cost, nudged_is_slow, search.model, _cfg(candidates=0, nudge=8),
-                                    floor=0.0)
-    names = [r["name"] for r in selection["timed"]]
+    selection = select(search, search.cost, nudged_is_slow, search.model, _cfg(candidates=0, nudge=8), floor=0.0)
+    names = [r["name"] for r in selection.timed]
     if "last+nudge" in names:  # the model proposed a nudge; the device said it is slower: not taken
-        assert next(r for r in selection["timed"] if r["chosen"])["name"] == "last"
+        assert selection.chosen["name"] == "last"
         nudged_is_fast = _FakeBench(lambda name, spec: 0.2 if name.endswith("+nudge") else 0.3)
-        keep, selection = compress._select(search, search.cost, nudged_is_fast, search.model,
-                                           _cfg(candidates=0, nudge=8), floor=0.0)
-        assert next(r for r in selection["timed"] if r["chosen"])["name"] == "last+nudge"
-        assert {k: len(v) for k, v in keep.items()} != kept_width
+        selection = select(search, search.cost, nudged_is_fast, search.model, _cfg(candidates=0, nudge=8), floor=0.0)
+        assert selection.chosen["name"] == "last+nudge"
+        assert {k: len(v) for k, v in selection.keep.items()} != kept_width
     else:
         pytest.fail(f"the stepped cost proposed no nudge for widths {kept_width}")
 
@@ -169,22 +169,22 @@ def test_a_nudge_is_kept_only_where_the_device_confirms_it():
 def test_a_budget_below_the_device_floor_is_said_up_front_and_the_search_aims_at_the_reachable(caplog):
     search = _latency_search()
     caplog.set_level(logging.WARNING)
-    out = compress._floor_check(search, None, search.model, 1e-4, search.cost)
-    assert out["above_budget"] and out["predicted"] > 1e-4
-    assert out["aim"] == pytest.approx(out["predicted"] + 1e-4 * (1 - out["predicted"]))
+    out = floor_check(search, None, search.model, 1e-4, search.cost)
+    assert out.above_budget and out.predicted > 1e-4
+    assert out.aim == pytest.approx(out.predicted + 1e-4 * (1 - out.predicted))
     assert "BUDGET CANNOT BE MET" in caplog.text and "best this device can reach" in caplog.text
-    reachable = compress._floor_check(search, None, search.model, 0.5, search.cost)
-    assert not reachable["above_budget"] and reachable["aim"] == 0.5
+    reachable = floor_check(search, None, search.model, 0.5, search.cost)
+    assert not reachable.above_budget and reachable.aim == 0.5 and "measured" not in reachable.to_dict()
     # on a timed device the floor is measured too, and a device slower than its model says is warned about
     caplog.clear()
     slow = _FakeBench(lambda name, spec: 0.6)
-    measured = compress._floor_check(search, slow, search.model, 0.5, search.cost)
-    assert measured["measured"] == 0.6 and "the device measures its floor at 0.600" in caplog.text
+    measured = floor_check(search, slow, search.model, 0.5, search.cost)
+    assert measured.measured == 0.6 and "the device measures its floor at 0.600" in caplog.text
     assert resized_spec(search.model.spec, {"dense1": 1, "dense2": 1}).params == slow.timed[0]["floor"].params
 
 
 def test_validate_judges_the_prediction_on_ratios_to_the_baseline_timed_together():
-    from components.validate import _add_ratios
+    from components.devices.scoring import add_ratios as _add_ratios
 
     # a slow phase doubled both measurements: the milliseconds are 100 % off, the ratio is right
     results = {"baseline": {"onnx": {"ok": True, "latency_ms": 2.0, "predicted_latency_ms": 1.0}},
@@ -232,7 +232,10 @@ def test_a_measured_ratio_is_judged_within_its_timing_noise(project_params):
     """0.3004 measured at a 0.3 budget meets it (ratios repeat within ~1 %); 0.31 does not, and says by how much."""
     from types import SimpleNamespace
 
-    from components.compress import _metrics
+    from components.compress import Compressed, _metrics
+    from components.pruning.candidates import Tuned
+    from components.pruning.floor import Floor
+    from components.pruning.selection import Fallback, Selection
 
     cfg = project_params.compress
     search = SimpleNamespace(s=SimpleNamespace(accuracy_floor=0.9), cost_floor=0.1, step_index=10)
@@ -243,7 +246,9 @@ def test_a_measured_ratio_is_judged_within_its_timing_noise(project_params):
         model = {"measured_ratio": measured, "relative_cost": 0.29, "fits": True, "val_accuracy": 0.95,
                  "test_accuracy": 0.94, "test_accuracy_per_user": per_user, "params": 10}
         base = {"test_accuracy": 0.95, "test_accuracy_per_user": per_user, "params": 100}
-        return _metrics({"deepiot": model, "baseline": base}, search, cost, cfg, "ort-1t", 1.0)
+        done = Compressed({"deepiot": Tuned(None, model), "baseline": Tuned(None, base)}, search,
+                          Floor(0.1, 0.3, False), [], Selection({}, "last kept structure"), Fallback("none"), None, {})
+        return _metrics(done, cost, cfg, "ort-1t", 1.0)
 
     budget = cfg.budget["latency"]
     assert metrics(budget * 1.001)["budget_met"] and metrics(budget * 0.99)["budget_met"]

@@ -1,0 +1,110 @@
+"""compress's report: `comparison.md`, the methods side by side at the budget, and how the search got there."""
+
+from __future__ import annotations
+
+from components.stats.intervals import interval_text
+
+
+def comparison_markdown(device: str, metrics: dict) -> str:
+    methods = metrics["methods"]
+    latency = all("predicted_latency_ms" in r for r in methods.values())
+    lines = [f"# {device}: compression at budget {metrics['budget']} of the baseline's {metrics['cost']} "
+             f"({'met' if metrics['budget_met'] else 'NOT MET'})", "",
+             *_floor_lines(metrics.get("floor", {}), metrics["cost"]),
+             f"Test accuracy is the mean over {methods['baseline']['test_accuracy_ci']['users']} held-out users; "
+             f"DeepIoT's change against the baseline, user by user: "
+             f"{interval_text(metrics['accuracy_change_ci'], 4)}.", "",
+             *_validation_lines(metrics),
+             f"Accuracy floor (mean over the validation users): {metrics['accuracy_floor']:.3f}; the lowest "
+             f"{metrics['cost']} width pruning can reach: {metrics['cost_floor']:.3f} of the baseline's.", "",
+             "| method | params | relative cost |" + (" predicted ms |" if latency else "")
+             + " test accuracy (95 % CI over users) | validation accuracy | fits |",
+             "|---|---|---|" + ("---|" if latency else "") + "---|---|---|"]
+    for name, r in methods.items():
+        lines.append(f"| {name} | {r['params']} | {r['relative_cost']:.3f} | "
+                     + (f"{r['predicted_latency_ms']:.3f} | " if latency else "")
+                     + f"{_with_ci(r['test_accuracy_ci'])} | {r['val_accuracy']:.3f} | {r['fits']} |")
+    lines += _fallback_lines(metrics.get("fallback", {}), metrics["cost"])
+    lines += _refit_lines(metrics.get("refit", [])) + _selection_lines(metrics.get("selection", {}))
+    return "\n".join(lines) + "\n"
+
+
+def _validation_lines(metrics: dict) -> list[str]:
+    v = metrics.get("validation") or {}
+    if not v:
+        return []
+    if v["by"] != "users":
+        return [f"Decisions here (the floor, the selection, the fine-tune's early stop) rest on {v['windows']} "
+                "windows of the training users (the set has too few users for a validation group): they "
+                "flatter the model.", ""]
+    saw = "the baseline was trained on them" if v["baseline_trained_on_them"] else "nor was the baseline"
+    return [f"Every decision here (the search's floor, the candidate selection, the fine-tune's early stop) is "
+            f"judged on the validation users {', '.join(v['users'])} ({v['windows']} windows): whole training users "
+            f"the compressed model is never trained on ({saw}). DeepIoT's change against the baseline on them, "
+            f"user by user: {interval_text(metrics.get('val_accuracy_change_ci') or {}, 4)}.", ""]
+
+
+def _fallback_lines(fallback: dict, cost: str) -> list[str]:
+    if not fallback:
+        return []
+    if "params" not in fallback:
+        return ["", f"No fallback: {fallback.get('why', 'none was made')}."]
+    measured = f", measured {fallback['measured_ratio']:.3f}" if fallback.get("measured_ratio") is not None else ""
+    return ["", "## Fallback (one step back along the search's path)", "",
+            f"Deployed by validate instead if the model misses only the accuracy gate: "
+            f"{100 * fallback['share']:.0f} % of the way back, {fallback['params']} "
+            f"parameters at {fallback['relative_cost']:.3f} of the baseline's {cost} (aim {fallback['aim']:.3f}"
+            f"{measured}); change against the baseline on the validation users "
+            f"{interval_text(fallback.get('val_accuracy_change_ci') or {}, 4)}, on the held-out users "
+            f"{interval_text(fallback.get('accuracy_change_ci') or {}, 4)}."]
+
+
+def _floor_lines(floor: dict, cost: str) -> list[str]:
+    if not floor:
+        return []
+    measured = f", measured {floor['measured']:.3f}" if floor.get("measured") is not None else ""
+    line = (f"One element per layer (the lowest width pruning reaches): predicted {floor['predicted']:.3f}"
+            f"{measured} of the baseline's {cost}.")
+    if floor.get("above_budget"):
+        line += f" **The budget is below it: the search aimed at {floor['aim']:.3f}, the best this device can reach.**"
+    return [line, ""]
+
+
+def _refit_lines(rounds: list[dict]) -> list[str]:
+    if not rounds:
+        return []
+    lines = ["", "## The latency model, refitted where the search went", "",
+             "Newly profiled compressed structures, predicted (ratio to the baseline) before and after each refit:",
+             "", "| round | configurations profiled | structures | within +-5 % before | within +-10 % before "
+             "| MAPE before | MAPE after |", "|---|---|---|---|---|---|---|"]
+    for r in rounds:
+        b, a = r.get("before_refit", {}), r.get("after_refit", {})
+        lines.append(f"| {r['round']} | {r['profiled']} | {b.get('candidates', 0)} | {_pct(b, 'within_5_pct')} | "
+                     f"{_pct(b, 'within_10_pct')} | {_pct(b, 'mape_pct', 1)} | {_pct(a, 'mape_pct', 1)} |")
+    return lines
+
+
+def _selection_lines(selection: dict) -> list[str]:
+    timed = selection.get("timed")
+    if not timed:
+        return ["", f"Structure taken: {selection['method']}."] if selection else []
+    p = selection["prediction"]
+    lines = ["", "## Candidates timed on the device against the baseline (same rounds)", "",
+             f"Predicted ratio within +-5 % of the measured one: {_pct(p, 'within_5_pct')}, within +-10 %: "
+             f"{_pct(p, 'within_10_pct')} ({p['candidates']} candidates).", "",
+             "| candidate | params | validation accuracy | predicted ratio | measured ratio | chosen |",
+             "|---|---|---|---|---|---|"]
+    for r in timed:
+        lines.append(f"| {r['name']} | {r['params']} | {r['accuracy']:.3f} | {r['predicted_ratio']:.3f} | "
+                     f"{r['measured_ratio']:.3f} | {'**yes**' if r['chosen'] else ''} |")
+    return lines
+
+
+def _pct(d: dict, key: str, digits: int = 0) -> str:
+    return f"{d[key]:.{digits}f} %" if key in d else "-"
+
+
+def _with_ci(ci: dict) -> str:
+    if ci["users"] < 2:
+        return f"{ci['mean']:.3f}"
+    return f"{ci['mean']:.3f} ({ci['low']:.3f} to {ci['high']:.3f})"
