@@ -34,7 +34,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -99,7 +99,7 @@ def run(params: Params, device_name: str, *, ingest: Path, train: Path, profile:
     data = split_users(windows, make_folds(windows.meta, params.train)[0], params.train, Path(train))
     bench = _bench(params, device, cost, out, Path(profile))
     with tracking.stage_run(params, STAGE, pipeline_key, device=device.name) as mlrun:
-        mlrun.log_params({"compress": asdict(cfg), "device": device.name, "cost": cost.name,
+        mlrun.log_params({"compress": cfg.model_dump(), "device": device.name, "cost": cost.name,
                           "baseline.params": baseline.spec.params})
         mlrun.log_windows_input(windows, "training")
         started = time.perf_counter()
@@ -201,7 +201,7 @@ def _compress(params: Params, device, baseline, cost, latency_model, data: Split
     augmentation = params.train if cfg.augment else None  # train's rotation, scale and noise
     floor_accuracy = accuracy(baseline, data.x_val, data.y_val, data.users_val) - cfg.max_accuracy_drop
     budget = cfg.budget[cost.name]
-    settings = SearchSettings(budget, floor_accuracy, s.lambda_cost, s.critic_decay, Schedule(**asdict(s.threshold)),
+    settings = SearchSettings(budget, floor_accuracy, s.lambda_cost, s.critic_decay, Schedule(**s.threshold.model_dump()),
                               s.max_steps, s.batch_size, s.learning_rate, s.compressor_learning_rate,
                               s.compressor_hidden, s.init_keep, s.eval_every, cfg.seed, s.distill,
                               cfg.fine_tune.temperature)
@@ -212,7 +212,7 @@ def _compress(params: Params, device, baseline, cost, latency_model, data: Split
         floor.aim *= 1 - cfg.budget_margin
     if floor.aim != budget:  # said up front: the search aims at the best the device can reach
         search.s = replace(search.s, budget=floor.aim)
-    fingerprint = json.dumps({"compress": asdict(cfg), "cost": cost.name, "baseline": baseline.spec.to_json(),
+    fingerprint = json.dumps({"compress": cfg.model_dump(), "cost": cost.name, "baseline": baseline.spec.to_json(),
                               "latency_model": latency_model.to_dict() if cost.name == "latency" else None},
                              sort_keys=True)
     steering = Refit(latency_model)

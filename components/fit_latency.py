@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from components.artifacts.atomic import atomic_directory, write_text_atomic
-from components.config import ConfigError, FitLatencyParams, Params
+from components.config import ConfigError, Params
 from components.latency import fit as fitting
 from components.latency.features import check_names
 from components.latency.fit import LatencyDataError, Rows
@@ -38,6 +38,7 @@ from components.latency.model import MODEL_FILE, RULES_FILE, AnalyticLatencyMode
 from components.models.spec import LayerSpec
 from components.profiling.items import LAYER_KINDS
 from components.profiling.table import OPTIONAL_COLUMNS, SCHEMA, TABLE_FILE, with_optional_columns
+from components.settings.fit_latency import FitLatencyParams
 
 if TYPE_CHECKING:
     from components.stages import Place
@@ -91,7 +92,7 @@ def run(params: Params, device_name: str, *, profile: Path, out: Place, pipeline
     raw = _read_table(table, device.name)
     rows = fitting.usable_rows(raw, device.name, str(table), params.profile.max_failed_share, cfg.target)
     with tracking.stage_run(params, STAGE, pipeline_key, device=device.name) as mlrun:
-        mlrun.log_params({"fit_latency": asdict(cfg), "device": device.to_dict(), "profile_table": str(table)})
+        mlrun.log_params({"fit_latency": cfg.model_dump(), "device": device.to_dict(), "profile_table": str(table)})
         started = time.perf_counter()
         if not get_backend(device.runtime).timed:  # computed, not timed: nothing to fit
             model, evaluation = AnalyticLatencyModel(device), None

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from components.artifacts.atomic import WindowWriter, atomic_directory, write_text_atomic
-from components.config import IngestParams, Params
+from components.config import Params
 from components.data import custom, hhar_ingest, uci_hapt, window_sets
 from components.data.card import build_card, card_markdown, split_by_user
 from components.data.deepsense import FEATURE_LAYOUT, SIGNAL_LAYOUT
@@ -40,6 +40,7 @@ from components.data.errors import DataError
 from components.data.expectations import ValidationFailed, Validator
 from components.data.window_sets import WindowSet
 from components.data.windows import load_windows
+from components.settings.ingest import IngestParams
 from components.tracking import runs as tracking
 
 if TYPE_CHECKING:

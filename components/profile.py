@@ -20,7 +20,7 @@ import json
 import logging
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -77,7 +77,7 @@ def _profile(params: Params, device: Device, backend: Backend, items: list[Item]
              device.runtime, "timed" if backend.timed else "computed, not timed", len(items),
              len(items) - len(todo), len(todo))
     with tracking.stage_run(params, STAGE, pipeline_key, device=device.name) as mlrun:
-        mlrun.log_params({"profile": asdict(params.profile), "device": device.to_dict()})
+        mlrun.log_params({"profile": params.profile.model_dump(), "device": device.to_dict()})
         start = time.perf_counter()
         _profile_items(params, device, backend, version, todo, out, profile_log, reference)
         wall_s = time.perf_counter() - start

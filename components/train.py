@@ -34,10 +34,11 @@ import numpy as np
 
 from components import models
 from components.artifacts.atomic import atomic_directory, write_text_atomic
-from components.config import Params, TrainParams
+from components.config import Params
 from components.data.windows import Fold, Windows, load_windows, make_folds
 from components.models import classical, training
 from components.reports import figures as plots
+from components.settings.train import TrainParams
 from components.stats import intervals as evaluation
 from components.stats.intervals import interval_text
 from components.tracking import runs as tracking

@@ -34,7 +34,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -115,7 +115,7 @@ def run(params: Params, device_name: str, *, ingest: Path, train: Path, fit_late
     torch_predictions = {name: training.predict(model, x_test) for name, model in loaded.items()}
 
     with tracking.stage_run(params, STAGE, pipeline_key, device=device.name) as mlrun:
-        mlrun.log_params({"validate": asdict(cfg), "device": device.to_dict(), "test_windows": len(test)})
+        mlrun.log_params({"validate": cfg.model_dump(), "device": device.to_dict(), "test_windows": len(test)})
         mlrun.log_windows_input(windows, "evaluation")
         started = time.perf_counter()
         shutil.rmtree(out / FALLBACK_DIR, ignore_errors=True)  # an earlier run's retry is not this one's

@@ -88,7 +88,7 @@ def benchmark_module(name: str):
 
 
 def replace(params: Params, **sections) -> Params:
-    return dataclasses.replace(params, **sections)
+    return params.model_copy(update=sections)
 
 
 # A quick `train` for tests that run the whole pipeline through a command line.

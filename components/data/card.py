@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.config import SplitParams
 from components.data.errors import DataError
+from components.settings.ingest import SplitParams
 
 
 def user_folds(users: list[str], folds: int, seed: int) -> dict[str, int]:

@@ -34,10 +34,11 @@ import pandas as pd
 
 from components.artifacts.atomic import WindowWriter
 from components.artifacts.seals import sha256_of
-from components.config import CustomParams, Params
+from components.config import Params
 from components.data.errors import DataError
 from components.data.expectations import ValidationFailed, Validator
 from components.data.runs import run_bounds, sample_starts, take_samples
+from components.settings.ingest import CustomParams
 
 log = logging.getLogger(__name__)
 UNIT_LIMITS = {"m/s^2": "accel", "g": "accel_g", "rad/s": "gyro", "deg/s": "gyro_deg", "standardised": None,

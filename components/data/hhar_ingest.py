@@ -19,11 +19,12 @@ import numpy as np
 import pandas as pd
 
 from components.artifacts.atomic import WindowWriter
-from components.config import IngestParams, Params
+from components.config import Params
 from components.data import hhar_csv, hhar_raw
 from components.data.download import download, extract_zip
 from components.data.expectations import ValidationFailed, Validator
 from components.data.window_sets import HHAR_LABELS
+from components.settings.ingest import IngestParams
 
 log = logging.getLogger(__name__)
 SENSORS = ("accelerometer", "gyroscope")

@@ -26,11 +26,12 @@ import pandas as pd
 
 from components.artifacts.atomic import WindowWriter
 from components.artifacts.seals import sha256_of
-from components.config import IngestParams, Params
+from components.config import Params
 from components.data.errors import DataError
 from components.data.expectations import ValidationFailed, Validator
 from components.data.runs import sample_starts, take_samples
 from components.data.text_rows import read_numeric
+from components.settings.ingest import IngestParams
 
 log = logging.getLogger(__name__)
 SAMPLE_RATE_HZ = 50.0

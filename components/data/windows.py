@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from components.artifacts.seals import verify_sealed
-from components.config import TrainParams
 from components.data.errors import DataError
+from components.settings.train import TrainParams
 
 
 @dataclass(frozen=True)

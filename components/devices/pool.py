@@ -3,27 +3,27 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from components.config import ConfigError, build_dataclass, checked, read_yaml
+from pydantic import Field
 
-
-@dataclass(frozen=True)
-class McuSpec:
-    sram_bytes: int = checked(gt=0)
-    flash_bytes: int = checked(gt=0)
-    clock_hz: int = checked(gt=0)
-    cycles_per_mac: float = checked(gt=0)
-    layer_overhead_cycles: int = checked(ge=0)  # 0: no fixed cost per layer
-    weight_bytes: int = checked(gt=0)
-    bias_bytes: int = checked(gt=0)
-    activation_bytes: int = checked(gt=0)
+from components.config import ConfigError, read_yaml, validated
+from components.settings.base import Section
 
 
-@dataclass(frozen=True)
-class Toleration:
+class McuSpec(Section):
+    sram_bytes: int = Field(gt=0)
+    flash_bytes: int = Field(gt=0)
+    clock_hz: int = Field(gt=0)
+    cycles_per_mac: float = Field(gt=0)
+    layer_overhead_cycles: int = Field(ge=0, description="0: no fixed cost per layer")
+    weight_bytes: int = Field(gt=0)
+    bias_bytes: int = Field(gt=0)
+    activation_bytes: int = Field(gt=0)
+
+
+class Toleration(Section):
     """A Kubernetes toleration (core/v1 Toleration) of a device's tasks."""
 
     key: str
@@ -32,30 +32,31 @@ class Toleration:
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute", ""]  # "": every effect
 
 
-@dataclass(frozen=True)
-class Placement:
+class Placement(Section):
     """Where a device's tasks run on a Kubernetes cluster (Kubeflow): the node labels they need and the taints
     they tolerate. Empty: any node (a device reached over the network, or the cluster's own CPUs)."""
 
-    node_selector: dict[str, str] = field(hash=False)  # a Device stays hashable
+    node_selector: dict[str, str] = {}
     tolerations: tuple[Toleration, ...] = ()
+
+    def __hash__(self) -> int:  # a Device stays hashable
+        return hash((tuple(sorted(self.node_selector.items())), self.tolerations))
 
     def to_kubernetes(self) -> tuple[dict[str, str], list[dict[str, str]]]:
         """(nodeSelector, tolerations) as a pod spec spells them."""
-        return dict(self.node_selector), [{k: v for k, v in asdict(t).items() if v} for t in self.tolerations]
+        return dict(self.node_selector), [{k: v for k, v in t.model_dump().items() if v} for t in self.tolerations]
 
 
-@dataclass(frozen=True)
-class Device:
+class Device(Section):
     name: str
     runtime: str
-    threads: int = checked(ge=1)
+    threads: int = Field(ge=1)
     queue: str
     pool: str
     reach: str
-    cpus: tuple[int, ...] = checked(ge=0, default=())
+    cpus: tuple[Annotated[int, Field(ge=0)], ...] = ()
     mcu: McuSpec | None = None
-    kubernetes: Placement = Placement({})
+    kubernetes: Placement = Placement()
 
     def pinned_cpus(self) -> tuple[int, ...]:
         """The cores timing runs on: `cpus`, else the first `threads` cores this process may use."""
@@ -65,7 +66,7 @@ class Device:
         return tuple(available[: self.threads])
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return self.model_dump()
 
 
 _OPTIONAL = {"cpus": [], "mcu": None}
@@ -99,7 +100,7 @@ def device_from_dict(entry: dict, where: str) -> Device:
 def _device(name: str, entry: dict, where: str) -> Device:
     placement = _placement(entry.get("kubernetes"), f"{where}.kubernetes")
     data = {**_OPTIONAL, **entry, "name": name, "kubernetes": placement}
-    device = build_dataclass(Device, data, where)
+    device = validated(Device, data, where)
     if device.cpus and len(device.cpus) != device.threads:
         raise ConfigError(f"{where}.cpus: {len(device.cpus)} cores listed for {device.threads} threads")
     if (device.runtime == "mcu") != (device.mcu is not None):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +101,7 @@ def run_on_device(params: Params, device, fmt: str, exports: dict, work: Path, l
         worker = Worker("validate", runtime, threads, device.pinned_cpus(), logs / log_name)
         try:
             return worker.call(request | {"windows": str(work / "test_windows.npy"),
-                                          "timing": asdict(params.profile.timing)}, params.validate.run_timeout_s)
+                                          "timing": params.profile.timing.model_dump()}, params.validate.run_timeout_s)
         except WorkerFailed as exc:
             return {"ok": False, "error": f"the {runtime} runtime process failed: {exc}"}
         finally:

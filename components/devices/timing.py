@@ -38,7 +38,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
-from components.config import TimingParams
+from components.settings.profile import TimingParams
 
 _MAX_INNER = 1 << 20
 

@@ -130,8 +130,8 @@ def _time_batch(backend, threads: int, request: dict) -> dict:
     reference cannot be loaded, the items are timed without it and the answer
     says why (`reference_error`).
     """
-    from components.config import TimingParams
     from components.devices.timing import measure_many
+    from components.settings.profile import TimingParams
 
     results: list[dict] = []
     runs, loaded = [], []
@@ -196,8 +196,8 @@ def _validate_files(backend, threads: int, request: dict) -> dict:
     import numpy as np
 
     from components.artifacts.seals import verify
-    from components.config import TimingParams
     from components.devices.timing import measure_many
+    from components.settings.profile import TimingParams
 
     backend.version()  # imports the runtime before anything is measured
     x = np.load(request["windows"])  # read whole, so the windows' pages are resident before measuring

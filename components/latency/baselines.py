@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from components.config import BoostedParams, ForestParams
 from components.latency.features import VARIABLES, matrix
+from components.settings.fit_latency import BoostedParams, ForestParams
 
 
 class LinearFlops:

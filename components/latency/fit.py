@@ -35,13 +35,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import lsq_linear
 
-from components.config import FitLatencyParams
 from components.latency.baselines import Boosted, Forest, LinearFlops
 from components.latency.features import layer_values, matrix
 from components.latency.model import KindModel, LatencyModel, Overhead, Residuals, correction, log_widths
 from components.latency.tree import LinearTree, nnls_fit
 from components.models.spec import ModelSpec
 from components.profiling.items import LAYER_KINDS, Item
+from components.settings.fit_latency import FitLatencyParams
 
 log = logging.getLogger(__name__)
 PREDICTORS = ("tree", "linear_flops", "boosted", "forest")

@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import nnls
 
-from components.config import TreeParams
+from components.settings.fit_latency import TreeParams
 
 LT, MOD, REM = "lt", "mod", "rem"
 _EXACT = 1e-12  # squared relative error per row below which a fit is exact (no split can help)

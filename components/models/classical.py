@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from components.config import ClassicalParams
+from components.settings.train import ClassicalParams
 
 
 def features(signal: np.ndarray) -> np.ndarray:

@@ -12,9 +12,9 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from sklearn.model_selection import train_test_split
 
-from components.config import TrainParams
 from components.models import SensingModel, build
 from components.models.spec import ModelSpec
+from components.settings.train import TrainParams
 
 log = logging.getLogger(__name__)
 

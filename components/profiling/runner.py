@@ -25,16 +25,15 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from components.config import ProfileParams
 from components.devices.base import Backend
 from components.devices.pool import Device
 from components.devices.worker import Worker, WorkerFailed
 from components.profiling.items import Item, item_explanatory
+from components.settings.profile import ProfileParams
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +184,7 @@ class TimedProfiler:
 
     def _timing_request(self, items: list[Item], busy_s: float) -> dict:
         entries = [{"item": item.to_json(), "artifact": str(self._artifact(item) or "")} for item in items]
-        request = {"items": entries, "timing": asdict(self.p.timing), "busy_s": busy_s}
+        request = {"items": entries, "timing": self.p.timing.model_dump(), "busy_s": busy_s}
         if self._reference_entry is not None:
             request["reference"] = self._reference_entry
         return request
@@ -193,5 +192,5 @@ class TimedProfiler:
 
 def fingerprint(params, device: Device, version: str, reference: Item | None) -> dict:
     """What the rows depend on; the reference too, since every ratio in the log is relative to it."""
-    return {"device": device.to_dict(), "timing": asdict(params.profile.timing), "runtime_version": version,
+    return {"device": device.to_dict(), "timing": params.profile.timing.model_dump(), "runtime_version": version,
             "reference_id": reference.key if reference is not None else None}

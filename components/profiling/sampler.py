@@ -25,14 +25,14 @@ shared by `profile` and `compress` so their ratios mean the same.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
-from components.config import ConfigError, Params, SamplerParams, TrainParams
+from components.config import ConfigError, Params
 from components.models.deepsense import deepsense_spec
 from components.models.spec import LayerSpec, ModelSpec
 from components.profiling.items import Item
+from components.settings.profile import SamplerParams
+from components.settings.train import TrainParams
 
 _CLASSES = ("c0", "c1", "c2", "c3", "c4", "c5")
 
@@ -191,4 +191,4 @@ def _model_layers(kind: str, p: SamplerParams, train: TrainParams, rng: np.rando
 
 def sampler_params(params: Params):
     """profile.sampler, its whole models shaped like the configured data set's input when it names no shape."""
-    return dataclasses.replace(params.profile.sampler, model_input_shape=model_input_shape(params))
+    return params.profile.sampler.model_copy(update=dict(model_input_shape=model_input_shape(params)))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -68,11 +67,11 @@ def test_reserved_users_are_kept_out_of_every_fold_and_cannot_also_be_held_out(m
     assert set(meta.loc[meta.split == "reserved", "user"]) == {"e"} and card["split"]["windows"]["reserved"] > 0
     windows = load_windows(params.path(params.ingest.output_dir))
     users = windows.meta["user"].to_numpy()
-    for train in (params.train, dataclasses.replace(params.train, evaluation="kfold")):
+    for train in (params.train, params.train.model_copy(update=dict(evaluation="kfold"))):
         for fold in make_folds(windows.meta, train):  # the nightly split, then every fold of users
             assert "e" not in set(users[fold.train]) | set(users[fold.test])
     with pytest.raises(DataError, match=r"reserved by ingest"):
-        make_folds(windows.meta, dataclasses.replace(params.train, test_users=("e",)))
+        make_folds(windows.meta, params.train.model_copy(update=dict(test_users=("e",))))
     with pytest.raises(DataError, match=r"\['b'\] are both held out tonight and reserved"):
         execute("ingest", make_params("ingest.split.test_users=[b]", "ingest.split.reserve_users=[b]"))
 

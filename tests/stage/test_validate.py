@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,10 +12,11 @@ import torch
 
 from components import models, validate
 from components.artifacts.seals import ChecksumMismatch, verify
-from components.config import ConfigError, GateParams
+from components.config import ConfigError
 from components.decisions import gates
 from components.devices.base import get_backend
 from components.devices.export import export, read_manifest
+from components.settings.validate import GateParams
 from components.stages import Place
 from tests.conftest import synthetic_task
 
@@ -274,11 +274,11 @@ def test_the_accuracy_gate_judges_the_drop_user_by_user_with_its_interval():
     assert gate.passed and gate.value == pytest.approx(0.016)
     assert "drop per user 0.0160 (95 % CI 0.0100 to 0.0280, 5 users); passes when the mean drop is at most 2 " \
            "point(s)" in gate.detail and "missed" not in gate.detail
-    with_evidence = dataclasses.replace(GATES, max_accuracy_drop_upper=0.02)
+    with_evidence = GATES.model_copy(update=dict(max_accuracy_drop_upper=0.02))
     gate = next(g for g in gates.check_gates(base, comp, DEVICE, with_evidence) if g.name == "accuracy_drop")
     assert not gate.passed and gate.value == pytest.approx(0.016)  # the mean is within, the interval's top is not
     assert "missed (upper end 2.80 points > 2)" in gate.detail
-    no_loss = dataclasses.replace(GATES, max_accuracy_drop=0.01, max_accuracy_drop_upper=0.03)
+    no_loss = GATES.model_copy(update=dict(max_accuracy_drop=0.01, max_accuracy_drop_upper=0.03))
     gate = next(g for g in gates.check_gates(base, comp, DEVICE, no_loss) if g.name == "accuracy_drop")
     assert not gate.passed and "missed (mean drop 1.60 points > 1)" in gate.detail
 

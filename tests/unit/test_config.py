@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from components.config import DATA_ROOT_ENV, ConfigError, load_params
 from tests.conftest import PROJECT_ROOT
@@ -11,12 +11,13 @@ from tests.conftest import PROJECT_ROOT
 PARAMS = PROJECT_ROOT / "params.yaml"
 
 
-def test_project_params_load_into_frozen_dataclasses():
+def test_project_params_load_into_frozen_models():
     params = load_params(PARAMS)
     assert params.ingest.dataset == "uci_hapt"  # the nightly default: 24 users, two sensors
     assert isinstance(params.ingest.hhar_raw.accelerometer_files, tuple)
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(ValidationError, match="frozen"):
         params.ingest.dataset = "uci_har"
+    assert params.validate.gates.max_accuracy_drop == 0.01  # a section named like a BaseModel method is the section
     assert "root" not in params.to_dict() and params.to_dict()["ingest"]["split"]["seed"] == 0
 
 

@@ -3,16 +3,18 @@ keys; and it reads YAML 1.2 floats (`1e-3`). Each case feeds the real bad input 
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import typing
 from pathlib import Path
 
 import pytest
 import yaml
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import AfterValidator, BaseModel
 
 from components.config import ConfigError, Params, load_params
 from components.devices.pool import Device, McuSpec, load_pool
+from components.settings.base import unwrap
 from tests.conftest import PROJECT_ROOT
 
 PARAMS = PROJECT_ROOT / "params.yaml"
@@ -78,31 +80,38 @@ def test_plug_in_runtimes_and_user_named_sensors_stay_free():
     assert list(params.ingest.custom.sensors) == ["wrist"]
 
 
-def _fields(cls: type, where: str = ""):
-    """(key path, type, field) for every field of `cls` and of the dataclasses inside it."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp, path = hints[f.name], f"{where}{f.name}"
-        yield path, tp, f
-        inner = [tp, *typing.get_args(tp)]
-        for sub in inner:
-            if dataclasses.is_dataclass(sub):
+def _fields(model: type, where: str = ""):
+    """(key path, annotation, constraints) for every field of `model` and of the models inside it."""
+    for name, field in model.model_fields.items():
+        annotation, metadata = unwrap(field.annotation, list(field.metadata))
+        path = f"{where}{name}"
+        yield path, annotation, metadata
+        for sub in [annotation, *typing.get_args(annotation)]:
+            sub = unwrap(sub, [])[0]
+            if isinstance(sub, type) and issubclass(sub, BaseModel):
                 yield from _fields(sub, f"{path}.")
 
 
-def _holds(tp: typing.Any, kinds: tuple) -> bool:
-    return tp in kinds or any(_holds(a, kinds) for a in typing.get_args(tp))
+def _numbers(annotation: typing.Any, metadata: list) -> list[bool]:
+    """For each number the annotation holds (itself, a list's items, a mapping's values): whether it is bounded."""
+    base, inner = unwrap(annotation, metadata)
+    if base in (int, float):
+        return [any(isinstance(m, (Ge, Gt, Le, Lt)) for m in inner)]
+    if typing.get_origin(base) in (tuple, dict):
+        return _numbers(typing.get_args(base)[-1 if typing.get_origin(base) is dict else 0], [])
+    return []
 
 
 def test_every_number_has_a_range_and_every_mapping_its_keys():
     """A field added without a range (or a mapping without its keys) fails here, not in a nightly run."""
     fields = [*_fields(Params), *_fields(Device, "devices.<name>.")]
-    no_range = [p for p, tp, f in fields if _holds(tp, (int, float)) and "range" not in f.metadata and p != "root"]
+    no_range = [p for p, tp, meta in fields if p != "root" and not all(_numbers(tp, meta))]
     # the sensors' names are the user's own, node labels the cluster's
     free = {"ingest.custom.sensors", "devices.<name>.kubernetes.node_selector"}
-    no_keys = [p for p, tp, f in fields if typing.get_origin(tp) is dict and "keys" not in f.metadata and p not in free]
+    no_keys = [p for p, tp, meta in fields if typing.get_origin(tp) is dict and p not in free
+               and not any(isinstance(m, AfterValidator) for m in meta)]
     assert not no_range and not no_keys, f"no range: {no_range}; no keys: {no_keys}"
-    assert dataclasses.fields(McuSpec)[0].metadata["range"].gt == 0
+    assert McuSpec.model_fields["sram_bytes"].metadata[0].gt == 0
 
 
 # ---- 2. numbers out of range ---------------------------------------------------------------------------------
@@ -202,9 +211,15 @@ def test_yaml_1_2_floats_are_floats_in_the_file_overrides_and_the_pool(tmp_path:
     assert load_pool(path)["m4"].mcu.cycles_per_mac == 2.0
 
 
-@pytest.mark.parametrize("value", ["1e", "1.2.3", "08", "e5", "1e5x"])
+@pytest.mark.parametrize("value", ["1e", "1.2.3", "e5", "1e5x", "yes", "'08'"])
 def test_strings_that_only_look_like_numbers_stay_strings(value: str):
-    assert load_params(PARAMS, [f"pipeline.experiment={value}"]).pipeline.experiment == value
+    assert load_params(PARAMS, [f"pipeline.experiment={value}"]).pipeline.experiment == value.strip("'")
+
+
+def test_yaml_1_2_reads_a_leading_zero_as_a_number():
+    """YAML 1.1 read `08` as a string (a bad octal); YAML 1.2 reads it as 8, so a string field refuses it."""
+    with pytest.raises(ConfigError, match=r"^pipeline\.experiment: expected str, got int 8$"):
+        load_params(PARAMS, ["pipeline.experiment=08"])
 
 
 def test_ints_stay_ints():

@@ -69,7 +69,7 @@ def test_costs_are_relative_to_the_baseline_and_check_their_device_and_limits():
     computed = ComputedCost(spec, get_backend("mcu"), part)
     assert computed.relative(half) == pytest.approx(latency.relative(half))  # the backend's milliseconds
     assert set(computed.describe(half)) == {"macs", "flash_bytes", "peak_sram_bytes", "latency_ms"}
-    tiny = replace(part, mcu=replace(part.mcu, flash_bytes=1000))
+    tiny = part.model_copy(update={"mcu": part.mcu.model_copy(update={"flash_bytes": 1000})})
     assert not ComputedCost(spec, get_backend("mcu"), tiny).fits(spec) and computed.fits(spec)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
@@ -27,7 +26,7 @@ SPLIT_VARS = ["in_features", "out_features", "flops"]
 
 
 def _tree_params(project_params, **changes):
-    return dataclasses.replace(project_params.fit_latency.tree, **changes)
+    return project_params.fit_latency.tree.model_copy(update=changes)
 
 
 def _step_data(n=320, seed=0, noise=0.01):
@@ -128,9 +127,9 @@ def _latency(layer: LayerSpec) -> float:
 def synthetic_rows(params, per_kind=40, models=10, scaled_share=None) -> list[dict]:
     from components.profiling.sampler import sampler_params
 
-    sampler = dataclasses.replace(sampler_params(params), configs_per_kind=per_kind, models=models)
+    sampler = sampler_params(params).model_copy(update=dict(configs_per_kind=per_kind, models=models))
     if scaled_share is not None:
-        sampler = dataclasses.replace(sampler, scaled_share=scaled_share)
+        sampler = sampler.model_copy(update=dict(scaled_share=scaled_share))
     rows = []
     for item in sample_items(sampler, params.train):
         row = {"device": "ort-1t", "runtime": "onnxruntime", "method": "timed", "kind": item.kind,
@@ -215,12 +214,12 @@ def test_a_kind_without_rows_gets_the_conservative_fallback_and_says_so(project_
 
 
 def test_unknown_variables_and_missing_kinds_in_params_are_refused(project_params):
-    cfg = dataclasses.replace(project_params.fit_latency, split_variables=("out_features", "widht"))
+    cfg = project_params.fit_latency.model_copy(update=dict(split_variables=("out_features", "widht")))
     with pytest.raises(ConfigError, match="widht"):
         fit_latency.check_params(cfg)
     leaves = {k: v for k, v in project_params.fit_latency.leaf_variables.items() if k != "gru"}
     with pytest.raises(ConfigError, match="needs exactly the layer kinds"):
-        fit_latency.check_params(dataclasses.replace(project_params.fit_latency, leaf_variables=leaves))
+        fit_latency.check_params(project_params.fit_latency.model_copy(update=dict(leaf_variables=leaves)))
 
 
 def test_a_corrupt_profile_table_is_refused_not_a_traceback(make_params, tmp_path):

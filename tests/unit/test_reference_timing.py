@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 
 import numpy as np
 import pytest
 
-from components.config import TimingParams
 from components.devices.base import get_backend
 from components.devices.timing import measure_many
 from components.latency import fit as fitting
 from components.models.deepsense import deepsense_spec
 from components.profiling.items import Item
 from components.profiling.sampler import reference_item, sample_items, sampler_params
+from components.settings.profile import TimingParams
 from tests.unit.test_fit_latency import synthetic_rows
 
 UNIT_S = 2e-4  # one unit of work at full speed
@@ -99,7 +98,7 @@ def test_without_a_reference_or_with_a_bad_setting(clock):
     (t,) = measure_many([machine.run(1)], _params())
     assert t.ratio is None and t.to_dict()["ratio"] is None
     with pytest.raises(ValueError, match="reference_every must be at least 1"):
-        measure_many([machine.run(1)], _params(reference_every=0), reference=machine.run(1))
+        measure_many([machine.run(1)], _params().model_copy(update={"reference_every": 0}), reference=machine.run(1))
 
 
 # ---- a real runtime: the profiler's rows, and validate's worker --------------------------------------------------
@@ -122,7 +121,7 @@ def test_validate_worker_times_models_against_the_one_named_reference(tmp_path, 
         models.append({"path": str(path), "format": "onnx", "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
                        "outputs": str(tmp_path / f"{name}.npy")})
     np.save(tmp_path / "windows.npy", np.zeros((2, 4, 1, 3, 2, 8), np.float32))
-    timing = dataclasses.asdict(_params(min_rounds=3, max_repeats=6))
+    timing = _params(min_rounds=3, max_repeats=6).model_dump()
     request = {"windows": str(tmp_path / "windows.npy"), "models": models, "predict": False, "timing": timing}
     plain = _validate_files(backend, 1, request)["results"]
     relative = _validate_files(backend, 1, request | {"reference_index": 0})["results"]
@@ -156,7 +155,7 @@ def test_half_the_whole_models_are_compressed_looking_baselines_down_to_a_few_pe
     for spec in scaled:  # the baseline's layers, each no wider than the baseline's, at least one unit
         assert [(layer.name, layer.kind, layer.kernel) for layer in spec.layers] == structure
         assert all(1 <= l.out_features <= b.out_features for l, b in zip(spec.layers, baseline.layers))
-    more = dataclasses.replace(sampler, models=8)
+    more = sampler.model_copy(update=dict(models=8))
     shares = [i.model.params / baseline.params for i in sample_items(more, project_params.train)
               if i.sweep == "scaled"]
     assert len(shares) == 4 and min(shares) < 0.05 and max(shares) > 0.2  # spread over the keep range
@@ -176,7 +175,7 @@ def _phased(rows: list[dict], reference_ms: float = 2.0) -> list[dict]:
 
 
 def test_fitting_on_the_ratio_undoes_the_phases_and_saves_r(project_params):
-    cfg = dataclasses.replace(project_params.fit_latency, target="ratio")
+    cfg = project_params.fit_latency.model_copy(update=dict(target="ratio"))
     truth = synthetic_rows(project_params, per_kind=32, models=8, scaled_share=0.0)
     rows = _phased(truth)
     rows[0] = rows[0] | {"ratio": None, "reference_ms": None, "reference_id": None}  # one without: its ms

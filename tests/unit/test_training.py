@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import torch
 
@@ -21,7 +19,7 @@ from tests.conftest import PROJECT_ROOT
 
 
 def cfg(**changes):
-    return dataclasses.replace(load_params(PROJECT_ROOT / "params.yaml").train, **changes)
+    return load_params(PROJECT_ROOT / "params.yaml").train.model_copy(update=changes)
 
 
 def test_rotations_are_proper_and_bounded():
