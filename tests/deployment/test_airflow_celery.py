@@ -169,7 +169,8 @@ def _assert_nothing_duplicated(stack, run_id: str) -> None:
     import mlflow
 
     from components.config import load_params
-    from components.tracking.runs import PIPELINE_KEY_TAG, tracking_uri
+    from components.tracking.runs import PIPELINE_KEY_TAG
+    from components.tracking.server import tracking_uri
 
     params = load_params(stack.params)
     mlflow.set_tracking_uri(tracking_uri(params))

@@ -4,7 +4,7 @@
     python -m tests.deployment.tracking_probe PARAMS download ARTIFACT_URI DIR
 
 A separate process, so MLflow's global tracking URI and the retry settings
-tracking.py puts in the environment never leak into the test session; the
+tracking/server.py puts in the environment never leak into the test session; the
 test starts and stops services around it and reads what happened.
 """
 

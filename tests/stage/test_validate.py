@@ -193,7 +193,7 @@ def test_a_model_that_misses_only_the_accuracy_gate_is_retried_once_with_compres
 
 @pytest.mark.slow
 def test_a_tampered_export_is_refused_on_the_device_and_fails_the_gates(make_params, task, tmp_path, monkeypatch):
-    real = validate._export
+    real = validate.export_models
 
     def export_then_tamper(model_dir, formats, folder, calibration, timeout_s):
         done = real(model_dir, formats, folder, calibration, timeout_s)
@@ -202,7 +202,7 @@ def test_a_tampered_export_is_refused_on_the_device_and_fails_the_gates(make_par
             path.write_bytes(path.read_bytes()[:-8] + b"tampered")
         return done
 
-    monkeypatch.setattr(validate, "_export", export_then_tamper)
+    monkeypatch.setattr(validate, "export_models", export_then_tamper)
     report = _run(_params(make_params, task), task, "ort-1t", tmp_path).report
     assert report["failed_gates"] == ["runs"]
     assert "ChecksumMismatch" in report["gates"][0]["detail"] and "was not loaded" in report["gates"][0]["detail"]
