@@ -148,11 +148,11 @@ def _summarise(params, layout: stages.Layout, key: str, file_params, quiet: bool
     the one that counts, so a summary that fails too is only logged."""
     from components.devices.pool import chosen
     from components.reports.night import table_text
-    from components.tracking.night import summarise, summary_dir
+    from components.tracking.night import summarise
 
     try:
         night = summarise(params, key, file_params=file_params, devices=[d.name for d in chosen(params)],
-                          out=summary_dir(layout), table=layout.table)
+                          out=layout.summary(), table=layout.table)
     except Exception as exc:  # noqa: BLE001 - see the docstring
         if quiet:
             logging.getLogger(__name__).warning("the night's summary could not be written: %s", exc)
@@ -169,13 +169,13 @@ def _close(params, layout: stages.Layout, file_params, key: str | None, devices:
     here; 1 when a device failed a stage, as the Airflow DAG's summary task fails."""
     from components.devices.pool import chosen
     from components.reports.night import table_text
-    from components.tracking.night import close_night, stage_failures, summary_dir
+    from components.tracking.night import close_night, stage_failures
 
     if not key:
         raise ConfigError("summary needs --pipeline-key: the pipeline run whose parent run gets the summary")
     devices = [d.name for d in chosen(params, devices)] if devices else None  # a typo is refused, not "failed"
     night = close_night(params, key, file_params=file_params, devices=devices,
-                        out=Path(report) if report else summary_dir(layout), table=layout.table)
+                        out=Path(report) if report else layout.summary(), table=layout.table)
     print(table_text(night), end="")
     failed = stage_failures(night)
     if failed:

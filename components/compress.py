@@ -48,6 +48,7 @@ from components.pruning.rounds import Checkpoint, Refit, refit_rounds, search_ro
 from components.pruning.selection import Fallback, Selection, fallback, select
 from components.pruning.split import Split
 from components.reports.compress import comparison_markdown
+from components.stages import artifact_dir
 from components.stats.intervals import interval_text
 
 if TYPE_CHECKING:
@@ -125,14 +126,14 @@ def run(params: Params, device_name: str, *, ingest: Path, train: Path, profile:
         mlrun.log_metrics(_flat_numbers({k: v for k, v in metrics.items() if k != "fallback"}), model_id=model_id)
         mlrun.set_tags({"cost": cost.name, "budget_met": str(metrics["budget_met"]).lower()})
         for path in [*sorted((out / "model").iterdir()), *artifacts]:
-            mlrun.log_artifact(path, f"compress/{device.name}")
+            mlrun.log_artifact(path, artifact_dir(STAGE, device.name))
         if "fallback" in done.tuned:
             fallback_id = mlrun.log_model_folder(out / FALLBACK_DIR, f"compressed-{device.name}-fallback", {
                 "device": device.name, "cost": cost.name, "role": "fallback",
                 "data_hash": windows.card.get("data_hash", "")})
             mlrun.log_metrics(_flat_numbers({"fallback": metrics["fallback"]}), model_id=fallback_id)
             for path in sorted((out / FALLBACK_DIR).iterdir()):
-                mlrun.log_artifact(path, f"compress/{device.name}/{FALLBACK_DIR}")
+                mlrun.log_artifact(path, f"{artifact_dir(STAGE, device.name)}/{FALLBACK_DIR}")
         _say(device.name, metrics)
         return CompressResult(device.name, out / "model", metrics, mlrun.run_id)
 

@@ -31,6 +31,7 @@ from components.artifacts.seals import ChecksumMismatch, verify_sealed
 from components.config import ConfigError, Params
 from components.reports.model_card import model_card
 from components.reports.validate import failed_gates_text
+from components.stages import output
 from components.tracking import registry, server
 from components.tracking.registry import RegistryUnavailable, registered_model_name
 
@@ -73,7 +74,7 @@ def run(params: Params, device_name: str, *, validate: Path, out: Place, pipelin
 
     (device,) = chosen(params, [device_name])
     bundle, reports = Path(validate), Path(out.report)
-    path = bundle / "report.json"
+    path = output(bundle, "validate", "report.json")
     if not path.exists():
         raise ConfigError(f"register {device.name}: no validation report at {path}; run `python -m components "
                           f"validate --device {device.name}` first")

@@ -54,6 +54,8 @@ class Stage:
     data_deps: tuple[str, ...] = ()  # data outside the stages it reads (relative to the data root)
     resources: tuple[str, str] = ("1", "2G")  # CPUs and memory of its container (requested = limit)
     loads: tuple[str, ...] = ()  # modules it loads by file path at run time (code DVC must track besides imports)
+    outputs: tuple[str, ...] = ()  # files of its data folder a later stage reads (`output` gives their path)
+    artifacts: tuple[str, ...] = ()  # report files the night's summary reads from its MLflow run (`artifact`)
 
 
 STAGES: tuple[Stage, ...] = (
@@ -62,7 +64,8 @@ STAGES: tuple[Stage, ...] = (
           resources=("2", "4G")),
     Stage("train", "components.train", "Train the baseline on ingest's windows.",
           reads=("ingest",), params=("train",), resources=("2", "4G"),
-          loads=("components.tracking.logged_model",)),  # its logged model's code (the baseline), loaded by path
+          loads=("components.tracking.logged_model",),  # its logged model's code (the baseline), loaded by path
+          outputs=("metrics.json",)),  # the validation users it early-stopped on: compress judges on the same
     Stage("profile", "components.profile", "Time sampled layers and whole models on one device.",
           per_device=True, on_device=True, persist=True,
           # the whole models profiled share the baseline's structure and the data set's input shape
@@ -78,14 +81,17 @@ STAGES: tuple[Stage, ...] = (
           params=("compress", "fit_latency", "profile.timing", "profile.sampler.model_input_shape",
                   "train.deepsense", "train.validation_share", "train.val_fraction", "train.seed"),
           resources=("2", "4G"),
-          loads=("components.tracking.logged_model",)),  # its logged model's code, loaded by path
+          loads=("components.tracking.logged_model",),  # its logged model's code, loaded by path
+          artifacts=("metrics.json",)),
     Stage("validate", "components.validate", "Export both models, run them on the device and apply the gates.",
           per_device=True, on_device=True, reads=("ingest", "train", "fit_latency", "compress"),
-          params=("validate", "profile.timing", "train", "ingest.dataset"), resources=("2", "6G")),
+          params=("validate", "profile.timing", "train", "ingest.dataset"), resources=("2", "6G"),
+          outputs=("report.json", "report.html"), artifacts=("report.json",)),  # register reads them, sealed
     Stage("register", "components.register", "Register the device's model in MLflow if it passed every gate.",
           per_device=True, reads=("validate",), params=("register",), writes_data=False,
           metrics=("registry.json",), loads=("components.tracking.registry_model",)),  # MLflow loads it by path
 )
+
 
 def stage_named(name: str, stages: Sequence[Stage] | None = None) -> Stage:
     for stage in stages or STAGES:
@@ -108,6 +114,28 @@ def check_table(stages: Sequence[Stage]) -> None:
             if not seen[up].writes_data:
                 raise ConfigError(f"stage {stage.name!r} reads {up!r}, which writes no data")
         seen[stage.name] = stage
+
+
+def output(folder: Path, stage: str, name: str) -> Path:
+    """File `name` of `stage`'s data folder `folder`, which the table must name among the stage's outputs."""
+    spec = stage_named(stage)
+    if name not in spec.outputs:
+        raise ConfigError(f"stage {stage} declares no output {name!r} (its outputs: {', '.join(spec.outputs) or 'none'})")
+    return Path(folder) / name
+
+
+def artifact_dir(stage: str, device: str | None = None) -> str:
+    """Where a stage run logs its report files among its MLflow artifacts: `<stage>[/<device>]`."""
+    return f"{stage}/{device}" if device and stage_named(stage).per_device else stage
+
+
+def artifact(stage: str, name: str, device: str | None = None) -> str:
+    """The artifact path of report file `name` that the table names among `stage`'s artifacts."""
+    spec = stage_named(stage)
+    if name not in spec.artifacts:
+        raise ConfigError(f"stage {stage} declares no artifact {name!r} (its artifacts: "
+                          f"{', '.join(spec.artifacts) or 'none'})")
+    return f"{artifact_dir(stage, device)}/{name}"
 
 
 def safe_key(run_key: str) -> str:
@@ -155,6 +183,12 @@ class Layout:
         spec = stage_named(stage, self.table)
         return {up: self.place(up, device if stage_named(up, self.table).per_device else None).data
                 for up in spec.reads}
+
+    def summary(self) -> Path:
+        """Where the night's summary is written: `reports/summary`, or the run's own reports folder's."""
+        if self.run_key is None:
+            return self.params.path("reports/summary")
+        return self.run_folder() / "reports" / "summary"
 
     def run_folder(self) -> Path:
         """The folder of this run (its alerts file lies here); the params file's folder without a run key."""

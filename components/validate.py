@@ -56,6 +56,7 @@ from components.devices.scoring import (
     score,
 )
 from components.reports.validate import failed_gates_text, flat_metrics, write_report
+from components.stages import artifact_dir, output
 
 if TYPE_CHECKING:
     from components.stages import Place
@@ -153,8 +154,8 @@ def run(params: Params, device_name: str, *, ingest: Path, train: Path, fit_late
         report["accuracy_rule"] = accuracy_rule(cfg.gates)
         report["architecture"] = {name: architecture(model.spec) for name, model in loaded.items()}
         paths = write_report(report, reports)
-        for path in paths[:1] + [reports / "report.html"]:  # what register reads, beside the files it registers
-            write_text_atomic(out / path.name, path.read_text())
+        for name in ("report.json", "report.html"):  # what register reads, beside the files it registers
+            write_text_atomic(output(out, STAGE, name), (reports / name).read_text())
         seal(out)  # register checks the report and the files it registers against what was validated here
         _log_metrics(mlrun, flat_metrics(report), model_dirs)
         mlrun.set_tags({"validation_passed": str(report["passed"]).lower(), "deployed_format": formats[0],
@@ -162,11 +163,11 @@ def run(params: Params, device_name: str, *, ingest: Path, train: Path, fit_late
                         "registration": "eligible" if report["passed"]
                         else f"refused: failed {', '.join(report['failed_gates'])}"})
         for path in paths:
-            mlrun.log_artifact(path, f"validate/{device.name}")
+            mlrun.log_artifact(path, artifact_dir(STAGE, device.name))
         for name in MODELS:
             for path in sorted(exports[name]["dir"].iterdir()):
                 if path.is_file():
-                    mlrun.log_artifact(path, f"validate/{device.name}/{name}")
+                    mlrun.log_artifact(path, f"{artifact_dir(STAGE, device.name)}/{name}")
         _say(report)
         return ValidateResult(device.name, reports / "report.json", report, mlrun.run_id)
 

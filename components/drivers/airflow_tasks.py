@@ -129,13 +129,13 @@ def summarise_in_airflow(context: Mapping) -> str:
     """
     from airflow.sdk.exceptions import AirflowFailException
 
-    from components.tracking.night import close_night, stage_failures, summary_dir
+    from components.tracking.night import close_night, stage_failures
 
     conf = context["params"]
     run_id = str(context["run_id"])
     params = run_params(conf["overrides"])
     devices = [r["device"] for r in device_routes() if selected(r["device"], conf["devices"])]
-    out = summary_dir(stages.Layout(params, run_id))
+    out = stages.Layout(params, run_id).summary()
     try:
         night = close_night(params, run_id, file_params=run_params(), devices=devices, out=out)
     except stages.final_errors() as exc:

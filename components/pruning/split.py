@@ -61,7 +61,9 @@ def split_users(windows, fold, train_cfg, train_dir: Path) -> Split:
 def _baseline_saw(split, train_dir: Path) -> bool:
     """Whether train fitted the baseline on the validation users' windows (its own record says which users it
     held out); a record naming other users than these means train ran with other settings: rerun it."""
-    path = Path(train_dir) / "metrics.json"
+    from components.stages import output
+
+    path = output(train_dir, "train", "metrics.json")
     held = json.loads(path.read_text()).get("validation") if path.exists() else None
     if not split.by_users or held is None:
         return True  # windows of every training user, or a baseline from before train said: assume it saw them

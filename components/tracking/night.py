@@ -47,13 +47,6 @@ NOTE_TAG = "mlflow.note.content"  # what the MLflow UI shows as the run's descri
 ENDED = ("FAILED", "KILLED")
 
 
-def summary_dir(layout: stages.Layout) -> Path:
-    """reports/summary beside the stages' reports; in a run-keyed layout, that run's reports/summary."""
-    if layout.run_key is None:
-        return layout.params.path("reports/summary")
-    return layout.run_folder() / "reports" / "summary"
-
-
 def summarise(params: Params, pipeline_key: str, *, file_params: Params, devices: Sequence[str] | None = None,
               out: Path | None = None, table: Sequence[stages.Stage] | None = None) -> Night:
     """Write the night's summary onto the parent run of `pipeline_key` (and into `out`); return it.
@@ -63,7 +56,7 @@ def summarise(params: Params, pipeline_key: str, *, file_params: Params, devices
     """
     started = time.perf_counter()
     mlflow, client = _client(params)
-    out = Path(out) if out is not None else summary_dir(stages.Layout(params))
+    out = Path(out) if out is not None else stages.Layout(params).summary()
     with server.reachable(mlflow, f"summarise the pipeline run {pipeline_key}"):
         experiment_id = server.experiment_id(mlflow, params, create=False)
         parent, night = read_night(client, experiment_id, pipeline_key, params, devices, table)
@@ -128,10 +121,10 @@ def read_night(client, experiment_id: str, key: str, params: Params, devices: Se
 
 def _device_night(client, runs: dict, device: str, params: Params, table) -> DeviceNight:
     failed, error = _failed_stage(runs, device, table)
-    validated = runs.get(f"validate/{device}")
-    compressed = runs.get(f"compress/{device}")
-    report = _artifact(client, validated, f"validate/{device}/report.json")
-    metrics = _artifact(client, compressed, f"compress/{device}/metrics.json")
+    validated = runs.get(tracking.run_name("validate", device))
+    compressed = runs.get(tracking.run_name("compress", device))
+    report = _artifact(client, validated, stages.artifact("validate", "report.json", device))
+    metrics = _artifact(client, compressed, stages.artifact("compress", "metrics.json", device))
     night = DeviceNight(device, report, metrics, failed_stage=failed, error=error)
     if report is None:
         return night
@@ -147,7 +140,7 @@ def _failed_stage(runs: dict, device: str, table) -> tuple[str | None, str]:
     """The first stage of the table whose run for `device` failed or is missing (register opens a run only when
     it makes a version: its absence is judged against the registry instead)."""
     for stage in table:
-        run = runs.get(f"{stage.name}/{device}" if stage.per_device else stage.name)
+        run = runs.get(tracking.run_name(stage.name, device if stage.per_device else None))
         if run is None:
             if stage.name == "register":
                 continue

@@ -144,6 +144,11 @@ class StageRun:
             self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
+def run_name(stage: str, device: str | None = None) -> str:
+    """The MLflow run name of one stage execution: `stage`, or `stage/device` for a per-device stage."""
+    return f"{stage}/{device}" if device else stage
+
+
 def metric_key(key: str) -> str:
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in key)
 
@@ -197,7 +202,7 @@ def stage_run(params: Params, stage: str, pipeline_key: str | None = None, devic
         tags[PIPELINE_KEY_TAG] = pipeline_key
     if device:
         tags["device"] = device
-    name = f"{stage}/{device}" if device else stage
+    name = run_name(stage, device)
     with reachable(mlflow, f"start the MLflow run {name}"):
         experiment_id = server.experiment_id(mlflow, params)
         parent = _pipeline_run_id(mlflow, experiment_id, pipeline_key, commit) if pipeline_key else None

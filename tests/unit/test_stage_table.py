@@ -49,6 +49,19 @@ def test_the_layout_turns_root_run_key_and_device_into_every_folder(make_params,
                                                   "fit_latency": run / "data" / "fit_latency" / "ort-1t"}
     with pytest.raises(ConfigError, match="runs per device"):
         keyed.place("profile")
+    assert plain.summary() == params.root / "reports" / "summary" and keyed.summary() == run / "reports" / "summary"
+
+
+def test_what_a_stage_reads_of_another_is_a_named_output_of_the_table(tmp_path):
+    """register reads validate's report.json, the summary compress's metrics.json: each named in the table, and a
+    file the table does not name is refused instead of read by a path that only happens to match."""
+    assert stages.output(tmp_path, "validate", "report.json") == tmp_path / "report.json"
+    assert stages.artifact("compress", "metrics.json", "ort-1t") == "compress/ort-1t/metrics.json"
+    assert stages.artifact_dir("train") == "train" and stages.artifact_dir("validate", "tflite-1t") == "validate/tflite-1t"
+    with pytest.raises(ConfigError, match="stage validate declares no output 'report.md'"):
+        stages.output(tmp_path, "validate", "report.md")
+    with pytest.raises(ConfigError, match="stage compress declares no artifact 'comparison.md'"):
+        stages.artifact("compress", "comparison.md", "ort-1t")
 
 
 def test_execute_refuses_an_input_the_stage_does_not_read(make_params):
