@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from components.config import load_params
+from components.reports.tables import interval_text
 from components.stages import execute
-from components.stats.intervals import interval_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ("uci_hapt", "uci_har", "wisdm", "hhar_sa")

@@ -48,8 +48,8 @@ from components.pruning.rounds import Checkpoint, Refit, refit_rounds, search_ro
 from components.pruning.selection import Fallback, Selection, fallback, select
 from components.pruning.split import Split
 from components.reports.compress import comparison_markdown
+from components.reports.tables import interval_text
 from components.stages import artifact_dir
-from components.stats.intervals import interval_text
 
 if TYPE_CHECKING:
     from components.pruning.deepiot import DeepIoTSearch

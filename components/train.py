@@ -38,9 +38,9 @@ from components.config import Params
 from components.data.windows import Fold, Windows, load_windows, make_folds
 from components.models import classical, training
 from components.reports import figures as plots
+from components.reports.tables import interval_text
 from components.settings.train import TrainParams
 from components.stats import intervals as evaluation
-from components.stats.intervals import interval_text
 from components.tracking import runs as tracking
 
 if TYPE_CHECKING:

@@ -15,7 +15,8 @@ def beats(candidate: dict[str, str], champion: dict[str, str], tolerance: float)
     interval above zero; a gain the interval cannot tell from noise counts as "as accurate". Otherwise the
     means over each one's own held-out users are compared, and the decision says their intervals.
     """
-    from components.stats.intervals import interval_text, paired_ci
+    from components.reports.tables import interval_text
+    from components.stats.intervals import paired_ci
 
     acc_c, acc_h = float(candidate["accuracy"]), float(champion["accuracy"])
     lat_c, lat_h = float(candidate["latency_ms"]), float(champion["latency_ms"])

@@ -83,7 +83,7 @@ def accuracy_drop(base: dict, comp: dict, resamples: int = 10000, seed: int = 0)
 def accuracy_gate(base: dict, comp: dict, g) -> Gate:
     """"No loss", with evidence: the mean paired per-user drop at most `max_accuracy_drop` and the upper end of
     its 95 % interval at most `max_accuracy_drop_upper`. The gate's value is the mean drop."""
-    from components.stats.intervals import interval_text
+    from components.reports.tables import interval_text
 
     drop = comp.get("accuracy_drop") or accuracy_drop(base, comp)
     mean_ok = drop["mean"] <= g.max_accuracy_drop + 1e-12

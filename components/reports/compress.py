@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from components.stats.intervals import interval_text
+from components.reports.tables import interval_text, markdown_table
 
 
 def comparison_markdown(device: str, metrics: dict) -> str:
@@ -16,14 +16,13 @@ def comparison_markdown(device: str, metrics: dict) -> str:
              f"{interval_text(metrics['accuracy_change_ci'], 4)}.", "",
              *_validation_lines(metrics),
              f"Accuracy floor (mean over the validation users): {metrics['accuracy_floor']:.3f}; the lowest "
-             f"{metrics['cost']} width pruning can reach: {metrics['cost_floor']:.3f} of the baseline's.", "",
-             "| method | params | relative cost |" + (" predicted ms |" if latency else "")
-             + " test accuracy (95 % CI over users) | validation accuracy | fits |",
-             "|---|---|---|" + ("---|" if latency else "") + "---|---|---|"]
-    for name, r in methods.items():
-        lines.append(f"| {name} | {r['params']} | {r['relative_cost']:.3f} | "
-                     + (f"{r['predicted_latency_ms']:.3f} | " if latency else "")
-                     + f"{_with_ci(r['test_accuracy_ci'])} | {r['val_accuracy']:.3f} | {r['fits']} |")
+             f"{metrics['cost']} width pruning can reach: {metrics['cost_floor']:.3f} of the baseline's.", ""]
+    header = ["method", "params", "relative cost", *(["predicted ms"] if latency else []),
+              "test accuracy (95 % CI over users)", "validation accuracy", "fits"]
+    lines += markdown_table(header, [
+        [name, r["params"], f"{r['relative_cost']:.3f}", *([f"{r['predicted_latency_ms']:.3f}"] if latency else []),
+         interval_text(r["test_accuracy_ci"], 3, short=True), f"{r['val_accuracy']:.3f}", r["fits"]]
+        for name, r in methods.items()])
     lines += _fallback_lines(metrics.get("fallback", {}), metrics["cost"])
     lines += _refit_lines(metrics.get("refit", [])) + _selection_lines(metrics.get("selection", {}))
     return "\n".join(lines) + "\n"
@@ -75,13 +74,14 @@ def _refit_lines(rounds: list[dict]) -> list[str]:
         return []
     lines = ["", "## The latency model, refitted where the search went", "",
              "Newly profiled compressed structures, predicted (ratio to the baseline) before and after each refit:",
-             "", "| round | configurations profiled | structures | within +-5 % before | within +-10 % before "
-             "| MAPE before | MAPE after |", "|---|---|---|---|---|---|---|"]
+             ""]
+    rows = []
     for r in rounds:
         b, a = r.get("before_refit", {}), r.get("after_refit", {})
-        lines.append(f"| {r['round']} | {r['profiled']} | {b.get('candidates', 0)} | {_pct(b, 'within_5_pct')} | "
-                     f"{_pct(b, 'within_10_pct')} | {_pct(b, 'mape_pct', 1)} | {_pct(a, 'mape_pct', 1)} |")
-    return lines
+        rows.append([r["round"], r["profiled"], b.get("candidates", 0), _pct(b, "within_5_pct"),
+                     _pct(b, "within_10_pct"), _pct(b, "mape_pct", 1), _pct(a, "mape_pct", 1)])
+    return lines + markdown_table(("round", "configurations profiled", "structures", "within +-5 % before",
+                                   "within +-10 % before", "MAPE before", "MAPE after"), rows)
 
 
 def _selection_lines(selection: dict) -> list[str]:
@@ -91,20 +91,12 @@ def _selection_lines(selection: dict) -> list[str]:
     p = selection["prediction"]
     lines = ["", "## Candidates timed on the device against the baseline (same rounds)", "",
              f"Predicted ratio within +-5 % of the measured one: {_pct(p, 'within_5_pct')}, within +-10 %: "
-             f"{_pct(p, 'within_10_pct')} ({p['candidates']} candidates).", "",
-             "| candidate | params | validation accuracy | predicted ratio | measured ratio | chosen |",
-             "|---|---|---|---|---|---|"]
-    for r in timed:
-        lines.append(f"| {r['name']} | {r['params']} | {r['accuracy']:.3f} | {r['predicted_ratio']:.3f} | "
-                     f"{r['measured_ratio']:.3f} | {'**yes**' if r['chosen'] else ''} |")
-    return lines
+             f"{_pct(p, 'within_10_pct')} ({p['candidates']} candidates).", ""]
+    rows = [[r["name"], r["params"], f"{r['accuracy']:.3f}", f"{r['predicted_ratio']:.3f}",
+             f"{r['measured_ratio']:.3f}", "**yes**" if r["chosen"] else ""] for r in timed]
+    return lines + markdown_table(("candidate", "params", "validation accuracy", "predicted ratio", "measured ratio",
+                                   "chosen"), rows)
 
 
 def _pct(d: dict, key: str, digits: int = 0) -> str:
     return f"{d[key]:.{digits}f} %" if key in d else "-"
-
-
-def _with_ci(ci: dict) -> str:
-    if ci["users"] < 2:
-        return f"{ci['mean']:.3f}"
-    return f"{ci['mean']:.3f} ({ci['low']:.3f} to {ci['high']:.3f})"

@@ -10,8 +10,8 @@ among the version's artifacts.
 
 from __future__ import annotations
 
+from components.reports.tables import interval_text, markdown_table
 from components.reports.validate import fmt_value, retry_sentence
-from components.stats.intervals import interval_text
 
 MAX_CHARS = 5000  # MLflow's model_versions.description is a VARCHAR(5000)
 _VERDICT = {True: "PASS", False: "**FAIL**", None: "n/a"}
@@ -72,16 +72,17 @@ def _what(report: dict, all_widths: bool) -> list[str]:
 
 def _accuracy(report: dict, comp: dict, base: dict) -> list[str]:
     lines = [f"## Accuracy on {report['device']}", "",
-             "Means over the held-out users, each user counting once, with a 95 % bootstrap interval over them.", "",
-             "| model | accuracy | macro-F1 | agreement with its torch model |", "|---|---|---|---|"]
+             "Means over the held-out users, each user counting once, with a 95 % bootstrap interval over them.", ""]
+    rows = []
     for label, r in (("compressed", comp), ("baseline", base)):
         if not r.get("ok"):
-            lines.append(f"| {label} | did not run: {_cell(r.get('error', ''))} | | |")
+            rows.append([label, f"did not run: {r.get('error', '')}", "", ""])
             continue
         ci = r.get("accuracy_ci") or {"mean": r["accuracy"], "users": 1}
         f1 = r.get("macro_f1_ci") or {"mean": r.get("macro_f1"), "users": 1}
-        lines.append(f"| {label} ({report['deployed_format']}) | {interval_text(ci, 4)} | {interval_text(f1, 4)} | "
-                     f"{fmt_value(r.get('agreement'))} |")
+        rows.append([f"{label} ({report['deployed_format']})", interval_text(ci, 4), interval_text(f1, 4),
+                     fmt_value(r.get("agreement"))])
+    lines += markdown_table(("model", "accuracy", "macro-F1", "agreement with its torch model"), rows)
     if comp.get("accuracy_drop"):
         lines += ["", f"Accuracy drop against the baseline, user by user: {interval_text(comp['accuracy_drop'], 4)}."]
     if report.get("accuracy_rule"):
@@ -98,7 +99,7 @@ def _cost(report: dict, comp: dict, base: dict) -> list[str]:
     if not (comp.get("ok") and base.get("ok")):
         return []
     how = comp.get("latency_method", "timed")
-    lines = [f"## Latency and size on {report['device']}", "", "| | compressed | baseline | ratio |", "|---|---|---|---|"]
+    table = []
     rows = [(f"latency ms ({'measured' if how == 'timed' else how})", "latency_ms"),
             ("predicted latency ms", "predicted_latency_ms"), ("file bytes", "bytes"),
             ("peak memory bytes", "peak_memory_bytes"), ("flash bytes", "flash_bytes"),
@@ -107,20 +108,19 @@ def _cost(report: dict, comp: dict, base: dict) -> list[str]:
         c, b = comp.get(key), base.get(key)
         if c is None:
             continue
-        ratio = f"{c / b:.3f}" if b else "-"
-        lines.append(f"| {label} | {fmt_value(c)} | {fmt_value(b)} | {ratio} |")
-    return lines + [""]
+        table.append([label, fmt_value(c), fmt_value(b), f"{c / b:.3f}" if b else "-"])
+    return [f"## Latency and size on {report['device']}", "", *markdown_table(("", "compressed", "baseline", "ratio"),
+                                                                                table), ""]
 
 
 def _gates(report: dict, detail_chars: int | None) -> list[str]:
     verdict = "every gate passed" if report["passed"] else f"failed {', '.join(report['failed_gates'])}"
-    lines = [f"## Gates ({verdict})", "", "| gate | result | value | limit | detail |", "|---|---|---|---|---|"]
+    rows = []
     for g in report["gates"]:
         detail = g["detail"] if detail_chars is None or len(g["detail"]) <= detail_chars \
             else g["detail"][: detail_chars - 1] + "…"
-        lines.append(f"| {g['name']} | {_VERDICT[g['passed']]} | {fmt_value(g['value'])} | {fmt_value(g['limit'])} | "
-                     f"{_cell(detail)} |")
-    return lines + [""]
+        rows.append([g["name"], _VERDICT[g["passed"]], fmt_value(g["value"]), fmt_value(g["limit"]), detail])
+    return [f"## Gates ({verdict})", "", *markdown_table(("gate", "result", "value", "limit", "detail"), rows), ""]
 
 
 def _load(report: dict, name: str, version: str, comp: dict) -> list[str]:
@@ -137,7 +137,3 @@ def _load(report: dict, name: str, version: str, comp: dict) -> list[str]:
             "## Lineage", "",
             f"validation `{report['validation_id']}` by validate run `{report['validate_run_id']}`"
             + (f", pipeline run `{report['pipeline_run']}`" if report.get("pipeline_run") else "") + "."]
-
-
-def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")

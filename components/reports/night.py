@@ -12,13 +12,13 @@ gate; failing gates are a result, a failed stage is said with its error.
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from components.reports.tables import interval_text, markdown_table, render
 from components.tracking.runs import flatten
 
 # The headline numbers of a device, logged on the parent run as `<device>.<key>` so nights sort and chart alike.
@@ -138,9 +138,8 @@ def _param_text(value) -> str:
 
 
 def _acc(value, ci_low=None, ci_high=None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.3f}" + (f" ({ci_low:.3f} to {ci_high:.3f})" if ci_low is not None and ci_high is not None else "")
+    both = ci_low is not None and ci_high is not None
+    return interval_text({"mean": value, "low": ci_low, "high": ci_high, "users": 2 if both else 1}, 3, short=True)
 
 
 def _num(value, digits: int = 3) -> str:
@@ -199,10 +198,6 @@ def _latency_method(report: dict) -> str:
     return _deployed(report)[1].get("latency_method", "timed")
 
 
-def _md(text: str) -> str:
-    return _code_aliases(str(text).replace("|", "\\|").replace("\n", " "))
-
-
 def _code_aliases(text: str) -> str:
     """`@champion` as code: MLflow's Markdown would link a bare @word to a GitHub user's page."""
     return re.sub(r"(?<![`\w])@(\w+)", r"`@\1`", text)
@@ -232,8 +227,7 @@ def description_markdown(night: Night, artifact: str = "summary/summary.html", l
     lines = [f"### {title(night)}"]
     for d in night.devices:  # the verdicts first: the UI shows the description's first lines until "Show more"
         lines += ["", *map(_code_aliases, device_paragraph(d))]
-    lines += ["", "| " + " | ".join(TABLE) + " |", "|" + "---|" * len(TABLE)]
-    lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in table_rows(night)]
+    lines += ["", *map(_code_aliases, markdown_table(TABLE, table_rows(night)))]
     changed = ", ".join(f"`{k}` = {v}" for k, v in night.params_changed.items()) or "none"
     lines += ["", f"Settings that differ from the params file: {changed}.",
               f"Every device side by side, the Pareto view and the trend: `{artifact}`."]
@@ -306,54 +300,33 @@ def trend(nights: Sequence[tuple[float, Mapping[str, float]]], devices: Sequence
 
 # ---- HTML ----------------------------------------------------------------------------------------------------------
 
-_CSS = ("body{font-family:sans-serif;max-width:1200px;margin:1em auto;color:#1f2328}"
-        "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
-        ".PASS,.PASSED{color:#1a7f37;font-weight:bold}.FAIL,.FAILED{color:#cf222e;font-weight:bold}"
-        ".na{color:#6e7781}img{max-width:100%;page-break-inside:avoid}"
-        "@media print{body{max-width:none}h2{page-break-after:avoid}}")
-
-
 def summary_html(night: Night, images: Mapping[str, str]) -> str:
     """One self-contained page: the table, the gates of every device, the figures (`images`: caption -> data URI)."""
-    esc = html.escape
-    head = "".join(f"<th>{esc(h)}</th>" for h in TABLE)
-    body = "".join("<tr>" + "".join(f"<td class='{esc(c.split()[0]) if i == 1 else ''}'>{esc(c)}</td>"
-                                    for i, c in enumerate(row)) + "</tr>" for row in table_rows(night))
-    figures = "".join(f"<h2>{esc(caption)}</h2><img alt='{esc(caption)}' src='{uri}'>"
-                      for caption, uri in images.items())
-    details = "".join(_device_html(d) for d in night.devices)
-    changed = ", ".join(f"<code>{esc(k)}</code> = {esc(v)}" for k, v in night.params_changed.items()) or "none"
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title(night))}</title>"
-            f"<style>{_CSS}</style></head><body><h1>{esc(title(night))}</h1>"
-            f"<table><tr>{head}</tr>{body}</table><p>Settings that differ from the params file: {changed}.</p>"
-            f"<h2>Gates</h2>{_gates_table(night)}{figures}<h2>Each device</h2>{details}</body></html>\n")
-
-
-def _device_html(d: DeviceNight) -> str:
-    first, *rest = device_paragraph(d)
-    items = "".join(f"<li>{html.escape(line.removeprefix('- '))}</li>" for line in rest)
-    return f"<h3 class='{'PASSED' if d.passed else 'FAILED'}'>{html.escape(first.strip('*'))}</h3><ul>{items}</ul>"
-
-
-def _gates_table(night: Night) -> str:
-    esc = html.escape
     names = list(dict.fromkeys(g["name"] for d in night.devices for g in (d.report or {}).get("gates", ())))
-    rows = []
+    details = []
     for d in night.devices:
-        gates = {g["name"]: g for g in (d.report or {}).get("gates", ())}
-        cells = []
-        for name in names:
-            g = gates.get(name)
-            if g is None:
-                cells.append("<td class='na'>-</td>")
-                continue
-            word, css = ("n/a", "na") if g["passed"] is None else (("PASS",) * 2 if g["passed"] else ("FAIL",) * 2)
-            value = f" {_num(g['value'], 3)} / {_num(g['limit'], 3)}" if g["value"] is not None else ""
-            cells.append(f"<td class='{css}' title='{esc(g['detail'])}'>{word}{esc(value)}</td>")
-        if not gates:
-            cells = [f"<td colspan='{max(len(names), 1)}'>{esc(d.verdict)}</td>"]
-        rows.append(f"<tr><td>{esc(d.device)}</td>{''.join(cells)}</tr>")
-    head = "".join(f"<th>{esc(n)}</th>" for n in names)
-    return (f"<table><tr><th>device</th>{head}</tr>{''.join(rows)}</table>"
-            "<p>Each cell: the gate's result, then its value / limit (ratios to the baseline, same device and "
-            "format).</p>")
+        first, *rest = device_paragraph(d)
+        details.append({"css": "PASSED" if d.passed else "FAILED", "head": first.strip("*"),
+                        "lines": [line.removeprefix("- ") for line in rest]})
+    return render("night.html.j2", title=title(night), header=TABLE, rows=table_rows(night),
+                  changed=list(night.params_changed.items()), gate_names=names,
+                  gate_rows=[{"name": d.device, "verdict": d.verdict, "cells": _gate_cells(d, names)}
+                             for d in night.devices],
+                  images=images, details=details)
+
+
+def _gate_cells(d: DeviceNight, names: list[str]) -> list[dict]:
+    """Each gate's cell for one device: its result, then value / limit; none where validate did not report."""
+    gates = {g["name"]: g for g in (d.report or {}).get("gates", ())}
+    if not gates:
+        return []
+    cells = []
+    for name in names:
+        g = gates.get(name)
+        if g is None:
+            cells.append({"css": "na", "text": "-", "detail": ""})
+            continue
+        word, css = ("n/a", "na") if g["passed"] is None else (("PASS",) * 2 if g["passed"] else ("FAIL",) * 2)
+        value = f" {_num(g['value'], 3)} / {_num(g['limit'], 3)}" if g["value"] is not None else ""
+        cells.append({"css": css, "text": f"{word}{value}", "detail": g["detail"]})
+    return cells

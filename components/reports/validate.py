@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import json
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 
 from components.artifacts.atomic import write_text_atomic
 from components.devices.scoring import MODELS
+from components.reports.tables import interval_text, markdown_table, render
 
 
 def write_report(report: dict, reports: Path) -> list[Path]:
@@ -52,10 +52,7 @@ def _table_rows(report: dict) -> list[list[str]]:
 
 def _cell(record: dict, key: str) -> str:
     if key == "accuracy_interval":
-        ci = record.get("accuracy_ci") or {}
-        if ci.get("users", 0) < 2:
-            return "-"
-        return f"{ci['low']:.4f} to {ci['high']:.4f} ({ci['users']} users)"
+        return interval_text(record.get("accuracy_ci") or {}, 4, mean=False)
     return fmt_value(record.get(key))
 
 
@@ -87,36 +84,20 @@ def report_markdown(report: dict) -> str:
     lines = [f"# Validation on {report['device']} ({report['runtime']}, {report['threads']} thread(s)): {verdict}",
              "", f"{users_sentence(report)}; deployed format {report['deployed_format']}; data hash "
              f"`{report['data_hash'][:16]}`.", "", *([retry, ""] if retry else []),
-             "| gate | result | value | limit | detail |", "|---|---|---|---|---|"]
-    for g in report["gates"]:
-        lines.append(f"| {g['name']} | {_verdict(g['passed'])} | {fmt_value(g['value'])} | {fmt_value(g['limit'])} | "
-                     f"{_md(g['detail'])} |")
-    header = ["format", "model", *(label for _, label in COLUMNS)]
-    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_md(cell) for cell in row) + " |" for row in _table_rows(report)]
+             *markdown_table(("gate", "result", "value", "limit", "detail"), _gate_rows(report)), ""]
+    lines += markdown_table(["format", "model", *(label for _, label in COLUMNS)], _table_rows(report))
     return "\n".join(lines) + "\n"
 
 
+def _gate_rows(report: dict) -> list[list[str]]:
+    return [[g["name"], _verdict(g["passed"]), fmt_value(g["value"]), fmt_value(g["limit"]), g["detail"]]
+            for g in report["gates"]]
+
+
 def report_html(report: dict) -> str:
-    esc = html.escape
-    colour = {"PASS": "#1a7f37", "FAIL": "#cf222e", "n/a": "#6e7781"}
-    verdict = "PASSED" if report["passed"] else "FAILED"
-    gate_rows = "".join(
-        f"<tr><td>{esc(g['name'])}</td><td style='color:{colour[_verdict(g['passed'])]};font-weight:bold'>"
-        f"{_verdict(g['passed'])}</td><td>{esc(fmt_value(g['value']))}</td><td>{esc(fmt_value(g['limit']))}</td>"
-        f"<td>{esc(g['detail'])}</td></tr>" for g in report["gates"])
-    header = "".join(f"<th>{esc(h)}</th>" for h in ["format", "model", *(label for _, label in COLUMNS)])
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in _table_rows(report))
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Validation: {esc(report['device'])}</title>"
-            "<style>body{font-family:sans-serif}table{border-collapse:collapse;margin:1em 0}"
-            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}</style></head><body>"
-            f"<h1>Validation on {esc(report['device'])}: <span style='color:"
-            f"{colour['PASS' if report['passed'] else 'FAIL']}'>{verdict}</span></h1>"
-            f"<p>{esc(users_sentence(report))}; runtime {esc(report['runtime'])}, deployed format "
-            f"{esc(report['deployed_format'])}.</p>"
-            + (f"<p>{esc(retry_sentence(report))}</p>" if report.get("retry") else "")
-            + f"<h2>Gates</h2><table><tr><th>gate</th><th>result</th><th>value</th><th>limit</th><th>detail</th></tr>"
-            f"{gate_rows}</table><h2>Every format</h2><table><tr>{header}</tr>{body}</table></body></html>\n")
+    gates = [dict(zip(("name", "verdict", "value", "limit", "detail"), row)) for row in _gate_rows(report)]
+    return render("validate.html.j2", report=report, users=users_sentence(report), retry=retry_sentence(report),
+                  gates=gates, header=["format", "model", *(label for _, label in COLUMNS)], rows=_table_rows(report))
 
 
 def flat_metrics(report: dict) -> dict:
@@ -148,7 +129,3 @@ def failed_gates_text(report: dict) -> str:
     return "; ".join(f"{g['name']}: {g['detail']}"
                      + (f" ({fmt_value(g['value'])} vs limit {fmt_value(g['limit'])})" if g["value"] is not None else "")
                      for g in report["gates"] if g["passed"] is False)
-
-
-def _md(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")

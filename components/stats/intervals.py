@@ -1,5 +1,7 @@
 """Scores over held-out users: means with 95 % bootstrap intervals, and paired differences.
 
+reports/tables.py writes them as text (`interval_text`).
+
 A user, not a window, is the unit of evaluation: windows of one user are
 alike (same body, same phone, same way of holding it), so 500 windows of one
 user say little about the next user. Accuracy is therefore averaged per user
@@ -55,14 +57,3 @@ def summary(per_user_scores: Mapping[str, Mapping[str, float]], resamples: int, 
             metrics: tuple[str, ...] = ("accuracy", "macro_f1")) -> dict:
     """{metric: mean_ci(...)} for each metric of a per-user table."""
     return {m: mean_ci(per_user(per_user_scores, m), resamples, seed) for m in metrics}
-
-
-def interval_text(ci: Mapping, digits: int = 3, scale: float = 1.0) -> str:
-    """'0.951 (95 % CI 0.940-0.962, 5 users)'; with one user, says there is no interval."""
-    if ci.get("mean") is None:
-        return "n/a"
-    f = f"{{:.{digits}f}}"
-    head = f.format(ci["mean"] * scale)
-    if ci["users"] < 2:
-        return f"{head} (one user: no interval)"
-    return f"{head} (95 % CI {f.format(ci['low'] * scale)} to {f.format(ci['high'] * scale)}, {ci['users']} users)"

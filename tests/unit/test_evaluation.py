@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components.stats.intervals import interval_text, mean_ci, paired_ci, summary
+from components.reports.tables import interval_text
+from components.stats.intervals import mean_ci, paired_ci, summary
 
 
 def test_the_interval_brackets_the_mean_narrows_with_more_users_and_is_seeded():

@@ -134,7 +134,7 @@ def test_the_html_is_one_page_with_the_gates_of_every_device_and_its_images_insi
     page = summary_html(night(), {"Pareto": "data:image/png;base64,iVBORw0KGgo="})
     assert page.startswith("<!doctype html>") and "<script" not in page
     assert "<img alt='Pareto' src='data:image/png;base64,iVBORw0KGgo='>" in page
-    assert "<td class='FAIL' title='timed 0.7 ms vs the baseline&#x27;s 1 ms'>FAIL 0.7 / 0.4</td>" in page
+    assert "<td class='FAIL' title='timed 0.7 ms vs the baseline&#39;s 1 ms'>FAIL 0.7 / 0.4</td>" in page
     assert "<td colspan='4'>FAILED in compress</td>" in page
     assert "<h3 class='FAILED'>cortex-m4: FAILED in compress</h3>" in page
     assert "`" not in page and "v3 @candidate @champion" in page  # Markdown's code marks stay in Markdown
