@@ -59,10 +59,6 @@ class Timing:
     ratio_q3: float | None = None
     reference_ms: float | None = None  # median time of one reference inference over the whole batch
 
-    @property
-    def relative_iqr(self) -> float:
-        return self.iqr_ms / self.latency_ms if self.latency_ms > 0 else float("nan")
-
     def to_dict(self) -> dict:
         return asdict(self)
 

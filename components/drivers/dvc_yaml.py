@@ -29,6 +29,7 @@ from components.stages import STAGES, Layout, Stage, check_table
 ROOT = Path(__file__).resolve().parents[2]
 DVC_FILE = ROOT / "dvc.yaml"
 LOADED_BY_NAME = ("components/devices",)  # packages whose modules are also loaded by name: a dep as a whole
+READS = {"components.reports.tables": ("components/reports/templates",)}  # files a module reads at run time
 DEVICE_KEY = "${key}"  # DVC's foreach key: the device
 HEADER = """\
 # Generated from components/stages.py by `python -m components.drivers.dvc_yaml`: edit the stage table, not this file
@@ -64,6 +65,7 @@ def code_deps(stage: Stage, root: Path = ROOT) -> list[str]:
     for module in closure(stage.module) | set(stage.loads):
         rel = module_file(module, root).relative_to(root).as_posix()
         deps.add(next((folder for folder in LOADED_BY_NAME if rel.startswith(folder + "/")), rel))
+        deps.update(READS.get(module, ()))
     return sorted(deps, key=lambda d: (d.count("/"), not d.endswith(".py"), d))
 
 

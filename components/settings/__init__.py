@@ -1,1 +1,1 @@
-"""params.yaml's sections as pydantic models, one module per section; config.py loads them, reference.py documents them."""
+"""params.yaml's sections as pydantic models, one module per section (config.py loads, reference.py documents)."""

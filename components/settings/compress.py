@@ -1,4 +1,4 @@
-"""`compress`: the budget per cost, the accuracy floor, the DeepIoT search, the refit rounds, the selection and fine-tune."""
+"""`compress`: the budget per cost, the accuracy floor, the search, the refit rounds, the selection, the fine-tune."""
 
 from __future__ import annotations
 
@@ -36,12 +36,12 @@ class SearchParams(Section):
         description="weight of the relative cost against the task loss in the compressor's reward")
     critic_decay: float = Field(ge=0, lt=1,
         description="the critic's moving average: baseline = decay * baseline + (1 - decay) * reward")
-    threshold: ThresholdParams
-    max_steps: int = Field(ge=1)
-    batch_size: int = Field(ge=1)
+    threshold: ThresholdParams = Field(description="the keep-probability threshold's schedule")
+    max_steps: int = Field(ge=1, description="search steps at most")
+    batch_size: int = Field(ge=1, description="windows per search step")
     learning_rate: float = Field(gt=0, description="the task network, trained under the masks")
-    compressor_learning_rate: float = Field(gt=0)
-    compressor_hidden: int = Field(ge=1)
+    compressor_learning_rate: float = Field(gt=0, description="the compressor's learning rate")
+    compressor_hidden: int = Field(ge=1, description="units of the compressor's LSTM")
     init_keep: float = Field(gt=0, lt=1, description="keep-probability every element starts near")
     eval_every: int = Field(ge=1, description="steps between validation checks of the kept structure")
     checkpoint_every: int = Field(ge=1,
@@ -70,11 +70,11 @@ class SelectParams(Section):
 
 class FineTuneParams(Section):
     epochs: int = Field(ge=0, description="0: no fine-tuning")
-    patience: int = Field(ge=1)
-    batch_size: int = Field(ge=1)
-    learning_rate: float = Field(gt=0)
+    patience: int = Field(ge=1, description="epochs without a better validation loss before stopping")
+    batch_size: int = Field(ge=1, description="windows per batch")
+    learning_rate: float = Field(gt=0, description="Adam's learning rate")
     distill: float = Field(ge=0, le=1, description="weight of distillation from the baseline; 0: labels only")
-    temperature: float = Field(gt=0)
+    temperature: float = Field(gt=0, description="distillation temperature (Hinton et al.)")
 
 
 class CompressParams(Section):
@@ -99,12 +99,14 @@ class CompressParams(Section):
         description="latency cost: widths may move up by this to a width predicted no slower")
     augment: bool = Field(description="augment batches (search and fine-tuning) with train's rotation, scale and noise")
     baselines: tuple[str, ...] = Field(description="compared at the same budget: l1, uniform")
-    seed: int = Field(ge=0)
-    threads: int = Field(ge=1)
-    search: SearchParams
-    refit: RefitParams
-    select: SelectParams
-    fine_tune: FineTuneParams
+    seed: int = Field(ge=0, description="seeds the search, the fine-tune and the baselines")
+    threads: int = Field(ge=1, description="torch threads")
+    search: SearchParams = Field(description="DeepIoT's compressor-critic search")
+    refit: RefitParams = Field(
+        description="latency cost on a timed device: the latency model made right where the search goes")
+    select: SelectParams = Field(
+        description="latency cost on a timed device: candidates timed on the device before one is chosen")
+    fine_tune: FineTuneParams = Field(description="the chosen structure (and the baselines), fine-tuned after slicing")
 
     @field_validator("fallback")
     @classmethod

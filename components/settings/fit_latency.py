@@ -21,14 +21,14 @@ class TreeParams(Section):
 
 
 class BoostedParams(Section):
-    n_estimators: int = Field(ge=1)
-    max_depth: int = Field(ge=1)
-    learning_rate: float = Field(gt=0)
+    n_estimators: int = Field(ge=1, description="boosting rounds")
+    max_depth: int = Field(ge=1, description="depth of each tree")
+    learning_rate: float = Field(gt=0, description="shrinkage per round")
 
 
 class ForestParams(Section):
-    n_estimators: int = Field(ge=1)
-    min_samples_leaf: int = Field(ge=1)
+    n_estimators: int = Field(ge=1, description="trees in the forest")
+    min_samples_leaf: int = Field(ge=1, description="rows per leaf at least")
 
 
 class FitLatencyParams(Section):
@@ -36,7 +36,7 @@ class FitLatencyParams(Section):
     report_dir: str = Field(description="one folder per device: metrics.json, the evaluation table, figures")
     target: Literal["ratio", "ms"] = Field(
         description="fit each row's ratio to the reference model (times its median ms) or its ms")
-    seed: int = Field(ge=0)
+    seed: int = Field(ge=0, description="seeds the evaluation folds and the baselines")
     folds: int = Field(ge=2,
         description="evaluation: each kind's configurations in this many parts, each held out once")
     prune_share: float = Field(ge=0, lt=1, description="share of the fitting rows kept aside to prune each tree")
@@ -49,6 +49,6 @@ class FitLatencyParams(Section):
     modular_variables: tuple[str, ...] = Field(description="of those, which may also get `mod` splits (widths)")
     leaf_variables: Annotated[dict[str, tuple[str, ...]], LAYER_KINDS_KEYS] = Field(
         description="per layer kind: the leaves' regressors")
-    tree: TreeParams
+    tree: TreeParams = Field(description="the tree-structured linear regression (FastDeepIoT)")
     boosted: BoostedParams = Field(description="the nn-Meter-style baselines, on the same rows and variables")
-    forest: ForestParams
+    forest: ForestParams = Field(description="random forest on log latency (nn-Meter's own predictor)")

@@ -28,7 +28,7 @@ class WindowSetParams(Section):
 
 class UciHarParams(Section):
     dir: str = Field(description="relative to the data root")
-    intervals: int = Field(ge=1)
+    intervals: int = Field(ge=1, description="T: each 128-sample window is cut into this many intervals")
     sensors: tuple[str, ...] = Field(
         description="which of body_acc, body_gyro, total_acc the model sees, each as a DeepSense sensor")
 
@@ -62,21 +62,21 @@ class CustomParams(Section):
         description="a CSV or Parquet file of raw rows, relative to the data root or absolute; empty: not configured")
     format: Literal["auto", "csv", "parquet"] = Field(description="auto: by the file's suffix")
     sample_rate_hz: float = Field(gt=0, description="rows are evenly spaced at this rate")
-    columns: CustomColumns
+    columns: CustomColumns = Field(description="which column holds what")
     time_unit_s: float = Field(gt=0, description="seconds per unit of the time column (1: s, 0.001: ms, 1e-9: ns)")
     sensors: dict[str, CustomSensor] = Field(
         description="sensor name -> its axis columns and unit (the names are the user's own)")
     labels: tuple[str, ...] = Field(
         description="the classes, in order; rows of other labels are not used; empty: every label found")
-    interval_s: float = Field(gt=0)
-    intervals: int = Field(ge=1)
-    window_stride_intervals: int = Field(ge=1)
+    interval_s: float = Field(gt=0, description="tau: length of one interval")
+    intervals: int = Field(ge=1, description="T: intervals per sample")
+    window_stride_intervals: int = Field(ge=1, description="hop between consecutive samples, in intervals")
     chunk_rows: int = Field(ge=1, description="rows per streamed block: bounds memory")
 
 
 class BasicMotionsParams(Section):
     package: str = Field(description="the PyPI package whose data files hold the UEA BasicMotions set")
-    intervals: int = Field(ge=1)
+    intervals: int = Field(ge=1, description="T: each window is cut into this many intervals")
 
 
 class SplitParams(Section):
@@ -89,7 +89,7 @@ class SplitParams(Section):
     reserve_users: tuple[str, ...] = Field(
         description=("users kept out of every stage (no training, validation or decision), to score registered models "
                      "on later"))
-    seed: int = Field(ge=0)
+    seed: int = Field(ge=0, description="the seed that deals users into folds")
 
 
 class ExpectationParams(Section):
@@ -99,25 +99,29 @@ class ExpectationParams(Section):
         description="tolerated out-of-order step between consecutive rows of a device")
     time_monotonic_mostly: float = Field(ge=0, le=1,
         description="share of rows whose step must be within that tolerance")
-    min_rows_per_class: int = Field(ge=0)
-    min_windows_per_class: int = Field(ge=0)
+    min_rows_per_class: int = Field(ge=0, description="raw rows each class needs at least")
+    min_windows_per_class: int = Field(ge=0, description="windows each class needs at least")
     example_rows: int = Field(ge=0, description="failing rows quoted per expectation in the report")
 
 
 class IngestParams(Section):
-    data_root: str
-    dataset: Literal["hhar_raw", "hhar_sa", "uci_har", "uci_hapt", "wisdm", "custom", "basic_motions"]
-    output_dir: str
-    report_dir: str
+    data_root: str = Field(
+        description="where the data sets lie, relative to params.yaml ($IOT_COMPRESS_DATA_ROOT overrides)")
+    dataset: Literal["hhar_raw", "hhar_sa", "uci_har", "uci_hapt", "wisdm", "custom", "basic_motions"] = Field(
+        description="which data set the pipeline runs on (uci_hapt: UCI HAPT raw sessions, 24 users, the default)")
+    output_dir: str = Field(description="ingest's data folder: the windows, the users' split, the data card")
+    report_dir: str = Field(description="ingest's reports: the data card, the Great Expectations report")
     download_url: str = Field(description="empty: use the files under data_root")
-    download_sha256: str
-    download_dir: str
-    hhar_raw: HharRawParams
-    hhar_sa: WindowSetParams
-    uci_har: UciHarParams
-    uci_hapt: UciHaptParams
-    wisdm: WindowSetParams
-    custom: CustomParams
-    basic_motions: BasicMotionsParams
-    split: SplitParams
-    expectations: ExpectationParams
+    download_sha256: str = Field(description="the archive's expected sha256 (checked before it is used)")
+    download_dir: str = Field(description="where a downloaded archive is kept and extracted")
+    hhar_raw: HharRawParams = Field(description="the UCI HHAR CSVs, cut into DeepSense samples")
+    hhar_sa: WindowSetParams = Field(description="HHAR_SA windows (AdaTime's files, 5 users)")
+    uci_har: UciHarParams = Field(description="UCI HAR windows (AdaTime's files, 24 subjects)")
+    uci_hapt: UciHaptParams = Field(
+        description="UCI HAPT raw 50 Hz accelerometer and gyroscope sessions (the default set)")
+    wisdm: WindowSetParams = Field(description="WISDM v1.1 windows (AdaTime's files, 30 users)")
+    custom: CustomParams = Field(description="your own recordings: one CSV or Parquet file of raw rows")
+    basic_motions: BasicMotionsParams = Field(description="the UEA BasicMotions smartwatch set (no user ids)")
+    split: SplitParams = Field(description="leave users out: whole users are held out, never random windows")
+    expectations: ExpectationParams = Field(
+        description="what the Great Expectations suites check of the raw rows and the windows")

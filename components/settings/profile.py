@@ -25,8 +25,8 @@ class TimingParams(Section):
 
 class ConvRanges(Section):
     in_range: tuple[Annotated[int, Field(ge=1)], ...] = Field(description="[min, max] input channels")
-    kernels: tuple[Annotated[int, Field(ge=1)], ...]
-    strides: tuple[Annotated[int, Field(ge=1)], ...]
+    kernels: tuple[Annotated[int, Field(ge=1)], ...] = Field(description="kernel sizes drawn from")
+    strides: tuple[Annotated[int, Field(ge=1)], ...] = Field(description="strides drawn from")
     length_range: tuple[Annotated[int, Field(ge=1)], ...] = Field(
         description="[min, max] input positions (frequency bins)")
     instances: tuple[Annotated[int, Field(ge=1)], ...] = Field(
@@ -49,7 +49,7 @@ class SweepBase(Section):
 
 
 class SamplerParams(Section):
-    seed: int = Field(ge=0)
+    seed: int = Field(ge=0, description="seeds the random draws")
     configs_per_kind: int = Field(ge=1,
         description="per layer kind: about half a width sweep around multiples, half random draws")
     models: int = Field(ge=0, description="whole DeepSense models (end-to-end rows)")
@@ -65,9 +65,9 @@ class SamplerParams(Section):
         description="sweeps run through widths k*m-2 .. k*m+2 for the largest of these")
     model_input_shape: tuple[Annotated[int, Field(ge=1)], ...] = Field(
         description="one window (T, sensors, axes, 2, F) for the whole models; empty: ingest's")
-    conv1d: ConvRanges
-    recurrent: SequenceRanges
-    linear: SequenceRanges
+    conv1d: ConvRanges = Field(description="the ranges convolution configurations are drawn from")
+    recurrent: SequenceRanges = Field(description="the ranges recurrent configurations are drawn from")
+    linear: SequenceRanges = Field(description="the ranges linear configurations are drawn from")
     sweep: Annotated[dict[str, SweepBase], LAYER_KINDS_KEYS] = Field(
         description="per kind: the layer whose width is swept (the baseline's own)")
 
@@ -84,5 +84,6 @@ class ProfileParams(Section):
     batch_size: int = Field(ge=1,
         description="configurations timed together, round-robin (spreads each one's samples over time)")
     flush_rows: int = Field(ge=1, description="rows per appended parquet part (an interruption loses at most these)")
-    timing: TimingParams
-    sampler: SamplerParams
+    timing: TimingParams = Field(
+        description="how each configuration is timed (round-robin samples until the median is stable)")
+    sampler: SamplerParams = Field(description="what is profiled: layer configurations by kind, and whole models")

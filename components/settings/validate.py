@@ -36,5 +36,6 @@ class ValidateParams(Section):
     max_test_windows: int = Field(ge=0, description="held-out windows run on the device (0: all)")
     convert_timeout_s: float = Field(gt=0, description="one conversion; longer is killed and the format fails")
     run_timeout_s: float = Field(gt=0, description="one format's run on the device (load, predict, time)")
-    seed: int = Field(ge=0)
-    gates: GateParams
+    seed: int = Field(ge=0, description="seeds the test and calibration windows drawn")
+    gates: GateParams = Field(
+        description="what the compressed model, in the device's deployed format, must show against the baseline")

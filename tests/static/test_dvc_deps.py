@@ -54,3 +54,8 @@ def test_a_toy_stage_in_the_table_gets_its_dvc_stage():
     assert body["cmd"] == "python -m components toy --device ${key}"
     assert {"data/train", "data/compress/${key}", "components/reports/figures.py"} <= set(body["deps"])
     assert body["outs"] == ["data/toy/${key}"] and body["params"][0] == "train.seed"
+
+
+def test_a_stage_that_renders_html_re_runs_when_a_template_changes():
+    deps = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["validate"]["do"]["deps"]
+    assert "components/reports/templates" in deps
