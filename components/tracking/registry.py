@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.config import Params
-from components.decisions.champion import beats
+from components.decisions.champion import NOT_PROMOTED, beats
 from components.reports.model_card import model_card, registered_model_description
 from components.tracking import server
 from components.tracking.lineage import requirements
@@ -54,7 +54,10 @@ def registered_model_name(params: Params, dataset: str, device: str) -> str:
 
 def was_promoted(tags: dict[str, str]) -> bool:
     """Whether a version (its tags) became the champion when it was registered."""
-    return tags.get(PROMOTED_TAG) == "true"
+    if PROMOTED_TAG in tags:
+        return tags[PROMOTED_TAG] == "true"
+    decision = tags.get(DECISION_TAG, "")  # a version registered before the tag existed: its decision says it
+    return bool(decision) and not decision.startswith(NOT_PROMOTED)
 
 
 def version_of_validation(client, name: str, validation_id: str) -> str | None:

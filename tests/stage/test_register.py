@@ -16,6 +16,7 @@ from components.artifacts.seals import ChecksumMismatch, DamagedArtifact, seal
 from components.config import load_params
 from components.decisions.champion import beats
 from components.stages import Place
+from components.tracking import registry
 from tests.conftest import PROJECT_ROOT, synthetic_task
 
 # The microcontroller: its latency is computed (no latency model needed) and its integer (16x8) file is what is registered.
@@ -128,6 +129,8 @@ def test_a_worse_model_never_takes_champion(validated):
     promoted = {str(v.version): v.tags["promoted"] for v in client.search_model_versions(f"name = '{first.name}'")}
     assert promoted == {first.version: "true", worse.version: "false", slower.version: "false",
                         tie_faster.version: "true", better.version: "true"}  # a boolean tag, not a sentence to parse
+    assert registry.was_promoted({"champion_decision": "no champion yet"})  # registered before the tag existed
+    assert not registry.was_promoted({"champion_decision": "does not beat the champion (...)"})
 
 
 def test_registering_the_same_validation_twice_makes_no_second_version(validated):
