@@ -21,6 +21,15 @@ class McuSpec(Section):
     weight_bytes: int = Field(gt=0)
     bias_bytes: int = Field(gt=0)
     activation_bytes: int = Field(gt=0)
+    energy_per_cycle_nj: float | None = Field(default=None, gt=0, description=(
+        "the part's energy per clock cycle while it runs, from its datasheet (run current x supply voltage / "
+        "clock); absent: no energy figure"))
+
+
+class Power(Section):
+    """What a device draws while it runs an inference, as declared (modelled energy until a meter measures it)."""
+
+    active_w: float = Field(gt=0, description="watts drawn while one inference runs on the device's threads")
 
 
 class Toleration(Section):
@@ -56,6 +65,7 @@ class Device(Section):
     reach: str
     cpus: tuple[Annotated[int, Field(ge=0)], ...] = ()
     mcu: McuSpec | None = None
+    power: Power | None = None
     kubernetes: Placement = Placement()
 
     def pinned_cpus(self) -> tuple[int, ...]:

@@ -19,6 +19,7 @@ import numpy as np
 
 from components.config import ConfigError, Params
 from components.devices.base import get_backend
+from components.devices.energy import energy_per_inference
 
 log = logging.getLogger(__name__)
 MODELS = ("baseline", "compressed")
@@ -181,6 +182,8 @@ def add_predictions(by_format: dict, spec, device, latency_model) -> None:
         measured = record.get("latency_ms")
         record["latency_error"] = (abs(measured - predicted) / measured
                                    if measured and predicted is not None and record.get("ok") else None)
+        if record.get("ok"):
+            record |= energy_per_inference(device, measured)
 
 
 def add_ratios(results: dict) -> None:

@@ -103,7 +103,7 @@ def _cost(report: dict, comp: dict, base: dict) -> list[str]:
     rows = [(f"latency ms ({'measured' if how == 'timed' else how})", "latency_ms"),
             ("predicted latency ms", "predicted_latency_ms"), ("file bytes", "bytes"),
             ("peak memory bytes", "peak_memory_bytes"), ("flash bytes", "flash_bytes"),
-            ("peak SRAM bytes", "peak_sram_bytes")]
+            ("peak SRAM bytes", "peak_sram_bytes"), ("energy mJ per inference (modelled)", "energy_mj")]
     for label, key in rows:
         c, b = comp.get(key), base.get(key)
         if c is None:

@@ -36,7 +36,7 @@ def _verdict(passed: bool | None) -> str:
 COLUMNS = (("accuracy", "accuracy (mean over users)"), ("accuracy_interval", "95 % CI over users"),
            ("macro_f1", "macro-F1"), ("agreement", "agreement with torch"),
            ("latency_ms", "latency ms"), ("predicted_latency_ms", "predicted ms"), ("latency_error", "prediction error"),
-           ("peak_memory_bytes", "peak memory bytes"), ("bytes", "file bytes"))
+           ("energy_mj", "energy mJ (modelled)"), ("peak_memory_bytes", "peak memory bytes"), ("bytes", "file bytes"))
 
 
 def _table_rows(report: dict) -> list[list[str]]:
