@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from components.config import ConfigError, read_yaml, validated
-from components.settings.base import Section
+from components.settings.base import Section, rule
 
 
 class McuSpec(Section):
@@ -35,10 +35,19 @@ class Power(Section):
 class Toleration(Section):
     """A Kubernetes toleration (core/v1 Toleration) of a device's tasks."""
 
-    key: str
-    operator: Literal["Equal", "Exists"]
-    value: str  # "" with operator Exists
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute", ""]  # "": every effect
+    key: str = ""  # no key with operator Exists: every taint
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str = ""  # "" with operator Exists
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute", ""] = ""  # "": every effect
+
+    @model_validator(mode="after")
+    def _kubernetes_accepts_it(self) -> Toleration:
+        """What Kubernetes itself would refuse when the pod is created, mid-run."""
+        if self.operator == "Exists" and self.value:
+            raise rule(f"operator Exists takes no value (got {self.value!r})")
+        if self.operator == "Equal" and not self.key:
+            raise rule("operator Equal needs a key")
+        return self
 
 
 class Placement(Section):
@@ -68,6 +77,20 @@ class Device(Section):
     power: Power | None = None
     kubernetes: Placement = Placement()
 
+    @field_validator("cpus")
+    @classmethod
+    def _one_core_per_thread(cls, cpus: tuple[int, ...], info: ValidationInfo) -> tuple[int, ...]:
+        threads = info.data.get("threads")
+        if cpus and threads is not None and len(cpus) != threads:
+            raise rule(f"{len(cpus)} cores listed for {threads} threads")
+        return cpus
+
+    @model_validator(mode="after")
+    def _mcu_section_where_runtime_mcu(self) -> Device:
+        if (self.runtime == "mcu") != (self.mcu is not None):
+            raise rule("an `mcu` section is required for runtime mcu and only there")
+        return self
+
     def pinned_cpus(self) -> tuple[int, ...]:
         """The cores timing runs on: `cpus`, else the first `threads` cores this process may use."""
         if self.cpus:
@@ -77,10 +100,6 @@ class Device(Section):
 
     def to_dict(self) -> dict:
         return self.model_dump()
-
-
-_OPTIONAL = {"cpus": [], "mcu": None}
-_TOLERATION_OPTIONAL = {"key": "", "operator": "Equal", "value": "", "effect": ""}  # no key + Exists: every taint
 
 
 def load_pool(path: Path) -> dict[str, Device]:
@@ -108,32 +127,7 @@ def device_from_dict(entry: dict, where: str) -> Device:
 
 
 def _device(name: str, entry: dict, where: str) -> Device:
-    placement = _placement(entry.get("kubernetes"), f"{where}.kubernetes")
-    data = {**_OPTIONAL, **entry, "name": name, "kubernetes": placement}
-    device = validated(Device, data, where)
-    if device.cpus and len(device.cpus) != device.threads:
-        raise ConfigError(f"{where}.cpus: {len(device.cpus)} cores listed for {device.threads} threads")
-    if (device.runtime == "mcu") != (device.mcu is not None):
-        raise ConfigError(f"{where}: an `mcu` section is required for runtime mcu and only there")
-    return device
-
-
-def _placement(raw, where: str) -> dict:
-    """The `kubernetes` section with its optional keys filled in (absent: any node)."""
-    if raw is None:
-        return {"node_selector": {}, "tolerations": []}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping with node_selector and/or tolerations")
-    tolerations = raw.get("tolerations") or []  # a tuple in an entry `Device.to_dict` wrote
-    if not isinstance(tolerations, (list, tuple)) or not all(isinstance(t, dict) for t in tolerations):
-        raise ConfigError(f"{where}.tolerations: expected a list of mappings (key, operator, value, effect)")
-    filled = [{**_TOLERATION_OPTIONAL, **t} for t in tolerations]
-    for i, t in enumerate(filled):  # what Kubernetes itself would refuse when the pod is created, mid-run
-        if t["operator"] == "Exists" and t["value"]:
-            raise ConfigError(f"{where}.tolerations[{i}]: operator Exists takes no value (got {t['value']!r})")
-        if t["operator"] == "Equal" and not t["key"]:
-            raise ConfigError(f"{where}.tolerations[{i}]: operator Equal needs a key")
-    return {"node_selector": {}, **raw, "tolerations": filled}
+    return validated(Device, {**entry, "name": name}, where)
 
 
 def select(pool: dict[str, Device], names: tuple[str, ...] | list[str]) -> list[Device]:

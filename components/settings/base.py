@@ -39,12 +39,20 @@ class Section(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _empty_values(cls, data: Any) -> Any:
-        """`key:` with nothing after it: an empty string or an empty list where the field is one."""
+        """`key:` with nothing after it: an empty string or list where the field is one, else the field's default
+        where it has one and cannot be None (an absent `kubernetes:` section)."""
         if not isinstance(data, dict):
             return data
-        empty = {name: _empty_of(field.annotation) for name, field in cls.model_fields.items()
-                 if name in data and data[name] is None}
-        return data | {name: value for name, value in empty.items() if value is not None}
+        out = dict(data)
+        for name, field in cls.model_fields.items():
+            if name not in data or data[name] is not None:
+                continue
+            empty = _empty_of(field.annotation)
+            if empty is not None:
+                out[name] = empty
+            elif not field.is_required() and field.default is not None:
+                del out[name]
+        return out
 
 
 def _empty_of(annotation: Any) -> Any:

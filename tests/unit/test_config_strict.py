@@ -165,6 +165,11 @@ def test_pool_threads_and_cores_are_ranges_too(tmp_path: Path):
     path = _pool_file(tmp_path, "devices:\n  ort:\n" + ENTRY + "    cpus: [-1]\n")
     with pytest.raises(ConfigError, match=re.escape("devices.ort.cpus[0]: must be at least 0, got -1")):
         load_pool(path)
+    path = _pool_file(tmp_path, "devices:\n  ort:\n" + ENTRY + "    cpus: [0, 1]\n")
+    with pytest.raises(ConfigError, match=f"^{re.escape(f'{path}: devices.ort.cpus: 2 cores listed for 1 threads')}$"):
+        load_pool(path)
+    path = _pool_file(tmp_path, "devices:\n  ort:\n" + ENTRY + "    kubernetes:\n")  # empty: any node
+    assert load_pool(path)["ort"].kubernetes.to_kubernetes() == ({}, [])
 
 
 def test_a_devices_kubernetes_placement_is_typed_with_defaults_and_the_pools_example_parses(tmp_path: Path):
