@@ -26,6 +26,13 @@ otherwise the run ends with the best structure found and `budget_met:
 false`, said plainly. Beside the model, a fallback one step back along the
 search's path (`compress.fallback` times the aim, fine-tuned the same way)
 is what validate deploys if the model misses only the accuracy gate.
+
+Energy per inference (devices/energy.py: declared figures, so modelled
+here; validate measures it where the device has a meter) is given for every
+method. With `compress.energy_budget_mj` naming the device, the search aims
+at the smaller of the latency budget and that energy over the baseline's
+(modelled energy is proportional to latency), and the budget is met only
+when the compressed model's energy is within it too.
 """
 
 from __future__ import annotations
@@ -95,6 +102,7 @@ def run(params: Params, device_name: str, *, ingest: Path, train: Path, profile:
     cost = _cost(params, device, baseline.spec, latency_model, latency_dir)
     if cost.name not in cfg.budget:
         raise ConfigError(f"compress.budget has no entry for the {cost.name} cost (has {', '.join(cfg.budget)})")
+    budget, energy = _budget(cfg, device, cost, baseline.spec)
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     data = split_users(windows, make_folds(windows.meta, params.train)[0], params.train, Path(train))
@@ -104,8 +112,8 @@ def run(params: Params, device_name: str, *, ingest: Path, train: Path, profile:
                           "baseline.params": baseline.spec.params})
         mlrun.log_windows_input(windows, "training")
         started = time.perf_counter()
-        done = _compress(params, device, baseline, cost, latency_model, data, bench, out, mlrun)
-        metrics = _metrics(done, cost, cfg, device.name, time.perf_counter() - started)
+        done = _compress(params, device, baseline, cost, budget, latency_model, data, bench, out, mlrun)
+        metrics = _metrics(done, cost, cfg, device, budget, energy, time.perf_counter() - started)
         with atomic_directory(out / "model") as staging:
             models.save(done.tuned["deepiot"].model, staging)
         if "fallback" in done.tuned:  # what validate deploys if the model misses only the accuracy gate
@@ -155,6 +163,27 @@ def _bench(params: Params, device, cost, out: Path, profile_dir: Path):
     return DeviceBench(params, device, reference_item(params), out / LOG_DIR, table)
 
 
+def _budget(cfg, device, cost, spec) -> tuple[float, dict]:
+    """The relative budget the search aims at (the cost's, or tighter where the device has an energy budget), and
+    the energy budget's figures ({} without one)."""
+    from components.devices.energy import energy_per_inference
+
+    budget, limit_mj = cfg.budget[cost.name], cfg.energy_budget_mj.get(device.name)
+    if limit_mj is None:
+        return budget, {}
+    if cost.name == "params":
+        raise ConfigError(f"compress.energy_budget_mj.{device.name}: an energy budget steers by latency; "
+                          "set compress.cost: latency (or drop the device's energy budget)")
+    base = energy_per_inference(device, cost.value(spec))
+    if base["energy_mj"] is None:
+        raise ConfigError(f"compress.energy_budget_mj.{device.name}: {base['energy_source']}")
+    aim = limit_mj / base["energy_mj"]
+    log.info("%s: energy budget %g mJ per inference is %.3f of the baseline's %.4g mJ (%s)%s", device.name,
+             limit_mj, aim, base["energy_mj"], base["energy_source"],
+             f": tighter than the {cost.name} budget {budget}" if aim < budget else "")
+    return min(budget, aim), {"budget_mj": limit_mj, "aim": aim}
+
+
 def _cost(params: Params, device, spec, latency_model, latency_dir: Path):
     from components.devices.base import get_backend
     from components.pruning.costs import ComputedCost, LatencyCost, ParamsCost
@@ -185,8 +214,8 @@ class Compressed:
     validation: dict  # which users the decisions rest on
 
 
-def _compress(params: Params, device, baseline, cost, latency_model, data: Split, bench, out: Path, mlrun
-              ) -> Compressed:
+def _compress(params: Params, device, baseline, cost, budget: float, latency_model, data: Split, bench, out: Path,
+              mlrun) -> Compressed:
     """Floor check, search rounds (with refit rounds on a timed device), selection, fallback, fine-tune.
 
     `bench` (a DeviceBench; latency cost on a timed device only) is what makes
@@ -201,7 +230,6 @@ def _compress(params: Params, device, baseline, cost, latency_model, data: Split
     cfg, s = params.compress, params.compress.search
     augmentation = params.train if cfg.augment else None  # train's rotation, scale and noise
     floor_accuracy = accuracy(baseline, data.x_val, data.y_val, data.users_val) - cfg.max_accuracy_drop
-    budget = cfg.budget[cost.name]
     settings = SearchSettings(budget, floor_accuracy, s.lambda_cost, s.critic_decay, Schedule(**s.threshold.model_dump()),
                               s.max_steps, s.batch_size, s.learning_rate, s.compressor_learning_rate,
                               s.compressor_hidden, s.init_keep, s.eval_every, cfg.seed, s.distill,
@@ -244,22 +272,29 @@ def _compress(params: Params, device, baseline, cost, latency_model, data: Split
     return Compressed(tuned, search, floor, steering.rounds, selection, back, steering.latency_model, data.validation)
 
 
-def _metrics(done: Compressed, cost, cfg, device: str, wall_s: float) -> dict:
+def _metrics(done: Compressed, cost, cfg, device, budget: float, energy: dict, wall_s: float) -> dict:
     """The run's figures; the budget is met when the fine-tuned model is within it *and* above the floor.
 
     Where the chosen structure was timed on the device, "within" is judged on
-    its measured ratio to the baseline, not on the prediction.
+    its measured ratio to the baseline, not on the prediction. `budget`: the
+    relative aim (the energy budget's where it is tighter), `energy`: its figures.
     """
-    budget = cfg.budget[cost.name]
+    _add_energy(done.tuned, device)
+    device = device.name
     deepiot, base = done.tuned["deepiot"].figures, done.tuned["baseline"].figures
     floor = done.search.s.accuracy_floor
     reached = deepiot.get("measured_ratio", deepiot["relative_cost"])
     # a measurement is judged within its repeatability: ratios timed together repeat within ~1 %
     allowed = budget * (1 + cfg.measured_tolerance) if "measured_ratio" in deepiot else budget
     within = reached <= allowed + 1e-9 and deepiot["fits"]
-    met = within and deepiot["val_accuracy"] >= floor
+    energy_figures = _energy_metrics(deepiot, base, energy, allowed / budget)
+    met = within and deepiot["val_accuracy"] >= floor and energy_figures.get("met", True)
     why = ""
-    if not met:
+    if within and not energy_figures.get("met", True):
+        why = (f"energy {energy_figures['compressed_mj']:.4g} mJ per inference is over the budget "
+               f"{energy['budget_mj']:g} mJ")
+        log.warning("%s: BUDGET NOT MET: %s", device, why)
+    elif not met:
         what = "measured" if "measured_ratio" in deepiot else "predicted"
         why = (f"validation accuracy {deepiot['val_accuracy']:.3f} is below the floor {floor:.3f}" if within else
                f"the compressed model is at {reached:.4f} of the baseline's {cost.name} ({what}"
@@ -275,6 +310,7 @@ def _metrics(done: Compressed, cost, cfg, device: str, wall_s: float) -> dict:
         "accuracy_floor": floor, "cost_floor": done.search.cost_floor,
         "floor": done.floor.to_dict(), "refit": done.refit, "selection": done.selection.to_dict(),
         "measured_ratio": deepiot.get("measured_ratio"),
+        "energy": energy_figures,
         "search_steps": done.search.step_index, "wall_s": round(wall_s, 1),
         "accuracy_change": deepiot["test_accuracy"] - base["test_accuracy"],
         "accuracy_change_ci": _paired(deepiot, base),
@@ -284,6 +320,38 @@ def _metrics(done: Compressed, cost, cfg, device: str, wall_s: float) -> dict:
         "methods": {name: t.figures for name, t in done.tuned.items() if name != "fallback"},
         "fallback": _fallback_metrics(done, base),
     }
+
+
+def _add_energy(tuned: dict, device) -> None:
+    """Each method's energy per inference, modelled from its latency (computed, or predicted; the chosen one's
+    from the baseline's times its measured ratio where it was timed)."""
+    from components.devices.energy import energy_per_inference
+
+    base = tuned["baseline"].figures
+    base |= energy_per_inference(device, base.get("latency_ms", base.get("predicted_latency_ms")))
+    for name, t in tuned.items():
+        if name == "baseline":
+            continue
+        f = t.figures
+        latency = f.get("latency_ms", f.get("predicted_latency_ms"))
+        if "measured_ratio" in f and base.get("energy_mj") is not None:
+            latency = base.get("latency_ms", base.get("predicted_latency_ms")) * f["measured_ratio"]
+        f |= energy_per_inference(device, latency)
+        if "measured_ratio" in f and f.get("energy_mj") is not None:
+            f["energy_source"] += " (the baseline's latency x the measured ratio)"
+
+
+def _energy_metrics(model: dict, base: dict, energy: dict, slack: float = 1.0) -> dict:
+    """The chosen model's energy per inference against the baseline's, and against the energy budget if any (met
+    within the `slack` a measured latency ratio gets)."""
+    out = {"compressed_mj": model.get("energy_mj"), "baseline_mj": base.get("energy_mj"),
+           "source": model.get("energy_source")}
+    if out["compressed_mj"] is not None and out["baseline_mj"]:
+        out["ratio"] = out["compressed_mj"] / out["baseline_mj"]
+    if energy:
+        out |= energy | {"met": out["compressed_mj"] is not None
+                         and out["compressed_mj"] <= energy["budget_mj"] * slack * (1 + 1e-9)}
+    return out
 
 
 def _fallback_metrics(done: Compressed, base: dict) -> dict:
@@ -338,6 +406,10 @@ def _say(device: str, metrics: dict) -> None:
              "budget met" if metrics["budget_met"] else "BUDGET NOT MET", d["params"], 100 * metrics["params_kept"],
              metrics["cost"], reached(metrics), d["test_accuracy"], interval_text(metrics["accuracy_change_ci"], 4),
              interval_text(metrics.get("val_accuracy_change_ci") or {}, 4))
+    energy = metrics.get("energy") or {}
+    if energy.get("ratio") is not None:
+        log.info("%s: energy %.4g mJ per inference, %.3f of the baseline's (%s)", device, energy["compressed_mj"],
+                 energy["ratio"], energy["source"])
 
 
 def summary(result: CompressResult) -> str:

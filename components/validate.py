@@ -190,7 +190,7 @@ def _assess(params: Params, device, formats, exports: dict, loaded: dict, torch_
         add_predictions(results[name], loaded[name].spec, device, latency_model)
     add_ratios(results)
     return results, check_gates(results["baseline"][formats[0]], results["compressed"][formats[0]], device,
-                                cfg.gates)
+                                cfg.gates, params.compress.energy_budget_mj.get(device.name))
 
 
 def _relative_exports(export: dict, out: Path) -> dict:

@@ -4,8 +4,8 @@ The accuracy gate asks for "no loss" with evidence: the drop against the
 baseline, paired user by user over the held-out users, must be small on the
 mean *and* at the upper end of its 95 % interval (`validate.gates`; the rule
 was chosen from benchmarks/gate_errors.py). The others: it ran, it agrees
-with the torch model, latency and size within their budgets, it fits the
-part, and the latency model predicted it within its tolerance.
+with the torch model, latency, energy and size within their budgets, it fits
+the part, and the latency model predicted it within its tolerance.
 """
 
 from __future__ import annotations
@@ -27,8 +27,11 @@ class Gate:
         return asdict(self)
 
 
-def check_gates(base: dict, comp: dict, device, g) -> list[Gate]:
-    """Every gate on the compressed model (`comp`) against the baseline (`base`), same device and format."""
+def check_gates(base: dict, comp: dict, device, g, energy_budget_mj: float | None = None) -> list[Gate]:
+    """Every gate on the compressed model (`comp`) against the baseline (`base`), same device and format.
+
+    `energy_budget_mj`: the device's absolute energy budget (compress.energy_budget_mj), checked beside the ratio.
+    """
     if not comp.get("ok"):
         return [Gate("runs", False, None, None, f"the compressed model did not run: {comp.get('error')}")]
     gates = [Gate("runs", True, None, None, "checksum verified, loaded and ran on every test window")]
@@ -43,6 +46,7 @@ def check_gates(base: dict, comp: dict, device, g) -> list[Gate]:
     gates.append(Gate("latency", ratio <= g.latency_budget, ratio, g.latency_budget,
                       f"{comp['latency_method']} {comp['latency_ms']:.4g} ms vs the baseline's "
                       f"{base['latency_ms']:.4g} ms"))
+    gates.append(energy_gate(base, comp, g, energy_budget_mj))
     size = comp["bytes"] / base["bytes"]
     gates.append(Gate("size", size <= g.size_budget, size, g.size_budget,
                       f"{comp['bytes']} bytes vs the baseline's {base['bytes']}"))
@@ -65,6 +69,27 @@ def check_gates(base: dict, comp: dict, device, g) -> list[Gate]:
                           f"{ratios}measured {comp['latency_ms']:.4g} ms, predicted "
                           f"{comp['predicted_latency_ms']:.4g} ms"))
     return gates
+
+
+def energy_gate(base: dict, comp: dict, g, budget_mj: float | None) -> Gate:
+    """Energy per inference against the baseline's (same kind of figure) and, where given, an absolute budget.
+
+    Not applicable (None) where the device has no energy figure: the pool file says how to give it one.
+    """
+    from components.devices.energy import energy_ratio
+
+    ratio = energy_ratio(comp, base)
+    if ratio is None:
+        why = comp.get("energy_source") if comp.get("energy_mj") is None else \
+            f"the baseline's figure is {base.get('energy_source')}, the compressed model's {comp.get('energy_source')}"
+        return Gate("energy", None, None, g.energy_budget, f"not applicable: {why}")
+    passed = ratio <= g.energy_budget
+    detail = (f"{comp['energy_mj']:.4g} mJ vs the baseline's {base['energy_mj']:.4g} mJ per inference "
+              f"({comp['energy_source']})")
+    if budget_mj is not None:
+        passed = passed and comp["energy_mj"] <= budget_mj
+        detail += f"; the device's budget {budget_mj:g} mJ (compress.energy_budget_mj)"
+    return Gate("energy", passed, ratio, g.energy_budget, detail)
 
 
 def accuracy_drop(base: dict, comp: dict, resamples: int = 10000, seed: int = 0) -> dict:

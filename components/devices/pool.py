@@ -27,9 +27,31 @@ class McuSpec(Section):
 
 
 class Power(Section):
-    """What a device draws while it runs an inference, as declared (modelled energy until a meter measures it)."""
+    """How a device's energy per inference is known: a meter that measures it, or declared watts that model it.
 
-    active_w: float = Field(gt=0, description="watts drawn while one inference runs on the device's threads")
+    With both, the meter is used where it can be read and the declared
+    figure otherwise (the report says which, and why the meter was not).
+    """
+
+    active_w: float | None = Field(default=None, gt=0, description=(
+        "watts drawn while one inference runs on the device's threads (a declared figure: energy is modelled "
+        "as this times the latency)"))
+    meter: str | None = Field(default=None, description=(
+        "a power meter read around the timing loop (energy measured): `powercap` (Linux RAPL), or a plug-in "
+        "as package.module:Class"))
+    meter_root: str | None = Field(default=None, description="powercap: the sysfs folder (default the kernel's)")
+    meter_zone: str | None = Field(default=None, description="powercap: the zone, e.g. intel-rapl:0 (default the "
+                                                              "first package)")
+
+    @model_validator(mode="after")
+    def _says_something(self) -> Power:
+        if self.active_w is None and self.meter is None:
+            raise rule("declare active_w (modelled energy), a meter (measured), or both")
+        return self
+
+    def meter_spec(self) -> dict | None:
+        """What the timing worker opens (devices/meters.open_meter), or None without a meter."""
+        return self.model_dump(include={"meter", "meter_root", "meter_zone"}) if self.meter else None
 
 
 class Toleration(Section):
@@ -143,4 +165,8 @@ def select(pool: dict[str, Device], names: tuple[str, ...] | list[str]) -> list[
 def chosen(params, names: list[str] | tuple[str, ...] | None = None) -> list[Device]:
     """The devices a stage works on: `names`, else `profile.devices`, else the whole pool (`profile.devices_file`)."""
     pool = load_pool(params.path(params.profile.devices_file))
+    unknown = [n for n in params.compress.energy_budget_mj if n not in pool]
+    if unknown:  # a budget for a device that is not there would silently apply to nothing
+        raise ConfigError(f"compress.energy_budget_mj names {unknown[0]!r}, which the pool does not have "
+                          f"(it has: {', '.join(pool)})")
     return select(pool, list(names) if names else list(params.profile.devices))

@@ -19,7 +19,7 @@ import numpy as np
 
 from components.config import ConfigError, Params
 from components.devices.base import get_backend
-from components.devices.energy import energy_per_inference
+from components.devices.energy import energy_per_inference, energy_ratio
 
 log = logging.getLogger(__name__)
 MODELS = ("baseline", "compressed")
@@ -124,11 +124,15 @@ def run_on_device(params: Params, device, fmt: str, exports: dict, work: Path, l
             ran.append((name, entry))
         answers[name] = answer
     if ran and timed:
-        reply = call({"models": [entry for _, entry in ran], "predict": False}, f"{fmt}.timing.log")
+        meter = device.power.meter_spec() if device.power is not None else None
+        reply = call({"models": [entry for _, entry in ran], "predict": False, "meter": meter}, f"{fmt}.timing.log")
+        if reply.get("meter_error"):
+            log.info("%s: energy not measured (%s)", device.name, reply["meter_error"])
         for i, (name, _) in enumerate(ran):
             timed = reply["results"][i] if reply.get("ok") else {"ok": False, "error": reply["error"]}
             if timed.get("ok"):
                 answers[name]["timing"] = timed["timing"]
+                answers[name]["meter_error"] = reply.get("meter_error")
             else:
                 answers[name] = {"ok": False, "error": f"ran, but timing failed: {timed['error']}"}
     return answers
@@ -160,6 +164,8 @@ def score(answer: dict, exported, y_test: np.ndarray, users: np.ndarray, torch_p
         "latency_ms": timing.get("latency_ms"), "latency_iqr_ms": timing.get("iqr_ms"),
         "latency_stable": timing.get("stable"), "latency_method": "timed",
         "peak_memory_bytes": answer.get("peak_memory_bytes"), "load_s": answer.get("load_s"),
+        "metered": {"energy_mj": timing.get("energy_mj"), "energy_source": timing.get("energy_source"),
+                    "meter_error": answer.get("meter_error")},
         **({"graph": answer["graph"]} if "graph" in answer else {}),
     }
 
@@ -183,11 +189,12 @@ def add_predictions(by_format: dict, spec, device, latency_model) -> None:
         record["latency_error"] = (abs(measured - predicted) / measured
                                    if measured and predicted is not None and record.get("ok") else None)
         if record.get("ok"):
-            record |= energy_per_inference(device, measured)
+            record |= energy_per_inference(device, measured, record.pop("metered", None) if backend.timed else None)
 
 
 def add_ratios(results: dict) -> None:
-    """The compressed model's predicted and measured latency as ratios to the baseline's, same format.
+    """The compressed model's predicted and measured latency (and its energy) as ratios to the baseline's, same
+    format.
 
     Both models are timed together, round-robin, so the measured ratio
     cancels the machine's phase; the prediction is judged on it (the
@@ -195,6 +202,8 @@ def add_ratios(results: dict) -> None:
     """
     for fmt, comp in results["compressed"].items():
         base = results["baseline"].get(fmt, {})
+        if comp.get("ok") and base.get("ok"):
+            comp["energy_ratio"] = energy_ratio(comp, base)
         if comp.get("latency_method") == "computed" or not (comp.get("ok") and base.get("ok")):
             continue
         if comp.get("predicted_latency_ms") and base.get("predicted_latency_ms") and base.get("latency_ms"):

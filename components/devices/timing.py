@@ -27,6 +27,10 @@ the machine runs 50 % slower slows both and leaves the ratio alone
 (milliseconds measured in different phases differ; ratios do not). The stop
 rule then watches the median ratio instead of the median milliseconds; the
 milliseconds are still reported beside the ratio.
+
+With a `meter` (devices/meters.py), its counter is read just before and
+after every configuration sample: the joules a configuration's samples
+used over the inferences they ran is its measured energy per inference.
 """
 
 from __future__ import annotations
@@ -58,9 +62,16 @@ class Timing:
     ratio_q1: float | None = None
     ratio_q3: float | None = None
     reference_ms: float | None = None  # median time of one reference inference over the whole batch
+    # with a meter (None without): what the samples used over the inferences they ran, and what measured it
+    energy_mj: float | None = None
+    energy_source: str | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Its fields; the energy ones only where a meter measured them (profile tables keep their columns)."""
+        out = asdict(self)
+        if self.energy_mj is None:
+            del out["energy_mj"], out["energy_source"]
+        return out
 
 
 def _sample(run: Callable[[], object], loops: int) -> float:
@@ -100,8 +111,9 @@ def _quartiles(values: list[float]) -> tuple[float, float, float]:
 class _Series:
     """The samples of one run (a configuration, or the reference), each with the moment it was taken."""
 
-    def __init__(self, run: Callable[[], object], loops: int):
-        self.run, self.loops = run, loops
+    def __init__(self, run: Callable[[], object], loops: int, meter=None):
+        self.run, self.loops, self.meter = run, loops, meter
+        self.joules = 0.0  # what the samples used, with a meter
         self.samples: list[float] = []  # seconds per inference
         self.stamps: list[float] = []  # perf_counter at the middle of each sample
         self.timed_s = 0.0
@@ -109,8 +121,11 @@ class _Series:
         self.stable = False
 
     def take_one(self) -> None:
+        before = self.meter.joules() if self.meter is not None else 0.0
         start = time.perf_counter()
         elapsed = _sample(self.run, self.loops)
+        if self.meter is not None:
+            self.joules += self.meter.joules() - before
         self.timed_s += elapsed
         self.samples.append(elapsed / self.loops)
         self.stamps.append(start + elapsed / 2)
@@ -136,6 +151,9 @@ class _Series:
         timing = Timing(latency_ms=median * 1e3, q1_ms=q1 * 1e3, q3_ms=q3 * 1e3, iqr_ms=(q3 - q1) * 1e3,
                         repeats=len(self.samples), inner_loops=self.loops, timed_s=self.timed_s,
                         stable=self.stable)
+        if self.meter is not None:
+            timing = replace(timing, energy_mj=self.joules * 1e3 / (len(self.samples) * self.loops),
+                             energy_source=f"measured: {self.meter.source}")
         if reference is None:
             return timing
         r1, ratio, r3 = _quartiles(self.ratios(reference))
@@ -185,15 +203,15 @@ def _prepare(run: Callable[[], object], p: TimingParams) -> int:
 
 
 def measure_many(runs: list[Callable[[], object]], p: TimingParams, busy_s: float = 0.0,
-                 reference: Callable[[], object] | None = None) -> list[Timing]:
+                 reference: Callable[[], object] | None = None, meter=None) -> list[Timing]:
     """Time each of `runs` (one inference each), round-robin, with the protocol above.
 
     With `reference`, every Timing also carries the ratio to it and the
-    reference's own median (`reference_ms`).
+    reference's own median (`reference_ms`); with `meter`, its energy per inference.
     """
     if reference is not None and p.reference_every < 1:
         raise ValueError(f"timing.reference_every must be at least 1 (got {p.reference_every})")
-    series = [_Series(run, _prepare(run, p)) for run in runs]
+    series = [_Series(run, _prepare(run, p), meter) for run in runs]
     ref = None
     if reference is not None and series:
         ref = _Reference(reference, _prepare(reference, p), p.reference_every)
@@ -226,5 +244,5 @@ def _rounds(series: list[_Series], p: TimingParams, busy_s: float, ref: _Referen
 
 
 def measure(run: Callable[[], object], p: TimingParams, busy_s: float = 0.0,
-            reference: Callable[[], object] | None = None) -> Timing:
-    return measure_many([run], p, busy_s, reference)[0]
+            reference: Callable[[], object] | None = None, meter=None) -> Timing:
+    return measure_many([run], p, busy_s, reference, meter)[0]

@@ -154,8 +154,9 @@ def _time_batch(backend, threads: int, request: dict) -> dict:
         except Exception as exc:  # milliseconds are still worth having; the ratios are missing
             traceback.print_exc()
             answer["reference_error"] = f"{type(exc).__name__}: {exc}"[:500]
+    meter = _meter(request, answer)
     timings = measure_many(runs, TimingParams(**request["timing"]), busy_s=request.get("busy_s", 0.0),
-                           reference=reference)
+                           reference=reference, meter=meter)
     for index, timing in zip(loaded, timings):
         results[index]["timing"] = timing.to_dict()
     return answer
@@ -226,11 +227,26 @@ def _validate_files(backend, threads: int, request: dict) -> dict:
         results.append(result)
         runs.append(run)
         loaded.append(len(results) - 1)
+    answer = {"ok": True, "results": results}
     if request.get("time", True):
         reference = _reference_of(runs, loaded, request.get("reference_index"))
-        for index, timing in zip(loaded, measure_many(runs, TimingParams(**request["timing"]), reference=reference)):
+        timings = measure_many(runs, TimingParams(**request["timing"]), reference=reference,
+                               meter=_meter(request, answer))
+        for index, timing in zip(loaded, timings):
             results[index]["timing"] = timing.to_dict()
-    return {"ok": True, "results": results}
+    return answer
+
+
+def _meter(request: dict, answer: dict):
+    """The request's power meter (its `meter` spec), or None; one that cannot be read says why in the answer
+    (`meter_error`), and the timings go on without energy (it is modelled then, where declared)."""
+    from components.devices.meters import MeterUnavailable, open_meter
+
+    try:
+        return open_meter(request.get("meter"))
+    except MeterUnavailable as exc:
+        answer["meter_error"] = str(exc)
+        return None
 
 
 def _reference_of(runs: list, loaded: list[int], index: int | None):

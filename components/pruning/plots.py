@@ -31,7 +31,7 @@ def trajectory_png(history, metrics: dict, path: Path) -> Path:
 
 
 def pareto_png(metrics: dict, path: Path, history=()) -> Path:
-    """Test accuracy against size (parameters) and, where the device has a latency model, predicted latency.
+    """Test accuracy against size (parameters) and, where known, predicted latency and energy per inference.
 
     Every method is a point, the non-dominated ones joined. The structures
     the search passed through (validation accuracy of the kept structure
@@ -45,6 +45,9 @@ def pareto_png(metrics: dict, path: Path, history=()) -> Path:
     if all("predicted_latency_ms" in r for r in methods.values()):
         axes_spec.append(("latency", "predicted latency",
                           lambda r: r["predicted_latency_ms"] / base["predicted_latency_ms"]))
+    if all(r.get("energy_mj") for r in methods.values()):
+        how = base["energy_source"].split(":")[0]
+        axes_spec.append(("energy", f"energy per inference ({how})", lambda r: r["energy_mj"] / base["energy_mj"]))
     fig, axes = plt.subplots(1, len(axes_spec), figsize=(5.5 * len(axes_spec), 4.2), squeeze=False)
     for ax, (key, label, relative) in zip(axes[0], axes_spec):
         if key == metrics["cost"]:
@@ -55,6 +58,8 @@ def pareto_png(metrics: dict, path: Path, history=()) -> Path:
                 inner = _front(visited)
                 ax.plot([p[0] for p in inner], [p[1] for p in inner], color="tab:blue", alpha=0.4, lw=0.8)
             ax.axvline(metrics["budget"], color="0.8", ls="--", lw=0.8, label="budget")
+        if key == "energy" and (metrics.get("energy") or {}).get("aim") is not None:
+            ax.axvline(metrics["energy"]["aim"], color="0.8", ls=":", lw=0.8, label="energy budget")
         points = [(relative(r), r["test_accuracy"], name) for name, r in methods.items()]
         for cost, acc, name in points:
             ax.scatter([cost], [acc], s=40, color=_COLORS.get(name, "tab:gray"), label=name, zorder=3)

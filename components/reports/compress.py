@@ -17,15 +17,30 @@ def comparison_markdown(device: str, metrics: dict) -> str:
              *_validation_lines(metrics),
              f"Accuracy floor (mean over the validation users): {metrics['accuracy_floor']:.3f}; the lowest "
              f"{metrics['cost']} width pruning can reach: {metrics['cost_floor']:.3f} of the baseline's.", ""]
+    energy = all(r.get("energy_mj") is not None for r in methods.values())
     header = ["method", "params", "relative cost", *(["predicted ms"] if latency else []),
-              "test accuracy (95 % CI over users)", "validation accuracy", "fits"]
+              *(["energy mJ"] if energy else []), "test accuracy (95 % CI over users)", "validation accuracy", "fits"]
     lines += markdown_table(header, [
         [name, r["params"], f"{r['relative_cost']:.3f}", *([f"{r['predicted_latency_ms']:.3f}"] if latency else []),
+         *([f"{r['energy_mj']:.4g}"] if energy else []),
          interval_text(r["test_accuracy_ci"], 3, short=True), f"{r['val_accuracy']:.3f}", r["fits"]]
         for name, r in methods.items()])
+    lines += _energy_lines(metrics.get("energy") or {})
     lines += _fallback_lines(metrics.get("fallback", {}), metrics["cost"])
     lines += _refit_lines(metrics.get("refit", [])) + _selection_lines(metrics.get("selection", {}))
     return "\n".join(lines) + "\n"
+
+
+def _energy_lines(energy: dict) -> list[str]:
+    """How the energy per inference is known, and the energy budget's verdict where there is one."""
+    if energy.get("compressed_mj") is None:
+        return ["", f"Energy per inference: {energy.get('source') or 'none'}."] if energy else []
+    line = (f"Energy per inference: {energy['compressed_mj']:.4g} mJ against the baseline's "
+            f"{energy['baseline_mj']:.4g} mJ ({energy.get('ratio', float('nan')):.3f}x; {energy['source']})")
+    if "budget_mj" in energy:
+        line += (f"; budget {energy['budget_mj']:g} mJ ({energy['aim']:.3f} of the baseline's): "
+                 + ("met" if energy["met"] else "NOT MET"))
+    return ["", line + "."]
 
 
 def _validation_lines(metrics: dict) -> list[str]:

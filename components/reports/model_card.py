@@ -103,14 +103,16 @@ def _cost(report: dict, comp: dict, base: dict) -> list[str]:
     rows = [(f"latency ms ({'measured' if how == 'timed' else how})", "latency_ms"),
             ("predicted latency ms", "predicted_latency_ms"), ("file bytes", "bytes"),
             ("peak memory bytes", "peak_memory_bytes"), ("flash bytes", "flash_bytes"),
-            ("peak SRAM bytes", "peak_sram_bytes"), ("energy mJ per inference (modelled)", "energy_mj")]
+            ("peak SRAM bytes", "peak_sram_bytes"),
+            (f"energy mJ per inference ({(comp.get('energy_source') or 'none').split(':')[0]})", "energy_mj")]
     for label, key in rows:
         c, b = comp.get(key), base.get(key)
         if c is None:
             continue
         table.append([label, fmt_value(c), fmt_value(b), f"{c / b:.3f}" if b else "-"])
-    return [f"## Latency and size on {report['device']}", "", *markdown_table(("", "compressed", "baseline", "ratio"),
-                                                                                table), ""]
+    energy = [f"Energy: {comp['energy_source']}.", ""] if comp.get("energy_mj") is not None else []
+    return [f"## Latency, energy and size on {report['device']}", "",
+            *markdown_table(("", "compressed", "baseline", "ratio"), table), "", *energy]
 
 
 def _gates(report: dict, detail_chars: int | None) -> list[str]:

@@ -23,8 +23,8 @@ from components.tracking.runs import flatten
 
 # The headline numbers of a device, logged on the parent run as `<device>.<key>` so nights sort and chart alike.
 HEADLINE = ("accuracy", "accuracy_low", "accuracy_high", "baseline_accuracy", "accuracy_drop", "accuracy_drop_low",
-            "accuracy_drop_high", "latency_ratio", "size_ratio", "passed", "registered", "champion_version",
-            "champion_accuracy")
+            "accuracy_drop_high", "latency_ratio", "size_ratio", "energy_mj", "energy_ratio", "passed", "registered",
+            "champion_version", "champion_accuracy")
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,8 @@ def headline(d: DeviceNight) -> dict[str, float | None]:
     if comp.get("ok") and base.get("ok"):
         out["latency_ratio"] = _ratio(comp.get("latency_ms"), base.get("latency_ms"))
         out["size_ratio"] = _ratio(comp.get("bytes"), base.get("bytes"))
+        out["energy_mj"] = comp.get("energy_mj")
+        out["energy_ratio"] = comp.get("energy_ratio")
     return out
 
 
@@ -180,7 +182,7 @@ def device_paragraph(d: DeviceNight) -> list[str]:
                      f"{len(d.report.get('test_users', ()))} held-out users, 95 % CI); drop per user "
                      f"{_acc(h['accuracy_drop'], h['accuracy_drop_low'], h['accuracy_drop_high'])}")
         lines.append(f"- latency ratio {_num(h['latency_ratio'])} ({_latency_method(d.report)}), size ratio "
-                     f"{_num(h['size_ratio'])}")
+                     f"{_num(h['size_ratio'])}, {_energy_text(d.report, h)}")
         failed = gate_lines(d)
         if failed:
             lines += [f"- gate {line}" for line in failed]
@@ -194,6 +196,15 @@ def device_paragraph(d: DeviceNight) -> list[str]:
     return lines
 
 
+def _energy_text(report: dict, h: dict) -> str:
+    """Energy per inference with its ratio and how it is known, or why there is none."""
+    comp = _deployed(report)[1]
+    if h["energy_mj"] is None:
+        return f"energy: {comp.get('energy_source') or 'none'}"
+    return (f"energy {_num(h['energy_mj'], 4)} mJ per inference, ratio {_num(h['energy_ratio'])} "
+            f"({comp['energy_source'].split(':')[0]})")
+
+
 def _latency_method(report: dict) -> str:
     return _deployed(report)[1].get("latency_method", "timed")
 
@@ -204,7 +215,7 @@ def _code_aliases(text: str) -> str:
 
 
 TABLE = ("device", "verdict", "accuracy (95 % CI)", "baseline", "drop per user", "latency ratio", "size ratio",
-         "registered")
+         "energy mJ", "registered")
 
 
 def table_rows(night: Night) -> list[list[str]]:
@@ -213,7 +224,7 @@ def table_rows(night: Night) -> list[list[str]]:
         h = headline(d)
         rows.append([d.device, d.verdict, _acc(h["accuracy"], h["accuracy_low"], h["accuracy_high"]),
                      _acc(h["baseline_accuracy"]), _acc(h["accuracy_drop"]), _num(h["latency_ratio"]),
-                     _num(h["size_ratio"]), registered_text(d)])
+                     _num(h["size_ratio"]), _num(h["energy_mj"], 4), registered_text(d)])
     return rows
 
 
@@ -250,7 +261,7 @@ def table_text(night: Night) -> str:
 
 
 def pareto_points(d: DeviceNight) -> list[dict]:
-    """(method, latency ratio, size ratio, accuracy, interval, measured) for the baseline, the compressed model
+    """(method, latency, size and energy ratios, accuracy, interval, measured) for the baseline, the compressed model
     as validated on the device, and compress's methods (DeepIoT, and the l1 / uniform baselines at the same
     budget: predicted ratios, torch test accuracy)."""
     points = []
@@ -259,10 +270,11 @@ def pareto_points(d: DeviceNight) -> list[dict]:
         h = headline(d)
         if base.get("ok"):
             ci = base.get("accuracy_ci") or {}
-            points.append(_point("baseline", 1.0, 1.0, base["accuracy"], ci.get("low"), ci.get("high"), True))
+            points.append(_point("baseline", 1.0, 1.0, base["accuracy"], ci.get("low"), ci.get("high"), True,
+                                 1.0 if base.get("energy_mj") else None))
         if comp.get("ok") and h["latency_ratio"] is not None:
             points.append(_point("compressed", h["latency_ratio"], h["size_ratio"], h["accuracy"],
-                                 h["accuracy_low"], h["accuracy_high"], True))
+                                 h["accuracy_low"], h["accuracy_high"], True, h["energy_ratio"]))
     methods = (d.compress or {}).get("methods") or {}
     base = methods.get("baseline") or {}
     for name, m in methods.items():
@@ -273,13 +285,13 @@ def pareto_points(d: DeviceNight) -> list[dict]:
             latency = m.get("relative_cost")
         ci = m.get("test_accuracy_ci") or {}
         points.append(_point(name, latency, _ratio(m.get("params"), base.get("params")), m.get("test_accuracy"),
-                             ci.get("low"), ci.get("high"), False))
+                             ci.get("low"), ci.get("high"), False, _ratio(m.get("energy_mj"), base.get("energy_mj"))))
     return points
 
 
-def _point(method, latency_ratio, size_ratio, accuracy, low, high, on_device: bool) -> dict:
-    return {"method": method, "latency_ratio": latency_ratio, "size_ratio": size_ratio, "accuracy": accuracy,
-            "low": low, "high": high, "on_device": on_device}
+def _point(method, latency_ratio, size_ratio, accuracy, low, high, on_device: bool, energy_ratio=None) -> dict:
+    return {"method": method, "latency_ratio": latency_ratio, "size_ratio": size_ratio, "energy_ratio": energy_ratio,
+            "accuracy": accuracy, "low": low, "high": high, "on_device": on_device}
 
 
 TREND_KEYS = ("accuracy", "champion_accuracy", "latency_ratio", "passed", "champion_version", "from_registry")

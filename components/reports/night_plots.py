@@ -18,16 +18,16 @@ LABELS = {"baseline": "baseline (on device)", "compressed": "compressed (on devi
 
 
 def pareto_png(night: Night, path: Path) -> Path:
-    """Accuracy against the latency ratio and against the size ratio, every device in its colour, with the gates'
-    budgets dashed; error bars are the 95 % intervals over held-out users."""
+    """Accuracy against the latency, size and energy ratios, every device in its colour, with the gates' budgets
+    dashed; error bars are the 95 % intervals over held-out users."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5.2), sharey=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     seen_methods = set()
     for i, d in enumerate(night.devices):
         colour = colours[i % len(colours)]
         points = pareto_points(d)
-        for ax, key in zip(axes, ("latency_ratio", "size_ratio")):
+        for ax, key in zip(axes, ("latency_ratio", "size_ratio", "energy_ratio")):
             for p in points:
                 if p[key] is None or p["accuracy"] is None:
                     continue
@@ -37,11 +37,11 @@ def pareto_png(night: Night, path: Path) -> Path:
                 ax.errorbar([p[key]], [p["accuracy"]], yerr=err, fmt=MARKERS.get(p["method"], "x"), ms=8,
                             color=colour, mfc=colour if p["on_device"] else "none", capsize=3, lw=0.8)
                 seen_methods.add(p["method"])
-        for ax, gate in zip(axes, ("latency", "size")):
+        for ax, gate in zip(axes, ("latency", "size", "energy")):
             limit = next((g["limit"] for g in (d.report or {}).get("gates", ()) if g["name"] == gate), None)
             if limit is not None and limit <= BUDGET_SHOWN:
                 ax.axvline(limit, color=colour, ls="--", lw=0.8)
-    for ax, what in zip(axes, ("latency", "file size")):
+    for ax, what in zip(axes, ("latency", "file size", "energy per inference (measured or modelled)")):
         ax.set_xlabel(f"{what} / the baseline's (dashed: the gate's budget)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (mean over held-out users, 95 % CI)")

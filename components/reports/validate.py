@@ -36,7 +36,7 @@ def _verdict(passed: bool | None) -> str:
 COLUMNS = (("accuracy", "accuracy (mean over users)"), ("accuracy_interval", "95 % CI over users"),
            ("macro_f1", "macro-F1"), ("agreement", "agreement with torch"),
            ("latency_ms", "latency ms"), ("predicted_latency_ms", "predicted ms"), ("latency_error", "prediction error"),
-           ("energy_mj", "energy mJ (modelled)"), ("peak_memory_bytes", "peak memory bytes"), ("bytes", "file bytes"))
+           ("energy_mj", "energy mJ (how known)"), ("peak_memory_bytes", "peak memory bytes"), ("bytes", "file bytes"))
 
 
 def _table_rows(report: dict) -> list[list[str]]:
@@ -53,6 +53,8 @@ def _table_rows(report: dict) -> list[list[str]]:
 def _cell(record: dict, key: str) -> str:
     if key == "accuracy_interval":
         return interval_text(record.get("accuracy_ci") or {}, 4, mean=False)
+    if key == "energy_mj" and record.get("energy_mj") is not None:  # measured or modelled, always said
+        return f"{fmt_value(record['energy_mj'])} ({record['energy_source'].split(':')[0]})"
     return fmt_value(record.get(key))
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import re
 import typing
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from components.settings.base import Section, known_keys, rule
 
@@ -22,6 +24,17 @@ def _budget_keys() -> tuple[str, ...]:
 
 
 BUDGET_KEYS = known_keys(_budget_keys)
+
+
+def _device_names(value: dict) -> dict:
+    """Keys that can be device names (the pool file itself is checked when a stage loads it: devices/pool.chosen)."""
+    for key in value:
+        if not re.fullmatch(r"[\w.-]+", str(key)):
+            raise PydanticCustomError("device_name", "{key!r} cannot be a device name", {"key": key})
+    return value
+
+
+DEVICE_KEYS = AfterValidator(_device_names)
 
 
 class ThresholdParams(Section):
@@ -85,6 +98,10 @@ class CompressParams(Section):
     budget: Annotated[dict[str, Annotated[float, Field(gt=0, le=1)]], BUDGET_KEYS] = Field(
         description=("per cost (params, latency, computed runtimes: mcu): relative cost to reach (0.07: 7 % of the "
                      "baseline's)"))
+    energy_budget_mj: Annotated[dict[str, Annotated[float, Field(gt=0)]], DEVICE_KEYS] = Field(
+        description=("per device name: millijoules per inference at most (measured or modelled, as the device's "
+                     "energy is known); the search aims at the smaller of this and the latency budget (latency or "
+                     "computed cost only); a device not named: none"))
     budget_margin: float = Field(ge=0, lt=1,
         description="a timed device: the search aims this share under the latency budget (timing noise)")
     measured_tolerance: float = Field(ge=0, lt=1,

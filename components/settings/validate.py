@@ -20,6 +20,9 @@ class GateParams(Section):
         description="share of test windows where the device predicts what the torch model predicts")
     latency_budget: float = Field(gt=0,
         description="measured latency of the compressed model / the baseline's, same device")
+    energy_budget: float = Field(gt=0,
+        description=("energy per inference of the compressed model / the baseline's, same device, same kind of "
+                     "figure (measured or modelled); and at most compress.energy_budget_mj where it names the device"))
     size_budget: float = Field(gt=0,
         description="exported file size of the compressed model / the baseline's (mcu: and fit flash, SRAM)")
     max_latency_error: float = Field(ge=0,

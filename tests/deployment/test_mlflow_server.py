@@ -61,7 +61,8 @@ def served(tmp_path_factory, data_root, fresh_postgres_database, moto_s3, mlflow
     raw["profile"]["devices"] = list(DEVICES)
     # every gate open: what is tested is the registry through the server, not what a 20-step search achieves
     raw["validate"]["gates"].update(max_accuracy_drop=1.0, max_accuracy_drop_upper=1.0, min_agreement=0.0,
-                                    latency_budget=100.0, size_budget=100.0, max_latency_error=100.0)
+                                    latency_budget=100.0, energy_budget=100.0, size_budget=100.0,
+                                    max_latency_error=100.0)
     params.write_text(yaml.safe_dump(raw, sort_keys=False))
     run = subprocess.run([sys.executable, "-m", "components", "pipeline", "--params", str(params)], cwd=folder,
                          env=client_env(folder, server.url), capture_output=True, text=True, timeout=900)

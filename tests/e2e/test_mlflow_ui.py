@@ -279,7 +279,7 @@ def _registered_version(shots, tracked: Tracked, name: str, report: dict) -> Non
     expect(page.get_by_role("heading", name="Version 1", exact=True)).to_be_visible()
     _close_assistant(page)
     expect(page.get_by_role("heading", name=f"{name} version 1", exact=True)).to_be_visible()
-    for heading in ("What it is", f"Accuracy on {DEVICE}", f"Latency and size on {DEVICE}", "How to load it"):
+    for heading in ("What it is", f"Accuracy on {DEVICE}", f"Latency, energy and size on {DEVICE}", "How to load it"):
         expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
     expect(page.get_by_role("heading", name=re.compile(r"^Gates \("))).to_be_visible()
     held_out = page.get_by_text(re.compile(r"^Held-out users: ")).first

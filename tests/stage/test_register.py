@@ -22,7 +22,8 @@ from tests.conftest import PROJECT_ROOT, synthetic_task
 # The microcontroller: its latency is computed (no latency model needed) and its integer (16x8) file is what is registered.
 # The gates are opened wide: these tests are about the registry, the gates have their own.
 LOOSE = ("validate.gates.max_accuracy_drop=1.0", "validate.gates.max_accuracy_drop_upper=1.0",
-         "validate.gates.min_agreement=0.0", "validate.gates.latency_budget=1.0", "validate.gates.size_budget=1.0",
+         "validate.gates.min_agreement=0.0", "validate.gates.latency_budget=1.0", "validate.gates.energy_budget=1.0",
+         "validate.gates.size_budget=1.0",
          "validate.calibration_windows=40")
 
 

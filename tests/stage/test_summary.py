@@ -175,7 +175,7 @@ def test_the_trend_reads_the_earlier_nights_summary_and_the_report_command_print
     lines = latest.stdout.splitlines()
     assert lines[0] == "Night nightly-2: 1 of 2 devices passed"
     assert lines[2].split() == ["device", "verdict", "accuracy", "(95", "%", "CI)", "baseline", "drop", "per", "user",
-                                "latency", "ratio", "size", "ratio", "registered"]
+                                "latency", "ratio", "size", "ratio", "energy", "mJ", "registered"]
     assert lines[3].split()[:2] == ["ort-1t", "PASSED"] and "iot-compress-hhar_sa-ort-1t v2 @candidate" in lines[3]
     assert lines[4].split()[:4] == ["tflite-1t", "FAILED", "in", "compress"]
     assert "  tflite-1t: compress: RuntimeError: ModelConfigError: no layer left to prune" in lines

@@ -21,7 +21,7 @@ from components.stages import Place
 from tests.conftest import synthetic_task
 
 GATES = GateParams(max_accuracy_drop=0.02, max_accuracy_drop_upper=1.0, min_agreement=0.98, latency_budget=0.75,
-                   size_budget=0.5, max_latency_error=0.25)
+                   energy_budget=0.75, size_budget=0.5, max_latency_error=0.25)
 QUICK_TIMING = ("profile.timing.warmup_runs=1", "profile.timing.min_sample_s=0.0005", "profile.timing.min_rounds=3",
                 "profile.timing.max_repeats=5", "profile.timing.max_time_s=0.05")
 
@@ -97,7 +97,12 @@ def test_validate_reports_every_gate_with_its_numbers_and_logs_the_run(make_para
     assert comp["agreement"] == 1.0  # ONNX Runtime computes what torch computes
     assert 0 < comp["latency_ms"] and comp["peak_memory_bytes"] > 0 and comp["bytes"] < base["bytes"]
     gates = {g["name"]: g for g in report["gates"]}
-    assert set(gates) == {"runs", "accuracy_drop", "agreement", "latency", "size", "latency_prediction"}
+    assert set(gates) == {"runs", "accuracy_drop", "agreement", "latency", "energy", "size", "latency_prediction"}
+    # energy: this machine has no readable meter, so modelled from the pool's declared watts, and said so
+    assert comp["energy_mj"] == pytest.approx(6.0 * comp["latency_ms"])
+    assert comp["energy_source"].startswith("modelled: 6 W active (declared) x the latency (meter not read: ")
+    assert gates["energy"]["value"] == pytest.approx(comp["energy_ratio"])
+    assert comp["energy_ratio"] == pytest.approx(comp["latency_ms"] / base["latency_ms"])
     assert gates["size"]["passed"] and gates["size"]["value"] == pytest.approx(comp["bytes"] / base["bytes"])
     assert gates["latency_prediction"]["passed"] is False  # no latency model was given: said, and failed
     assert not report["passed"] and "latency_prediction" in report["failed_gates"]
@@ -170,7 +175,8 @@ def test_a_model_that_misses_only_the_accuracy_gate_is_retried_once_with_compres
     models.save(untrained.eval(), compress / "model")
     shutil.copytree(task.baseline, compress / "fallback")  # one step back: here the baseline itself, nothing lost
     params = _params(make_params, task, "validate.gates.max_accuracy_drop=0.0", "validate.gates.min_agreement=0.0",
-                     "validate.gates.latency_budget=1.0", "validate.gates.size_budget=1.0")
+                     "validate.gates.latency_budget=1.0", "validate.gates.energy_budget=1.0",
+                     "validate.gates.size_budget=1.0")
     result = validate.run(params, "cortex-m4", ingest=task.ingest, train=task.baseline.parent, compress=compress,
                           fit_latency=tmp_path / "no-latency-model", out=Place(tmp_path / "v", tmp_path / "r"))
     report = result.report
@@ -246,7 +252,8 @@ def test_a_format_the_device_cannot_load_is_refused_up_front(make_params, task, 
 
 def _record(**kw):
     return {"ok": True, "accuracy": 0.9, "agreement": 1.0, "latency_ms": 1.0, "latency_method": "timed",
-            "bytes": 1000, "predicted_latency_ms": 1.0, "latency_error": 0.0} | kw
+            "bytes": 1000, "predicted_latency_ms": 1.0, "latency_error": 0.0, "energy_mj": 6.0,
+            "energy_source": "modelled: 6 W"} | kw
 
 
 DEVICE = SimpleNamespace(runtime="onnxruntime", mcu=None)
@@ -258,10 +265,10 @@ def _verdicts(base, comp, device=DEVICE):
 
 def test_each_gate_passes_at_its_limit_and_fails_beyond_it():
     base = _record()
-    at_limits = _record(accuracy=0.88, agreement=0.98, latency_ms=0.75, bytes=500, latency_error=0.25)
+    at_limits = _record(accuracy=0.88, agreement=0.98, latency_ms=0.75, bytes=500, latency_error=0.25, energy_mj=4.5)
     assert set(_verdicts(base, at_limits).values()) == {True}
     beyond = {"accuracy_drop": {"accuracy": 0.87}, "agreement": {"agreement": 0.97}, "latency": {"latency_ms": 0.8},
-              "size": {"bytes": 501}, "latency_prediction": {"latency_error": 0.3}}
+              "size": {"bytes": 501}, "latency_prediction": {"latency_error": 0.3}, "energy": {"energy_mj": 4.6}}
     for gate, change in beyond.items():
         verdicts = _verdicts(base, at_limits | change)
         assert [name for name, ok in verdicts.items() if not ok] == [gate]

@@ -140,6 +140,7 @@ def test_a_number_out_of_range_is_refused_before_any_work(override: str, message
 @pytest.mark.parametrize("override", [
     "compress.budget.mcu=0.5", "compress.budget.params=0.001", "compress.max_accuracy_drop=1.0",
     "compress.max_accuracy_drop=0.0", "validate.gates.min_agreement=0.0", "validate.gates.latency_budget=100.0",
+    "validate.gates.energy_budget=100.0",
     "profile.max_failed_share=0.0", "ingest.expectations.min_windows_per_class=0", "train.classical.max_depth=null",
     "train.deepsense.sensor_filters=0",  # a layer without units is the model builder's to refuse, naming the layer
     "compress.fallback=0", "validate.gates.max_accuracy_drop_upper=1.0", "train.validation=windows",

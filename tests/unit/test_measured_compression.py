@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from components.devices.pool import chosen
 from components.models import build
 from components.models.plain import mlp_spec
 from components.pruning.costs import ParamsCost, resized_spec
@@ -230,8 +231,6 @@ def test_the_local_correction_fixes_what_the_formula_gets_wrong_near_timed_model
 
 def test_a_measured_ratio_is_judged_within_its_timing_noise(project_params):
     """0.3004 measured at a 0.3 budget meets it (ratios repeat within ~1 %); 0.31 does not, and says by how much."""
-    from types import SimpleNamespace
-
     from components.compress import Compressed, _metrics
     from components.pruning.candidates import Tuned
     from components.pruning.floor import Floor
@@ -242,14 +241,40 @@ def test_a_measured_ratio_is_judged_within_its_timing_noise(project_params):
     cost = SimpleNamespace(name="latency")
     per_user = {"a": 0.95, "b": 0.93}
 
-    def metrics(measured):
+    (device,) = chosen(project_params, ["ort-1t"])
+
+    def metrics(measured, budget=None, energy=None):
         model = {"measured_ratio": measured, "relative_cost": 0.29, "fits": True, "val_accuracy": 0.95,
-                 "test_accuracy": 0.94, "test_accuracy_per_user": per_user, "params": 10}
-        base = {"test_accuracy": 0.95, "test_accuracy_per_user": per_user, "params": 100}
+                 "test_accuracy": 0.94, "test_accuracy_per_user": per_user, "params": 10,
+                 "predicted_latency_ms": 0.29}
+        base = {"test_accuracy": 0.95, "test_accuracy_per_user": per_user, "params": 100, "predicted_latency_ms": 1.0}
         done = Compressed({"deepiot": Tuned(None, model), "baseline": Tuned(None, base)}, search,
                           Floor(0.1, 0.3, False), [], Selection({}, "last kept structure"), Fallback("none"), None, {})
-        return _metrics(done, cost, cfg, "ort-1t", 1.0)
+        return _metrics(done, cost, cfg, device, budget or cfg.budget["latency"], energy or {}, 1.0)
 
     budget = cfg.budget["latency"]
     assert metrics(budget * 1.001)["budget_met"] and metrics(budget * 0.99)["budget_met"]
     assert not metrics(budget * (1 + cfg.measured_tolerance) * 1.01)["budget_met"]
+    # energy, modelled from the pool's declared watts: the baseline's 1 ms at 6 W, the model's x its measured ratio
+    m = metrics(0.25)
+    assert m["energy"]["baseline_mj"] == pytest.approx(6.0) and m["energy"]["ratio"] == pytest.approx(0.25)
+    assert m["energy"]["source"].startswith("modelled: 6 W active (declared)")
+    assert m["methods"]["deepiot"]["energy_mj"] == pytest.approx(1.5)
+    # an energy budget of 1.2 mJ (0.2 of the baseline's) is the aim; 0.25 measured misses it and says why
+    tight = metrics(0.25, 0.2, {"budget_mj": 1.2, "aim": 0.2})
+    assert not tight["budget_met"] and not tight["energy"]["met"]
+    assert metrics(0.19, 0.2, {"budget_mj": 1.2, "aim": 0.2})["energy"]["met"]
+
+
+def test_an_energy_budget_tightens_the_aim_and_needs_a_latency_cost(project_params):
+    from components.compress import _budget
+    from components.config import ConfigError
+
+    (device,) = chosen(project_params, ["ort-1t"])
+    spec = _spec()
+    cfg = project_params.compress.model_copy(update={"energy_budget_mj": {"ort-1t": 0.6}})
+    latency = SimpleNamespace(name="latency", value=lambda s: 1.0)  # 1 ms at 6 W: 6 mJ; 0.6 mJ is 0.1 of it
+    assert _budget(cfg, device, latency, spec) == (pytest.approx(0.1), {"budget_mj": 0.6, "aim": pytest.approx(0.1)})
+    assert _budget(project_params.compress, device, latency, spec) == (cfg.budget["latency"], {})
+    with pytest.raises(ConfigError, match="steers by latency"):
+        _budget(cfg, device, ParamsCost(spec), spec)

@@ -59,10 +59,11 @@ def test_metric_keys_are_stable_per_device_and_skip_what_is_unknown():
     assert m["devices"] == 3 and m["devices_passed"] == 1
     assert m["ort-1t.accuracy"] == 0.90 and m["ort-1t.passed"] == 1.0 and m["ort-1t.registered"] == 1.0
     assert m["tflite-1t.latency_ratio"] == pytest.approx(0.7) and m["tflite-1t.passed"] == 0.0
+    assert m["ort-1t.energy_mj"] == pytest.approx(1.8) and m["ort-1t.energy_ratio"] == pytest.approx(0.3)
     assert m["cortex-m4.passed"] == 0.0 and "cortex-m4.accuracy" not in m  # it never got that far
     assert {k.split(".", 1)[1] for k in m if k.startswith("ort-1t.")} == {
         "accuracy", "accuracy_low", "accuracy_high", "baseline_accuracy", "accuracy_drop", "accuracy_drop_low",
-        "accuracy_drop_high", "latency_ratio", "size_ratio", "passed", "registered", "champion_version",
+        "accuracy_drop_high", "latency_ratio", "size_ratio", "energy_mj", "energy_ratio", "passed", "registered", "champion_version",
         "champion_accuracy"}
 
 
@@ -79,8 +80,9 @@ def test_params_diff_is_only_what_the_night_changed():
 def test_the_description_says_each_verdict_why_and_where_the_model_went():
     text = description_markdown(night())
     assert text.startswith("### Night nightly-7: 1 of 3 devices passed\n\n**ort-1t: PASSED**")
-    assert "| ort-1t | PASSED | 0.900 (0.880 to 0.920) | 0.910 | 0.010 | 0.3 | 0.4 | " \
+    assert "| ort-1t | PASSED | 0.900 (0.880 to 0.920) | 0.910 | 0.010 | 0.3 | 0.4 | 1.8 | " \
            "iot-compress-hhar_sa-ort-1t v3 `@candidate` `@champion` |" in text  # code: MLflow links @words
+    assert "size ratio 0.4, energy 1.8 mJ per inference, ratio 0.3 (modelled)" in text
     assert "**tflite-1t: FAILED gates latency, size**" in text
     assert "- gate latency: timed 0.7 ms vs the baseline's 1 ms (0.7 vs limit 0.4)" in text
     assert "- gate size: 80000 bytes vs the baseline's 100000 (0.8 vs limit 0.6)" in text
