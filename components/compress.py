@@ -26,6 +26,10 @@ otherwise the run ends with the best structure found and `budget_met:
 false`, said plainly. Beside the model, a fallback one step back along the
 search's path (`compress.fallback` times the aim, fine-tuned the same way)
 is what validate deploys if the model misses only the accuracy gate.
+On a timed device whose runtime has an int8 form, that form of the
+fine-tuned model is a candidate too (pruning/quantized.py): timed and scored
+on the validation users beside the float form, the faster at the floor is
+what validate deploys (`deploy.json`).
 
 Energy per inference (devices/energy.py: declared figures, so modelled
 here; validate measures it where the device has a meter) is given for every
@@ -51,12 +55,13 @@ from components.artifacts.atomic import atomic_directory, write_text_atomic
 from components.config import ConfigError, Params
 from components.pruning.candidates import Tuned, tune_candidates
 from components.pruning.floor import Floor, floor_check
+from components.pruning.quantized import DEPLOY_FILE, choose_form
 from components.pruning.rounds import Checkpoint, Refit, refit_rounds, search_rounds
 from components.pruning.selection import Fallback, Selection, fallback, select
 from components.pruning.split import Split
 from components.reports.compress import comparison_markdown
 from components.reports.tables import interval_text
-from components.stages import artifact_dir
+from components.stages import artifact_dir, output
 
 if TYPE_CHECKING:
     from components.pruning.deepiot import DeepIoTSearch
@@ -64,6 +69,7 @@ if TYPE_CHECKING:
 
 STAGE = "compress"
 FALLBACK_DIR = "fallback"  # beside model/: the structure one step back along the search's path, fine-tuned
+FORMS_DIR = "forms"  # beside model/: the logs of the float and int8 forms run on the device
 log = logging.getLogger(__name__)
 
 
@@ -113,7 +119,11 @@ def run(params: Params, device_name: str, *, ingest: Path, train: Path, profile:
         mlrun.log_windows_input(windows, "training")
         started = time.perf_counter()
         done = _compress(params, device, baseline, cost, budget, latency_model, data, bench, out, mlrun)
+        form = choose_form(params, device, Path(train) / "model", done.tuned["deepiot"].model, data,
+                           done.search.s.accuracy_floor, out / FORMS_DIR)
         metrics = _metrics(done, cost, cfg, device, budget, energy, time.perf_counter() - started)
+        metrics["deployed"] = form.to_dict()
+        write_text_atomic(output(out, STAGE, DEPLOY_FILE), json.dumps(form.to_dict(), indent=2))
         with atomic_directory(out / "model") as staging:
             models.save(done.tuned["deepiot"].model, staging)
         if "fallback" in done.tuned:  # what validate deploys if the model misses only the accuracy gate
@@ -133,7 +143,7 @@ def run(params: Params, device_name: str, *, ingest: Path, train: Path, profile:
             "data_hash": windows.card.get("data_hash", "")})
         mlrun.log_metrics(_flat_numbers({k: v for k, v in metrics.items() if k != "fallback"}), model_id=model_id)
         mlrun.set_tags({"cost": cost.name, "budget_met": str(metrics["budget_met"]).lower()})
-        for path in [*sorted((out / "model").iterdir()), *artifacts]:
+        for path in [*sorted((out / "model").iterdir()), *artifacts, out / DEPLOY_FILE]:
             mlrun.log_artifact(path, artifact_dir(STAGE, device.name))
         if "fallback" in done.tuned:
             fallback_id = mlrun.log_model_folder(out / FALLBACK_DIR, f"compressed-{device.name}-fallback", {
@@ -416,7 +426,9 @@ def summary(result: CompressResult) -> str:
     """A budget not met is a result (said plainly in the line), not a failure."""
     m, d = result.metrics, result.metrics["methods"]["deepiot"]
     verdict = "budget met" if m["budget_met"] else f"BUDGET NOT MET: {m.get('budget_not_met') or 'see the log'}"
+    form = (m.get("deployed") or {}).get("format")
     return (f"compress {result.device}: {verdict} "
             f"({m['cost']} {reached(m)} of the baseline's, budget {m['budget']}); "
+            + (f"deploys {form}; " if form else "") +
             f"{d['params']} parameters, test accuracy {d['test_accuracy']:.3f} ({m['accuracy_change']:+.3f}) "
             f"-> {result.model_dir} (MLflow run {result.run_id})")

@@ -79,9 +79,12 @@ STAGES: tuple[Stage, ...] = (
           per_device=True, reads=("ingest", "train", "profile", "fit_latency"), persist=True,
           # train's validation group (its share and seed) is the users compress judges accuracy on
           params=("compress", "fit_latency", "profile.timing", "profile.sampler.model_input_shape",
-                  "train.deepsense", "train.validation_share", "train.val_fraction", "train.seed"),
+                  "train.deepsense", "train.validation_share", "train.val_fraction", "train.seed",
+                  # the int8 candidate: calibrated, exported and run as validate does
+                  "validate.calibration_windows", "validate.convert_timeout_s", "validate.run_timeout_s"),
           resources=("2", "4G"),
           loads=("components.tracking.logged_model",),  # its logged model's code, loaded by path
+          outputs=("deploy.json",),  # the form validate deploys (float or int8)
           artifacts=("metrics.json",)),
     Stage("validate", "components.validate", "Export both models, run them on the device and apply the gates.",
           per_device=True, on_device=True, reads=("ingest", "train", "fit_latency", "compress"),

@@ -43,7 +43,14 @@ import numpy as np
 from components.artifacts.atomic import write_text_atomic
 from components.artifacts.seals import seal
 from components.config import ConfigError, Params
-from components.decisions.gates import Gate, accuracy_drop, accuracy_rule, check_gates, only_accuracy_failed
+from components.decisions.gates import (
+    Gate,
+    accuracy_drop,
+    accuracy_rule,
+    check_gates,
+    deployed_pair,
+    only_accuracy_failed,
+)
 from components.devices.scoring import (
     MODELS,
     TestSet,
@@ -52,9 +59,11 @@ from components.devices.scoring import (
     export_models,
     formats_for,
     host_runtime,
+    run_models,
     run_on_device,
     score,
 )
+from components.pruning.quantized import DEPLOY_FILE
 from components.reports.validate import failed_gates_text, flat_metrics, write_report
 from components.stages import artifact_dir, output
 
@@ -96,7 +105,7 @@ def run(params: Params, device_name: str, *, ingest: Path, train: Path, fit_late
 
     cfg = params.validate
     (device,) = chosen(params, [device_name])
-    formats = formats_for(cfg, device)
+    formats, reference = deployed_formats(formats_for(cfg, device), device, Path(compress))
     reports, out = Path(out.report), Path(out.data)
     ingest = Path(ingest)
     model_dirs = {"baseline": Path(train) / "model", "compressed": Path(compress) / "model"}
@@ -127,14 +136,14 @@ def run(params: Params, device_name: str, *, ingest: Path, train: Path, fit_late
         test_set = TestSet(x_test, y_test, users_test, len(windows.classes))
         with tempfile.TemporaryDirectory(prefix="validate-") as work:  # test windows and outputs, not kept
             np.save(Path(work) / "test_windows.npy", x_test)
-            results, gates = _assess(params, device, formats, exports, loaded, torch_predictions, test_set,
-                                     latency_model, Path(work), out)
+            results, gates, pair = _assess(params, device, formats, reference, exports, loaded, torch_predictions,
+                                           test_set, latency_model, Path(work), out)
             retry = None
             fallback = Path(compress) / FALLBACK_DIR
             if only_accuracy_failed(gates) and (fallback / models.SPEC_FILE).exists():
                 first = {"model_dir": os.path.relpath(model_dirs["compressed"], out),
                          "exports": _relative_exports(exports["compressed"], out),
-                         "models": results, "gates": [g.to_dict() for g in gates],
+                         "models": results, "gates": [g.to_dict() for g in gates], "deployed_pair": pair,
                          "failed_gates": [g.name for g in gates if g.passed is False]}
                 log.warning("%s: the compressed model missed only the accuracy gate (%s); retrying once with "
                             "compress's fallback, one step back along the search's path", device.name,
@@ -144,13 +153,14 @@ def run(params: Params, device_name: str, *, ingest: Path, train: Path, fit_late
                 torch_predictions["compressed"] = training.predict(loaded["compressed"], x_test)
                 exports["compressed"] = export_models(fallback, formats, out / FALLBACK_DIR, windows.x[calibration],
                                                 cfg.convert_timeout_s)
-                results, gates = _assess(params, device, formats, exports, loaded, torch_predictions, test_set,
-                                         latency_model, Path(work), out)
+                results, gates, pair = _assess(params, device, formats, reference, exports, loaded,
+                                               torch_predictions, test_set, latency_model, Path(work), out)
                 retry = {"reason": "the compressed model missed only the accuracy gate", "first_try": first,
                          "passed": all(g.passed is not False for g in gates)}
         report = _report(params, device, formats, results, gates, exports, model_dirs, ingest, test, windows,
                          mlrun.run_id, pipeline_key, time.perf_counter() - started, out)
         report["retry"] = retry
+        report["deployed_pair"] = pair
         report["accuracy_rule"] = accuracy_rule(cfg.gates)
         report["architecture"] = {name: architecture(model.spec) for name, model in loaded.items()}
         paths = write_report(report, reports)
@@ -172,9 +182,32 @@ def run(params: Params, device_name: str, *, ingest: Path, train: Path, fit_late
         return ValidateResult(device.name, reports / "report.json", report, mlrun.run_id)
 
 
-def _assess(params: Params, device, formats, exports: dict, loaded: dict, torch_predictions: dict, test: TestSet,
-            latency_model, work: Path, out: Path) -> tuple[dict, list[Gate]]:
-    """Run both exported models on the device in every format, score them and apply the gates to the deployed one."""
+def deployed_formats(formats: tuple[str, ...], device, compress_dir: Path) -> tuple[tuple[str, ...], str]:
+    """The formats to run, compress's chosen form first (deployed and gated), and the float form the baseline is
+    compared in. Without a choice from compress (an earlier run, a computed device): `validate.formats` as they
+    are, the first deployed and compared with the baseline in the same format."""
+    from components.devices.base import get_backend
+
+    path = Path(compress_dir) / DEPLOY_FILE
+    if not path.exists():
+        return formats, formats[0]
+    choice = json.loads(path.read_text())
+    deployed, reference = choice.get("format") or "", choice.get("float_format") or ""
+    loadable = get_backend(host_runtime(device)[0]).formats
+    if deployed not in loadable or reference not in loadable:
+        return formats, formats[0]
+    ordered = (deployed, *(f for f in formats if f != deployed))
+    return (ordered if reference in ordered else (*ordered, reference)), reference
+
+
+def _assess(params: Params, device, formats, reference: str, exports: dict, loaded: dict, torch_predictions: dict,
+            test: TestSet, latency_model, work: Path, out: Path) -> tuple[dict, list[Gate], dict | None]:
+    """Run both exported models on the device in every format, score them and apply the gates to the deployed one.
+
+    Where the deployed form is compress's int8 choice, the gates compare it
+    with the baseline in its float form (`reference`), the two timed together
+    once more (`pair`: None where both are compared in one format).
+    """
     cfg = params.validate
     results = {name: {} for name in MODELS}
     for fmt in formats:
@@ -189,8 +222,44 @@ def _assess(params: Params, device, formats, exports: dict, loaded: dict, torch_
     for name in MODELS:
         add_predictions(results[name], loaded[name].spec, device, latency_model)
     add_ratios(results)
-    return results, check_gates(results["baseline"][formats[0]], results["compressed"][formats[0]], device,
-                                cfg.gates, params.compress.energy_budget_mj.get(device.name))
+    base, comp = results["baseline"][reference], results["compressed"][formats[0]]
+    pair = None
+    if formats[0] != reference and base.get("ok") and comp.get("ok"):
+        base, comp = _across_formats(params, device, exports, reference, formats[0], base, comp, work, out)
+        pair = {"baseline_format": reference, "baseline": base, "compressed": comp}
+    return results, check_gates(base, comp, device, cfg.gates, params.compress.energy_budget_mj.get(device.name)), pair
+
+
+def _across_formats(params: Params, device, exports: dict, reference: str, deployed: str, base: dict, comp: dict,
+                    work: Path, out: Path) -> tuple[dict, dict]:
+    """The baseline in `reference` (float) and the compressed model in `deployed` (int8), timed together: their
+    latency, energy and accuracy drop against each other. The latency model predicts float structures, so its
+    prediction is not judged here (compress chose the int8 form on its measured time)."""
+    from components.devices.energy import energy_per_inference, energy_ratio
+
+    log.info("%s: timing the compressed model as %s against the baseline as %s", device.name, deployed, reference)
+    timed = run_models(params, device, {"baseline": (exports["baseline"], reference),
+                                        "compressed": (exports["compressed"], deployed)}, work, out / "logs",
+                       predict=False)
+    base, comp = dict(base), dict(comp)
+    for name, record in (("baseline", base), ("compressed", comp)):
+        answer = timed[name]
+        if not answer.get("ok"):
+            record |= {"ok": False, "error": answer.get("error", "")}
+            continue
+        timing = answer.get("timing") or {}
+        record |= {"latency_ms": timing.get("latency_ms"), "latency_iqr_ms": timing.get("iqr_ms"),
+                   "latency_stable": timing.get("stable"), "format": deployed if name == "compressed" else reference}
+        record |= energy_per_inference(device, record["latency_ms"], {
+            "energy_mj": timing.get("energy_mj"), "energy_source": timing.get("energy_source"),
+            "meter_error": answer.get("meter_error")})
+    if base.get("ok") and comp.get("ok"):
+        comp["accuracy_drop"] = accuracy_drop(base, comp, params.train.bootstrap, params.validate.seed)
+        comp["measured_ratio"] = comp["latency_ms"] / base["latency_ms"]
+        comp["energy_ratio"] = energy_ratio(comp, base)
+        comp |= {"latency_error": None, "predicted_ratio": None,
+                 "prediction_note": f"the latency model predicts float structures, not {deployed}"}
+    return base, comp
 
 
 def _relative_exports(export: dict, out: Path) -> dict:
@@ -258,7 +327,7 @@ def architecture(spec) -> dict:
 
 
 def _say(report: dict) -> None:
-    comp = report["models"]["compressed"][report["deployed_format"]]
+    comp = deployed_pair(report)[1]
     if report["passed"]:
         log.info("%s: every gate passed%s (%s: accuracy %.3f, %.4g ms)", report["device"], _retried(report),
                  report["deployed_format"], comp["accuracy"], comp["latency_ms"])
@@ -270,7 +339,7 @@ def _say(report: dict) -> None:
 def summary(result: ValidateResult) -> str:
     """Failing gates are a result (said in the line, and `register` leaves the model out), not an error."""
     r = result.report
-    comp = r["models"]["compressed"][r["deployed_format"]]
+    comp = deployed_pair(r)[1]
     figures = (f"accuracy {comp['accuracy']:.3f}, {comp['latency_ms']:.4g} ms, {comp['bytes']} bytes"
                if comp["ok"] else f"did not run: {comp['error']}")
     verdict = "every gate passed" if r["passed"] else f"FAILED {', '.join(r['failed_gates'])}"

@@ -56,7 +56,10 @@ def check_gates(base: dict, comp: dict, device, g, energy_budget_mj: float | Non
         gates.append(Gate("fits_device", fits, None, None,
                           "; ".join(f"{key.replace('_', ' ')} {comp[key]} of {limit}" for key, limit in limits.items())))
     error = comp.get("latency_error")
-    if comp["latency_method"] == "computed":
+    if comp.get("prediction_note"):
+        gates.append(Gate("latency_prediction", None, None, g.max_latency_error,
+                          f"not applicable: {comp['prediction_note']}"))
+    elif comp["latency_method"] == "computed":
         gates.append(Gate("latency_prediction", None, None, g.max_latency_error,
                           "not applicable: the latency is computed by the same model that predicts it"))
     elif error is None:
@@ -69,6 +72,16 @@ def check_gates(base: dict, comp: dict, device, g, energy_budget_mj: float | Non
                           f"{ratios}measured {comp['latency_ms']:.4g} ms, predicted "
                           f"{comp['predicted_latency_ms']:.4g} ms"))
     return gates
+
+
+def deployed_pair(report: dict) -> tuple[dict, dict]:
+    """(baseline, compressed) as the gates compared them: the deployed form against the baseline's float form
+    where compress chose int8 (`deployed_pair`), else both in the deployed format."""
+    pair = report.get("deployed_pair")
+    if pair:
+        return pair["baseline"], pair["compressed"]
+    fmt = report["deployed_format"]
+    return report["models"]["baseline"][fmt], report["models"]["compressed"][fmt]
 
 
 def energy_gate(base: dict, comp: dict, g, budget_mj: float | None) -> Gate:

@@ -46,6 +46,7 @@ class Backend:
     artifact_suffix: str = ""  # file the conversion writes, e.g. ".onnx"; "" when nothing is converted
     formats: tuple[str, ...] = ()  # whole-model formats it writes (`write`) and reads (`load_file`)
     calibrated: tuple[str, ...] = ()  # those of `formats` whose writing needs calibration windows (quantised)
+    int8_format: str = ""  # its integer form of a model, a candidate compress times and scores ("": none)
 
     def convert(self, item: Item, artifact_path: Path) -> None:
         """Write the item in this runtime's format to `artifact_path` (no-op for runtimes that need none)."""
@@ -66,6 +67,11 @@ class Backend:
         """
         raise BackendError(f"runtime {self.runtime or type(self).__name__} writes no exported model file "
                            f"(asked for {fmt})")
+
+    def float_operators(self, path: Path, fmt: str) -> list[str]:
+        """The weight-carrying operators an exported integer file still runs in float, by name (none by default:
+        a full-integer file)."""
+        return []
 
     def compute(self, item: Item, device) -> dict:
         """Analytic figures for runtimes that are computed, not timed: at least `latency_ms`, and one figure

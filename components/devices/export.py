@@ -3,6 +3,9 @@
 Formats (`FORMATS`):
 
     onnx         ONNX (PyTorch's TorchScript exporter, as `profile` converts), float32
+    onnx_int8    ONNX in ONNX Runtime's QDQ int8 form (static quantization calibrated on training windows:
+                 int8 weights per channel, uint8 activations); GRU and LSTM stay float, named by
+                 `onnxrt.float_operators`
     tflite       TensorFlow Lite, float32 (rebuilt in Keras, recurrent layers unrolled)
     tflite_int8  TensorFlow Lite full-integer int8: weights, activations, input and output quantised,
                  calibrated on training windows (post-training quantization)
@@ -39,8 +42,10 @@ from components.artifacts.seals import sha256_of
 from components.devices.base import format_backend
 from components.devices.worker import describe_exit
 
-FORMATS = ("onnx", "tflite", "tflite_int8", "tflite_int16x8", "torch")  # each written by the backend that owns it
-FILE_NAMES = {"onnx": "model.onnx", "tflite": "model.tflite", "tflite_int8": "model.int8.tflite",
+# each written by the backend that owns it
+FORMATS = ("onnx", "onnx_int8", "tflite", "tflite_int8", "tflite_int16x8", "torch")
+FILE_NAMES = {"onnx": "model.onnx", "onnx_int8": "model.int8.onnx", "tflite": "model.tflite",
+              "tflite_int8": "model.int8.tflite",
               "tflite_int16x8": "model.int16x8.tflite", "torch": "model.safetensors"}
 MANIFEST = "manifest.json"
 

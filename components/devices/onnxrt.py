@@ -3,6 +3,13 @@
 The TorchScript exporter (`dynamo=False`) keeps a dynamic-free graph with the
 weights inside the file and exports a layer in tens of milliseconds; the
 dynamo exporter takes seconds and writes side files (see STACK.md).
+
+`onnx_int8` is ONNX Runtime's own static quantization in the QDQ format
+(`onnxruntime.quantization.quantize_static`): int8 weights per channel,
+uint8 activations (the x86 CPU's fast U8S8 kernels), ranges calibrated on
+training windows (min-max). Operators ONNX Runtime cannot quantize in QDQ
+form, the recurrent ones (GRU, LSTM) among them, stay float between a
+DequantizeLinear and a QuantizeLinear; `float_operators` names them.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from components.devices.base import Backend, BackendError
 from components.profiling.items import Item
 
 OPSET = 17
+RECURRENT = ("GRU", "LSTM", "RNN")
+COMPUTE = ("Conv", "MatMul", "Gemm", *RECURRENT)  # the operators that carry the weights
 
 
 def write_onnx(module, example, path: Path, output_name: str = "y") -> None:
@@ -26,6 +35,46 @@ def write_onnx(module, example, path: Path, output_name: str = "y") -> None:
         warnings.simplefilter("ignore")  # the exporter's notes on RNN export and deprecations
         torch.onnx.export(module, (example,), str(path), dynamo=False, input_names=["x"],
                           output_names=[output_name], opset_version=OPSET)
+
+
+def write_onnx_int8(model, target: Path, calibration: np.ndarray) -> None:
+    """`model` as a QDQ-quantized ONNX file, its activation ranges calibrated on `calibration` (torch layout)."""
+    import torch
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    float_path = Path(target).with_name(Path(target).name + ".float.onnx")
+    write_onnx(model, torch.zeros((1, *model.spec.input_shape), dtype=torch.float32), float_path, "logits")
+    quant_pre_process(str(float_path), str(float_path))  # shapes inferred and the graph optimised, as ORT advises
+
+    class Windows(CalibrationDataReader):
+        def __init__(self):
+            self.rows = iter(np.ascontiguousarray(calibration, dtype=np.float32))
+
+        def get_next(self):
+            row = next(self.rows, None)
+            return None if row is None else {"x": row[None]}
+
+    try:
+        quantize_static(str(float_path), str(target), Windows(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    finally:
+        float_path.unlink(missing_ok=True)
+
+
+def float_operators(path: Path) -> list[str]:
+    """The weight-carrying operators of an ONNX file that run in float: "name (GRU)", in graph order.
+
+    In a QDQ file an operator runs quantized when its first input comes from a
+    DequantizeLinear (ONNX Runtime fuses the pair into an integer kernel),
+    except the recurrent ones, which have no QDQ kernel and always run float.
+    """
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return [f"{n.name or n.output[0]} ({n.op_type})" for n in graph.node if n.op_type in COMPUTE
+            and (n.op_type in RECURRENT or not n.input or n.input[0] not in dequantized)]
 
 
 class _OrtRunner:
@@ -44,7 +93,9 @@ class _OrtRunner:
 class OnnxRuntimeBackend(Backend):
     runtime = "onnxruntime"
     artifact_suffix = ".onnx"
-    formats = ("onnx",)
+    formats = ("onnx", "onnx_int8")
+    calibrated = ("onnx_int8",)
+    int8_format = "onnx_int8"
 
     def convert(self, item: Item, artifact_path: Path) -> None:
         import torch
@@ -57,8 +108,11 @@ class OnnxRuntimeBackend(Backend):
     def write(self, model, fmt: str, target: Path, calibration: np.ndarray | None) -> None:
         import torch
 
-        if fmt != "onnx":
-            raise BackendError(f"onnxruntime writes ONNX files only, not {fmt}")
+        if fmt not in self.formats:
+            raise BackendError(f"onnxruntime writes {' or '.join(self.formats)} files only, not {fmt}")
+        if fmt == "onnx_int8":
+            write_onnx_int8(model, Path(target), calibration)
+            return
         write_onnx(model, torch.zeros((1, *model.spec.input_shape), dtype=torch.float32), target,
                    output_name="logits")
 
@@ -68,8 +122,8 @@ class OnnxRuntimeBackend(Backend):
     def load_file(self, path: Path, fmt: str, threads: int) -> _OrtRunner:
         import onnxruntime as ort
 
-        if fmt != "onnx":
-            raise BackendError(f"onnxruntime loads ONNX files only, not {fmt}")
+        if fmt not in self.formats:
+            raise BackendError(f"onnxruntime loads {' or '.join(self.formats)} files only, not {fmt}")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -83,6 +137,9 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:  # onnxruntime raises its own exception types per failure
             raise BackendError(f"onnxruntime cannot load {path.name}: {exc}") from exc
         return _OrtRunner(session)
+
+    def float_operators(self, path: Path, fmt: str) -> list[str]:
+        return float_operators(path) if fmt == "onnx_int8" else []
 
     def version(self) -> str:
         import onnxruntime as ort

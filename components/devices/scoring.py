@@ -89,10 +89,20 @@ def score_exported(params: Params, device, fmt: str, folders: dict[str, Path], x
 
 def run_on_device(params: Params, device, fmt: str, exports: dict, work: Path, logs: Path,
                    timed: bool = True) -> dict[str, dict]:
+    """Each model's answer in format `fmt` from the device's worker processes (see `run_models`)."""
+    return run_models(params, device, {name: (export, fmt) for name, export in exports.items()}, work, logs, timed)
+
+
+def run_models(params: Params, device, models: dict[str, tuple[dict, str]], work: Path, logs: Path,
+               timed: bool = True, predict: bool = True) -> dict[str, dict]:
     """Each model's answer from the device's worker processes: outputs, peak memory, timing, or what went wrong.
 
-    Each model runs on the test windows in a fresh worker (its peak memory is
-    its own), then (`timed`) the models that ran are timed together in one more, round-robin.
+    `models`: {name: (an export (`export_models`), the format of it to run)},
+    so one call may time different formats of different models together.
+    Each model runs on the test windows (`work/test_windows.npy`) in a fresh
+    worker (its peak memory is its own), then (`timed`) the models that ran
+    are timed together in one more, round-robin, with the device's power
+    meter where it has one. Without `predict`, only that timing.
     """
     from components.devices.worker import Worker, WorkerFailed
 
@@ -110,13 +120,17 @@ def run_on_device(params: Params, device, fmt: str, exports: dict, work: Path, l
 
     answers: dict[str, dict] = {}
     ran = []
-    for name in exports:
-        exported = exports[name]["files"].get(fmt)
+    for name, (export, fmt) in models.items():
+        exported = export["files"].get(fmt)
         if exported is None:
-            answers[name] = {"ok": False, "error": f"not exported: {exports[name]['failed'].get(fmt, 'unknown')}"}
+            answers[name] = {"ok": False, "error": f"not exported: {export['failed'].get(fmt, 'unknown')}"}
             continue
-        entry = {"path": str(exports[name]["dir"] / exported.file), "format": fmt, "sha256": exported.sha256,
+        entry = {"path": str(export["dir"] / exported.file), "format": fmt, "sha256": exported.sha256,
                  "outputs": str(work / f"{name}.{fmt}.outputs.npy")}
+        if not predict:
+            answers[name] = {"ok": True}
+            ran.append((name, entry))
+            continue
         reply = call({"models": [entry], "time": False}, f"{fmt}.{name}.log")
         answer = reply["results"][0] if reply.get("ok") else {"ok": False, "error": reply["error"]}
         if answer["ok"]:
@@ -125,7 +139,9 @@ def run_on_device(params: Params, device, fmt: str, exports: dict, work: Path, l
         answers[name] = answer
     if ran and timed:
         meter = device.power.meter_spec() if device.power is not None else None
-        reply = call({"models": [entry for _, entry in ran], "predict": False, "meter": meter}, f"{fmt}.timing.log")
+        formats = "+".join(sorted({entry["format"] for _, entry in ran}))
+        reply = call({"models": [entry for _, entry in ran], "predict": False, "meter": meter},
+                     f"{formats}.timing.log")
         if reply.get("meter_error"):
             log.info("%s: energy not measured (%s)", device.name, reply["meter_error"])
         for i, (name, _) in enumerate(ran):

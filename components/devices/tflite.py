@@ -140,6 +140,7 @@ class TfliteBackend(Backend):
     artifact_suffix = ".tflite"
     formats = ("tflite", "tflite_int8", "tflite_int16x8")
     calibrated = ("tflite_int8", "tflite_int16x8")
+    int8_format = "tflite_int8"  # full-integer, recurrent layers unrolled and quantized with the rest
 
     def convert(self, item: Item, artifact_path: Path) -> None:
         from components.devices.reference import reference_module

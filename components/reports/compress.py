@@ -25,10 +25,28 @@ def comparison_markdown(device: str, metrics: dict) -> str:
          *([f"{r['energy_mj']:.4g}"] if energy else []),
          interval_text(r["test_accuracy_ci"], 3, short=True), f"{r['val_accuracy']:.3f}", r["fits"]]
         for name, r in methods.items()])
-    lines += _energy_lines(metrics.get("energy") or {})
+    lines += _energy_lines(metrics.get("energy") or {}) + _form_lines(metrics.get("deployed") or {})
     lines += _fallback_lines(metrics.get("fallback", {}), metrics["cost"])
     lines += _refit_lines(metrics.get("refit", [])) + _selection_lines(metrics.get("selection", {}))
     return "\n".join(lines) + "\n"
+
+
+def _form_lines(form: dict) -> list[str]:
+    """Float or int8: each form run on the validation users and timed against the baseline, and the one taken."""
+    if not form.get("candidates"):
+        return ["", f"Deployed as {form['format']} ({form['why']})."] if form.get("format") else []
+    rows = []
+    for fmt, c in form["candidates"].items():
+        if not c.get("ok"):
+            rows.append([fmt, f"did not run: {c.get('error', '')}", "", "", ""])
+            continue
+        ratio = "-" if c.get("measured_ratio") is None else f"{c['measured_ratio']:.3f}"
+        energy = "-" if c.get("energy_mj") is None else f"{c['energy_mj']:.4g}"
+        rows.append([fmt + (" (deployed)" if fmt == form["format"] else ""), f"{c['val_accuracy']:.4f}", ratio,
+                     energy, ", ".join(c.get("float_operators") or []) or "-"])
+    return ["", "## Float or int8", "", *markdown_table(
+        ("form", "validation accuracy", "measured latency / the baseline's", "energy mJ", "kept in float"), rows),
+        "", f"Deployed as {form['format']}: {form['why']}."]
 
 
 def _energy_lines(energy: dict) -> list[str]:

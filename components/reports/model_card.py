@@ -10,6 +10,7 @@ among the version's artifacts.
 
 from __future__ import annotations
 
+from components.decisions.gates import deployed_pair
 from components.reports.tables import interval_text, markdown_table
 from components.reports.validate import fmt_value, retry_sentence
 
@@ -37,10 +38,12 @@ def registered_model_description(report: dict, name: str) -> str:
 
 def _lines(report: dict, name: str, version: str, detail_chars: int | None, all_widths: bool) -> list[str]:
     fmt = report["deployed_format"]
-    comp, base = report["models"]["compressed"][fmt], report["models"]["baseline"][fmt]
+    base, comp = deployed_pair(report)
+    against = (report.get("deployed_pair") or {}).get("baseline_format")
     lines = [f"# {name} version {version}", "",
              f"A **{report['dataset']}** activity classifier compressed for **{report['device']}** "
-             f"({report['runtime']}, {report['threads']} thread(s)), deployed as `{fmt}`.", ""]
+             f"({report['runtime']}, {report['threads']} thread(s)), deployed as `{fmt}`"
+             + (f", compared with the baseline as `{against}`." if against else "."), ""]
     lines += _what(report, all_widths) + _accuracy(report, comp, base) + _cost(report, comp, base)
     return lines + _gates(report, detail_chars) + _load(report, name, version, comp)
 

@@ -18,6 +18,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from components.decisions.gates import deployed_pair
 from components.reports.tables import interval_text, markdown_table, render
 from components.tracking.runs import flatten
 
@@ -71,8 +72,7 @@ class Night:
 
 
 def _deployed(report: dict) -> tuple[dict, dict]:
-    fmt = report["deployed_format"]
-    return report["models"]["baseline"][fmt], report["models"]["compressed"][fmt]
+    return deployed_pair(report)
 
 
 def headline(d: DeviceNight) -> dict[str, float | None]:

@@ -114,6 +114,9 @@ class CompressParams(Section):
                      "validate deploys it when the model misses only the accuracy gate; 0: none"))
     nudge_radius: int = Field(ge=0,
         description="latency cost: widths may move up by this to a width predicted no slower")
+    quantize: bool = Field(
+        description=("a timed device whose runtime has an int8 form: the fine-tuned model's int8 form is a candidate, "
+                     "timed and scored beside the float one; validate deploys the fastest at the floor"))
     augment: bool = Field(description="augment batches (search and fine-tuning) with train's rotation, scale and noise")
     baselines: tuple[str, ...] = Field(description="compared at the same budget: l1, uniform")
     seed: int = Field(ge=0, description="seeds the search, the fine-tune and the baselines")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from components.config import Params
 from components.decisions.champion import NOT_PROMOTED, beats
+from components.decisions.gates import deployed_pair
 from components.reports.model_card import model_card, registered_model_description
 from components.tracking import server
 from components.tracking.lineage import requirements
@@ -137,7 +138,7 @@ def _describe(client, name: str, version: str, report: dict) -> None:
 def _version_tags(params: Params, report: dict, pipeline_key: str | None) -> dict[str, str]:
     from components.tracking.runs import git_commit
 
-    comp = report["models"]["compressed"][report["deployed_format"]]
+    comp = deployed_pair(report)[1]
     return {"validation_id": report["validation_id"], "device": report["device"], "format": report["deployed_format"],
             "data_hash": report["data_hash"], "git_commit": git_commit(params.root),
             "pipeline_run": pipeline_key or report.get("pipeline_run", ""),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -12,7 +14,7 @@ from tests.conftest import synthetic_task
 
 QUICK = ("compress.search.max_steps=100", "compress.search.lambda_cost=10.0", "compress.search.eval_every=10", "compress.search.checkpoint_every=10",
          "compress.search.threshold={start: 0.0, step: 0.1, every: 5, limit: 0.6}", "compress.fine_tune.epochs=2",
-         "compress.fine_tune.patience=1", "compress.cost=params")
+         "compress.fine_tune.patience=1", "compress.cost=params", "compress.quantize=false")
 
 
 @pytest.fixture
@@ -28,7 +30,8 @@ def _params(make_params, ingest, train, *more):
 def test_compress_writes_a_smaller_model_the_comparison_and_figures(make_params, inputs, tmp_path):
     ingest, train = inputs
     params = _params(make_params, ingest, train, "compress.budget.params=0.5", "compress.max_accuracy_drop=1.0",
-                     "compress.baselines=[l1, uniform]")
+                     "compress.baselines=[l1, uniform]", "compress.quantize=true", "validate.calibration_windows=40",
+                     "profile.timing.max_time_s=0.05", "profile.timing.max_repeats=5")
     result = execute("compress", params, "ort-1t", out=Place(tmp_path / "c", tmp_path / "r"))
     m = result.metrics
     assert m["budget_met"] and m["methods"]["deepiot"]["relative_cost"] <= 0.5
@@ -43,6 +46,15 @@ def test_compress_writes_a_smaller_model_the_comparison_and_figures(make_params,
 
     logged = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id, "compress/ort-1t")}
     assert "compress/ort-1t/model.safetensors" in logged and "compress/ort-1t/pareto.png" in logged
+    # the int8 form was a candidate: run on the validation users and timed against the baseline with the float one
+    deploy = json.loads((tmp_path / "c" / "deploy.json").read_text())
+    assert deploy == m["deployed"] and deploy["float_format"] == "onnx" and deploy["format"] in ("onnx", "onnx_int8")
+    for fmt in ("onnx", "onnx_int8"):
+        candidate = deploy["candidates"][fmt]
+        assert candidate["ok"] and 0 <= candidate["val_accuracy"] <= 1 and candidate["measured_ratio"] > 0
+        assert candidate["energy_source"].startswith("modelled")
+    assert all(op.endswith("(GRU)") for op in deploy["candidates"]["onnx_int8"]["float_operators"])
+    assert deploy["why"]
 
 
 def test_the_compressed_model_is_the_runs_logged_model_with_its_metrics_and_the_windows_it_read(make_params, inputs,

@@ -50,8 +50,8 @@ def _run(params, task, device, tmp_path, **kwargs):
 
 def test_every_format_exports_with_its_checksum_and_runs_like_torch(task, tmp_path):
     x = np.load(task.ingest / "x.npy")[:40]
-    files, failed = export(task.baseline, ("onnx", "tflite", "tflite_int8", "tflite_int16x8", "torch"), tmp_path, x,
-                           300)
+    files, failed = export(task.baseline, ("onnx", "onnx_int8", "tflite", "tflite_int8", "tflite_int16x8", "torch"),
+                           tmp_path, x, 300)
     assert not failed
     assert read_manifest(tmp_path) == files
     for fmt, exported in files.items():
@@ -60,13 +60,16 @@ def test_every_format_exports_with_its_checksum_and_runs_like_torch(task, tmp_pa
     model = models.load(task.baseline)
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
-    runtimes = {"onnx": "onnxruntime", "tflite": "tflite", "tflite_int8": "tflite", "tflite_int16x8": "tflite",
-                "torch": "torch"}
+    runtimes = {"onnx": "onnxruntime", "onnx_int8": "onnxruntime", "tflite": "tflite", "tflite_int8": "tflite",
+                "tflite_int16x8": "tflite", "torch": "torch"}
     for fmt, runtime in runtimes.items():
         runner = get_backend(runtime).load_file(tmp_path / files[fmt].file, fmt, 1)
         got = np.concatenate([runner.predict(x[i : i + 1]) for i in range(len(x))])
         if fmt == "tflite_int8":  # quantised: the same decisions, not the same numbers
             assert np.mean(got.argmax(1) == expected.argmax(1)) >= 0.9
+        elif fmt == "onnx_int8":  # int8 convolutions and output layer, float GRUs: within 5 % of the largest logit
+            assert np.mean(got.argmax(1) == expected.argmax(1)) >= 0.97
+            assert np.abs(got - expected).max() <= 0.05 * np.abs(expected).max()
         elif fmt == "tflite_int16x8":  # int16 activations: close to the float logits, not only the decisions
             assert np.mean(got.argmax(1) == expected.argmax(1)) >= 0.97
             assert np.abs(got - expected).max() <= 0.05 * np.abs(expected).max()
@@ -117,6 +120,37 @@ def test_validate_reports_every_gate_with_its_numbers_and_logs_the_run(make_para
     # the accuracy is the held-out user's (synthetic task: one user, c): per user, and said to have no interval
     assert comp["per_user_accuracy"] == {"c": pytest.approx(comp["accuracy"])} and comp["accuracy_ci"]["users"] == 1
     assert "1 held-out users (c) (one user: no interval)" in md
+
+
+def test_the_int8_form_compress_chose_is_deployed_and_gated_against_the_float_baseline(make_params, task, tmp_path):
+    """compress's deploy.json says onnx_int8: validate runs it first, times it together with the baseline's float
+    file and gates that pair; the latency model (float structures) is not judged on it, and says so."""
+    import shutil
+
+    from components.devices.onnxrt import float_operators
+
+    compressed = tmp_path / "compress"
+    shutil.copytree(task.compressed.parent, compressed, ignore=shutil.ignore_patterns("deploy.json"))
+    (compressed / "deploy.json").write_text(json.dumps({"format": "onnx_int8", "float_format": "onnx",
+                                                        "why": "test", "candidates": {}}))
+    params = _params(make_params, task)
+    result = validate.run(params, "ort-1t", ingest=task.ingest, train=task.baseline.parent, compress=compressed,
+                          fit_latency=tmp_path / "no-latency-model", out=Place(tmp_path / "v", tmp_path / "r"))
+    report = result.report
+    assert report["deployed_format"] == "onnx_int8" and report["formats"] == ["onnx_int8", "onnx"]
+    pair = report["deployed_pair"]
+    assert pair["baseline_format"] == "onnx" and pair["compressed"]["format"] == "onnx_int8"
+    base, comp = pair["baseline"], pair["compressed"]
+    assert comp["measured_ratio"] == pytest.approx(comp["latency_ms"] / base["latency_ms"])
+    assert comp["accuracy_drop"]["mean"] == pytest.approx(base["accuracy"] - comp["accuracy"])
+    gates = {g["name"]: g for g in report["gates"]}
+    assert gates["latency"]["value"] == pytest.approx(comp["measured_ratio"])
+    assert gates["latency_prediction"]["passed"] is None and "predicts float structures" in \
+        gates["latency_prediction"]["detail"]
+    # the int8 file keeps its recurrent layers in float, by name
+    files = report["exports"]["compressed"]["files"]
+    kept = float_operators(tmp_path / "v" / "compressed" / files["onnx_int8"]["file"])
+    assert kept and all(k.endswith("(GRU)") for k in kept)
 
 
 def test_validate_declares_its_windows_and_links_each_models_figures_to_its_logged_model(make_params, task, tmp_path):
