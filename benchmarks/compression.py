@@ -25,6 +25,13 @@ latency model's accuracy on compressed candidates comes from the stage's own
 measurements: structures profiled in a refit round were predicted *before*
 the refit (out of sample), and the candidates of the measured selection.
 
+FastDeepIoT's model is also weighed in its runtime's int8 form (compress's
+"pruned, then quantized" step: ONNX Runtime QDQ, TFLite full-integer, run on
+the validation users and timed against the baseline's float file); the form
+compress deploys is scored on the held-out users from its exported file, and
+the "deployed form" table gives its measured latency and energy ratios and
+its paired change, per device, with the issue's aims beside them.
+
 Prints per fold and a summary per data set; writes every row to
 <work>/results.json. Work folders are kept: a rerun reuses ingested data,
 profiles, trained baselines and finished compress runs.
@@ -181,9 +188,34 @@ def run_fold(dataset: str, fold: int, users: list[str], overrides: list[str], de
             row["refit"] = metrics[run].get("refit", [])
             row["selection"] = metrics[run].get("selection", {})
             row["floor"] = metrics[run].get("floor", {})
+            row |= deployed_form(params_with(), name, metrics[run], devices, here, work, row["per_user"])
         rows.append(row)
     done.write_text(json.dumps(rows, indent=2))
     return rows
+
+
+def deployed_form(params, name: str, metrics: dict, devices, here: Path, work: Path, torch_per_user: dict) -> dict:
+    """The form compress deploys (float or int8) for a FastDeepIoT run: its measured latency and energy ratios to
+    the baseline's float file, and its accuracy per held-out user, from the exported file run on the device."""
+    from components.devices.scoring import score_exported
+
+    form = metrics.get("deployed") or {}
+    fmt = form.get("format")
+    chosen = (form.get("candidates") or {}).get(fmt) or {}
+    out = {"form": fmt, "forms": form.get("candidates") or {}, "form_ratio": chosen.get("measured_ratio"),
+           "form_energy_ratio": chosen.get("energy_ratio"), "form_per_user": torch_per_user}
+    if not fmt or fmt == form.get("float_format"):
+        return out  # the float file computes what torch computes (validate's agreement test)
+    device = next(d for d in devices if d.name == name.split("@", 1)[1])
+    windows = load_windows(work / "ingest")
+    users = windows.meta["user"].to_numpy().astype(str)
+    test = np.flatnonzero(np.isin(users, sorted(torch_per_user)))
+    scored = score_exported(params, device, fmt, {"compressed": here / name / "forms" / "compressed"},
+                            windows.x[test], windows.meta["label"].to_numpy()[test].astype(np.int64), users[test],
+                            len(windows.classes))["compressed"]
+    if not scored.get("ok"):
+        raise RuntimeError(f"{name}: the deployed {fmt} file did not run on the held-out users: {scored['error']}")
+    return out | {"form_per_user": scored["per_user_accuracy"]}
 
 
 def run_matched(dataset: str, fold: int, fold_rows: list[dict], overrides: list[str], devices, work: Path,
@@ -309,6 +341,7 @@ def summarise(rows: list[dict], args) -> None:
               + " | ".join(f"{np.mean(v):.3f} ({min(v):.3f}-{max(v):.3f})" for v in ratios.values())
               + f" | {met} | {np.mean([r['wall_s'] for r in chosen]):.0f} |")
     candidates_line(rows)
+    forms_table(rows, devices)
     for d in devices:
         fast, size = summary.get(f"fastdeepiot@{d}"), summary["deepiot"]
         if fast is None:
@@ -320,6 +353,41 @@ def summarise(rows: list[dict], args) -> None:
               "against it (the aim counts only within +-0.5 point)")
     if matched:
         matched_lines(matched)
+
+
+AIMS = {"onnxruntime": 0.15, "tflite": 0.08}  # issue 32: the deployed form's ratio at <= 1 point mean loss
+
+
+def forms_table(rows: list[dict], devices: list[str]) -> None:
+    """FastDeepIoT's deployed form per device: which form, its measured latency and energy ratios, its change."""
+    fast = [r for r in rows if r["method"].startswith("fastdeepiot@") and r.get("form")]
+    if not fast:
+        return
+    runtimes = {d.name: d.runtime for d in chosen(load_params(ROOT / "params.yaml"), devices)}
+    print("\n| device | form deployed (folds) | latency ratio, deployed form | energy ratio | int8 form's ratio | "
+          "change, points (paired 95 % CI) | aim |")
+    print("|---|---|---|---|---|---|---|")
+    for d in devices:
+        runs = [r for r in fast if r["method"] == f"fastdeepiot@{d}"]
+        if not runs:
+            continue
+        forms = {f: sum(r["form"] == f for r in runs) for f in dict.fromkeys(r["form"] for r in runs)}
+        ratio = [r["form_ratio"] for r in runs if r["form_ratio"] is not None]
+        energy = [r["form_energy_ratio"] for r in runs if r.get("form_energy_ratio") is not None]
+        int8 = [c["measured_ratio"] for r in runs for f, c in r["forms"].items()
+                if f.endswith("int8") and c.get("ok") and c.get("measured_ratio")]
+        change = paired_ci({u: a for r in runs for u, a in r["form_per_user"].items()},
+                           {u: a for r in runs for u, a in r["base_per_user"].items()})
+        aim = AIMS.get(runtimes.get(d))
+        met = "" if aim is None or not ratio else (
+            f"<= {aim}x at <= 1 point: " + ("met" if np.mean(ratio) <= aim and -change["mean"] <= 0.01 else "missed"))
+
+        def spread(v):
+            return f"{np.mean(v):.3f} ({min(v):.3f}-{max(v):.3f})" if v else "-"
+
+        print(f"| {d} | {', '.join(f'{f} {n}' for f, n in forms.items())} | {spread(ratio)} | {spread(energy)} | "
+              f"{spread(int8)} | {100 * change['mean']:+.1f} ({100 * change['low']:+.1f} to "
+              f"{100 * change['high']:+.1f}) | {met} |")
 
 
 def candidates_line(rows: list[dict]) -> None:

@@ -48,6 +48,7 @@ import numpy as np
 from components import validate
 from components.config import load_params
 from components.data.windows import load_windows
+from components.decisions.gates import deployed_pair
 from components.devices import scoring
 from components.devices.pool import chosen
 from components.stages import execute
@@ -180,13 +181,17 @@ def score_night(params, dataset: str, fold: int, device_name: str, here: Path) -
     reserved = np.flatnonzero(windows.meta["split"].to_numpy() == "reserved")
     labels = windows.meta["label"].to_numpy().astype(np.int64)
     users = windows.meta["user"].to_numpy().astype(str)
-    further = scoring.score_exported(params, device, fmt, folders, windows.x[reserved], labels[reserved],
-                                      users[reserved], len(windows.classes))
+    # the baseline in the form the gates compared it in: its float file where compress deployed int8
+    reference = (report.get("deployed_pair") or {}).get("baseline_format") or fmt
+    further = {}
+    for form, names in ((fmt, [n for n in folders if n != "baseline"]), (reference, ["baseline"])):
+        further |= scoring.score_exported(params, device, form, {n: folders[n] for n in names}, windows.x[reserved],
+                                          labels[reserved], users[reserved], len(windows.classes))
     registered = "fallback" if retry and report["passed"] else ("chosen" if report["passed"] else None)
     rows = []
     for role in [r for r in ("chosen", "fallback") if r in folders]:
         night = judged[role]
-        base, model = (night["models"][name][fmt] for name in ("baseline", "compressed"))
+        base, model = deployed_pair(night | {"deployed_format": fmt})
         figures = compressed["methods"]["deepiot"] if role == "chosen" else compressed.get("fallback", {})
         rows.append({
             "dataset": dataset, "fold": fold, "device": device_name, "role": role, "format": fmt,

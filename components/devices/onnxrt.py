@@ -7,7 +7,11 @@ dynamo exporter takes seconds and writes side files (see STACK.md).
 `onnx_int8` is ONNX Runtime's own static quantization in the QDQ format
 (`onnxruntime.quantization.quantize_static`): int8 weights per channel,
 uint8 activations (the x86 CPU's fast U8S8 kernels), ranges calibrated on
-training windows (min-max). Operators ONNX Runtime cannot quantize in QDQ
+training windows (min-max). Weights use 7 of their 8 bits (`reduce_range`):
+on an x86 CPU without VNNI the U8S8 kernels add products in 16 bits and
+saturate with full-range weights; on a compressed UCI HAPT model full range
+lost 2 points of validation accuracy (0.942 against float's 0.962, 95 % of
+decisions alike) and 7 bits lost none (0.962, 99 %), and ran faster. Operators ONNX Runtime cannot quantize in QDQ
 form, the recurrent ones (GRU, LSTM) among them, stay float between a
 DequantizeLinear and a QuantizeLinear; `float_operators` names them.
 """
@@ -57,7 +61,7 @@ def write_onnx_int8(model, target: Path, calibration: np.ndarray) -> None:
 
     try:
         quantize_static(str(float_path), str(target), Windows(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     finally:
         float_path.unlink(missing_ok=True)
 

@@ -12,7 +12,10 @@ validation accuracy is at compress's floor; the float form where the int8
 one is not (or did not export, or run). Weight-carrying operators the
 runtime keeps in float in the int8 file (ONNX Runtime has no QDQ kernel for
 GRU or LSTM) are named, never silently left out. `validate` then runs and
-gates the form taken (`deploy.json`).
+gates the form taken (`deploy.json`). The exported files stay in the
+stage's `forms/` folder (with their manifest), so the int8 file can be run
+on other users later (benchmarks/compression.py scores it on the held-out
+users).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class FormChoice:
     why: str
     float_format: str  # the runtime's float form: the baseline is compared in it
     candidates: dict[str, dict] = field(default_factory=dict)  # per form: accuracy, measured ratio, energy, ...
+    baseline: dict = field(default_factory=dict)  # the baseline's float file timed with them: latency, energy
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,7 +59,7 @@ def choose_form(params, device, baseline_dir: Path, model, data, floor: float, w
     """Float or int8 for the fine-tuned `model`: the fastest measured form at the accuracy `floor`."""
     from components import models
     from components.devices.base import get_backend
-    from components.devices.energy import energy_per_inference
+    from components.devices.energy import energy_per_inference, energy_ratio
     from components.devices.scoring import export_models, run_models
 
     backend = get_backend(device.runtime)
@@ -70,9 +74,9 @@ def choose_form(params, device, baseline_dir: Path, model, data, floor: float, w
         calibration = _calibration(data.x_fit, cfg.calibration_windows, params.compress.seed)
         log.info("%s: exporting the compressed model as %s and %s (int8 calibrated on %d windows of the fitting "
                  "users)", device.name, float_fmt, int8_fmt, len(calibration))
-        exports = {"baseline": export_models(baseline_dir, [float_fmt], scratch / "baseline", None,
+        exports = {"baseline": export_models(baseline_dir, [float_fmt], work / "baseline", None,
                                              cfg.convert_timeout_s),
-                   "compressed": export_models(scratch / "model", [float_fmt, int8_fmt], scratch / "compressed",
+                   "compressed": export_models(scratch / "model", [float_fmt, int8_fmt], work / "compressed",
                                                calibration, cfg.convert_timeout_s)}
         np.save(scratch / "test_windows.npy", np.ascontiguousarray(data.x_val.numpy(), dtype=np.float32))
         runs = {"baseline": (exports["baseline"], float_fmt), float_fmt: (exports["compressed"], float_fmt),
@@ -80,12 +84,16 @@ def choose_form(params, device, baseline_dir: Path, model, data, floor: float, w
         log.info("%s: running both forms and the baseline on %d validation windows, then timing them together",
                  device.name, len(data.y_val))
         answers = run_models(params, device, runs, scratch, work / "logs")
-        kept_float = {}
-        int8_file = exports["compressed"]["files"].get(int8_fmt)
-        if int8_file is not None:
-            kept_float = {int8_fmt: backend.float_operators(scratch / "compressed" / int8_file.file, int8_fmt)}
+    kept_float = {}
+    int8_file = exports["compressed"]["files"].get(int8_fmt)
+    if int8_file is not None:
+        kept_float = {int8_fmt: backend.float_operators(work / "compressed" / int8_file.file, int8_fmt)}
     y, users = data.y_val.numpy(), data.users_val
     base = answers["baseline"]
+    base_timing = (base.get("timing") or {}) if base.get("ok") else {}
+    base_energy = energy_per_inference(device, base_timing.get("latency_ms"), {
+        "energy_mj": base_timing.get("energy_mj"), "energy_source": base_timing.get("energy_source"),
+        "meter_error": base.get("meter_error")})
     candidates = {}
     for fmt in (float_fmt, int8_fmt):
         answer = answers[fmt]
@@ -98,11 +106,14 @@ def choose_form(params, device, baseline_dir: Path, model, data, floor: float, w
         metered = {"energy_mj": (answer.get("timing") or {}).get("energy_mj"),
                    "energy_source": (answer.get("timing") or {}).get("energy_source"),
                    "meter_error": answer.get("meter_error")}
+        energy = energy_per_inference(device, latency, metered)
         candidates[fmt] = {"ok": True, "val_accuracy": _user_mean(right, users), "latency_ms": latency,
                            "measured_ratio": latency / base_latency if latency and base_latency else None,
-                           **energy_per_inference(device, latency, metered),
+                           **energy, "energy_ratio": energy_ratio(energy, base_energy),
                            **({"float_operators": kept_float[fmt]} if fmt in kept_float else {})}
-    return _pick(candidates, float_fmt, int8_fmt, floor, device.name)
+    choice = _pick(candidates, float_fmt, int8_fmt, floor, device.name)
+    choice.baseline = {"format": float_fmt, "latency_ms": base_timing.get("latency_ms"), **base_energy}
+    return choice
 
 
 def _pick(candidates: dict[str, dict], float_fmt: str, int8_fmt: str, floor: float, device: str) -> FormChoice:

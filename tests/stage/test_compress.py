@@ -54,7 +54,12 @@ def test_compress_writes_a_smaller_model_the_comparison_and_figures(make_params,
         assert candidate["ok"] and 0 <= candidate["val_accuracy"] <= 1 and candidate["measured_ratio"] > 0
         assert candidate["energy_source"].startswith("modelled")
     assert all(op.endswith("(GRU)") for op in deploy["candidates"]["onnx_int8"]["float_operators"])
-    assert deploy["why"]
+    assert deploy["why"] and deploy["baseline"]["format"] == "onnx" and deploy["baseline"]["latency_ms"] > 0
+    for candidate in deploy["candidates"].values():  # modelled energy: the same watts, so the latency ratio
+        assert candidate["energy_ratio"] == pytest.approx(candidate["measured_ratio"])
+    # the files stay, with their manifest, to be run on other users later
+    assert {"model.onnx", "model.int8.onnx", "manifest.json"} <= {p.name for p in (tmp_path / "c" / "forms" /
+                                                                                   "compressed").iterdir()}
 
 
 def test_the_compressed_model_is_the_runs_logged_model_with_its_metrics_and_the_windows_it_read(make_params, inputs,

@@ -67,9 +67,11 @@ def test_every_format_exports_with_its_checksum_and_runs_like_torch(task, tmp_pa
         got = np.concatenate([runner.predict(x[i : i + 1]) for i in range(len(x))])
         if fmt == "tflite_int8":  # quantised: the same decisions, not the same numbers
             assert np.mean(got.argmax(1) == expected.argmax(1)) >= 0.9
-        elif fmt == "onnx_int8":  # int8 convolutions and output layer, float GRUs: within 5 % of the largest logit
+        elif fmt == "onnx_int8":  # int8 convolutions and output layer (7-bit weights), float GRUs: the same
+            # decisions, logits within 2 % of the largest on average and 12 % on the worst window
             assert np.mean(got.argmax(1) == expected.argmax(1)) >= 0.97
-            assert np.abs(got - expected).max() <= 0.05 * np.abs(expected).max()
+            assert np.abs(got - expected).mean() <= 0.02 * np.abs(expected).max()
+            assert np.abs(got - expected).max() <= 0.12 * np.abs(expected).max()
         elif fmt == "tflite_int16x8":  # int16 activations: close to the float logits, not only the decisions
             assert np.mean(got.argmax(1) == expected.argmax(1)) >= 0.97
             assert np.abs(got - expected).max() <= 0.05 * np.abs(expected).max()
