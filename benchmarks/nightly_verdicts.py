@@ -29,12 +29,13 @@ def read_night(reports: Path) -> dict:
     night = {"key": summary.get("key"), "devices": {}}
     for d in devices:
         row = {k: m.get(f"{d}.{k}") for k in ("accuracy", "baseline_accuracy", "accuracy_drop", "accuracy_drop_low",
-                                               "accuracy_drop_high", "latency_ratio", "size_ratio")}
+                                               "accuracy_drop_high", "latency_ratio", "size_ratio", "energy_ratio")}
         row["passed"], row["registered"] = bool(m.get(f"{d}.passed")), bool(m.get(f"{d}.registered"))
         report_file = reports / "validate" / d / "report.json"
         if report_file.exists():
             report = json.loads(report_file.read_text())
             row["failed_gates"] = report.get("failed_gates", [])
+            row["form"] = report.get("deployed_format")
             row["first_try"] = _first_try(report)
         night["devices"][d] = row
     return night
@@ -60,8 +61,8 @@ def _points(row: dict) -> str:
 
 def table(nights: dict[str, dict]) -> str:
     lines = ["| device | night | verdict | accuracy (baseline's) | accuracy drop, points (95 % CI over held-out users) "
-             "| first try, where retried | latency ratio | size ratio | registered |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| first try, where retried | deployed form | latency ratio | energy ratio | size ratio | registered |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     devices = list(dict.fromkeys(d for night in nights.values() for d in night["devices"]))
     for d in devices:
         for name, night in nights.items():
@@ -72,8 +73,9 @@ def table(nights: dict[str, dict]) -> str:
             verdict = "passed" if row["passed"] else "failed " + (", ".join(gates) if gates else "gates")
             first = _points(row["first_try"]) if row.get("first_try") else ""
             lines.append(f"| {d} | {name} | {verdict} | {_ratio(row['accuracy'])} ({_ratio(row['baseline_accuracy'])}) "
-                         f"| {_points(row)} | {first} | "
-                         f"{_ratio(row['latency_ratio'])} | {_ratio(row['size_ratio'])} | "
+                         f"| {_points(row)} | {first} | {row.get('form') or '-'} | "
+                         f"{_ratio(row['latency_ratio'])} | {_ratio(row.get('energy_ratio'))} | "
+                         f"{_ratio(row['size_ratio'])} | "
                          f"{'yes' if row['registered'] else 'no'} |")
     totals = ", ".join(f"{name}: {sum(r['registered'] for r in n['devices'].values())} of {len(n['devices'])}"
                        for name, n in nights.items())
