@@ -34,7 +34,8 @@ class ValidateParams(Section):
         description="<output_dir>/<device>/{baseline,compressed}/: the exported files and manifest.json")
     report_dir: str = Field(description="<report_dir>/<device>/: report.json, report.md, report.html")
     formats: Annotated[dict[str, tuple[str, ...]], RUNTIME_KEYS] = Field(
-        description="per runtime, the formats validated; the first is deployed and gated")
+        description=("per runtime, the formats validated; the first is deployed and gated, unless compress chose a "
+                     "form (its deploy.json: float or int8), which then goes first"))
     calibration_windows: int = Field(ge=1, description="training windows that calibrate int8 quantization")
     max_test_windows: int = Field(ge=0, description="held-out windows run on the device (0: all)")
     convert_timeout_s: float = Field(gt=0, description="one conversion; longer is killed and the format fails")
