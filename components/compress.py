@@ -69,7 +69,7 @@ if TYPE_CHECKING:
 
 STAGE = "compress"
 FALLBACK_DIR = "fallback"  # beside model/: the structure one step back along the search's path, fine-tuned
-FORMS_DIR = "forms"  # beside model/: the logs of the float and int8 forms run on the device
+FORMS_DIR = "forms"  # beside model/: the float and int8 files run on the device (manifest, logs)
 log = logging.getLogger(__name__)
 
 
@@ -338,14 +338,15 @@ def _add_energy(tuned: dict, device) -> None:
     from components.devices.energy import energy_per_inference
 
     base = tuned["baseline"].figures
-    base |= energy_per_inference(device, base.get("latency_ms", base.get("predicted_latency_ms")))
+    base_latency = base.get("latency_ms", base.get("predicted_latency_ms"))
+    base |= energy_per_inference(device, base_latency)
     for name, t in tuned.items():
         if name == "baseline":
             continue
         f = t.figures
         latency = f.get("latency_ms", f.get("predicted_latency_ms"))
         if "measured_ratio" in f and base.get("energy_mj") is not None:
-            latency = base.get("latency_ms", base.get("predicted_latency_ms")) * f["measured_ratio"]
+            latency = base_latency * f["measured_ratio"]
         f |= energy_per_inference(device, latency)
         if "measured_ratio" in f and f.get("energy_mj") is not None:
             f["energy_source"] += " (the baseline's latency x the measured ratio)"

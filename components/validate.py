@@ -235,7 +235,7 @@ def _across_formats(params: Params, device, exports: dict, reference: str, deplo
     """The baseline in `reference` (float) and the compressed model in `deployed` (int8), timed together: their
     latency, energy and accuracy drop against each other. The latency model predicts float structures, so its
     prediction is not judged here (compress chose the int8 form on its measured time)."""
-    from components.devices.energy import energy_per_inference, energy_ratio
+    from components.devices.energy import energy_per_inference, energy_ratio, metered
 
     log.info("%s: timing the compressed model as %s against the baseline as %s", device.name, deployed, reference)
     timed = run_models(params, device, {"baseline": (exports["baseline"], reference),
@@ -250,9 +250,7 @@ def _across_formats(params: Params, device, exports: dict, reference: str, deplo
         timing = answer.get("timing") or {}
         record |= {"latency_ms": timing.get("latency_ms"), "latency_iqr_ms": timing.get("iqr_ms"),
                    "latency_stable": timing.get("stable"), "format": deployed if name == "compressed" else reference}
-        record |= energy_per_inference(device, record["latency_ms"], {
-            "energy_mj": timing.get("energy_mj"), "energy_source": timing.get("energy_source"),
-            "meter_error": answer.get("meter_error")})
+        record |= energy_per_inference(device, record["latency_ms"], metered(answer))
     if base.get("ok") and comp.get("ok"):
         comp["accuracy_drop"] = accuracy_drop(base, comp, params.train.bootstrap, params.validate.seed)
         comp["measured_ratio"] = comp["latency_ms"] / base["latency_ms"]

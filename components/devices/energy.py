@@ -36,6 +36,14 @@ def energy_per_inference(device, latency_ms: float | None, metered: dict | None 
                              f"mcu.energy_per_cycle_nj, or a power meter) in the pool file{unread}"}
 
 
+def metered(answer: dict) -> dict:
+    """What the timing loop's meter read for one worker answer ({"timing": ..., "meter_error": ...}): the
+    `metered` argument of `energy_per_inference`."""
+    timing = answer.get("timing") or {}
+    return {"energy_mj": timing.get("energy_mj"), "energy_source": timing.get("energy_source"),
+            "meter_error": answer.get("meter_error")}
+
+
 def energy_ratio(compressed: dict, baseline: dict) -> float | None:
     """The compressed model's energy over the baseline's, where both have one from the same kind of source."""
     ce, be = compressed.get("energy_mj"), baseline.get("energy_mj")

@@ -19,7 +19,7 @@ import numpy as np
 
 from components.config import ConfigError, Params
 from components.devices.base import get_backend
-from components.devices.energy import energy_per_inference, energy_ratio
+from components.devices.energy import energy_per_inference, energy_ratio, metered
 
 log = logging.getLogger(__name__)
 MODELS = ("baseline", "compressed")
@@ -180,8 +180,7 @@ def score(answer: dict, exported, y_test: np.ndarray, users: np.ndarray, torch_p
         "latency_ms": timing.get("latency_ms"), "latency_iqr_ms": timing.get("iqr_ms"),
         "latency_stable": timing.get("stable"), "latency_method": "timed",
         "peak_memory_bytes": answer.get("peak_memory_bytes"), "load_s": answer.get("load_s"),
-        "metered": {"energy_mj": timing.get("energy_mj"), "energy_source": timing.get("energy_source"),
-                    "meter_error": answer.get("meter_error")},
+        "metered": metered(answer),
         **({"graph": answer["graph"]} if "graph" in answer else {}),
     }
 

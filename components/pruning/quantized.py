@@ -59,8 +59,9 @@ def choose_form(params, device, baseline_dir: Path, model, data, floor: float, w
     """Float or int8 for the fine-tuned `model`: the fastest measured form at the accuracy `floor`."""
     from components import models
     from components.devices.base import get_backend
-    from components.devices.energy import energy_per_inference, energy_ratio
+    from components.devices.energy import energy_per_inference, energy_ratio, metered
     from components.devices.scoring import export_models, run_models
+    from components.pruning.finetune import user_mean
 
     backend = get_backend(device.runtime)
     if not (params.compress.quantize and backend.timed and backend.int8_format):
@@ -90,10 +91,8 @@ def choose_form(params, device, baseline_dir: Path, model, data, floor: float, w
         kept_float = {int8_fmt: backend.float_operators(work / "compressed" / int8_file.file, int8_fmt)}
     y, users = data.y_val.numpy(), data.users_val
     base = answers["baseline"]
-    base_timing = (base.get("timing") or {}) if base.get("ok") else {}
-    base_energy = energy_per_inference(device, base_timing.get("latency_ms"), {
-        "energy_mj": base_timing.get("energy_mj"), "energy_source": base_timing.get("energy_source"),
-        "meter_error": base.get("meter_error")})
+    base_latency = (base.get("timing") or {}).get("latency_ms") if base.get("ok") else None
+    base_energy = energy_per_inference(device, base_latency, metered(base) if base.get("ok") else None)
     candidates = {}
     for fmt in (float_fmt, int8_fmt):
         answer = answers[fmt]
@@ -102,17 +101,13 @@ def choose_form(params, device, baseline_dir: Path, model, data, floor: float, w
             continue
         right = (answer["outputs"].argmax(axis=1) == y).astype(np.float64)
         latency = (answer.get("timing") or {}).get("latency_ms")
-        base_latency = (base.get("timing") or {}).get("latency_ms") if base.get("ok") else None
-        metered = {"energy_mj": (answer.get("timing") or {}).get("energy_mj"),
-                   "energy_source": (answer.get("timing") or {}).get("energy_source"),
-                   "meter_error": answer.get("meter_error")}
-        energy = energy_per_inference(device, latency, metered)
-        candidates[fmt] = {"ok": True, "val_accuracy": _user_mean(right, users), "latency_ms": latency,
+        energy = energy_per_inference(device, latency, metered(answer))
+        candidates[fmt] = {"ok": True, "val_accuracy": user_mean(right, users), "latency_ms": latency,
                            "measured_ratio": latency / base_latency if latency and base_latency else None,
                            **energy, "energy_ratio": energy_ratio(energy, base_energy),
                            **({"float_operators": kept_float[fmt]} if fmt in kept_float else {})}
     choice = _pick(candidates, float_fmt, int8_fmt, floor, device.name)
-    choice.baseline = {"format": float_fmt, "latency_ms": base_timing.get("latency_ms"), **base_energy}
+    choice.baseline = {"format": float_fmt, "latency_ms": base_latency, **base_energy}
     return choice
 
 
@@ -125,9 +120,9 @@ def _pick(candidates: dict[str, dict], float_fmt: str, int8_fmt: str, floor: flo
     elif q["val_accuracy"] < floor - 1e-12:
         why = f"{int8_fmt} validation accuracy {q['val_accuracy']:.4f} is below the floor {floor:.4f}"
     elif not f.get("ok") or f.get("latency_ms") is None:
-        why, chosen = f"{float_fmt} did not run or was not timed", int8_fmt
-        log.info("%s: deploying %s (%s)", device, chosen, why)
-        return FormChoice(chosen, why, float_fmt, candidates)
+        why = f"{float_fmt} did not run or was not timed"
+        log.info("%s: deploying %s (%s)", device, int8_fmt, why)
+        return FormChoice(int8_fmt, why, float_fmt, candidates)
     elif q["latency_ms"] is None or q["latency_ms"] >= f["latency_ms"]:
         why = f"{int8_fmt} measured no faster ({_ms(q)} vs {_ms(f)})"
     else:
@@ -143,12 +138,6 @@ def _pick(candidates: dict[str, dict], float_fmt: str, int8_fmt: str, floor: flo
 
 def _ms(candidate: dict) -> str:
     return "untimed" if candidate.get("latency_ms") is None else f"{candidate['latency_ms']:.4g} ms"
-
-
-def _user_mean(right: np.ndarray, users: np.ndarray | None) -> float:
-    from components.pruning.finetune import user_mean
-
-    return user_mean(right, users)
 
 
 def _calibration(x_fit, count: int, seed: int) -> np.ndarray:
