@@ -243,7 +243,7 @@ def _compress(params: Params, device, baseline, cost, budget: float, latency_mod
     settings = SearchSettings(budget, floor_accuracy, s.lambda_cost, s.critic_decay, Schedule(**s.threshold.model_dump()),
                               s.max_steps, s.batch_size, s.learning_rate, s.compressor_learning_rate,
                               s.compressor_hidden, s.init_keep, s.eval_every, cfg.seed, s.distill,
-                              cfg.fine_tune.temperature)
+                              cfg.fine_tune.temperature, s.remove_layers)
     search = DeepIoTSearch(copy.deepcopy(baseline), cost, data.x_fit, data.y_fit, data.x_val, data.y_val, settings,
                            augmentation, teacher=baseline if s.distill > 0 else None, val_users=data.users_val)
     floor = floor_check(search, bench, baseline, budget, cost)
@@ -417,6 +417,8 @@ def _say(device: str, metrics: dict) -> None:
              "budget met" if metrics["budget_met"] else "BUDGET NOT MET", d["params"], 100 * metrics["params_kept"],
              metrics["cost"], reached(metrics), d["test_accuracy"], interval_text(metrics["accuracy_change_ci"], 4),
              interval_text(metrics.get("val_accuracy_change_ci") or {}, 4))
+    if d.get("removed_layers"):
+        log.info("%s: layers removed whole: %s", device, ", ".join(d["removed_layers"]))
     energy = metrics.get("energy") or {}
     if energy.get("ratio") is not None:
         log.info("%s: energy %.4g mJ per inference, %.3f of the baseline's (%s)", device, energy["compressed_mj"],

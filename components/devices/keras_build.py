@@ -28,6 +28,7 @@ import numpy as np
 from keras import layers, ops
 from torch import nn
 
+from components.models.base import Bypass
 from components.profiling.items import Item, layer_input_shape
 
 
@@ -99,6 +100,9 @@ def _apply(module: nn.Module, h):
         return h
     if isinstance(module, _IDENTITY_IN_EVAL):
         return h
+    if isinstance(module, Bypass):  # a removed layer: its input, cut along the length (axis 1, channels-last)
+        start = (module.kernel - 1) // 2
+        return h if module.kernel == 1 else layers.Cropping1D((start, module.kernel - 1 - start))(h)
     if isinstance(module, nn.ReLU):
         return layers.ReLU()(h)
     translate = _TRANSLATORS.get(type(module))

@@ -17,7 +17,7 @@ import re
 
 from components.devices.base import Backend
 from components.devices.pool import McuSpec
-from components.models.spec import LayerSpec, ModelSpec
+from components.models.spec import BYPASS, LayerSpec, ModelSpec
 from components.profiling.items import Item, layer_input_shape, layer_output_elements
 
 METHOD = "computed"
@@ -85,9 +85,10 @@ def latency_ms(macs: int, layers: int, mcu: McuSpec) -> float:
 
 def model_resources(spec: ModelSpec, mcu: McuSpec) -> dict:
     """Flash, peak SRAM (largest live set over the layer order), MACs and latency of a whole model."""
-    peaks = [layer_sram(layer, mcu) + _held_bytes(spec, i, mcu) for i, layer in enumerate(spec.layers)]
-    flash = sum(flash_bytes(layer, mcu) for layer in spec.layers)
-    return _figures(flash, max(peaks), spec.macs, len(spec.layers), mcu)
+    peaks = [layer_sram(layer, mcu) + _held_bytes(spec, i, mcu) for i, layer in enumerate(spec.layers)
+             if layer.kind != BYPASS]
+    flash = sum(flash_bytes(layer, mcu) for layer in spec.computing)
+    return _figures(flash, max(peaks), spec.macs, len(spec.computing), mcu)
 
 
 def _figures(flash: int, sram: int, macs: int, layers: int, mcu: McuSpec) -> dict:

@@ -256,7 +256,7 @@ def fit_residuals(specs: list[ModelSpec], y: np.ndarray, formula: np.ndarray) ->
     Only the models of the most common architecture (layer names) count; no
     correction at all wins if it predicts the left-out models better.
     """
-    names = [tuple(layer.name for layer in spec.layers) for spec in specs]
+    names = [tuple(layer.name for layer in spec.computing) for spec in specs]
     if not names:
         return Residuals()
     common = max(set(names), key=names.count)
@@ -280,7 +280,7 @@ def fit_residuals(specs: list[ModelSpec], y: np.ndarray, formula: np.ndarray) ->
 def _sums_by_kind(spec: ModelSpec, predict_sum) -> dict[str, float]:
     """Per layer kind of `spec`: predict_sum(kind, its layers)."""
     by_kind: dict[str, list] = {}
-    for layer in spec.layers:
+    for layer in spec.computing:
         by_kind.setdefault(layer.kind, []).append(layer)
     return {kind: predict_sum(kind, layers) for kind, layers in by_kind.items()}
 

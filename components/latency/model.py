@@ -35,7 +35,7 @@ from components.devices.base import get_backend
 from components.devices.pool import Device, device_from_dict
 from components.latency.features import layer_values, matrix
 from components.latency.tree import LinearTree
-from components.models.spec import LayerSpec, ModelSpec
+from components.models.spec import BYPASS, LayerSpec, ModelSpec
 from components.profiling.items import Item
 
 MODEL_FILE, RULES_FILE = "latency_model.json", "rules.txt"  # a saved latency model, and its rules to read
@@ -90,7 +90,7 @@ class Residuals:
     shrink: float = 1.0
 
     def factor(self, spec: ModelSpec) -> float:
-        if not self.points or tuple(layer.name for layer in spec.layers) != self.names:
+        if not self.points or tuple(layer.name for layer in spec.computing) != self.names:
             return 1.0
         return float(np.exp(correction(np.array(self.points), np.array(self.values), log_widths(spec),
                                        self.bandwidth, self.shrink)))
@@ -106,7 +106,7 @@ class Residuals:
 
 
 def log_widths(spec: ModelSpec) -> np.ndarray:
-    return np.log([max(1, layer.out_features) for layer in spec.layers])
+    return np.log([max(1, layer.out_features) for layer in spec.computing])
 
 
 def correction(points: np.ndarray, values: np.ndarray, x: np.ndarray, bandwidth: float, shrink: float) -> float:
@@ -146,7 +146,9 @@ class LatencyModel:
                              f"(has {', '.join(sorted(self.kinds))})") from None
 
     def predict(self, layer: LayerSpec) -> float:
-        """Milliseconds for one window through `layer`."""
+        """Milliseconds for one window through `layer` (none through a removed one)."""
+        if layer.kind == BYPASS:
+            return 0.0
         tree = self._kind(layer).tree
         values = layer_values(layer)
         return tree.predict_one([values[n] for n in tree.split_variables], [values[n] for n in tree.leaf_variables])
@@ -155,7 +157,7 @@ class LatencyModel:
         """Milliseconds per layer, vectorised per kind."""
         out = np.zeros(len(layers))
         rows = [layer_values(layer) for layer in layers]
-        for kind in {layer.kind for layer in layers}:
+        for kind in {layer.kind for layer in layers} - {BYPASS}:
             index = [i for i, layer in enumerate(layers) if layer.kind == kind]
             tree = self._kind(layers[index[0]]).tree
             picked = [rows[i] for i in index]
@@ -169,7 +171,7 @@ class LatencyModel:
     def formula(self, spec: ModelSpec) -> float:
         """The whole-model formula alone (layers, per-kind scales, offset), before the local correction."""
         sums: dict[str, float] = {}
-        for layer in spec.layers:
+        for layer in spec.computing:  # a removed layer (BYPASS) costs nothing of its own
             sums[layer.kind] = sums.get(layer.kind, 0.0) + self.predict(layer)
         return self.overhead.apply(sums)
 

@@ -33,6 +33,39 @@ class SensingModel(nn.Module):
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.input_mean) / self.input_std
 
+    def skipped(self, name: str) -> bool:
+        """Layer `name` is removed while the compressor searches: its mask keeps none of its elements."""
+        mask = self.hidden_masks.get(name)
+        return mask is not None and not bool(mask.any())
+
+    def run_blocks(self, names: list[str], blocks, h: torch.Tensor) -> torch.Tensor:
+        """`h` through a stack of blocks, a layer removed by the search's masks passed by as its `Bypass`."""
+        for name, block in zip(names, blocks):
+            h = Bypass(self.spec.layer(name).kernel)(h) if self.skipped(name) else block(h)
+        return h
+
+
+class Bypass(nn.Module):
+    """A removed layer (`spec.BYPASS`): its input, cut by kernel - 1 positions along the last axis, centred.
+
+    A removed convolution of kernel k left its reader L - k + 1 positions; the
+    bypass leaves the same, so every later layer keeps its shape. Kernel 1 (a
+    removed recurrent or dense layer) is the identity.
+    """
+
+    def __init__(self, kernel: int = 1):
+        super().__init__()
+        self.kernel = int(kernel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel == 1:
+            return x
+        start = (self.kernel - 1) // 2
+        return x.narrow(-1, start, x.shape[-1] - self.kernel + 1)
+
+    def extra_repr(self) -> str:
+        return f"kernel={self.kernel}"
+
 
 def run_recurrent(rnn: nn.RNNBase, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """The output sequence of a one-layer batch-first GRU/LSTM; with `mask`, masked units are removed.

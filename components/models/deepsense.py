@@ -19,8 +19,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from components.models.base import SensingModel, run_recurrent
-from components.models.spec import LayerSpec, ModelConfigError, ModelSpec, check_layers
+from components.models.base import Bypass, SensingModel, run_recurrent
+from components.models.spec import BYPASS, LayerSpec, ModelConfigError, ModelSpec, check_layers
 
 
 def deepsense_spec(input_shape: tuple[int, ...], classes: tuple[str, ...], *, sensor_filters: int,
@@ -73,21 +73,28 @@ class ConvBlock(nn.Sequential):
         )
 
 
+def _block(layer: LayerSpec, dropout: float) -> nn.Module:
+    return Bypass(layer.kernel) if layer.kind == BYPASS else ConvBlock(layer, dropout)
+
+
 class DeepSense(SensingModel):
     def __init__(self, spec: ModelSpec):
         super().__init__(spec)
         intervals, self.sensors, axes, _, freq = spec.input_shape
         dropout = float(spec.options.get("dropout", 0.0))
-        convs = [layer for layer in spec.layers if layer.kind == "conv1d"]
-        self.sensor_convs = nn.ModuleList(
-            nn.Sequential(*(ConvBlock(layer, dropout) for layer in convs if layer.name.startswith(f"sensor{s}.")))
-            for s in range(self.sensors))
-        self.merge = nn.Sequential(*(ConvBlock(layer, dropout) for layer in convs if layer.name.startswith("merge.")))
-        recurrent = [layer for layer in spec.layers if layer.kind in ("gru", "lstm")]
-        if not recurrent:
+        names = [layer.name for layer in spec.layers]
+        self.sensor_names = [[n for n in names if n.startswith(f"sensor{s}.")] for s in range(self.sensors)]
+        self.merge_names = [n for n in names if n.startswith("merge.")]
+        self.rnn_names = [n for n in names if n.startswith("rnn")]
+        self.sensor_convs = nn.ModuleList(nn.Sequential(*(_block(spec.layer(n), dropout) for n in stack))
+                                          for stack in self.sensor_names)
+        self.merge = nn.Sequential(*(_block(spec.layer(n), dropout) for n in self.merge_names))
+        recurrent = [spec.layer(n) for n in self.rnn_names]
+        if not any(layer.kind in ("gru", "lstm") for layer in recurrent):
             raise ModelConfigError("deepsense needs at least one recurrent layer")
         cell = {"gru": nn.GRU, "lstm": nn.LSTM}
-        self.rnns = nn.ModuleList(cell[layer.kind](layer.in_features, layer.out_features, batch_first=True)
+        self.rnns = nn.ModuleList(Bypass() if layer.kind == BYPASS else
+                                  cell[layer.kind](layer.in_features, layer.out_features, batch_first=True)
                                   for layer in recurrent)
         self.rnn_dropout = nn.Dropout(dropout)
         out = spec.layer("output")
@@ -100,11 +107,13 @@ class DeepSense(SensingModel):
         per_sensor = []
         for s, stack in enumerate(self.sensor_convs):
             xs = x[:, :, s].reshape(b * t, -1, x.shape[-1])  # [B*T, axes*2, F]
-            per_sensor.append(stack(xs))
-        h = self.merge(torch.cat(per_sensor, dim=1))  # [B*T, C, L]
+            per_sensor.append(self.run_blocks(self.sensor_names[s], stack, xs))
+        h = self.run_blocks(self.merge_names, self.merge, torch.cat(per_sensor, dim=1))  # [B*T, C, L]
         h = h.reshape(b, t, -1)
-        for i, rnn in enumerate(self.rnns):
-            h = run_recurrent(rnn, h, self.hidden_masks.get(f"rnn{i + 1}"))
+        for i, (name, rnn) in enumerate(zip(self.rnn_names, self.rnns)):
+            if isinstance(rnn, Bypass) or self.skipped(name):
+                continue
+            h = run_recurrent(rnn, h, self.hidden_masks.get(name))
             if i < len(self.rnns) - 1:
                 h = self.rnn_dropout(h)
         if lengths is None:

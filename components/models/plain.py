@@ -7,8 +7,8 @@ import math
 import torch
 from torch import nn
 
-from components.models.base import SensingModel
-from components.models.spec import LayerSpec, ModelSpec, check_layers
+from components.models.base import Bypass, SensingModel
+from components.models.spec import BYPASS, LayerSpec, ModelSpec, check_layers
 
 
 def cnn_spec(input_shape: tuple[int, ...], classes: tuple[str, ...], *, filters: tuple[int, ...], kernel: int,
@@ -44,16 +44,18 @@ class PlainCNN(SensingModel):
     def __init__(self, spec: ModelSpec):
         super().__init__(spec)
         dropout = float(spec.options.get("dropout", 0.0))
+        self.conv_names = [layer.name for layer in spec.layers if layer.name != "output"]
         self.convs = nn.Sequential(*(
+            Bypass(layer.kernel) if layer.kind == BYPASS else
             nn.Sequential(nn.Conv1d(layer.in_features, layer.out_features, layer.kernel, layer.stride),
                           nn.BatchNorm1d(layer.out_features), nn.ReLU(), nn.Dropout1d(dropout))
-            for layer in spec.layers if layer.kind == "conv1d"))
+            for layer in map(spec.layer, self.conv_names)))
         out = spec.layer("output")
         self.output = nn.Linear(out.in_features, out.out_features)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         x = self.normalize(x)
-        h = self.convs(x.flatten(2).transpose(1, 2))  # [B, features, T]
+        h = self.run_blocks(self.conv_names, self.convs, x.flatten(2).transpose(1, 2))  # [B, features, T]
         return self.output(h.mean(dim=2))
 
 
@@ -61,12 +63,13 @@ class MLP(SensingModel):
     def __init__(self, spec: ModelSpec):
         super().__init__(spec)
         dropout = float(spec.options.get("dropout", 0.0))
-        hidden = [layer for layer in spec.layers if layer.name != "output"]
+        self.hidden_names = [layer.name for layer in spec.layers if layer.name != "output"]
         self.hidden = nn.Sequential(*(
+            Bypass() if layer.kind == BYPASS else
             nn.Sequential(nn.Linear(layer.in_features, layer.out_features), nn.ReLU(), nn.Dropout(dropout))
-            for layer in hidden))
+            for layer in map(spec.layer, self.hidden_names)))
         out = spec.layer("output")
         self.output = nn.Linear(out.in_features, out.out_features)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        return self.output(self.hidden(self.normalize(x).flatten(1)))
+        return self.output(self.run_blocks(self.hidden_names, self.hidden, self.normalize(x).flatten(1)))

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from components.models.spec import LayerSpec, ModelSpec
+from components.models.spec import BYPASS, LayerSpec, ModelSpec
 
 LAYER_KINDS = ("conv1d", "gru", "lstm", "linear")
 MODEL_KIND = "model"
@@ -66,9 +66,9 @@ def layer_input_shape(layer: LayerSpec) -> tuple[int, ...]:
 
     conv1d: [instances, channels, length] (DeepSense runs its per-interval
     convolutions as a batch of T); gru/lstm: [1, sequence length, features];
-    linear: [instances, features].
+    linear: [instances, features]; a removed layer (bypass): as a convolution.
     """
-    if layer.kind == "conv1d":
+    if layer.kind in ("conv1d", BYPASS):
         return (layer.instances, layer.in_features, layer.length)
     if layer.kind in ("gru", "lstm"):
         return (1, layer.length, layer.in_features)
@@ -76,7 +76,7 @@ def layer_input_shape(layer: LayerSpec) -> tuple[int, ...]:
 
 
 def layer_output_elements(layer: LayerSpec) -> int:
-    if layer.kind == "conv1d":
+    if layer.kind in ("conv1d", BYPASS):
         return layer.instances * layer.out_features * layer.out_length
     if layer.kind in ("gru", "lstm"):
         return layer.length * layer.out_features
@@ -84,7 +84,10 @@ def layer_output_elements(layer: LayerSpec) -> int:
 
 
 def explanatory(layer: LayerSpec) -> dict[str, int]:
-    """FastDeepIoT's explanatory variables for one layer and one window (float32 bytes)."""
+    """FastDeepIoT's explanatory variables for one layer and one window (float32 bytes); all 0 for a removed one."""
+    if layer.kind == BYPASS:
+        return dict.fromkeys(("macs", "flops", "params", "input_bytes", "output_bytes", "weight_bytes", "bytes_read",
+                              "bytes_written"), 0)
     inputs = 1
     for n in layer_input_shape(layer):
         inputs *= n

@@ -89,6 +89,8 @@ def nudge_widths(spec: ModelSpec, widths: dict[str, int], cost, radius: int,
         moved = False
         for name in current:
             start = current[name]
+            if start == 0:
+                continue  # a layer removed whole stays removed: one element back is not "capacity for free"
             for width in range(start + 1, min(limits[name], start + radius) + 1):
                 trial = {**current, name: width}
                 value = cost.value(resized_spec(spec, trial))

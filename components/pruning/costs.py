@@ -14,21 +14,36 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from components.models.spec import ModelConfigError, ModelSpec
+from components.models.spec import BYPASS, ModelConfigError, ModelSpec
 from components.profiling.items import Item
-from components.pruning.groups import check_supported, input_sources
+from components.pruning.groups import check_supported, input_sources, removable
 
 
 def resized_spec(spec: ModelSpec, widths: dict[str, int]) -> ModelSpec:
-    """`spec` with the named layers' output widths changed and every reader's input width following."""
+    """`spec` with the named layers' output widths changed and every reader's input width following.
+
+    A width of 0 removes a layer whole (`groups.removable` says which may go): it becomes a `BYPASS`.
+    """
     check_supported(spec)
-    out = {layer.name: widths.get(layer.name, layer.out_features) for layer in spec.layers}
-    layers = []
+    allowed = None
+    layers = list(spec.layers)
+    for index, layer in enumerate(layers):
+        if widths.get(layer.name) != 0 or layer.kind == BYPASS:
+            continue
+        allowed = removable(spec) if allowed is None else allowed
+        if layer.name not in allowed:
+            raise ModelConfigError(f"{spec.arch} layer {layer.name}: cannot be removed whole (only "
+                                   f"{', '.join(allowed) or 'no layer'} can); keep at least one of its elements")
+        layers[index] = replace(layer, kind=BYPASS, kernel=layer.kernel if layer.kind == "conv1d" else 1)
+    spec = spec.with_layers(layers)
+    out: dict[str, int] = {}
+    resized = []
     for index, layer in enumerate(spec.layers):
         sources = input_sources(spec, index)
         in_features = layer.in_features if sources is None else sum(out[p] * n for p, n in sources)
-        layers.append(replace(layer, in_features=in_features, out_features=out[layer.name]))
-    return spec.with_layers(layers)
+        out[layer.name] = in_features if layer.kind == BYPASS else widths.get(layer.name, layer.out_features)
+        resized.append(replace(layer, in_features=in_features, out_features=out[layer.name]))
+    return spec.with_layers(resized)
 
 
 class Cost:

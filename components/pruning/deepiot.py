@@ -49,7 +49,7 @@ from torch import nn
 from components.models.training import augment
 from components.pruning.costs import resized_spec
 from components.pruning.finetune import judged_accuracy
-from components.pruning.groups import groups
+from components.pruning.groups import groups, removable
 from components.pruning.masked import set_masks
 
 
@@ -134,9 +134,19 @@ def relative_cost(cost, spec, names: list[str], masks: list[torch.Tensor]) -> fl
     return cost.relative(resized_spec(spec, widths(names, masks)))
 
 
-def cost_floor(cost, spec) -> float:
-    """The relative cost with one element left in every group: no width pruning goes below it."""
-    return cost.relative(resized_spec(spec, {g.layer: 1 for g in groups(spec)}))
+def cost_floor(cost, spec, removed: list[str] | tuple[str, ...] = ()) -> float:
+    """The relative cost with one element left in every group and the `removed` layers gone: no search goes below."""
+    return cost.relative(resized_spec(spec, {g.layer: 0 if g.layer in removed else 1 for g in groups(spec)}))
+
+
+def layer_costs(cost, spec, sizes: dict[str, int], layers: list[str]) -> list[float]:
+    """Relative cost of each of `layers` whole at these widths: the structure with it (at its width here, at
+    least one element) less the structure without it. What removing it saves, fixed per-layer cost included."""
+    out = []
+    for name in layers:
+        on = {**sizes, name: max(1, sizes[name])}
+        out.append(max(0.0, cost.relative(resized_spec(spec, on)) - cost.relative(resized_spec(spec, {**on, name: 0}))))
+    return out
 
 
 def marginal_costs(cost, spec, sizes: dict[str, int]) -> list[float]:
@@ -175,6 +185,7 @@ class SearchSettings:
     seed: int
     distill: float = 0.0  # weight of distillation from the teacher in the task network's loss; 0: labels only
     temperature: float = 2.0
+    remove_layers: bool = False  # may remove whole layers (groups.removable), each by a keep-probability of its own
 
 
 @dataclass
@@ -241,10 +252,14 @@ class DeepIoTSearch:
         self.val_users = val_users
         torch.manual_seed(settings.seed)
         self.generator = torch.Generator().manual_seed(settings.seed)
-        self.compressor = Compressor([g.size for g in self.groups], settings.compressor_hidden, settings.init_keep)
+        # a layer that may go whole has a gate: one more keep-probability, after every group's (the walk's end)
+        self.removable = removable(self.spec) if settings.remove_layers else []
+        self.compressor = Compressor([g.size for g in self.groups] + [1] * len(self.removable),
+                                     settings.compressor_hidden, settings.init_keep)
         self.critic = Critic(settings.critic_decay)
         self.alive = [torch.ones(g.size) for g in self.groups]
-        self.cost_floor = cost_floor(cost, self.spec)
+        self.gates_alive = torch.ones(len(self.removable))
+        self.cost_floor = cost_floor(cost, self.spec, self.removable)
         self.task_optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
         self.compressor_optimizer = torch.optim.Adam(self.compressor.parameters(), lr=settings.compressor_learning_rate)
         self.step_index = 0
@@ -254,7 +269,7 @@ class DeepIoTSearch:
     def set_cost(self, cost) -> None:
         """Steer by another cost from now on (a refitted latency model); the kept structure stays."""
         self.cost = cost
-        self.cost_floor = cost_floor(cost, self.spec)
+        self.cost_floor = cost_floor(cost, self.spec, self.removable)
 
     def kept(self) -> dict[str, torch.Tensor]:
         """Indices of the elements not removed, per group: what slicing keeps."""
@@ -271,8 +286,12 @@ class DeepIoTSearch:
         s = self.s
         self.model.train()
         pruning = self.kept_cost() > s.budget  # past the budget: train the kept structure back to the floor
-        probs = self.compressor()
+        probs, gate_probs = self._probs()
         masks = sample_masks(probs, self.alive, self.generator) if pruning else [a.clone() for a in self.alive]
+        gates = self._sample_gates(gate_probs) if pruning else self.gates_alive.clone()
+        for name, on in zip(self.removable, gates):
+            if not on:  # this step trains (and costs) the structure without the layer
+                masks[self.names.index(name)] = torch.zeros_like(masks[self.names.index(name)])
         batch = torch.randint(len(self.x_train), (s.batch_size,), generator=self.generator)
         set_masks(self.model, dict(zip(self.names, masks)))
         x = self.x_train[batch]
@@ -294,7 +313,7 @@ class DeepIoTSearch:
         set_masks(self.model, None)
         sampled_cost = relative_cost(self.cost, self.spec, self.names, masks)
         if pruning:
-            self._update_compressor(probs, masks, float(loss.detach()), sampled_cost)
+            self._update_compressor(probs, masks, gate_probs, gates, float(loss.detach()), sampled_cost)
         self.step_index += 1
         if pruning:
             self._remove_below(s.schedule.threshold(self.step_index))
@@ -308,30 +327,60 @@ class DeepIoTSearch:
         self.history.append(record)
         return record
 
-    def _update_compressor(self, probs: list[torch.Tensor], masks: list[torch.Tensor], loss: float,
-                           sampled_cost: float) -> None:
-        """One step on `loss + lambda * cost`: REINFORCE for the loss, the marginal charge for the cost."""
+    def _probs(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The compressor's keep-probabilities: per group (one per element), and one per removable layer."""
+        probs = self.compressor()
+        gates = torch.cat(probs[len(self.groups):]) if self.removable else torch.zeros(0)
+        return probs[:len(self.groups)], gates
+
+    def _sample_gates(self, gate_probs: torch.Tensor) -> torch.Tensor:
+        """1: the layer stays this step; removed layers stay removed."""
+        return (torch.rand(gate_probs.shape, generator=self.generator) < gate_probs.detach()).float() * self.gates_alive
+
+    def _update_compressor(self, probs: list[torch.Tensor], masks: list[torch.Tensor], gate_probs: torch.Tensor,
+                           gates: torch.Tensor, loss: float, sampled_cost: float) -> None:
+        """One step on `loss + lambda * cost`: REINFORCE for the loss, the marginal charge for the cost.
+
+        A layer's gate is charged what the layer costs whole at the sampled
+        widths (its fixed cost on the device included); its elements are
+        charged at the widths the layer has when it stays, so a step that
+        removed the layer does not price its elements as the whole layer.
+        """
         advantage = loss - self.critic.update(loss)
         # charged on the log of the removable cost (above the floor of one element per group): a 1 % cut of
         # what is left to cut is worth the same at any size, so the push does not fade as the model shrinks
         # or as a latency model's fixed per-layer costs start to dominate
-        removable = max(sampled_cost - self.cost_floor, 1e-3)
-        charges = [c / removable for c in marginal_costs(self.cost, self.spec, widths(self.names, masks))]
+        above_floor = max(sampled_cost - self.cost_floor, 1e-3)
+        sizes = widths(self.names, masks)
+        staying = {name: int(live.sum().item()) for name, live in zip(self.names, self.alive)
+                   if sizes[name] == 0 and live.sum() > 0}  # removed this step only: priced at their width
+        charges = [c / above_floor for c in marginal_costs(self.cost, self.spec, {**sizes, **staying})]
         expected_cost = sum(charge * (p * live).sum() for charge, p, live in zip(charges, probs, self.alive))
+        log_p = log_prob(probs, masks, self.alive)
+        if self.removable:
+            layer_charges = torch.tensor(layer_costs(self.cost, self.spec, {**sizes, **staying}, self.removable))
+            expected_cost = expected_cost + (layer_charges / above_floor * gate_probs * self.gates_alive).sum()
+            log_p = log_p + log_prob([gate_probs], [gates], [self.gates_alive])
         self.compressor_optimizer.zero_grad()
-        (advantage * log_prob(probs, masks, self.alive) + self.s.lambda_cost * expected_cost).backward()
+        (advantage * log_p + self.s.lambda_cost * expected_cost).backward()
         self.compressor_optimizer.step()
 
     def _remove_below(self, threshold: float) -> None:
-        """Remove alive elements under `threshold`, least wanted first, stopping once the budget is met."""
+        """Remove alive elements and layers under `threshold`, least wanted first, stopping once the budget is met."""
         with torch.no_grad():
-            probs = self.compressor()
+            probs, gate_probs = self._probs()
         below = sorted((float(p[i]), g, int(i)) for g, (p, live) in enumerate(zip(probs, self.alive))
                        for i in torch.nonzero((p < threshold) & (live > 0)).flatten())
-        for _, g, i in below:
-            if self.alive[g].sum() <= 1:  # never remove a group's last element
+        below += [(float(gate_probs[k]), -1, k) for k in range(len(self.removable))
+                  if gate_probs[k] < threshold and self.gates_alive[k] > 0]
+        for _, g, i in sorted(below):
+            if g == -1:  # a whole layer
+                self.gates_alive[i] = 0.0
+                self.alive[self.names.index(self.removable[i])].zero_()
+            elif self.alive[g].sum() <= 1:  # never remove a group's last element (a layer goes by its gate)
                 continue
-            self.alive[g][i] = 0.0
+            else:
+                self.alive[g][i] = 0.0
             if self.kept_cost() <= self.s.budget:
                 break
 
@@ -397,7 +446,8 @@ class DeepIoTSearch:
         return {"model": self.model.state_dict(), "compressor": self.compressor.state_dict(),
                 "task_optimizer": self.task_optimizer.state_dict(),
                 "compressor_optimizer": self.compressor_optimizer.state_dict(),
-                "alive": [a.clone() for a in self.alive], "step": self.step_index, "critic": self.critic.value,
+                "alive": [a.clone() for a in self.alive], "gates_alive": self.gates_alive.clone(),
+                "step": self.step_index, "critic": self.critic.value,
                 "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
                 "history": [asdict(r) for r in self.history], "names": self.names,
                 "candidates": [asdict(c) for c in self.candidates]}
@@ -410,6 +460,7 @@ class DeepIoTSearch:
         self.task_optimizer.load_state_dict(state["task_optimizer"])
         self.compressor_optimizer.load_state_dict(state["compressor_optimizer"])
         self.alive = [a.clone() for a in state["alive"]]
+        self.gates_alive = state.get("gates_alive", torch.ones(len(self.removable))).clone()
         self.step_index, self.critic.value = state["step"], state["critic"]
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])

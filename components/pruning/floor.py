@@ -36,10 +36,12 @@ def floor_check(search, bench, baseline, budget: float, cost) -> Floor:
     predicted = search.cost_floor
     floor = Floor(predicted, budget, predicted >= budget)
     if bench is not None:  # a latency cost on a timed device (compress gives no bench otherwise)
-        tiny = resized_spec(baseline.spec, {g.layer: 1 for g in groups(baseline.spec)})
+        gone = getattr(search, "removable", [])
+        tiny = resized_spec(baseline.spec, {g.layer: 0 if g.layer in gone else 1 for g in groups(baseline.spec)})
         floor.measured = bench.time({"floor": tiny}, baseline.spec)["floor"]["ratio"]
-        log.info("%s: the smallest structure width pruning can make (one element per layer) is predicted at %.3f "
-                 "and measured at %.3f of the baseline's latency", bench.device.name, predicted, floor.measured)
+        log.info("%s: the smallest structure the search can make (one element per layer%s) is predicted at %.3f "
+                 "and measured at %.3f of the baseline's latency", bench.device.name,
+                 f", {len(gone)} layers removed whole" if gone else "", predicted, floor.measured)
         if floor.measured >= budget > predicted:
             log.warning("%s: the device measures its floor at %.3f, above the budget %.3f, though the latency model "
                         "predicts %.3f; the refit rounds will tell", bench.device.name, floor.measured, budget,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from components.models.spec import LayerSpec, ModelConfigError, ModelSpec
+from components.models.spec import BYPASS, LayerSpec, ModelConfigError, ModelSpec
 
 COMPRESSIBLE_KINDS = ("conv1d", "gru", "lstm", "linear")
 OUTPUT = "output"  # the classifier: its outputs are the classes, never pruned
@@ -34,7 +34,32 @@ class Group:
 def groups(spec: ModelSpec) -> list[Group]:
     """Every compressible group of `spec`, in layer order (the order the compressor walks)."""
     check_supported(spec)
-    return [Group(layer.name, layer.kind, layer.out_features) for layer in spec.layers if layer.name != OUTPUT]
+    return [Group(layer.name, layer.kind, layer.out_features) for layer in spec.layers
+            if layer.name != OUTPUT and layer.kind != BYPASS]
+
+
+def removable(spec: ModelSpec) -> list[str]:
+    """The layers the compressor may remove whole: each passes on as many features as it reads.
+
+    A convolution of stride 1 inside a per-sensor or merge stack (not the
+    first, which reads the input or the sensors' concatenation at another
+    width), a recurrent layer after another, a hidden dense layer after
+    another, all with as many outputs as inputs: removed, the layer becomes
+    its input cut to its output length (`models.spec.BYPASS`), so every later
+    layer keeps its shape and the reader's weights for element i now read
+    the producer's element i. Only in the full-width description (before any
+    pruning) is "as many outputs as inputs" the test that matters.
+    """
+    check_supported(spec)
+    out = []
+    for index, layer in enumerate(spec.layers):
+        if layer.name == OUTPUT or layer.kind == BYPASS or input_sources(spec, index) is None:
+            continue
+        previous = spec.layers[index - 1]
+        same_kind = previous.kind == layer.kind or (layer.kind in ("gru", "lstm") and previous.kind in ("gru", "lstm"))
+        if same_kind and layer.stride == 1 and layer.in_features == layer.out_features:
+            out.append(layer.name)
+    return out
 
 
 def check_supported(spec: ModelSpec) -> None:
@@ -42,7 +67,7 @@ def check_supported(spec: ModelSpec) -> None:
     if spec.arch not in ("deepsense", "cnn", "mlp"):
         raise ModelConfigError(f"the compressor does not know architecture {spec.arch!r} (known: deepsense, cnn, mlp)")
     for layer in spec.layers:
-        if layer.kind not in COMPRESSIBLE_KINDS:
+        if layer.kind not in (*COMPRESSIBLE_KINDS, BYPASS):
             raise ModelConfigError(f"{spec.arch} layer {layer.name}: the compressor does not know layer kind "
                                    f"{layer.kind!r} (known: {', '.join(COMPRESSIBLE_KINDS)})")
     if not spec.layers or spec.layers[-1].name != OUTPUT:
@@ -54,8 +79,27 @@ def input_sources(spec: ModelSpec, index: int) -> list[tuple[str, int]] | None:
 
     None: it reads the model input (nothing prunable feeds it). Each produced
     element occupies `positions` consecutive input features (a conv filter
-    flattened over its output length feeds a recurrent layer L features).
+    flattened over its output length feeds a recurrent layer L features). A
+    removed layer (`BYPASS`) is looked through: its reader reads what it read.
     """
+    sources = _direct_sources(spec, index)
+    if sources is None:
+        return None
+    names = [l.name for l in spec.layers]
+    out = []
+    for producer, positions in sources:
+        position = names.index(producer)
+        if spec.layers[position].kind != BYPASS:
+            out.append((producer, positions))
+            continue
+        through = input_sources(spec, position)
+        if through is None:
+            raise ModelConfigError(f"{spec.arch} layer {producer}: a removed layer cannot be the first")
+        out.extend((name, positions * n) for name, n in through)
+    return out
+
+
+def _direct_sources(spec: ModelSpec, index: int) -> list[tuple[str, int]] | None:
     layer = spec.layers[index]
     if spec.arch == "deepsense":
         return _deepsense_sources(spec, layer)
@@ -79,6 +123,7 @@ def _deepsense_sources(spec: ModelSpec, layer: LayerSpec) -> list[tuple[str, int
         return [(last[s], 1) for s in sorted(last)]
     position = names.index(layer.name)
     previous = spec.layers[position - 1]
-    if layer.kind in ("gru", "lstm") and previous.kind == "conv1d":
+    convolved = previous.kind == "conv1d" or (previous.kind == BYPASS and not previous.name.startswith("rnn"))
+    if layer.kind in ("gru", "lstm") and convolved:
         return [(previous.name, previous.out_length)]  # [C, L] flattened per interval
     return [(previous.name, 1)]

@@ -133,7 +133,8 @@ def neighbours(spec: ModelSpec, widths: dict[str, int], factors: tuple[float, ..
     limits = {g.layer: g.size for g in groups(spec)}
     out = []
     for f in factors:
-        scaled = {name: int(np.clip(round(w * f), 1, limits[name])) for name, w in widths.items()}
+        scaled = {name: 0 if w == 0 else int(np.clip(round(w * f), 1, limits[name]))  # removed layers stay removed
+                  for name, w in widths.items()}
         if scaled != widths:
             out.append(scaled)
     return out
@@ -147,7 +148,7 @@ def visited_items(spec: ModelSpec, structures: list[dict[str, int]], max_items: 
     models = list({Item(model=s).key: Item(model=s) for s in specs}.values())
     layers: dict[str, Item] = {}
     for s in specs:
-        for layer in s.layers:
+        for layer in s.computing:
             item = Item(layer=replace(layer, name=f"{layer.kind}.visited"))
             layers.setdefault(item.key, item)
     return (models + list(layers.values()))[:max_items]

@@ -182,7 +182,7 @@ def _way_back(search, keep: dict, cost, aim: float) -> list[tuple[str, int]]:
     probs = [p.detach() for p in search.compressor()]
     kept = {name: set(idx.tolist()) for name, idx in keep.items()}
     order = sorted(((float(p[i]), name, i) for name, p in zip(search.names, probs) for i in range(len(p))
-                    if i not in kept[name]), reverse=True)
+                    if i not in kept[name] and kept[name]), reverse=True)  # a layer removed whole stays removed
     widths = {name: len(idx) for name, idx in kept.items()}
     added = []
     for _, name, i in order:

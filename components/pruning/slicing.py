@@ -1,7 +1,7 @@
 """Physical slicing: a smaller dense model with the kept elements' weights, rebuilt from its description.
 
-`slice_model(model, keep)` writes a new description (fewer filters and units)
-and copies, for every layer, the rows of its kept output elements and the
+`slice_model(model, keep)` writes a new description (fewer filters and units,
+a layer kept with no element removed whole) and copies, for every layer, the rows of its kept output elements and the
 columns of its kept inputs (`groups.input_sources`). The result has real,
 smaller tensors, so it exports and runs like any other model; its outputs
 equal those of the original with the removed elements masked to zero
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from components.models import build
-from components.models.spec import ModelConfigError, ModelSpec
+from components.models.spec import BYPASS, ModelConfigError, ModelSpec
 from components.pruning.costs import resized_spec
 from components.pruning.groups import OUTPUT, check_supported, input_sources
 
@@ -57,15 +57,22 @@ def kept_inputs(spec: ModelSpec, index: int, keep: dict[str, torch.Tensor]) -> t
 
 
 def slice_model(model, keep: dict[str, torch.Tensor | list[int]]):
-    """A new, smaller model keeping, per group (layer name), the listed output elements (all if not listed)."""
+    """A new, smaller model keeping, per group (layer name), the listed output elements (all if not listed).
+
+    An empty list removes the layer whole, where `groups.removable` allows it.
+    """
     spec = model.spec
     check_supported(spec)
     keep = {name: _indices(spec, name, idx) for name, idx in keep.items()}
     smaller = build(resized_spec(spec, {name: len(idx) for name, idx in keep.items()}))  # refuses empty layers
+    # the full widths with the removed layers marked: a reader of a removed layer reads what it read
+    marked = resized_spec(spec, {name: 0 for name, idx in keep.items() if len(idx) == 0})
     with torch.no_grad():
         for index, layer in enumerate(spec.layers):
             out = keep.get(layer.name)
-            inputs = kept_inputs(spec, index, keep)
+            if layer.kind == BYPASS or (out is not None and len(out) == 0):
+                continue  # removed whole: nothing to copy, its readers read its input
+            inputs = kept_inputs(marked, index, keep)
             old, new = layer_modules(model, layer.name), layer_modules(smaller, layer.name)
             if layer.kind in ("gru", "lstm"):
                 _copy_recurrent(old["main"], new["main"], out, inputs, 3 if layer.kind == "gru" else 4)

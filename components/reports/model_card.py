@@ -65,11 +65,15 @@ def _what(report: dict, all_widths: bool) -> list[str]:
         widths = comp["widths"]
         if all_widths:
             was = (base or {}).get("widths", {})
-            shown = [f"{layer} {w}" + (f" (of {was[layer]})" if was.get(layer, w) != w else "")
+            shown = [f"{layer} removed" if w == 0 else
+                     f"{layer} {w}" + (f" (of {was[layer]})" if was.get(layer, w) != w else "")
                      for layer, w in widths.items()]
             lines.append(f"- Widths: {', '.join(shown)}")
         else:
-            lines.append(f"- Widths: {len(widths)} layers, {min(widths.values())} to {max(widths.values())} wide")
+            kept = [w for w in widths.values() if w]
+            gone = len(widths) - len(kept)
+            lines.append(f"- Widths: {len(kept)} layers, {min(kept)} to {max(kept)} wide"
+                         + (f"; {gone} removed whole" if gone else ""))
     return lines + [""]
 
 

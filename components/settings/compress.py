@@ -61,6 +61,10 @@ class SearchParams(Section):
         description="steps between checkpoints (an interrupted run resumes from the last)")
     distill: float = Field(ge=0, le=1,
         description="weight of distillation from the baseline in the task network's loss while searching")
+    remove_layers: bool = Field(description=(
+        "the search may also remove whole layers (a convolution inside a per-sensor or merge stack, a recurrent "
+        "layer after another), each by a keep-probability charged the layer's whole predicted cost, fixed cost "
+        "included; false: widths only"))
 
 
 class RefitParams(Section):

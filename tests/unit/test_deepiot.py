@@ -22,6 +22,7 @@ from components.pruning.deepiot import (
     Schedule,
     SearchSettings,
     cost_floor,
+    layer_costs,
     marginal_costs,
     sample_masks,
 )
@@ -229,3 +230,55 @@ def test_pruning_stops_at_the_budget_and_then_only_trains_the_kept_structure():
     assert all(r.kept_cost == after[0].kept_cost for r in after)  # nothing removed past the budget
     assert after[0].kept_cost > 0.4  # removal stopped at the budget, did not overshoot it
     assert all(r.sampled_cost == r.kept_cost for r in after[1:])  # trained on the kept structure, no sampling
+
+
+class _FixedPerLayerLatency:
+    """A runtime where every layer that runs costs a fixed 5 ms, plus 0.1 ms per hidden unit."""
+
+    device = "test"
+
+    def predict_model(self, spec):
+        return 5.0 * len(spec.computing) + 0.1 * sum(layer.out_features for layer in spec.computing
+                                                     if layer.name != "output")
+
+
+def _layered_search(remove_layers: bool, budget: float = 0.65):
+    """A fresh MLP, two hidden layers of 32, on the toy task, steered by `_FixedPerLayerLatency`."""
+    torch.manual_seed(0)
+    model = build(mlp_spec((4, 1, 2, 2, 4), ("a", "b", "c"), units=(32, 32), dropout=0.0))
+    x, y = _task(n=1600)
+    settings = SearchSettings(budget=budget, accuracy_floor=0.8, lambda_cost=2.0, critic_decay=0.9,
+                              schedule=Schedule(0.0, 0.05, 20, 0.6), max_steps=1500, batch_size=64,
+                              learning_rate=0.003, compressor_learning_rate=0.01, compressor_hidden=8,
+                              init_keep=0.9, eval_every=20, seed=0, remove_layers=remove_layers)
+    return DeepIoTSearch(model, LatencyCost(model.spec, _FixedPerLayerLatency(), "test"), x[:1200], y[:1200],
+                         x[1200:], y[1200:], settings)
+
+
+def test_a_layer_whose_fixed_cost_outweighs_it_is_removed_whole_and_the_sliced_model_matches():
+    """Full: 3 x 5 ms + 6.4 ms; one unit per layer still costs 15.2 ms (0.71 of it): only removing dense2 reaches
+    the budget of 0.65, and the search finds it, above the accuracy floor; the sliced model is the masked one."""
+    assert _layered_search(False).cost_floor > 0.65  # widths alone cannot get there
+    search = _layered_search(True)
+    assert search.removable == ["dense2"] and search.cost_floor < 0.5
+    history = search.run()
+    assert search.done(history[-1]), history[-1]
+    kept = search.kept()
+    assert len(kept["dense2"]) == 0 and len(kept["dense1"]) >= 1
+    assert search.kept_spec().removed == ("dense2",)
+    sliced = slice_model(search.model, kept).eval()
+    assert sliced.spec.removed == ("dense2",)
+    assert accuracy(sliced, search.x_val, search.y_val) == pytest.approx(search.accuracy(), abs=1e-9)
+
+
+def test_a_layer_gate_is_charged_what_the_layer_costs_whole_fixed_cost_included():
+    spec = mlp_spec((4, 1, 2, 2, 4), ("a", "b", "c"), units=(32, 32), dropout=0.0)
+    fixed = LatencyCost(spec, _FixedPerLayerLatency(), "test")
+    base = 3 * 5.0 + 0.1 * 64
+    assert layer_costs(fixed, spec, {"dense1": 32, "dense2": 10}, ["dense2"]) == [pytest.approx((5.0 + 1.0) / base)]
+    # removed in this sample: priced at one element, never at nothing
+    assert layer_costs(fixed, spec, {"dense1": 32, "dense2": 0}, ["dense2"]) == [pytest.approx((5.0 + 0.1) / base)]
+    # where only dense1's units cost time, removing dense2 saves nothing and its gate is not pushed
+    assert layer_costs(LatencyCost(spec, _OneLayerLatency(), "test"), spec, {"dense1": 32, "dense2": 10},
+                       ["dense2"]) == [0.0]
+    assert cost_floor(fixed, spec, ["dense2"]) == pytest.approx((2 * 5.0 + 0.1) / base)
