@@ -40,6 +40,7 @@ Scoring (the compressor), schedule (the threshold) and slicing
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass
 
@@ -51,6 +52,8 @@ from components.pruning.costs import resized_spec
 from components.pruning.finetune import judged_accuracy
 from components.pruning.groups import groups, removable
 from components.pruning.masked import set_masks
+
+log = logging.getLogger(__name__)
 
 
 class Compressor(nn.Module):
@@ -77,6 +80,31 @@ class Compressor(nn.Module):
             probs.append(p)
             x = back(p[None])
         return probs
+
+
+GATE_STEP_SHARE = 0.5  # the share of pruning steps that try one layer's gate; the rest run every layer
+GATE_TOLERANCE = 0.01  # validation accuracy a layer may take with it when it is removed whole
+GATE_LEARNING_RATE = 0.1  # a layer whose removal saves all the cost left to cut falls from 0.9 to 0.5 in ~60 steps
+
+
+class LayerGates(nn.Module):
+    """The keep-probability of each layer that may be removed whole, apart from the compressor's.
+
+    Kept apart so that a step that removed a layer, whose loss says how much
+    the layer adds, does not also move the elements' probabilities: the
+    compressor learns only from steps where every layer ran, the gates from
+    the steps that tried one of them (one gate, drawn at random, on
+    `GATE_STEP_SHARE` of the steps), each with its own critic. Each gate is
+    charged its layer's whole cost (`layer_costs`) through its probability,
+    as the elements are charged theirs.
+    """
+
+    def __init__(self, count: int, init_keep: float):
+        super().__init__()
+        self.logits = nn.Parameter(torch.full((count,), math.log(init_keep / (1 - init_keep))))
+
+    def forward(self) -> torch.Tensor:
+        return torch.sigmoid(self.logits)
 
 
 class Critic:
@@ -252,16 +280,19 @@ class DeepIoTSearch:
         self.val_users = val_users
         torch.manual_seed(settings.seed)
         self.generator = torch.Generator().manual_seed(settings.seed)
-        # a layer that may go whole has a gate: one more keep-probability, after every group's (the walk's end)
-        self.removable = removable(self.spec) if settings.remove_layers else []
-        self.compressor = Compressor([g.size for g in self.groups] + [1] * len(self.removable),
-                                     settings.compressor_hidden, settings.init_keep)
+        self.compressor = Compressor([g.size for g in self.groups], settings.compressor_hidden, settings.init_keep)
         self.critic = Critic(settings.critic_decay)
         self.alive = [torch.ones(g.size) for g in self.groups]
+        # a layer that may go whole has a gate of its own (see `LayerGates`)
+        self.removable = removable(self.spec) if settings.remove_layers else []
+        self.gates = LayerGates(len(self.removable), settings.init_keep)
+        self.gate_critic = Critic(settings.critic_decay)
         self.gates_alive = torch.ones(len(self.removable))
         self.cost_floor = cost_floor(cost, self.spec, self.removable)
         self.task_optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
         self.compressor_optimizer = torch.optim.Adam(self.compressor.parameters(), lr=settings.compressor_learning_rate)
+        # plain gradient steps, not Adam's: a gate moves as fast as its layer's cost (and what it adds) push it
+        self.gate_optimizer = torch.optim.SGD(self.gates.parameters(), lr=GATE_LEARNING_RATE)
         self.step_index = 0
         self.history: list[StepRecord] = []
         self.candidates: list[Candidate] = []
@@ -286,12 +317,11 @@ class DeepIoTSearch:
         s = self.s
         self.model.train()
         pruning = self.kept_cost() > s.budget  # past the budget: train the kept structure back to the floor
-        probs, gate_probs = self._probs()
+        probs = self.compressor()
         masks = sample_masks(probs, self.alive, self.generator) if pruning else [a.clone() for a in self.alive]
-        gates = self._sample_gates(gate_probs) if pruning else self.gates_alive.clone()
-        for name, on in zip(self.removable, gates):
-            if not on:  # this step trains (and costs) the structure without the layer
-                masks[self.names.index(name)] = torch.zeros_like(masks[self.names.index(name)])
+        tried = self._try_gate() if pruning else None
+        if tried is not None and not tried[1]:  # this step trains (and costs) the structure without the layer
+            masks[self.names.index(self.removable[tried[0]])].zero_()
         batch = torch.randint(len(self.x_train), (s.batch_size,), generator=self.generator)
         set_masks(self.model, dict(zip(self.names, masks)))
         x = self.x_train[batch]
@@ -313,7 +343,9 @@ class DeepIoTSearch:
         set_masks(self.model, None)
         sampled_cost = relative_cost(self.cost, self.spec, self.names, masks)
         if pruning:
-            self._update_compressor(probs, masks, gate_probs, gates, float(loss.detach()), sampled_cost)
+            self._update_gates(tried, masks, float(loss.detach()), sampled_cost)
+            if tried is None or tried[1]:  # every layer ran: the elements' reward is not a removed layer's
+                self._update_compressor(probs, masks, float(loss.detach()), sampled_cost)
         self.step_index += 1
         if pruning:
             self._remove_below(s.schedule.threshold(self.step_index))
@@ -327,54 +359,86 @@ class DeepIoTSearch:
         self.history.append(record)
         return record
 
-    def _probs(self) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """The compressor's keep-probabilities: per group (one per element), and one per removable layer."""
-        probs = self.compressor()
-        gates = torch.cat(probs[len(self.groups):]) if self.removable else torch.zeros(0)
-        return probs[:len(self.groups)], gates
+    def _try_gate(self) -> tuple[int, bool] | None:
+        """Every other step, one alive gate drawn at random is sampled: (its index, whether the layer stays)."""
+        alive = torch.nonzero(self.gates_alive).flatten()
+        if not len(alive) or torch.rand((), generator=self.generator) >= GATE_STEP_SHARE:
+            return None
+        k = int(alive[torch.randint(len(alive), (), generator=self.generator)])
+        with torch.no_grad():
+            p = float(self.gates()[k])
+        return k, bool(torch.rand((), generator=self.generator) < p)
 
-    def _sample_gates(self, gate_probs: torch.Tensor) -> torch.Tensor:
-        """1: the layer stays this step; removed layers stay removed."""
-        return (torch.rand(gate_probs.shape, generator=self.generator) < gate_probs.detach()).float() * self.gates_alive
+    def _above_floor(self, sampled_cost: float) -> float:
+        """The cost left to remove above one element per group (the layers removed for good gone too)."""
+        gone = [name for name, live in zip(self.removable, self.gates_alive) if not live]
+        return max(sampled_cost - cost_floor(self.cost, self.spec, gone), 1e-3)
 
-    def _update_compressor(self, probs: list[torch.Tensor], masks: list[torch.Tensor], gate_probs: torch.Tensor,
-                           gates: torch.Tensor, loss: float, sampled_cost: float) -> None:
-        """One step on `loss + lambda * cost`: REINFORCE for the loss, the marginal charge for the cost.
-
-        A layer's gate is charged what the layer costs whole at the sampled
-        widths (its fixed cost on the device included); its elements are
-        charged at the widths the layer has when it stays, so a step that
-        removed the layer does not price its elements as the whole layer.
-        """
+    def _update_compressor(self, probs: list[torch.Tensor], masks: list[torch.Tensor], loss: float,
+                           sampled_cost: float) -> None:
+        """One step on `loss + lambda * cost`: REINFORCE for the loss, the marginal charge for the cost."""
         advantage = loss - self.critic.update(loss)
         # charged on the log of the removable cost (above the floor of one element per group): a 1 % cut of
         # what is left to cut is worth the same at any size, so the push does not fade as the model shrinks
         # or as a latency model's fixed per-layer costs start to dominate
-        above_floor = max(sampled_cost - self.cost_floor, 1e-3)
-        sizes = widths(self.names, masks)
-        staying = {name: int(live.sum().item()) for name, live in zip(self.names, self.alive)
-                   if sizes[name] == 0 and live.sum() > 0}  # removed this step only: priced at their width
-        charges = [c / above_floor for c in marginal_costs(self.cost, self.spec, {**sizes, **staying})]
+        charges = [c / self._above_floor(sampled_cost)
+                   for c in marginal_costs(self.cost, self.spec, widths(self.names, masks))]
         expected_cost = sum(charge * (p * live).sum() for charge, p, live in zip(charges, probs, self.alive))
-        log_p = log_prob(probs, masks, self.alive)
-        if self.removable:
-            layer_charges = torch.tensor(layer_costs(self.cost, self.spec, {**sizes, **staying}, self.removable))
-            expected_cost = expected_cost + (layer_charges / above_floor * gate_probs * self.gates_alive).sum()
-            log_p = log_p + log_prob([gate_probs], [gates], [self.gates_alive])
         self.compressor_optimizer.zero_grad()
-        (advantage * log_p + self.s.lambda_cost * expected_cost).backward()
+        (advantage * log_prob(probs, masks, self.alive) + self.s.lambda_cost * expected_cost).backward()
         self.compressor_optimizer.step()
+
+    def _update_gates(self, tried: tuple[int, bool] | None, masks: list[torch.Tensor], loss: float,
+                      sampled_cost: float) -> None:
+        """Each alive gate is charged what its layer costs whole at these widths (fixed cost included); the one
+        tried this step, if any, also gets REINFORCE's term against the gates' own critic."""
+        if not self.removable:
+            return
+        sizes = widths(self.names, masks)
+        if tried is not None and not tried[1]:  # priced as it would stay, at the width it has
+            name = self.removable[tried[0]]
+            sizes[name] = int(self.alive[self.names.index(name)].sum())
+        charges = torch.tensor(layer_costs(self.cost, self.spec, sizes, self.removable)) / self._above_floor(
+            sampled_cost)
+        p = self.gates()
+        objective = self.s.lambda_cost * (charges * p * self.gates_alive).sum()
+        if tried is not None:
+            k, stays = tried
+            advantage = loss - self.gate_critic.update(loss)
+            objective = objective + advantage * torch.log((p[k] if stays else 1 - p[k]) + 1e-6)
+        self.gate_optimizer.zero_grad()
+        objective.backward()
+        self.gate_optimizer.step()
+
+    def _may_remove(self, k: int) -> bool:
+        """The kept structure without layer k loses at most `GATE_TOLERANCE` of validation accuracy; if it loses
+        more, the gate goes back to where it started (it is proposed again only if the cost pushes it down again)."""
+        name = self.removable[k]
+        with_it = self.accuracy()
+        without = self.accuracy({n: [] if n == name else torch.nonzero(live).flatten().tolist()
+                                 for n, live in zip(self.names, self.alive)})
+        if without >= with_it - GATE_TOLERANCE:
+            log.info("search step %d: layer %s removed whole (validation accuracy %.3f without it, %.3f with it)",
+                     self.step_index, name, without, with_it)
+            return True
+        log.info("search step %d: layer %s kept: validation accuracy %.3f without it, %.3f with it", self.step_index,
+                 name, without, with_it)
+        with torch.no_grad():
+            self.gates.logits[k] = math.log(self.s.init_keep / (1 - self.s.init_keep))
+        return False
 
     def _remove_below(self, threshold: float) -> None:
         """Remove alive elements and layers under `threshold`, least wanted first, stopping once the budget is met."""
         with torch.no_grad():
-            probs, gate_probs = self._probs()
+            probs, gate_probs = self.compressor(), self.gates()
         below = sorted((float(p[i]), g, int(i)) for g, (p, live) in enumerate(zip(probs, self.alive))
                        for i in torch.nonzero((p < threshold) & (live > 0)).flatten())
         below += [(float(gate_probs[k]), -1, k) for k in range(len(self.removable))
                   if gate_probs[k] < threshold and self.gates_alive[k] > 0]
         for _, g, i in sorted(below):
-            if g == -1:  # a whole layer
+            if g == -1:  # a whole layer, if the validation users say it adds little
+                if not self._may_remove(i):
+                    continue
                 self.gates_alive[i] = 0.0
                 self.alive[self.names.index(self.removable[i])].zero_()
             elif self.alive[g].sum() <= 1:  # never remove a group's last element (a layer goes by its gate)
@@ -447,6 +511,8 @@ class DeepIoTSearch:
                 "task_optimizer": self.task_optimizer.state_dict(),
                 "compressor_optimizer": self.compressor_optimizer.state_dict(),
                 "alive": [a.clone() for a in self.alive], "gates_alive": self.gates_alive.clone(),
+                "gates": self.gates.state_dict(), "gate_optimizer": self.gate_optimizer.state_dict(),
+                "gate_critic": self.gate_critic.value,
                 "step": self.step_index, "critic": self.critic.value,
                 "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
                 "history": [asdict(r) for r in self.history], "names": self.names,
@@ -461,6 +527,10 @@ class DeepIoTSearch:
         self.compressor_optimizer.load_state_dict(state["compressor_optimizer"])
         self.alive = [a.clone() for a in state["alive"]]
         self.gates_alive = state.get("gates_alive", torch.ones(len(self.removable))).clone()
+        if "gates" in state:
+            self.gates.load_state_dict(state["gates"])
+            self.gate_optimizer.load_state_dict(state["gate_optimizer"])
+            self.gate_critic.value = state["gate_critic"]
         self.step_index, self.critic.value = state["step"], state["critic"]
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])

@@ -64,7 +64,7 @@ class SearchParams(Section):
     remove_layers: bool = Field(description=(
         "the search may also remove whole layers (a convolution inside a per-sensor or merge stack, a recurrent "
         "layer after another), each by a keep-probability charged the layer's whole predicted cost, fixed cost "
-        "included; false: widths only"))
+        "included, and only where the validation users lose at most 1 point without it; false: widths only"))
 
 
 class RefitParams(Section):

@@ -255,9 +255,11 @@ def _layered_search(remove_layers: bool, budget: float = 0.65):
                          x[1200:], y[1200:], settings)
 
 
-def test_a_layer_whose_fixed_cost_outweighs_it_is_removed_whole_and_the_sliced_model_matches():
+def test_a_layer_whose_fixed_cost_outweighs_it_is_removed_whole_and_the_sliced_model_matches(caplog):
     """Full: 3 x 5 ms + 6.4 ms; one unit per layer still costs 15.2 ms (0.71 of it): only removing dense2 reaches
-    the budget of 0.65, and the search finds it, above the accuracy floor; the sliced model is the masked one."""
+    the budget of 0.65, and the search finds it (the validation users confirming it adds little), above the
+    accuracy floor; the sliced model is the masked one."""
+    caplog.set_level("INFO", logger="components.pruning.deepiot")
     assert _layered_search(False).cost_floor > 0.65  # widths alone cannot get there
     search = _layered_search(True)
     assert search.removable == ["dense2"] and search.cost_floor < 0.5
@@ -266,6 +268,7 @@ def test_a_layer_whose_fixed_cost_outweighs_it_is_removed_whole_and_the_sliced_m
     kept = search.kept()
     assert len(kept["dense2"]) == 0 and len(kept["dense1"]) >= 1
     assert search.kept_spec().removed == ("dense2",)
+    assert "layer dense2 removed whole (validation accuracy" in caplog.text
     sliced = slice_model(search.model, kept).eval()
     assert sliced.spec.removed == ("dense2",)
     assert accuracy(sliced, search.x_val, search.y_val) == pytest.approx(search.accuracy(), abs=1e-9)
@@ -282,3 +285,26 @@ def test_a_layer_gate_is_charged_what_the_layer_costs_whole_fixed_cost_included(
     assert layer_costs(LatencyCost(spec, _OneLayerLatency(), "test"), spec, {"dense1": 32, "dense2": 10},
                        ["dense2"]) == [0.0]
     assert cost_floor(fixed, spec, ["dense2"]) == pytest.approx((2 * 5.0 + 0.1) / base)
+
+
+def test_a_layer_the_validation_users_need_is_kept_whatever_its_cost(caplog):
+    """The cost says go (the gate far under the threshold), but the trained network reads dense2's features:
+    without it the validation accuracy falls by more than GATE_TOLERANCE, so the layer stays and its gate goes
+    back to where it started."""
+    caplog.set_level("INFO", logger="components.pruning.deepiot")
+    search = _layered_search(True)
+    model = search.model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(300):  # the network as the search finds it: trained, every layer in use
+        batch = torch.randint(len(search.x_train), (64,), generator=generator)
+        loss = torch.nn.functional.cross_entropy(model(search.x_train[batch]), search.y_train[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        search.gates.logits.fill_(-5.0)
+    search._remove_below(0.5)
+    assert search.gates_alive[0] == 1.0 and len(search.kept()["dense2"]) == 32
+    assert "layer dense2 kept: validation accuracy" in caplog.text
+    assert float(search.gates()[0]) == pytest.approx(0.9)
