@@ -46,6 +46,7 @@ from components.settings.fit_latency import FitLatencyParams
 log = logging.getLogger(__name__)
 PREDICTORS = ("tree", "linear_flops", "boosted", "forest")
 TARGETS = ("ratio", "ms")
+_MIN_OTHER_DEPTH = 3  # whole models off the most common depth needed to fit a fixed cost per layer
 _MAJOR_SHARE = 0.05  # a layer kind below this share of a model's time shares the common whole-model scale
 FALLBACK_DOC = ("conservative fallback: latency = s * (w * FLOPs + b), where w, b >= 0 are fitted to every usable "
                 "layer row of the device (all kinds) and s >= 1 lifts the line above the slowest of them")
@@ -199,7 +200,7 @@ def fit_kinds(rows: Rows, cfg: FitLatencyParams, seed: int) -> dict[str, KindMod
 
 
 def fit_overhead(sums: list[dict[str, float]], y: np.ndarray, cfg: FitLatencyParams,
-                 form_models: int | None = None) -> Overhead:
+                 form_models: int | None = None, layers: list[int] | None = None) -> Overhead:
     """The whole-model correction from per-kind layer sums, least squares on relative error.
 
     With `full_overhead_models` rows or more: a scale >= 0 per layer kind that
@@ -210,6 +211,10 @@ def fit_overhead(sums: list[dict[str, float]], y: np.ndarray, cfg: FitLatencyPar
     with fewer rows: one
     scale; with none: the plain sum. `form_models` (default: the rows given)
     decides the form, so a leave-one-out fit has the form of the saved one.
+    `layers`: each model's count of layers that run; where at least
+    `_MIN_OTHER_DEPTH` models differ from the most common depth, the per-kind
+    form also fits a fixed cost per layer (free sign), which one depth alone
+    cannot tell from the offset.
     """
     n = len(y)
     if n == 0:
@@ -222,14 +227,18 @@ def fit_overhead(sums: list[dict[str, float]], y: np.ndarray, cfg: FitLatencyPar
     share = {k: np.mean([s.get(k, 0.0) / t for s, t in zip(sums, totals)]) for k in {k for s in sums for k in s}}
     kinds = sorted(k for k, v in share.items() if v >= _MAJOR_SHARE)
     minor = np.array([sum(v for k, v in s.items() if k not in kinds) for s in sums])
-    design = np.column_stack([[s.get(k, 0.0) for s in sums] for k in kinds] + [np.ones(n)]) / y[:, None]
+    depths = [] if layers is None else list(layers)
+    per_layer = bool(depths) and len(depths) - max(depths.count(d) for d in set(depths)) >= _MIN_OTHER_DEPTH
+    columns = [[s.get(k, 0.0) for s in sums] for k in kinds] + [np.ones(n)] + ([depths] if per_layer else [])
+    design = np.column_stack(columns) / y[:, None]
     target = 1.0 - common * minor / y
     size = np.abs(design).max(axis=0)
-    lower = [0.0] * len(kinds) + [-np.inf]  # negative: a layer timed alone pays a call overhead a model pays once
-    result = lsq_linear(design / size, target, bounds=(lower, [np.inf] * (len(kinds) + 1)))
+    # offset and per-layer cost may be negative: a layer timed alone pays a call overhead a model pays once
+    lower = [0.0] * len(kinds) + [-np.inf] * (1 + per_layer)
+    result = lsq_linear(design / size, target, bounds=(lower, [np.inf] * len(lower)))
     coef = result.x / size
-    return Overhead("per_kind", scale=common, kind_scales={k: float(c) for k, c in zip(kinds, coef[:-1])},
-                    offset=float(coef[-1]), models=n)
+    return Overhead("per_kind", scale=common, kind_scales={k: float(c) for k, c in zip(kinds, coef)},
+                    offset=float(coef[len(kinds)]), models=n, per_layer=float(coef[-1]) if per_layer else 0.0)
 
 
 def fit(rows: Rows, cfg: FitLatencyParams, device: str, runtime: str, info: dict | None = None) -> LatencyModel:
@@ -240,8 +249,9 @@ def fit(rows: Rows, cfg: FitLatencyParams, device: str, runtime: str, info: dict
     sums = [_sums_by_kind(spec, lambda kind, layers: float(model.predict_layers(layers).sum()))
             for spec, _ in rows.models]
     y = _y([r for _, r in rows.models])
-    model.overhead = fit_overhead(sums, y, cfg)
-    formula = np.array([model.overhead.apply(s) for s in sums])
+    depths = [len(spec.computing) for spec, _ in rows.models]
+    model.overhead = fit_overhead(sums, y, cfg, layers=depths)
+    formula = np.array([model.overhead.apply(s, d) for s, d in zip(sums, depths)])
     model.residuals = fit_residuals([spec for spec, _ in rows.models], y, formula)
     return model
 
@@ -389,13 +399,15 @@ def _whole_model_points(models: list[tuple[ModelSpec, dict]], fitted: dict, cfg:
             return float(fitted[kind][name].predict([layer_values(layer) for layer in layers]).sum())
 
         sums = [_sums_by_kind(spec, predict_sum) for spec, _ in models]
+        depths = [len(spec.computing) for spec, _ in models]
         predicted = np.empty(len(y))
         for i in range(len(y)):
             others = [j for j in range(len(y)) if j != i]
-            overhead = fit_overhead([sums[j] for j in others], y[others], cfg, form_models=len(y))
-            predicted[i] = overhead.apply(sums[i])
+            overhead = fit_overhead([sums[j] for j in others], y[others], cfg, form_models=len(y),
+                                    layers=[depths[j] for j in others])
+            predicted[i] = overhead.apply(sums[i], depths[i])
             if name == "tree":  # the saved model's local correction, fitted on the other models too
-                formula = np.array([overhead.apply(sums[j]) for j in others])
+                formula = np.array([overhead.apply(sums[j], depths[j]) for j in others])
                 residuals = fit_residuals([models[j][0] for j in others], y[others], formula)
                 predicted[i] *= residuals.factor(models[i][0])
         points += _points("whole models", "model", name, y, predicted)

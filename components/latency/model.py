@@ -10,7 +10,12 @@ fitted whole-model correction
 `scale_k` is how much slower (or faster) layers of kind k run inside a model
 than alone (colder caches, fused or extra glue operators), `offset` the fixed
 cost of one inference (negative when each layer timed alone paid a call
-overhead that the model pays once). Where whole models of the same
+overhead that the model pays once). Where the whole models timed have
+different depths (the profile's shallower scaled baselines, structures the
+compressor left with layers removed), a fixed cost per layer that runs is
+fitted too (`+ per_layer * layers`): what removing a layer saves beyond its
+own time alone, or less than it (its call overhead alone, not paid inside a
+model). Where whole models of the same
 architecture were timed, a local correction follows (`Residuals`): what the
 formula got wrong on the timed models near the one asked about, in widths,
 multiplies the prediction; far from every timed model it fades to nothing.
@@ -54,9 +59,11 @@ class Overhead:
     kind_scales: dict[str, float] = field(default_factory=dict)
     offset: float = 0.0
     models: int = 0  # whole-model rows it was fitted on
+    per_layer: float = 0.0  # ms per layer that runs, beyond its own time alone (fitted where depths differ)
 
-    def apply(self, sums_by_kind: dict[str, float]) -> float:
-        corrected = sum(self.kind_scales.get(k, self.scale) * v for k, v in sums_by_kind.items()) + self.offset
+    def apply(self, sums_by_kind: dict[str, float], layers: int = 0) -> float:
+        corrected = (sum(self.kind_scales.get(k, self.scale) * v for k, v in sums_by_kind.items()) + self.offset
+                     + self.per_layer * layers)
         # the (negative) offset is fitted on the sampled models; far below them it must not reach zero: never
         # less than a tenth of the plain sum
         return max(corrected, MIN_SHARE_OF_SUM * sum(sums_by_kind.values()))
@@ -67,6 +74,8 @@ class Overhead:
         if self.form == "scale":
             return f"{self.scale:.4g} * sum(layers)   [{self.models} whole models]"
         terms = " + ".join(f"{v:.4g} * sum({k} layers)" for k, v in sorted(self.kind_scales.items()))
+        if self.per_layer:
+            terms += f" {'+' if self.per_layer >= 0 else '-'} {abs(self.per_layer):.4g} * layers"
         return (f"{terms} + {self.scale:.4g} * sum(other layers) {'+' if self.offset >= 0 else '-'} "
                 f"{abs(self.offset):.4g}   [{self.models} whole models]")
 
@@ -173,7 +182,7 @@ class LatencyModel:
         sums: dict[str, float] = {}
         for layer in spec.computing:  # a removed layer (BYPASS) costs nothing of its own
             sums[layer.kind] = sums.get(layer.kind, 0.0) + self.predict(layer)
-        return self.overhead.apply(sums)
+        return self.overhead.apply(sums, len(spec.computing))
 
     @property
     def fallback_kinds(self) -> list[str]:

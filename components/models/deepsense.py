@@ -28,7 +28,9 @@ def deepsense_spec(input_shape: tuple[int, ...], classes: tuple[str, ...], *, se
                    merge_kernels: tuple[int, ...], rnn: str, rnn_units: int, rnn_layers: int,
                    dropout: float, widths: Mapping[str, int] | None = None) -> ModelSpec:
     """The description; `widths` gives single layers (by name) their own output width, as a compressed
-    model has them, and the layers that read them take the matching input width."""
+    model has them, and the layers that read them take the matching input width. A width of 0 removes a
+    layer that may go (a stack's second or later convolution, a recurrent layer after another): a `BYPASS`,
+    as the compressor leaves it."""
     widths = dict(widths or {})
     intervals, sensors, axes, _, freq = input_shape
     layers: list[LayerSpec] = []
@@ -37,20 +39,22 @@ def deepsense_spec(input_shape: tuple[int, ...], classes: tuple[str, ...], *, se
         channels, length = axes * 2, freq
         for j, kernel in enumerate(sensor_kernels, start=1):
             name = f"sensor{s}.conv{j}"
-            layer = LayerSpec(name, "conv1d", channels, widths.pop(name, sensor_filters), kernel,
-                              first_stride if j == 1 else 1, length, intervals)
+            layer = _layer(name, "conv1d", channels, widths.pop(name, sensor_filters), kernel,
+                           first_stride if j == 1 else 1, length, intervals, removable=j > 1)
             layers.append(layer)
             channels, length = layer.out_features, layer.out_length
         merge_in += channels if sensor_kernels else sensor_filters
     channels = merge_in
     for j, kernel in enumerate(merge_kernels, start=1):
         name = f"merge.conv{j}"
-        layer = LayerSpec(name, "conv1d", channels, widths.pop(name, merge_filters), kernel, 1, length, intervals)
+        layer = _layer(name, "conv1d", channels, widths.pop(name, merge_filters), kernel, 1, length, intervals,
+                       removable=j > 1)
         layers.append(layer)
         channels, length = layer.out_features, layer.out_length
     features = channels * length
     for j in range(1, rnn_layers + 1):
-        layer = LayerSpec(f"rnn{j}", rnn, features, widths.pop(f"rnn{j}", rnn_units), length=intervals)
+        layer = _layer(f"rnn{j}", rnn, features, widths.pop(f"rnn{j}", rnn_units), 1, 1, intervals, 1,
+                       removable=j > 1)
         layers.append(layer)
         features = layer.out_features
     if widths:
@@ -59,6 +63,14 @@ def deepsense_spec(input_shape: tuple[int, ...], classes: tuple[str, ...], *, se
     spec = ModelSpec("deepsense", tuple(input_shape), tuple(classes), tuple(layers), {"dropout": dropout})
     check_layers(spec)
     return spec
+
+
+def _layer(name: str, kind: str, in_features: int, width: int, kernel: int, stride: int, length: int,
+           instances: int, removable: bool) -> LayerSpec:
+    if width == 0 and removable:
+        return LayerSpec(name, BYPASS, in_features, in_features, kernel if kind == "conv1d" else 1, 1, length,
+                         instances)
+    return LayerSpec(name, kind, in_features, width, kernel, stride, length, instances)
 
 
 class ConvBlock(nn.Sequential):

@@ -16,7 +16,13 @@ shrunk the way compression shrinks it, so the correction is fitted where
 compression ends, down to a few percent of the baseline's parameters: every
 layer's width times one keep fraction per model (log-uniform over
 `scaled_keep_range`, stratified so the smallest stratum is always drawn)
-times a per-layer jitter, at least 1 and at most the baseline's width.
+times a per-layer jitter, at least 1 and at most the baseline's width. A
+share of those (`removed_share`) are also shallower, as the compressor can
+leave them: each layer that may be removed whole (a stack's second or later
+convolution, a recurrent layer after another) is, with probability one half,
+at least one per model. Whole models of several depths are what lets the
+latency model's whole-model correction tell a fixed cost per layer from the
+fixed cost per inference.
 
 `reference_item` is the baseline itself (train.deepsense on the data set's
 input, dropout 0): the model every timing is related to (devices/timing.py),
@@ -24,6 +30,8 @@ shared by `profile` and `compress` so their ratios mean the same.
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 
@@ -155,6 +163,11 @@ def _scaled_baselines(p: SamplerParams, train: TrainParams, rng: np.random.Gener
         keep = float(np.exp(rng.uniform(low, high)))
         widths = {layer.name: _shrunk(layer.out_features, keep, p.scaled_jitter, rng)
                   for layer in base.layers if layer.name != "output"}
+        if p.removed_share > 0 and rng.random() < p.removed_share:  # (no draw at 0: the same sample as before)
+            # what pruning.groups.removable allows in the baseline DeepSense (this layer may not import pruning)
+            removable = [name for name in widths if re.search(r"\.conv([2-9]|\d\d)$|^rnn([2-9]|\d\d)$", name)]
+            gone = [name for name in removable if rng.random() < 0.5] or removable[:1]
+            widths.update(dict.fromkeys(gone, 0))
         items.append(Item(model=baseline_deepsense(shape, train, widths), sweep="scaled"))
     return items
 

@@ -59,6 +59,9 @@ class SamplerParams(Section):
         description="[min, max] keep fraction of a scaled baseline's widths (log-uniform)")
     scaled_jitter: float = Field(ge=0,
         description="each layer's width of a scaled baseline also times exp(U(-jitter, jitter))")
+    removed_share: float = Field(ge=0, le=1, description=(
+        "of the scaled baselines, this share is also shallower: each layer the compressor may remove whole is "
+        "removed with probability 1/2 (at least one)"))
     kinds: tuple[str, ...] = Field(description="layer kinds to profile")
     width_range: tuple[Annotated[int, Field(ge=1)], ...] = Field(description="[min, max] output filters / units")
     multiples: tuple[Annotated[int, Field(ge=1)], ...] = Field(

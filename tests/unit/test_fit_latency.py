@@ -261,3 +261,25 @@ def test_the_negative_whole_model_offset_never_predicts_a_small_model_below_a_te
     overhead = Overhead("per_kind", scale=1.0, kind_scales={"gru": 1.0}, offset=-0.2, models=10)
     assert overhead.apply({"gru": 0.5, "linear": 0.1}) == pytest.approx(0.4)  # far from the floor: as fitted
     assert overhead.apply({"gru": 0.15, "linear": 0.05}) == pytest.approx(0.02)  # 0.2 - 0.2 = 0: floored
+
+
+def test_a_fixed_cost_per_layer_is_fitted_where_the_whole_models_differ_in_depth(project_params):
+    """Whole models of 10 to 17 layers, timed as 1.2 x their GRU layers + their convolutions + 0.4 ms - 0.05 ms per
+    layer (each layer timed alone paid a call the model does not): the fit finds the per-layer term, and with
+    every model at one depth it leaves it out (it cannot be told from the offset)."""
+    rng = np.random.default_rng(0)
+    sums, depths, y = [], [], []
+    for _ in range(24):
+        gru, conv, depth = rng.uniform(0.5, 3.0), rng.uniform(0.2, 2.0), int(rng.integers(10, 18))
+        sums.append({"gru": gru, "conv1d": conv})
+        depths.append(depth)
+        y.append(1.2 * gru + 1.0 * conv + 0.4 - 0.05 * depth)
+    cfg = project_params.fit_latency
+    overhead = fitting.fit_overhead(sums, np.array(y), cfg, layers=depths)
+    assert overhead.per_layer == pytest.approx(-0.05, abs=1e-6) and overhead.offset == pytest.approx(0.4, abs=1e-5)
+    assert overhead.kind_scales["gru"] == pytest.approx(1.2, abs=1e-6)
+    assert overhead.apply(sums[0], depths[0]) == pytest.approx(y[0])
+    assert "0.05 * layers" in overhead.formula()
+    same_depth = fitting.fit_overhead(sums, np.array(y), cfg, layers=[14] * len(y))
+    assert same_depth.per_layer == 0.0
+    assert Overhead(**json.loads(json.dumps(overhead.__dict__))) == overhead  # saved and read back as the model is

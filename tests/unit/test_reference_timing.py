@@ -12,6 +12,7 @@ from components.devices.timing import measure_many
 from components.latency import fit as fitting
 from components.models.deepsense import deepsense_spec
 from components.profiling.items import Item
+from components.models.spec import BYPASS
 from components.profiling.sampler import reference_item, sample_items, sampler_params
 from components.settings.profile import TimingParams
 from tests.unit.test_fit_latency import synthetic_rows
@@ -151,14 +152,32 @@ def test_half_the_whole_models_are_compressed_looking_baselines_down_to_a_few_pe
     assert len(models) == sampler.models and len(scaled) == int(sampler.models * sampler.scaled_share)
     shares = sorted(spec.params / baseline.params for spec in scaled)
     assert shares[0] < 0.1  # where compression ends
-    structure = [(layer.name, layer.kind, layer.kernel) for layer in baseline.layers]
-    for spec in scaled:  # the baseline's layers, each no wider than the baseline's, at least one unit
-        assert [(layer.name, layer.kind, layer.kernel) for layer in spec.layers] == structure
-        assert all(1 <= l.out_features <= b.out_features for l, b in zip(spec.layers, baseline.layers))
+    for spec in scaled:  # the baseline's layers, each no wider than the baseline's, at least one unit, or removed
+        assert [layer.name for layer in spec.layers] == [layer.name for layer in baseline.layers]
+        for layer, base in zip(spec.layers, baseline.layers):
+            assert layer.kind == BYPASS or (layer.kind, layer.kernel) == (base.kind, base.kernel)
+            assert layer.kind == BYPASS or 1 <= layer.out_features <= base.out_features
+            assert layer.out_length == base.out_length  # removed or not, every later layer keeps its shape
     more = sampler.model_copy(update=dict(models=8))
     shares = [i.model.params / baseline.params for i in sample_items(more, project_params.train)
               if i.sweep == "scaled"]
     assert len(shares) == 4 and min(shares) < 0.05 and max(shares) > 0.2  # spread over the keep range
+
+
+def test_a_share_of_the_scaled_baselines_are_shallower_as_the_compressor_can_leave_them(project_params):
+    """Whole models of several depths: what lets the latency model fit a fixed cost per layer."""
+    from components.pruning.groups import removable
+
+    sampler = sampler_params(project_params).model_copy(update=dict(models=16, scaled_share=1.0, removed_share=0.5))
+    baseline = reference_item(project_params).model
+    scaled = [i.model for i in sample_items(sampler, project_params.train) if i.sweep == "scaled"]
+    shallower = [spec for spec in scaled if spec.removed]
+    assert 3 <= len(shallower) <= 13  # about half of 16
+    for spec in shallower:  # only what the compressor may remove, and a description it could have left
+        assert set(spec.removed) <= set(removable(baseline))
+        assert len(spec.computing) < len(baseline.layers)
+    none = sampler.model_copy(update=dict(removed_share=0.0))
+    assert not any(i.model.removed for i in sample_items(none, project_params.train) if i.model is not None)
 
 
 # ---- fitting on the ratio ---------------------------------------------------------------------------------------
