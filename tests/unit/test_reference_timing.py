@@ -11,8 +11,8 @@ from components.devices.base import get_backend
 from components.devices.timing import measure_many
 from components.latency import fit as fitting
 from components.models.deepsense import deepsense_spec
-from components.profiling.items import Item
 from components.models.spec import BYPASS
+from components.profiling.items import Item
 from components.profiling.sampler import reference_item, sample_items, sampler_params
 from components.settings.profile import TimingParams
 from tests.unit.test_fit_latency import synthetic_rows
