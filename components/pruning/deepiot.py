@@ -30,6 +30,11 @@
 - Every validation check records the kept structure and its accuracy as a
   *candidate*; `front()` is the set no other candidate beats on both cost and
   accuracy, what the stage times on the device before it picks one.
+- With `remove_layers`, a layer that may go whole (`groups.removable`) has
+  a gate of its own (`LayerGates`): charged the layer's whole cost, fixed
+  cost included, tried on some steps with REINFORCE against its own critic,
+  and the layer is removed under the threshold only where the validation
+  users lose at most `GATE_TOLERANCE` without it.
 - `set_cost` swaps the cost (a latency model refitted on the structures the
   search visited) and `run(until=...)` continues from where it stopped: a
   structure that is over the budget under the new model is pruned further.
