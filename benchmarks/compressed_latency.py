@@ -26,6 +26,7 @@ structures each.
 
     python benchmarks/compressed_latency.py [--devices ort-1t ort-2t tflite-1t torch-1t] [--structures 30]
         [--low 0.05] [--high 0.8] [--removed-share 0.5] [--seed 0] [--out rows.json] [--also NAME=FOLDER ...]
+    python benchmarks/compressed_latency.py --median-of run1.json run2.json run3.json   # a timing repeated
 """
 
 from __future__ import annotations
@@ -115,7 +116,12 @@ def main() -> None:
     parser.add_argument("--also", nargs="*", default=[], metavar="NAME=FOLDER",
                         help="more latency models to score: FOLDER/<device>/latency_model.json (a fit_latency "
                              "output folder fitted another way)")
+    parser.add_argument("--median-of", nargs="*", type=Path, default=None, metavar="ROWS",
+                        help="score saved runs (--out files) on the median of their measured ratios; times nothing")
     args = parser.parse_args()
+    if args.median_of:
+        report(median_of([json.loads(p.read_text()) for p in args.median_of]))
+        return
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     params = load_params(ROOT / "params.yaml")
     model_dir = params.path(params.train.output_dir) / "model"
@@ -145,20 +151,40 @@ def main() -> None:
                 predicted = lm.predict_model(resized_spec(baseline, widths)) / base
                 rows.append({"device": device.name, "model": which, "widths": widths, "measured_ratio": ratio,
                              "predicted_ratio": predicted, "error": abs(predicted - ratio) / ratio})
-        for which in lms:
-            mine = [r for r in rows if r["device"] == device.name and r["model"] == which]
-            errors = np.array([r["error"] for r in mine])
-            print(f"{device.name}, {which}: {summary(errors)}", flush=True)
-            for lo, hi in BINS:
-                part = np.array([r["error"] for r in mine if lo <= r["measured_ratio"] < hi])
-                if len(part):
-                    print(f"    measured {lo:.2f}-{min(hi, 1.0):.2f}x of the baseline: {summary(part)}")
-            for label, shallower in (("every layer kept", False), ("layers removed whole", True)):
-                part = np.array([r["error"] for r in mine if (0 in r["widths"].values()) == shallower])
-                if len(part):
-                    print(f"    {label}: {summary(part)}")
+        report([r for r in rows if r["device"] == device.name])
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
+
+
+def report(rows: list[dict]) -> None:
+    """Per device and latency model: the shares within +-5 / +-10 %, by measured ratio and by depth."""
+    for device, which in dict.fromkeys((r["device"], r["model"]) for r in rows):
+        mine = [r for r in rows if r["device"] == device and r["model"] == which]
+        print(f"{device}, {which}: {summary(np.array([r['error'] for r in mine]))}", flush=True)
+        for lo, hi in BINS:
+            part = np.array([r["error"] for r in mine if lo <= r["measured_ratio"] < hi])
+            if len(part):
+                print(f"    measured {lo:.2f}-{min(hi, 1.0):.2f}x of the baseline: {summary(part)}")
+        for label, shallower in (("every layer kept", False), ("layers removed whole", True)):
+            part = np.array([r["error"] for r in mine if (0 in r["widths"].values()) == shallower])
+            if len(part):
+                print(f"    {label}: {summary(part)}")
+
+
+def median_of(runs: list[list[dict]]) -> list[dict]:
+    """Rows of several runs on the same structures and models, each structure's measured ratio the median
+    of the runs' (a timing repeated), scored again against the same prediction."""
+    grouped: dict[tuple, list[dict]] = {}
+    for rows in runs:
+        for r in rows:
+            grouped.setdefault((r["device"], r["model"], json.dumps(r["widths"], sort_keys=True)), []).append(r)
+    out = []
+    for same in grouped.values():
+        ratio = float(np.median([r["measured_ratio"] for r in same]))
+        predicted = same[0]["predicted_ratio"]
+        out.append({**same[0], "measured_ratio": ratio, "runs": len(same),
+                    "error": abs(predicted - ratio) / ratio})
+    return out
 
 
 if __name__ == "__main__":

@@ -36,3 +36,16 @@ def test_a_share_of_the_drawn_structures_have_layers_removed_whole():
     for w in shallower:  # only layers the search may remove, and each builds
         assert {name for name, n in w.items() if n == 0} <= set(removable(spec))
         assert resized_spec(spec, w).removed
+
+
+def test_runs_are_combined_on_each_structures_median_measurement():
+    bench = benchmark_module("compressed_latency")
+
+    def row(measured, widths=None):
+        return {"device": "d", "model": "m", "widths": widths or {"a": 1}, "measured_ratio": measured,
+                "predicted_ratio": 0.5, "error": abs(0.5 - measured) / measured}
+
+    combined = bench.median_of([[row(0.40), row(0.2, {"a": 0})], [row(0.50), row(0.2, {"a": 0})], [row(0.62)]])
+    first = next(r for r in combined if r["widths"] == {"a": 1})
+    assert first["measured_ratio"] == 0.5 and first["error"] == 0.0 and first["runs"] == 3
+    assert next(r for r in combined if r["widths"] == {"a": 0})["runs"] == 2
