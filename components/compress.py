@@ -417,8 +417,9 @@ def _say(device: str, metrics: dict) -> None:
              "budget met" if metrics["budget_met"] else "BUDGET NOT MET", d["params"], 100 * metrics["params_kept"],
              metrics["cost"], reached(metrics), d["test_accuracy"], interval_text(metrics["accuracy_change_ci"], 4),
              interval_text(metrics.get("val_accuracy_change_ci") or {}, 4))
-    if d.get("removed_layers"):
-        log.info("%s: layers removed whole: %s", device, ", ".join(d["removed_layers"]))
+    removed = [name for name, width in d["widths"].items() if width == 0]
+    if removed:
+        log.info("%s: layers removed whole: %s", device, ", ".join(removed))
     energy = metrics.get("energy") or {}
     if energy.get("ratio") is not None:
         log.info("%s: energy %.4g mJ per inference, %.3f of the baseline's (%s)", device, energy["compressed_mj"],

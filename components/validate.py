@@ -321,7 +321,7 @@ def _report(params, device, formats, results, gates, exports, model_dirs, ingest
 def architecture(spec) -> dict:
     """What a model is, for people (register's model card): its architecture, size and each layer's width."""
     return {"arch": spec.arch, "params": spec.params, "macs": spec.macs,
-            "widths": spec.widths, "removed_layers": list(spec.removed)}
+            "widths": spec.widths}
 
 
 def _say(report: dict) -> None:

@@ -101,8 +101,7 @@ def _apply(module: nn.Module, h):
     if isinstance(module, _IDENTITY_IN_EVAL):
         return h
     if isinstance(module, Bypass):  # a removed layer: its input, cut along the length (axis 1, channels-last)
-        start = (module.kernel - 1) // 2
-        return h if module.kernel == 1 else layers.Cropping1D((start, module.kernel - 1 - start))(h)
+        return h if module.kernel == 1 else layers.Cropping1D(module.cut)(h)
     if isinstance(module, nn.ReLU):
         return layers.ReLU()(h)
     translate = _TRANSLATORS.get(type(module))

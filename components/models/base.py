@@ -57,11 +57,16 @@ class Bypass(nn.Module):
         super().__init__()
         self.kernel = int(kernel)
 
+    @property
+    def cut(self) -> tuple[int, int]:
+        """Positions dropped at the start and at the end of the length axis."""
+        start = (self.kernel - 1) // 2
+        return start, self.kernel - 1 - start
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel == 1:
             return x
-        start = (self.kernel - 1) // 2
-        return x.narrow(-1, start, x.shape[-1] - self.kernel + 1)
+        return x.narrow(-1, self.cut[0], x.shape[-1] - self.kernel + 1)
 
     def extra_repr(self) -> str:
         return f"kernel={self.kernel}"

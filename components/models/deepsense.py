@@ -14,6 +14,7 @@ description (fewer filters or units per layer) builds a smaller dense model.
 
 from __future__ import annotations
 
+import re
 from typing import Mapping
 
 import torch
@@ -63,6 +64,12 @@ def deepsense_spec(input_shape: tuple[int, ...], classes: tuple[str, ...], *, se
     spec = ModelSpec("deepsense", tuple(input_shape), tuple(classes), tuple(layers), {"dropout": dropout})
     check_layers(spec)
     return spec
+
+
+def removable_layers(spec: ModelSpec) -> list[str]:
+    """The layers `deepsense_spec` builds as removed for a width of 0: each stack's second or later convolution,
+    each recurrent layer after the first (what `pruning.groups.removable` finds in the baseline)."""
+    return [layer.name for layer in spec.layers if re.search(r"(\.conv|^rnn)([2-9]|\d\d+)$", layer.name)]
 
 
 def _layer(name: str, kind: str, in_features: int, width: int, kernel: int, stride: int, length: int,

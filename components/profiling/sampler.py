@@ -31,12 +31,10 @@ shared by `profile` and `compress` so their ratios mean the same.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 from components.config import ConfigError, Params
-from components.models.deepsense import deepsense_spec
+from components.models.deepsense import deepsense_spec, removable_layers
 from components.models.spec import LayerSpec, ModelSpec
 from components.profiling.items import Item
 from components.settings.profile import SamplerParams
@@ -164,8 +162,7 @@ def _scaled_baselines(p: SamplerParams, train: TrainParams, rng: np.random.Gener
         widths = {layer.name: _shrunk(layer.out_features, keep, p.scaled_jitter, rng)
                   for layer in base.layers if layer.name != "output"}
         if p.removed_share > 0 and rng.random() < p.removed_share:  # (no draw at 0: the same sample as before)
-            # what pruning.groups.removable allows in the baseline DeepSense (this layer may not import pruning)
-            removable = [name for name in widths if re.search(r"\.conv([2-9]|\d\d)$|^rnn([2-9]|\d\d)$", name)]
+            removable = removable_layers(base)
             gone = [name for name in removable if rng.random() < 0.5] or removable[:1]
             widths.update(dict.fromkeys(gone, 0))
         items.append(Item(model=baseline_deepsense(shape, train, widths), sweep="scaled"))

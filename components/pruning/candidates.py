@@ -70,7 +70,7 @@ def describe(model, cost, latency_model, data: Split) -> dict:
             **cost.describe(model.spec), "fits": cost.fits(model.spec),
             "test_accuracy": test["mean"], "test_accuracy_ci": test, "test_accuracy_per_user": per_user,
             **_validation_scores(model, data),
-            "widths": model.spec.widths, "removed_layers": list(model.spec.removed)}
+            "widths": model.spec.widths}
 
 
 def _validation_scores(model, data: Split) -> dict:

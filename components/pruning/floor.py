@@ -36,7 +36,7 @@ def floor_check(search, bench, baseline, budget: float, cost) -> Floor:
     predicted = search.cost_floor
     floor = Floor(predicted, budget, predicted >= budget)
     if bench is not None:  # a latency cost on a timed device (compress gives no bench otherwise)
-        gone = getattr(search, "removable", [])
+        gone = search.removable
         tiny = resized_spec(baseline.spec, {g.layer: 0 if g.layer in gone else 1 for g in groups(baseline.spec)})
         floor.measured = bench.time({"floor": tiny}, baseline.spec)["floor"]["ratio"]
         log.info("%s: the smallest structure the search can make (one element per layer%s) is predicted at %.3f "

@@ -1,8 +1,9 @@
 """Physical slicing: a smaller dense model with the kept elements' weights, rebuilt from its description.
 
 `slice_model(model, keep)` writes a new description (fewer filters and units,
-a layer kept with no element removed whole) and copies, for every layer, the rows of its kept output elements and the
-columns of its kept inputs (`groups.input_sources`). The result has real,
+a layer kept with no element removed whole) and copies, for every layer, the
+rows of its kept output elements and the columns of its kept inputs
+(`groups.input_sources`). The result has real,
 smaller tensors, so it exports and runs like any other model; its outputs
 equal those of the original with the removed elements masked to zero
 (`masked.MaskedModel`), which the tests check for every layer kind.
